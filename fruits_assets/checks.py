@@ -1,0 +1,59 @@
+"""Asset checks: counts reconcile, vectors are finite and full-length, PCA is complete and reaches its target."""
+
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetIn, AssetKey, asset_check
+from pyspark.sql import DataFrame
+
+from spark_code import quality
+from spark_code.featurize import FEATURE_DIM
+
+
+@asset_check(asset="cnn_features", additional_ins={"raw_images": AssetIn(), "quarantined_images": AssetIn()})
+def counts_reconcile(cnn_features: DataFrame, raw_images: DataFrame, quarantined_images: DataFrame) -> AssetCheckResult:
+    """Every listed image is either featurized or quarantined, exactly once."""
+    counts = quality.reconcile(raw_images, cnn_features, quarantined_images)
+    return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
+
+
+@asset_check(asset="cnn_features")
+def features_are_finite_1280(cnn_features: DataFrame) -> AssetCheckResult:
+    """Each feature vector holds exactly 1280 finite floats."""
+    bad = quality.bad_vectors(cnn_features, "features", FEATURE_DIM)
+    return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad})
+
+
+@asset_check(asset="pca_features", additional_ins={"cnn_features": AssetIn()})
+def pca_rows_match_features(pca_features: DataFrame, cnn_features: DataFrame) -> AssetCheckResult:
+    """The PCA table has one row per featurized image."""
+    pca_rows, feature_rows = pca_features.count(), cnn_features.count()
+    return AssetCheckResult(passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows})
+
+
+@asset_check(asset="pca_features")
+def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """The kept components explain at least the configured share of the variance."""
+    event = context.instance.get_latest_materialization_event(AssetKey("pca_features"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    reached = metadata["explained_variance"].value if "explained_variance" in metadata else None
+    target = metadata["variance_target"].value if "variance_target" in metadata else None
+    if reached is None:
+        return AssetCheckResult(passed=False, description="pca_features carries no explained_variance metadata")
+    if target is None:
+        return AssetCheckResult(passed=True, description="k was fixed: no variance target", metadata={"reached": reached})
+    return AssetCheckResult(passed=reached >= target, metadata={"reached": reached, "target": target})
+
+
+@asset_check(asset="pca_features")
+def labels_not_empty(pca_features: DataFrame) -> AssetCheckResult:
+    """Every PCA row carries a non-blank class label."""
+    empty = quality.empty_labels(pca_features)
+    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty})
+
+
+ALL_CHECKS = [
+    counts_reconcile,
+    features_are_finite_1280,
+    pca_rows_match_features,
+    explained_variance_reaches_target,
+    labels_not_empty,
+]

@@ -1,0 +1,58 @@
+"""Definitions for a deployment: the assets and checks, bound to local resources (the default)."""
+
+
+import os
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster_pyspark import PySparkResource
+
+from fruits_assets.assets import cnn_features, pca_features, raw_images, scaled_features
+from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.io_managers import SparkParquetIOManager
+from fruits_assets.resources import (
+    DEFAULT_IMAGE_ROOT,
+    DEFAULT_OUTPUT,
+    DEFAULT_WEIGHTS,
+    CnnResource,
+    ImageSource,
+    ModelStore,
+    local_spark_config,
+)
+
+ASSETS = [raw_images, cnn_features, scaled_features, pca_features]
+materialize_all = define_asset_job("materialize_all", selection=AssetSelection.all(), description="All four assets.")
+
+
+def default_weights() -> str | None:
+    """FRUITS_WEIGHTS, else the workspace copy in ../shared if present, else None (Keras downloads them)."""
+    if "FRUITS_WEIGHTS" in os.environ:
+        return os.environ["FRUITS_WEIGHTS"] or None
+    return str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None
+
+
+def local_resources(output_uri: str | None = None, spark_config: dict | None = None) -> dict:
+    """Resources for one machine: local Spark, tables and models under a local folder."""
+    output = output_uri or os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT))
+    pyspark = PySparkResource(spark_config=spark_config or local_spark_config())
+    return {
+        "pyspark": pyspark,
+        "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
+        "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
+        "image_source": ImageSource(root=os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
+        "cnn": CnnResource(
+            weights_path=default_weights(),
+            batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
+            image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
+        ),
+    }
+
+
+def build_defs(resources: dict | None = None) -> Definitions:
+    """The project's Definitions; one Spark driver per run (in-process executor)."""
+    return Definitions(
+        assets=ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[materialize_all],
+        resources=resources or local_resources(),
+        executor=in_process_executor,
+    )

@@ -1,0 +1,22 @@
+"""Metadata values the Dagster UI shows: per-class tables and the cumulative-variance curve."""
+
+
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+CURVE_POINTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1280)
+
+
+def class_table(per_class: dict[str | None, int]) -> MetadataValue:
+    """A table of image counts per class label, largest first (null label shown as '(none)')."""
+    rows = sorted(per_class.items(), key=lambda item: (-item[1], str(item[0])))
+    schema = TableSchema(columns=[TableColumn("label", "string"), TableColumn("images", "int")])
+    records = [TableRecord({"label": label if label is not None else "(none)", "images": n}) for label, n in rows]
+    return MetadataValue.table(records=records, schema=schema)
+
+
+def variance_markdown(curve: list[float], k: int) -> str:
+    """Markdown table of cumulative explained variance at a few k, plus the chosen k."""
+    points = sorted({p for p in CURVE_POINTS if p <= len(curve)} | {k})
+    lines = ["| k | cumulative explained variance |", "|---:|---:|"]
+    lines += [f"| {'**' + str(p) + '**' if p == k else p} | {curve[p - 1]:.4f} |" for p in points]
+    return "\n".join(lines)

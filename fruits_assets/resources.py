@@ -1,0 +1,105 @@
+"""Resources: Spark session settings, the image source, the CNN settings and the model store, all validated early."""
+
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
+from dagster_pyspark import PySparkResource
+from pydantic import Field, field_validator
+
+from spark_code import io
+from spark_code.featurize import CnnFeaturizer, WeightsError
+from spark_code.images import ImageRootError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DEFAULT_IMAGE_ROOT = SHARED / "fruits-360" / "Test"
+DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+DEFAULT_OUTPUT = REPO_ROOT / "data"
+
+
+def local_spark_config(master: str | None = None) -> dict[str, str]:
+    """Spark settings for one machine: Arrow UDFs, Python worker reuse, the venv's Python on workers."""
+    return {
+        "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[*]"),
+        "spark.app.name": "fruits-features",
+        "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.python.worker.reuse": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+    }
+
+
+def _is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("", "file")
+
+
+class ImageSource(ConfigurableResource):
+    """Where the photos are: a folder (or s3:// prefix) with one sub-folder per fruit class."""
+
+    root: str = Field(description="Image root; env FRUITS_IMAGE_ROOT.")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if _is_local(self.root) and not os.path.isdir(urlparse(self.root).path or self.root):
+            raise ImageRootError(
+                f"image root {self.root!r} is not a folder: set FRUITS_IMAGE_ROOT to a folder with one "
+                "sub-folder of images per fruit class (here: ../shared/fruits-360/Test)"
+            )
+
+
+class CnnResource(ConfigurableResource):
+    """MobileNetV2 settings: the Keras weights file, the model batch size and the square input size."""
+
+    weights_path: str | None = Field(
+        default=None, description="Keras weights file (env FRUITS_WEIGHTS); None lets Keras download them."
+    )
+    batch_size: int = Field(default=64, gt=0, le=4096, description="Images per model call.")
+    image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
+    tf_threads: int = Field(default=1, ge=0, le=256, description="TF threads per Spark task (0: TF default).")
+
+    @field_validator("weights_path")
+    @classmethod
+    def _weights_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("weights_path is blank: give a weights file path or leave it unset")
+        return value
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if self.weights_path is not None and not os.path.isfile(self.weights_path):
+            raise WeightsError(
+                f"weights file {self.weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
+                "mobilenet_v2_1.0_224_no_top.weights.h5 (here: ../shared/weights/), or unset it to let "
+                "Keras download the ImageNet weights"
+            )
+
+    def featurizer(self) -> CnnFeaturizer:
+        """A CnnFeaturizer transformer with these settings."""
+        return CnnFeaturizer(
+            weightsPath=self.weights_path,
+            batchSize=self.batch_size,
+            imageSize=self.image_size,
+            tfThreads=self.tf_threads,
+        )
+
+
+class ModelStore(ConfigurableResource):
+    """Versioned Spark ML models (scaler, PCA) next to the tables, under `base_uri` (local or s3://)."""
+
+    base_uri: str = Field(description="Where fitted models are saved; env FRUITS_OUTPUT_URI + /models.")
+    pyspark: ResourceDependency[PySparkResource]
+
+    def save(self, model, name: str) -> str:
+        """Save `model` as a new committed version of `name`; return its URI."""
+        return io.save_model(self.pyspark.spark_session, model, self.base_uri, name)
+
+    def load(self, model_class, name: str):
+        """Load the newest committed version of `name`."""
+        return io.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)

@@ -1,0 +1,1 @@
+"""Pure PySpark + TensorFlow transforms for the Fruits! feature pipeline (no Dagster imports)."""

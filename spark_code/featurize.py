@@ -1,0 +1,275 @@
+"""MobileNetV2 features in Spark: the model spec, weights broadcast once, a per-worker model cache, the UDF."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_code.images import try_decode
+
+logger = logging.getLogger(__name__)
+
+FEATURE_DIM = 1280
+RESULT_TYPE = "struct<features: array<float>, error: string>"
+
+
+class WeightsError(ValueError):
+    """The Keras weights file is missing or does not fit MobileNetV2 (no top)."""
+
+
+@dataclass(frozen=True)
+class CnnSpec:
+    """MobileNetV2 (ImageNet, no top, average pooling) and the preprocessing that belongs to it."""
+
+    input_size: int = 224
+    feature_dim: int = FEATURE_DIM
+
+    def build(self, weights: str | None):
+        """Build the Keras model; `weights` is a weights-file path, "imagenet" (download) or None."""
+        import tensorflow as tf
+
+        return tf.keras.applications.MobileNetV2(
+            weights=weights,
+            include_top=False,
+            pooling="avg",
+            input_shape=(self.input_size, self.input_size, 3),
+        )
+
+    @staticmethod
+    def preprocess(pixels: np.ndarray) -> np.ndarray:
+        """Keras' own MobileNetV2 preprocessing (RGB scaled to [-1, 1])."""
+        from tensorflow.keras.applications.mobilenet_v2 import preprocess_input
+
+        return preprocess_input(pixels.astype(np.float32))
+
+
+def weights_fingerprint(weights_path: str | None) -> str:
+    """A short id of the weights file (path, size, mtime) used as the worker cache key."""
+    if weights_path is None:
+        return "imagenet-download"
+    stat = os.stat(weights_path)
+    key = f"{os.path.abspath(weights_path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def load_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
+    """Load the weights on the driver with Keras' own loader; clear errors for a missing or wrong file."""
+    if weights_path is not None and not os.path.isfile(weights_path):
+        raise WeightsError(
+            f"weights file {weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
+            "mobilenet_v2_1.0_224_no_top.weights.h5, or unset it to let Keras download the ImageNet weights"
+        )
+    try:
+        model = spec.build(weights_path if weights_path is not None else "imagenet")
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise WeightsError(
+            f"weights file {weights_path!r} is not a Keras MobileNetV2 (alpha 1.0, no top) weights file: {error}"
+        ) from error
+    return model.get_weights()
+
+
+_DRIVER_BROADCASTS: dict[tuple[int, str, int], object] = {}
+
+
+def broadcast_weights(spark: SparkSession, spec: CnnSpec, weights_path: str | None):
+    """Load the weights once per driver and broadcast them once per SparkContext."""
+    key = (id(spark.sparkContext), weights_fingerprint(weights_path), spec.input_size)
+    if key not in _DRIVER_BROADCASTS:
+        logger.info("loading CNN weights from %s on the driver", weights_path or "Keras download")
+        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(load_weights(spec, weights_path))
+    return _DRIVER_BROADCASTS[key]
+
+
+_WORKER_MODELS: dict[tuple[str, int], object] = {}
+
+
+def cached_model(spec: CnnSpec, fingerprint: str, weights_broadcast, tf_threads: int):
+    """The compiled model of this Python worker, built on first use and reused by every later batch."""
+    key = (fingerprint, spec.input_size)
+    if key not in _WORKER_MODELS:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        _set_tf_threads(tf, tf_threads)
+        model = spec.build(None)
+        model.set_weights(weights_broadcast.value)
+        signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)]
+        _WORKER_MODELS[key] = tf.function(lambda x: model(x, training=False), input_signature=signature)
+        logger.info("built CNN in worker pid %s", os.getpid())
+    return _WORKER_MODELS[key]
+
+
+def _set_tf_threads(tf, threads: int) -> None:
+    """Pin TF's thread pools (once per process) so Spark task slots and TF threads do not oversubscribe."""
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TF already initialised in this process: keep its pools
+        pass
+
+
+def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: int) -> pd.DataFrame:
+    """Decode and featurize one Arrow batch of image bytes, `batch_size` images per model call."""
+    features: list[np.ndarray | None] = [None] * len(contents)
+    errors: list[str | None] = [None] * len(contents)
+    for start in range(0, len(contents), batch_size):
+        chunk = range(start, min(start + batch_size, len(contents)))
+        decoded = [(i, *try_decode(contents.iat[i], spec.input_size)) for i in chunk]
+        good = [(i, pixels) for i, pixels, _ in decoded if pixels is not None]
+        for i, _, error in decoded:
+            errors[i] = error
+        if good:
+            batch = spec.preprocess(np.stack([pixels for _, pixels in good]))
+            output = predict(batch).numpy()
+            for (i, _), vector in zip(good, output, strict=True):
+                features[i] = vector
+    return pd.DataFrame({"features": features, "error": errors})
+
+
+@dataclass
+class FeaturizeCounters:
+    """Spark accumulators filled as the featurization runs: images decoded and images run through the CNN."""
+
+    decoded: object
+    inferred: object
+
+    def values(self) -> dict[str, int]:
+        """Current counts (read on the driver after an action)."""
+        return {"images_decoded": self.decoded.value, "cnn_images": self.inferred.value}
+
+
+def make_udf(spec: CnnSpec, fingerprint: str, weights_bc, batch_size: int, tf_threads: int, counters):
+    """The iterator pandas UDF: bytes in, struct(features, error) out; the model is cached per worker."""
+
+    @F.pandas_udf(RESULT_TYPE)
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        predict = cached_model(spec, fingerprint, weights_bc, tf_threads)
+        for contents in batches:
+            result = featurize_contents(contents, predict, spec, batch_size)
+            counters.decoded.add(len(contents))
+            counters.inferred.add(int(result["error"].isna().sum()))
+            yield result
+
+    return featurize
+
+
+class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Image bytes (`inputCol`) → 1280-d MobileNetV2 features (`outputCol`) and a decode error (`errorCol`).
+
+    After `transform`, `counters` holds accumulators of images decoded and run through the CNN.
+    """
+
+    errorCol = Param(Params._dummy(), "errorCol", "column for the decode error", TypeConverters.toString)
+    weightsPath = Param(Params._dummy(), "weightsPath", "Keras weights file", TypeConverters.toString)
+    batchSize = Param(Params._dummy(), "batchSize", "images per model call", TypeConverters.toInt)
+    imageSize = Param(Params._dummy(), "imageSize", "square model input size", TypeConverters.toInt)
+    tfThreads = Param(Params._dummy(), "tfThreads", "TF threads per worker (0: TF default)", TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCol: str = "content",
+        outputCol: str = "features",
+        errorCol: str = "error",
+        weightsPath: str | None = None,
+        batchSize: int = 64,
+        imageSize: int = 224,
+        tfThreads: int = 0,
+    ):
+        super().__init__()
+        self._setDefault(inputCol="content", outputCol="features", errorCol="error")
+        self._setDefault(batchSize=64, imageSize=224, tfThreads=0)
+        self._set(**self._input_kwargs)
+        self.counters: FeaturizeCounters | None = None
+
+    def spec(self) -> CnnSpec:
+        """The model spec these params describe."""
+        return CnnSpec(input_size=self.getOrDefault(self.imageSize))
+
+    def weights_path(self) -> str | None:
+        """The weights file, or None for Keras' own download."""
+        return self.getOrDefault(self.weightsPath) if self.isDefined(self.weightsPath) else None
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        spark = dataset.sparkSession
+        spec, path = self.spec(), self.weights_path()
+        weights_bc = broadcast_weights(spark, spec, path)
+        sc = spark.sparkContext
+        self.counters = FeaturizeCounters(decoded=sc.accumulator(0), inferred=sc.accumulator(0))
+        udf = make_udf(
+            spec,
+            weights_fingerprint(path),
+            weights_bc,
+            self.getOrDefault(self.batchSize),
+            self.getOrDefault(self.tfThreads),
+            self.counters,
+        )
+        result = udf(F.col(self.getInputCol()))
+        return (
+            dataset.withColumn("_cnn", result)
+            .withColumn(self.getOutputCol(), F.col("_cnn.features"))
+            .withColumn(self.getOrDefault(self.errorCol), F.col("_cnn.error"))
+            .drop("_cnn", self.getInputCol())
+        )
+
+
+@dataclass
+class Featurized:
+    """One featurization pass: features and quarantine rows, both served from a single cached CNN pass."""
+
+    features: DataFrame
+    quarantined: DataFrame
+    counters: FeaturizeCounters
+    _cached: DataFrame
+
+    def release(self) -> None:
+        """Drop the cached CNN output once both tables are written."""
+        self._cached.unpersist()
+
+
+def target_partitions(images: int, parallelism: int, images_per_task: int = 2048) -> int:
+    """Enough tasks to keep every core busy, few enough that per-task overhead stays small."""
+    waves = max(1, -(-images // (parallelism * images_per_task)))
+    return parallelism * waves
+
+
+def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featurizer: CnnFeaturizer) -> Featurized:
+    """Featurize every listed image once; unlabeled, empty, undecodable or vanished files become quarantine rows."""
+    from pyspark import StorageLevel
+
+    from spark_code.images import NO_CLASS_FOLDER, VANISHED, attach_content
+
+    usable = listing.filter(F.col("label").isNotNull() & (F.col("length") > 0))
+    images = attach_content(spark, usable.select("path", "label"), root)
+    images = images.coalesce(target_partitions(usable.count(), spark.sparkContext.defaultParallelism))
+    error_col = featurizer.getOrDefault(featurizer.errorCol)
+    result = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
+    features = result.filter(F.col(error_col).isNull()).select("path", "label", featurizer.getOutputCol())
+    reasons = [
+        result.filter(F.col(error_col).isNotNull()).select("path", "label", F.col(error_col).alias("reason")),
+        listing.filter(F.col("label").isNull()).select("path", "label", F.lit(NO_CLASS_FOLDER).alias("reason")),
+        listing.filter(F.col("label").isNotNull() & (F.col("length") == 0)).select(
+            "path", "label", F.lit("empty file (0 bytes)").alias("reason")
+        ),
+        usable.join(result.select("path"), "path", "left_anti").select(
+            "path", "label", F.lit(VANISHED).alias("reason")
+        ),
+    ]
+    quarantined = reasons[0].unionByName(reasons[1]).unionByName(reasons[2]).unionByName(reasons[3])
+    return Featurized(features, quarantined, featurizer.counters, result)

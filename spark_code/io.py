@@ -1,0 +1,104 @@
+"""Versioned, atomically published Parquet tables and Spark ML models under a base URI (local or s3://)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+from pyspark.sql import DataFrame, SparkSession
+
+logger = logging.getLogger(__name__)
+
+COMMITTED = "_COMMITTED"
+VERSION_PREFIX = "v-"
+
+
+class TableNotFoundError(LookupError):
+    """No committed version of a table exists yet."""
+
+
+def qualify(uri: str) -> str:
+    """A local path becomes an absolute `file:` URI; URIs with a scheme are kept."""
+    return uri.rstrip("/") if urlparse(uri).scheme else "file:" + os.path.abspath(uri)
+
+
+def _fs(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def new_version_uri(base_uri: str, name: str) -> str:
+    """A fresh, lexically time-ordered version folder for `name` under `base_uri`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{qualify(base_uri)}/{name}/{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def commit(spark: SparkSession, version_uri: str) -> None:
+    """Publish a fully written version: readers only ever see versions carrying the marker."""
+    fs, path = _fs(spark, f"{version_uri}/{COMMITTED}")
+    fs.create(path, True).close()
+
+
+def list_versions(spark: SparkSession, base_uri: str, name: str) -> tuple[list[str], list[str]]:
+    """(committed, uncommitted) version URIs of `name`, oldest first."""
+    fs, path = _fs(spark, f"{qualify(base_uri)}/{name}")
+    if not fs.exists(path):
+        return [], []
+    committed, pending = [], []
+    for status in fs.listStatus(path):
+        child = status.getPath()
+        if status.isDirectory() and child.getName().startswith(VERSION_PREFIX):
+            marker = child.suffix("/" + COMMITTED)
+            (committed if fs.exists(marker) else pending).append(child.toString())
+    return sorted(committed), sorted(pending)
+
+
+def latest_uri(spark: SparkSession, base_uri: str, name: str) -> str:
+    """URI of the newest committed version of `name`."""
+    committed, _ = list_versions(spark, base_uri, name)
+    if not committed:
+        raise TableNotFoundError(f"no committed version of {name!r} under {base_uri!r}: materialize it first")
+    return committed[-1]
+
+
+def prune(spark: SparkSession, base_uri: str, name: str, keep: int) -> None:
+    """Delete all but the newest `keep` committed versions, and failed writes older than those kept."""
+    committed, pending = list_versions(spark, base_uri, name)
+    kept = committed[-keep:]
+    doomed = committed[:-keep] + [p for p in pending if kept and p < kept[0]]
+    for uri in doomed:
+        fs, path = _fs(spark, uri)
+        fs.delete(path, True)
+        logger.info("pruned old version %s", uri)
+
+
+def write_table(df: DataFrame, base_uri: str, name: str, keep: int = 2) -> str:
+    """Write `df` as a new Parquet version of `name`, publish it atomically, prune old versions; return its URI."""
+    uri = new_version_uri(base_uri, name)
+    df.write.mode("errorifexists").parquet(uri)
+    commit(df.sparkSession, uri)
+    prune(df.sparkSession, base_uri, name, keep)
+    return uri
+
+
+def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
+    """The newest committed version of table `name`."""
+    return spark.read.parquet(latest_uri(spark, base_uri, name))
+
+
+def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int = 2) -> str:
+    """Save a Spark ML model as a new committed version of `name`; return its URI."""
+    uri = new_version_uri(base_uri, name)
+    model.write().save(uri)
+    commit(spark, uri)
+    prune(spark, base_uri, name, keep)
+    return uri
+
+
+def load_model(spark: SparkSession, model_class, base_uri: str, name: str):
+    """Load the newest committed version of model `name` with `model_class.load`."""
+    return model_class.load(latest_uri(spark, base_uri, name))
