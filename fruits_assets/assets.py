@@ -1,6 +1,5 @@
 """The asset graph: raw_images → cnn_features (+ quarantined_images) → scaled_features → pca_features."""
 
-
 import time
 
 from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, asset, multi_asset
@@ -39,17 +38,30 @@ def raw_images(pyspark: PySparkResource, image_source: ImageSource) -> Output[Da
         "quarantined_images": AssetOut(kinds={"parquet"}, description="Images that could not be featurized, with why."),
     },
 )
-def cnn_features(context: AssetExecutionContext, raw_images: DataFrame, pyspark: PySparkResource,
-                 image_source: ImageSource, cnn: CnnResource):  # fmt: skip
+def cnn_features(
+    context: AssetExecutionContext,
+    raw_images: DataFrame,
+    pyspark: PySparkResource,
+    image_source: ImageSource,
+    cnn: CnnResource,
+):
     """MobileNetV2 (ImageNet, no top, avg-pooled) on every image, decoded and inferred exactly once."""
     started = time.perf_counter()
     run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
     featurized, quarantined = run.features.count(), run.quarantined.count()
-    counts = {"raw": raw_images.count(), "featurized": featurized, "quarantined": quarantined, **run.counters.values()}
+    counts = {
+        "raw": raw_images.count(),
+        "featurized": featurized,
+        "quarantined": quarantined,
+        **run.counters.values(),
+    }
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
-    yield Output(run.features, "cnn_features", metadata={**counts, "batch_size": cnn.batch_size,
-                                                         "image_size": cnn.image_size})  # fmt: skip
+    yield Output(
+        run.features,
+        "cnn_features",
+        metadata={**counts, "batch_size": cnn.batch_size, "image_size": cnn.image_size},
+    )
     yield Output(run.quarantined, "quarantined_images", metadata={"quarantined": quarantined})
     run.release()
 
@@ -73,7 +85,10 @@ class PcaConfig(Config):
 def pca_features(config: PcaConfig, scaled_features: DataFrame, models: ModelStore) -> Output[DataFrame]:
     """PCA projection (path, label, pca_features) with k fixed or chosen from one fit to reach the target."""
     estimator = reduce.VariancePCA(
-        inputCol="scaled_features", outputCol="pca_features", k=config.k or 0, varianceTarget=config.variance_target
+        inputCol="scaled_features",
+        outputCol="pca_features",
+        k=config.k or 0,
+        varianceTarget=config.variance_target,
     )
     model = estimator.fit(scaled_features)
     curve = reduce.variance_curve(estimator.fullExplainedVariance)

@@ -1,6 +1,5 @@
 """Asset checks: counts reconcile, vectors are finite and full-length, PCA is complete and reaches its target."""
 
-
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetIn, AssetKey, asset_check
 from pyspark.sql import DataFrame
 
@@ -26,7 +25,9 @@ def features_are_finite_1280(cnn_features: DataFrame) -> AssetCheckResult:
 def pca_rows_match_features(pca_features: DataFrame, cnn_features: DataFrame) -> AssetCheckResult:
     """The PCA table has one row per featurized image."""
     pca_rows, feature_rows = pca_features.count(), cnn_features.count()
-    return AssetCheckResult(passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows})
+    return AssetCheckResult(
+        passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows}
+    )
 
 
 @asset_check(asset="pca_features")
@@ -39,7 +40,9 @@ def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> As
     if reached is None:
         return AssetCheckResult(passed=False, description="pca_features carries no explained_variance metadata")
     if target is None:
-        return AssetCheckResult(passed=True, description="k was fixed: no variance target", metadata={"reached": reached})
+        return AssetCheckResult(
+            passed=True, description="k was fixed: no variance target", metadata={"reached": reached}
+        )
     return AssetCheckResult(passed=reached >= target, metadata={"reached": reached, "target": target})
 
 

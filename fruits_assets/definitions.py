@@ -1,6 +1,5 @@
 """Definitions for a deployment: the assets and checks, bound to local resources (the default)."""
 
-
 import os
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
@@ -30,17 +29,26 @@ def default_weights() -> str | None:
     return str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None
 
 
-def local_resources(output_uri: str | None = None, spark_config: dict | None = None) -> dict:
-    """Resources for one machine: local Spark, tables and models under a local folder."""
+def local_resources(
+    image_root: str | None = None,
+    output_uri: str | None = None,
+    weights_path: str | None = None,
+    spark_config: dict | None = None,
+) -> dict:
+    """Resources for one machine: local Spark, tables and models under a local folder.
+
+    Unset arguments come from FRUITS_IMAGE_ROOT, FRUITS_OUTPUT_URI, FRUITS_WEIGHTS, FRUITS_BATCH_SIZE,
+    FRUITS_IMAGE_SIZE, or the workspace defaults in ../shared.
+    """
     output = output_uri or os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT))
     pyspark = PySparkResource(spark_config=spark_config or local_spark_config())
     return {
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
-        "image_source": ImageSource(root=os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
+        "image_source": ImageSource(root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
         "cnn": CnnResource(
-            weights_path=default_weights(),
+            weights_path=weights_path or default_weights(),
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
         ),

@@ -1,6 +1,5 @@
 """A Parquet IO manager for Spark DataFrames: each materialization is a new version published atomically."""
 
-
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
 from dagster_pyspark import PySparkResource
 from pydantic import Field

@@ -1,6 +1,5 @@
 """Metadata values the Dagster UI shows: per-class tables and the cumulative-variance curve."""
 
-
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 CURVE_POINTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1280)

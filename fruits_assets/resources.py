@@ -1,6 +1,5 @@
 """Resources: Spark session settings, the image source, the CNN settings and the model store, all validated early."""
 
-
 import os
 import sys
 from pathlib import Path
@@ -33,6 +32,8 @@ def local_spark_config(master: str | None = None) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
         "spark.sql.shuffle.partitions": "8",
+        # Image files are small: pack ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each).
+        "spark.sql.files.openCostInBytes": "65536",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
     }

@@ -72,13 +72,26 @@ def load_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
             f"weights file {weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
             "mobilenet_v2_1.0_224_no_top.weights.h5, or unset it to let Keras download the ImageNet weights"
         )
+    if weights_path is None:
+        return _download_weights(spec)
     try:
-        model = spec.build(weights_path if weights_path is not None else "imagenet")
+        model = spec.build(weights_path)
     except (ValueError, OSError, KeyError, TypeError) as error:
         raise WeightsError(
             f"weights file {weights_path!r} is not a Keras MobileNetV2 (alpha 1.0, no top) weights file: {error}"
         ) from error
     return model.get_weights()
+
+
+def _download_weights(spec: CnnSpec) -> list[np.ndarray]:
+    """Keras' own ImageNet download: the fallback on machines with internet."""
+    try:
+        return spec.build("imagenet").get_weights()
+    except Exception as error:  # Keras wraps network failures in a bare Exception
+        raise WeightsError(
+            f"Keras could not download the MobileNetV2 ImageNet weights ({error}): "
+            "set FRUITS_WEIGHTS to a local mobilenet_v2_1.0_224_no_top.weights.h5"
+        ) from error
 
 
 _DRIVER_BROADCASTS: dict[tuple[int, str, int], object] = {}
@@ -96,20 +109,29 @@ def broadcast_weights(spark: SparkSession, spec: CnnSpec, weights_path: str | No
 _WORKER_MODELS: dict[tuple[str, int], object] = {}
 
 
-def cached_model(spec: CnnSpec, fingerprint: str, weights_broadcast, tf_threads: int):
-    """The compiled model of this Python worker, built on first use and reused by every later batch."""
-    key = (fingerprint, spec.input_size)
-    if key not in _WORKER_MODELS:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+def cached_model(spec: CnnSpec, fingerprint: str, weights_broadcast, tf_threads: int) -> tuple[object, bool]:
+    """This Python worker's compiled model, built on first use and reused by every later batch and task.
 
-        _set_tf_threads(tf, tf_threads)
-        model = spec.build(None)
-        model.set_weights(weights_broadcast.value)
-        signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)]
-        _WORKER_MODELS[key] = tf.function(lambda x: model(x, training=False), input_signature=signature)
-        logger.info("built CNN in worker pid %s", os.getpid())
-    return _WORKER_MODELS[key]
+    Returns `(predict, built_now)`.
+    """
+    key = (fingerprint, spec.input_size)
+    if key in _WORKER_MODELS:
+        return _WORKER_MODELS[key], False
+    _WORKER_MODELS[key] = _build_predict(spec, weights_broadcast.value, tf_threads)
+    logger.info("built CNN in worker pid %s", os.getpid())
+    return _WORKER_MODELS[key], True
+
+
+def _build_predict(spec: CnnSpec, weights: list[np.ndarray], tf_threads: int):
+    """A traced `tf.function` running the model in inference mode on float32 batches of any length."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    _set_tf_threads(tf, tf_threads)
+    model = spec.build(None)
+    model.set_weights(weights)
+    signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)]
+    return tf.function(lambda x: model(x, training=False), input_signature=signature)
 
 
 def _set_tf_threads(tf, threads: int) -> None:
@@ -143,14 +165,38 @@ def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: 
 
 @dataclass
 class FeaturizeCounters:
-    """Spark accumulators filled as the featurization runs: images decoded and images run through the CNN."""
+    """Spark accumulators filled as a featurization runs: images decoded, run through the CNN, models built."""
 
     decoded: object
     inferred: object
+    models_built: object
+
+    @classmethod
+    def create(cls, sc) -> FeaturizeCounters:
+        """New zeroed accumulators, also registered in this driver's process-wide totals."""
+        counters = cls(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
+        _ALL_COUNTERS.append(counters)
+        return counters
 
     def values(self) -> dict[str, int]:
         """Current counts (read on the driver after an action)."""
-        return {"images_decoded": self.decoded.value, "cnn_images": self.inferred.value}
+        return {
+            "images_decoded": self.decoded.value,
+            "cnn_images": self.inferred.value,
+            "models_built": self.models_built.value,
+        }
+
+
+_ALL_COUNTERS: list[FeaturizeCounters] = []
+
+
+def process_totals() -> dict[str, int]:
+    """Counts summed over every featurization this driver process ran (tests and the benchmark read them)."""
+    totals = {"images_decoded": 0, "cnn_images": 0, "models_built": 0}
+    for counters in _ALL_COUNTERS:
+        for key, value in counters.values().items():
+            totals[key] += value
+    return totals
 
 
 def make_udf(spec: CnnSpec, fingerprint: str, weights_bc, batch_size: int, tf_threads: int, counters):
@@ -158,7 +204,8 @@ def make_udf(spec: CnnSpec, fingerprint: str, weights_bc, batch_size: int, tf_th
 
     @F.pandas_udf(RESULT_TYPE)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        predict = cached_model(spec, fingerprint, weights_bc, tf_threads)
+        predict, built = cached_model(spec, fingerprint, weights_bc, tf_threads)
+        counters.models_built.add(int(built))
         for contents in batches:
             result = featurize_contents(contents, predict, spec, batch_size)
             counters.decoded.add(len(contents))
@@ -210,8 +257,7 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         spark = dataset.sparkSession
         spec, path = self.spec(), self.weights_path()
         weights_bc = broadcast_weights(spark, spec, path)
-        sc = spark.sparkContext
-        self.counters = FeaturizeCounters(decoded=sc.accumulator(0), inferred=sc.accumulator(0))
+        self.counters = FeaturizeCounters.create(spark.sparkContext)
         udf = make_udf(
             spec,
             weights_fingerprint(path),

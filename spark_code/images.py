@@ -61,9 +61,7 @@ def with_label(files: DataFrame, root: str) -> DataFrame:
     """Add `label`: the name of the file's folder, or null for a file directly under the root."""
     parent = F.regexp_extract("path", r"^(.*)/[^/]+$", 1)
     name = F.regexp_extract("path", r"/([^/]+)/[^/]+$", 1)
-    return files.withColumn(
-        "label", F.when((parent != F.lit(qualify_root(root))) & (name != ""), name)
-    )
+    return files.withColumn("label", F.when((parent != F.lit(qualify_root(root))) & (name != ""), name))
 
 
 def list_images(spark: SparkSession, root: str) -> DataFrame:
@@ -85,10 +83,14 @@ def spark_path(uri: str) -> str:
 
 def empty_files(spark: SparkSession, files: DataFrame, listed: DataFrame) -> DataFrame:
     """Files in the file index that the scan dropped: 0-byte files, with their modification time."""
-    indexed = spark.createDataFrame([(spark_path(u),) for u in files.inputFiles()], "path string")
+    schema = "path string, length long, modification_time timestamp"
+    uris = files.inputFiles()
+    if len(uris) == listed.count():  # the common case: no empty file, no join needed
+        return spark.createDataFrame([], schema)
+    indexed = spark.createDataFrame([(spark_path(u),) for u in uris], "path string")
     missing = [row.path for row in indexed.join(listed, "path", "left_anti").collect()]
     rows = [(path, 0, _modification_time(spark, path)) for path in missing]
-    return spark.createDataFrame(rows, "path string, length long, modification_time timestamp")
+    return spark.createDataFrame(rows, schema)
 
 
 def _modification_time(spark: SparkSession, path: str):

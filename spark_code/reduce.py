@@ -80,8 +80,14 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
     )
 
     @keyword_only
-    def __init__(self, *, inputCol: str = "features", outputCol: str = "pca_features", k: int = 0,
-                 varianceTarget: float = 0.95):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        inputCol: str = "features",
+        outputCol: str = "pca_features",
+        k: int = 0,
+        varianceTarget: float = 0.95,
+    ):
         super().__init__()
         self._setDefault(inputCol="features", outputCol="pca_features", k=0, varianceTarget=0.95)
         self._set(**self._input_kwargs)
@@ -115,4 +121,3 @@ def project(model: PCAModel, df: DataFrame) -> DataFrame:
 def variance_curve(explained: np.ndarray) -> list[float]:
     """Cumulative explained variance for k = 1..len(explained)."""
     return [float(v) for v in np.cumsum(explained)]
-

@@ -1,0 +1,106 @@
+"""Shared fixtures: one local Spark session, the real weights, small real image samples plus broken files."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRUITS_SHARED", REPO.parent / "shared"))
+FRUITS = SHARED / "fruits-360" / "Test"
+ORIGINAL = SHARED / "fruits-360-original" / "Test"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
+ORIGINAL_CLASSES = ("Cherry 3", "apple_golden_1")
+
+
+def _require_shared() -> None:
+    missing = [str(p) for p in (FRUITS, ORIGINAL, WEIGHTS) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"test data missing: {missing}. The tests need ../shared next to the checkout (fruits-360, "
+            "fruits-360-original, weights); set FRUITS_SHARED to its location.",
+            pytrace=False,
+        )
+
+
+def first_images(folder: Path, n: int) -> list[Path]:
+    """The first n image files of a class folder, in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[:n]
+
+
+@pytest.fixture(scope="session")
+def weights_path() -> str:
+    _require_shared()
+    return str(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for the whole run, with the project's own local settings."""
+    from pyspark.sql import SparkSession
+
+    from fruits_assets.resources import local_spark_config
+
+    builder = SparkSession.builder
+    for key, value in local_spark_config("local[2]").items():
+        builder = builder.config(key, value)
+    session = builder.config("spark.driver.memory", "2g").getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def make_broken_files(root: Path, good_jpeg: Path) -> dict[str, str]:
+    """Write the bad and awkward inputs into `root`; return {relative path: expected outcome}."""
+    cls = root / "Broken Fruit"
+    cls.mkdir(parents=True, exist_ok=True)
+    data = good_jpeg.read_bytes()
+    (cls / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (cls / "corrupt.jpg").write_bytes(data[:200] + bytes(len(data) - 200))
+    (cls / "empty.jpg").write_bytes(b"")
+    (cls / "notes.jpg").write_text("this is not an image\n")
+    image = Image.open(good_jpeg).convert("RGB")
+    rgba = image.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(image.size))
+    rgba.save(cls / "alpha.png")
+    image.convert("L").save(cls / "gray.jpg")
+    image.convert("CMYK").save(cls / "cmyk.jpg")
+    shutil.copy(good_jpeg, root / "at_root.jpg")
+    return {
+        "Broken Fruit/truncated.jpg": "quarantined",
+        "Broken Fruit/corrupt.jpg": "quarantined",
+        "Broken Fruit/empty.jpg": "quarantined",
+        "Broken Fruit/notes.jpg": "quarantined",
+        "Broken Fruit/alpha.png": "featurized",
+        "Broken Fruit/gray.jpg": "featurized",
+        "Broken Fruit/cmyk.jpg": "featurized",
+        "at_root.jpg": "quarantined",
+    }
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """3 Fruits-360 classes × 4 photos (100×100), 2 original-size classes × 2 photos, and the broken files."""
+    _require_shared()
+    root = tmp_path_factory.mktemp("images")
+    for name, source, n in [(c, FRUITS, 4) for c in CLASSES] + [(c, ORIGINAL, 2) for c in ORIGINAL_CLASSES]:
+        (root / name).mkdir()
+        for image in first_images(source / name, n):
+            shutil.copy(image, root / name / image.name)
+    expected = make_broken_files(root, first_images(FRUITS / CLASSES[0], 1)[0])
+    (root / "expected.txt").write_text("\n".join(f"{k}\t{v}" for k, v in expected.items()))
+    return root
+
+
+@pytest.fixture(scope="session")
+def expected_outcomes(sample_root) -> dict[str, str]:
+    """{path relative to sample_root: 'featurized' | 'quarantined'} for every image file in the sample."""
+    outcomes = dict(line.split("\t") for line in (sample_root / "expected.txt").read_text().splitlines())
+    for path in sample_root.rglob("*.jpg"):
+        outcomes.setdefault(str(path.relative_to(sample_root)), "featurized")
+    return outcomes

@@ -1,0 +1,132 @@
+"""The whole asset graph materialized with dagster.materialize on real photos, broken files included."""
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from fruits_assets.assets import PcaConfig
+from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.definitions import ASSETS, local_resources
+from spark_code import featurize, io
+
+
+def _materialize(resources, instance=None, raise_on_error=True, run_config=None):
+    return materialize(
+        [*ASSETS, *ALL_CHECKS],
+        resources=resources,
+        instance=instance or DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(spark, sample_root, weights_path, tmp_path_factory):
+    """One full materialization; returns (result, output base, process counter deltas)."""
+    output = str(tmp_path_factory.mktemp("warehouse"))
+    before = featurize.process_totals()
+    result = _materialize(local_resources(str(sample_root), output, weights_path))
+    after = featurize.process_totals()
+    return result, output, {key: after[key] - before[key] for key in after}
+
+
+def _rel(path, root):
+    return path.split(str(root) + "/", 1)[1]
+
+
+def _metadata(result, asset):
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, expected_outcomes):
+    result, output, _ = run
+    assert result.success
+    raw = io.read_table(spark, output, "raw_images")
+    features = io.read_table(spark, output, "cnn_features")
+    quarantined = io.read_table(spark, output, "quarantined_images")
+    assert raw.count() == len(expected_outcomes) == features.count() + quarantined.count()
+    assert {_rel(r.path, sample_root) for r in features.collect()} == {
+        k for k, v in expected_outcomes.items() if v == "featurized"
+    }
+    reasons = {_rel(r.path, sample_root): r.reason for r in quarantined.collect()}
+    assert set(reasons) == {k for k, v in expected_outcomes.items() if v == "quarantined"}
+    assert all(reasons.values())
+
+
+def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcomes):
+    result, _, counted = run
+    featurized = sum(v == "featurized" for v in expected_outcomes.values())
+    undecodable = 3  # truncated, corrupt, text: decoded (and failed) once; empty/root files never reach the CNN
+    assert counted["cnn_images"] == featurized
+    assert counted["images_decoded"] == featurized + undecodable
+    assert _metadata(result, "cnn_features")["cnn_images"] == featurized
+
+
+def test_pca_output_and_metadata(run, spark):
+    result, output, _ = run
+    pca = io.read_table(spark, output, "pca_features")
+    meta = _metadata(result, "pca_features")
+    assert pca.columns == ["path", "label", "pca_features"]
+    assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
+    assert meta["explained_variance"] >= meta["variance_target"] == 0.95
+    assert "cumulative explained variance" in meta["cumulative_variance"]
+    assert "Apple Braeburn" in {r.label for r in pca.collect()}
+
+
+def test_raw_metadata_counts_classes(run, expected_outcomes):
+    result, _, _ = run
+    meta = _metadata(result, "raw_images")
+    assert meta["image_count"] == len(expected_outcomes)
+    assert meta["class_count"] == 6  # 3 Fruits-360 + 2 original-size + "Broken Fruit"
+
+
+def test_all_asset_checks_pass(run):
+    result, _, _ = run
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == {c.check_key.name for c in ALL_CHECKS}
+    assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
+
+
+def test_models_saved_and_reloadable(run, spark):
+    from pyspark.ml.feature import PCAModel, StandardScalerModel
+
+    result, output, _ = run
+    pca = io.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    scaler = io.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    assert pca.getK() == _metadata(result, "pca_features")["k"]
+    assert scaler.mean.size == 1280
+
+
+def test_rematerialize_replaces_version(run, spark, sample_root, weights_path):
+    _, output, _ = run
+    before = io.latest_uri(spark, output, "pca_features")
+    result = _materialize(
+        local_resources(str(sample_root), output, weights_path),
+        run_config={"ops": {"pca_features": {"config": {"k": 4}}}},
+    )
+    assert result.success and _metadata(result, "pca_features")["k"] == 4
+    assert io.latest_uri(spark, output, "pca_features") != before
+    assert len(io.read_table(spark, output, "pca_features").first().pca_features) == 4
+
+
+def _failure_message(result) -> str:
+    return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+
+
+def test_missing_root_fails_fast_naming_it(spark, tmp_path, weights_path):
+    missing = str(tmp_path / "missing photos")
+    result = _materialize(local_resources(missing, str(tmp_path / "out"), weights_path), raise_on_error=False)
+    assert not result.success
+    assert "missing photos" in str(result.all_events) and "FRUITS_IMAGE_ROOT" in str(result.all_events)
+
+
+def test_missing_weights_fail_before_any_spark_work(spark, sample_root, tmp_path):
+    bad = str(tmp_path / "gone.weights.h5")
+    result = _materialize(local_resources(str(sample_root), str(tmp_path / "out"), bad), raise_on_error=False)
+    assert not result.success
+    assert "gone.weights.h5" in str(result.all_events)
+    assert not (tmp_path / "out").exists()  # nothing was computed or written
+
+
+def test_bad_pca_config_names_the_field():
+    with pytest.raises(Exception, match="variance_target"):
+        PcaConfig(variance_target=1.5)

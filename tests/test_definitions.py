@@ -1,0 +1,33 @@
+"""Wiring: the code location loads, the job resolves, config errors name the bad value."""
+
+import pytest
+from pydantic import ValidationError
+
+from fruits_assets import defs
+from fruits_assets.resources import CnnResource
+
+
+def test_defs_load_and_job_resolves():
+    job = defs.resolve_job_def("materialize_all")
+    assert job is not None
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"}
+
+
+def test_one_group_with_lineage():
+    graph = defs.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups == {"fruits"}
+    parents = {
+        k.to_user_string()
+        for k in graph.get(
+            next(iter(k for k in graph.get_all_asset_keys() if k.to_user_string() == "pca_features"))
+        ).parent_keys
+    }
+    assert parents == {"scaled_features"}
+
+
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("image_size", 8), ("weights_path", " ")])
+def test_cnn_config_errors_name_the_field(field, value):
+    with pytest.raises(ValidationError, match=field):
+        CnnResource(**{field: value})

@@ -1,0 +1,106 @@
+"""The CNN featurizer: same numbers as Keras itself, one model per worker, clear weights errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from spark_code import featurize, images
+from spark_code.featurize import CnnFeaturizer, CnnSpec, WeightsError
+
+
+@pytest.fixture(scope="module")
+def featurized(spark, sample_root, weights_path):
+    """The featurizer run once over the labelled sample (Arrow batches of 4 rows, model batches of 3)."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
+    try:
+        listing = images.list_images(spark, str(sample_root)).filter("label is not null and length > 0")
+        featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=3, tfThreads=1)
+        rows = featurizer.transform(images.attach_content(spark, listing, str(sample_root))).collect()
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
+    return rows, featurizer.counters.values()
+
+
+def test_features_equal_direct_keras_predict(featurized, weights_path):
+    rows, _ = featurized
+    good = [r for r in rows if r.error is None]
+    spec = CnnSpec()
+    model = spec.build(weights_path)
+    pixels = np.stack([images.decode_image(Path(r.path.removeprefix("file:")).read_bytes(), 224) for r in good])
+    expected = model.predict(spec.preprocess(pixels), batch_size=8, verbose=0)
+    actual = np.array([r.features for r in good], dtype=np.float32)
+    assert actual.shape == (len(good), 1280)
+    assert np.abs(actual - expected).max() < 1e-4
+    assert (actual == 0).mean() > 0.1 and actual.std() > 0.1  # real ReLU6-pooled features, not zeros
+
+
+def test_undecodable_rows_carry_a_reason(featurized):
+    rows, _ = featurized
+    errors = {r.path.rsplit("/", 1)[1]: r.error for r in rows if r.error is not None}
+    assert set(errors) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
+    assert all(e.startswith("undecodable image") for e in errors.values())
+    assert all(r.features is None for r in rows if r.error is not None)
+
+
+def test_each_image_decoded_and_inferred_once_model_built_once_per_worker(featurized):
+    rows, counts = featurized
+    assert counts["images_decoded"] == len(rows)
+    assert counts["cnn_images"] == sum(r.error is None for r in rows)
+    # local[2] has two reused Python workers: each builds the model once for the whole session, never per
+    # batch or task (8 Arrow batches here) and never again for a later job.
+    assert counts["models_built"] <= 2
+    assert 1 <= featurize.process_totals()["models_built"] <= 2
+
+
+def test_featurizer_save_load_round_trip(tmp_path, weights_path):
+    featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=16, imageSize=160, outputCol="cnn")
+    featurizer.save(str(tmp_path / "featurizer"))
+    loaded = CnnFeaturizer.load(str(tmp_path / "featurizer"))
+    assert loaded.weights_path() == weights_path
+    assert loaded.getOrDefault("batchSize") == 16 and loaded.spec() == CnnSpec(input_size=160)
+    assert loaded.getOutputCol() == "cnn"
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    missing = str(tmp_path / "nope.weights.h5")
+    with pytest.raises(WeightsError, match="nope.weights.h5.*FRUITS_WEIGHTS"):
+        featurize.load_weights(CnnSpec(), missing)
+
+
+def test_wrong_weights_file_is_rejected(tmp_path):
+    bogus = tmp_path / "bogus.weights.h5"
+    bogus.write_text("not hdf5")
+    with pytest.raises(WeightsError, match="bogus.weights.h5.*not a Keras MobileNetV2"):
+        featurize.load_weights(CnnSpec(), str(bogus))
+
+
+def test_weights_of_another_model_are_rejected(tmp_path):
+    import tensorflow as tf
+
+    other = tmp_path / "other.weights.h5"
+    tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)]).save_weights(str(other))
+    with pytest.raises(WeightsError, match="other.weights.h5"):
+        featurize.load_weights(CnnSpec(), str(other))
+
+
+def test_target_partitions_keep_cores_busy():
+    assert featurize.target_partitions(10, 2) == 2
+    assert featurize.target_partitions(22688, 2) == 12
+    assert featurize.target_partitions(0, 4) == 4
+
+
+def test_featurize_listing_quarantines_every_bad_row(spark, sample_root, weights_path, expected_outcomes):
+    listing = images.list_images(spark, str(sample_root))
+    run = featurize.featurize_listing(spark, listing, str(sample_root), CnnFeaturizer(weightsPath=weights_path))
+    try:
+        quarantined = {r.path.split(str(sample_root) + "/", 1)[1]: r.reason for r in run.quarantined.collect()}
+        featurized = {r.path.split(str(sample_root) + "/", 1)[1] for r in run.features.select("path").collect()}
+    finally:
+        run.release()
+    assert quarantined["at_root.jpg"] == images.NO_CLASS_FOLDER
+    assert quarantined["Broken Fruit/empty.jpg"].startswith("empty file")
+    assert {k for k, v in expected_outcomes.items() if v == "quarantined"} == set(quarantined)
+    assert {k for k, v in expected_outcomes.items() if v == "featurized"} == featurized
+    assert run.features.filter(F.size("features") != 1280).count() == 0
