@@ -54,6 +54,7 @@ def cnn_features(
         "featurized": featurized,
         "quarantined": quarantined,
         **run.counters.values(),
+        **run.counters.seconds(),
     }
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -145,21 +146,28 @@ def _set_tf_threads(tf, threads: int) -> None:
         pass
 
 
-def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: int) -> pd.DataFrame:
-    """Decode and featurize one Arrow batch of image bytes, `batch_size` images per model call."""
+def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: int, timings=None) -> pd.DataFrame:
+    """Decode and featurize one Arrow batch of image bytes, `batch_size` images per model call.
+
+    `timings`, if given, is a two-item list that receives decode and inference seconds.
+    """
     features: list[np.ndarray | None] = [None] * len(contents)
     errors: list[str | None] = [None] * len(contents)
+    timings = timings if timings is not None else [0.0, 0.0]
     for start in range(0, len(contents), batch_size):
+        t0 = time.perf_counter()
         chunk = range(start, min(start + batch_size, len(contents)))
         decoded = [(i, *try_decode(contents.iat[i], spec.input_size)) for i in chunk]
         good = [(i, pixels) for i, pixels, _ in decoded if pixels is not None]
         for i, _, error in decoded:
             errors[i] = error
+        t1 = time.perf_counter()
         if good:
-            batch = spec.preprocess(np.stack([pixels for _, pixels in good]))
-            output = predict(batch).numpy()
+            output = predict(spec.preprocess(np.stack([pixels for _, pixels in good]))).numpy()
             for (i, _), vector in zip(good, output, strict=True):
                 features[i] = vector
+        timings[0] += t1 - t0
+        timings[1] += time.perf_counter() - t1
     return pd.DataFrame({"features": features, "error": errors})
 
 
@@ -186,6 +194,10 @@ class FeaturizeCounters:
             "models_built": self.models_built.value,
         }
 
+    def seconds(self) -> dict[str, float]:
+        """Task seconds spent decoding and in the model, summed over all tasks."""
+        return {"decode_s": round(self.decode_s.value, 2), "inference_s": round(self.inference_s.value, 2)}
+
 
 _ALL_COUNTERS: list[FeaturizeCounters] = []
 
@@ -207,7 +219,10 @@ def make_udf(spec: CnnSpec, fingerprint: str, weights_bc, batch_size: int, tf_th
         predict, built = cached_model(spec, fingerprint, weights_bc, tf_threads)
         counters.models_built.add(int(built))
         for contents in batches:
-            result = featurize_contents(contents, predict, spec, batch_size)
+            timings = [0.0, 0.0]
+            result = featurize_contents(contents, predict, spec, batch_size, timings)
+            counters.decode_s.add(timings[0])
+            counters.inference_s.add(timings[1])
             counters.decoded.add(len(contents))
             counters.inferred.add(int(result["error"].isna().sum()))
             yield result

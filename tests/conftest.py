@@ -32,6 +32,20 @@ def first_images(folder: Path, n: int) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def fruits_dir() -> Path:
+    """../shared/fruits-360/Test (131 classes of 100×100 photos)."""
+    _require_shared()
+    return FRUITS
+
+
+@pytest.fixture(scope="session")
+def original_dir() -> Path:
+    """../shared/fruits-360-original/Test (original-size photos)."""
+    _require_shared()
+    return ORIGINAL
+
+
+@pytest.fixture(scope="session")
 def weights_path() -> str:
     _require_shared()
     return str(WEIGHTS)

@@ -8,21 +8,21 @@ import pytest
 from PIL import Image
 
 from spark_code import images
-from tests.conftest import CLASSES, FRUITS, ORIGINAL, ORIGINAL_CLASSES, first_images
+from tests.conftest import CLASSES, ORIGINAL_CLASSES, first_images
 
 
 def _decode(path: Path, size: int = 224):
     return images.try_decode(path.read_bytes(), size)
 
 
-def test_fruits360_photo_decodes_to_model_input():
-    pixels, reason = _decode(first_images(FRUITS / "Banana", 1)[0])
+def test_fruits360_photo_decodes_to_model_input(fruits_dir):
+    pixels, reason = _decode(first_images(fruits_dir / "Banana", 1)[0])
     assert reason is None and pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     assert 50 < pixels.mean() < 250  # a real photo on a white background, not a blank array
 
 
-def test_original_size_photo_is_resized():
-    photo = first_images(ORIGINAL / ORIGINAL_CLASSES[0], 1)[0]
+def test_original_size_photo_is_resized(original_dir):
+    photo = first_images(original_dir / ORIGINAL_CLASSES[0], 1)[0]
     assert Image.open(photo).size != (100, 100)
     pixels, reason = _decode(photo, 160)
     assert reason is None and pixels.shape == (160, 160, 3)

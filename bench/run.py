@@ -1,0 +1,128 @@
+"""Benchmark: the bare model vs the whole asset graph on the same images, in one invocation; JSON out."""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEFAULT_ROOT = SHARED / "fruits-360" / "Test"
+DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+logger = logging.getLogger("bench")
+
+
+def stratified(root: Path, n: int | None) -> dict[str, list[Path]]:
+    """Per class folder, its image files; with n, about n in all, spread evenly within each class."""
+    from bench.baseline import image_files
+
+    by_class: dict[str, list[Path]] = {}
+    for path in image_files(root):
+        by_class.setdefault(str(path.parent.relative_to(root)), []).append(path)
+    total = sum(len(files) for files in by_class.values())
+    if n is None or n >= total:
+        return by_class
+    picked = {}
+    for label, files in by_class.items():
+        k = max(1, round(n * len(files) / total))
+        picked[label] = [files[int(i * len(files) / k)] for i in range(k)]
+    return picked
+
+
+def link_tree(selection: dict[str, list[Path]], target: Path) -> Path:
+    """A folder of symlinks with the same class folders: the subset both sides read."""
+    for label, files in selection.items():
+        (target / label).mkdir(parents=True, exist_ok=True)
+        for path in files:
+            (target / label / path.name).symlink_to(path)
+    return target
+
+
+def warm_cache(selection: dict[str, list[Path]]) -> None:
+    """Read every file once so neither side pays the cold page cache."""
+    for files in selection.values():
+        for path in files:
+            path.read_bytes()
+
+
+def run_side(module: str, args: list[str], env: dict) -> dict:
+    """Run one side in its own process (own memory, own TF runtime) and parse its JSON line."""
+    cmd = [sys.executable, "-m", module, *args]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{module} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(result: dict) -> str:
+    """The human-readable summary."""
+    base, pipe = result["baseline"], result["pipeline"]
+    lines = [
+        f"machine: {result['cores']} cores; images: {pipe['images']} (+{pipe['quarantined']} quarantined)",
+        f"{'':10}{'images':>8}{'seconds':>10}{'images/s':>10}{'peak RSS MiB':>14}",
+        f"{'baseline':10}{base['images']:>8}{base['seconds']:>10}{base['images_per_s']:>10}"
+        f"{base['peak_rss_mib']['total']:>14}",
+        f"{'pipeline':10}{pipe['images']:>8}{pipe['seconds']:>10}{pipe['images_per_s']:>10}"
+        f"{pipe['peak_rss_mib']['total']:>14}",
+        f"ratio pipeline/baseline: {result['ratio']:.2f}",
+        f"pipeline peak RSS by process (MiB): {pipe['peak_rss_mib']}",
+        f"pipeline steps (s): {pipe['steps_s']}",
+        f"CNN images {pipe['counters']['cnn_images']} = featurized {pipe['images']}: {result['one_pass_per_image']}",
+        f"baseline split (s): load {base['startup_and_model_load_s']}, decode {base['read_decode_preprocess_s']}, "
+        f"inference {base['inference_s']}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--images", type=int, default=None, help="stratified subset of about N images")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", str(DEFAULT_WEIGHTS)))
+    parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    selection = stratified(args.root, args.images)
+    env = {**os.environ, "FRUITS_BATCH_SIZE": str(args.batch_size), "FRUITS_IMAGE_SIZE": str(args.image_size)}
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
+        root = link_tree(selection, Path(tmp) / "images") if args.images else args.root
+        warm_cache(selection)
+        common = ["--root", str(root), "--weights", args.weights]
+        logger.info("baseline on %s", root)
+        baseline = run_side(
+            "bench.baseline",
+            [*common, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size)],
+            env,
+        )
+        logger.info("pipeline on %s", root)
+        pipeline = run_side("bench.pipeline", [*common, "--output", str(Path(tmp) / "out")], env)
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "root": str(args.root),
+        "requested_images": args.images,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "baseline": baseline,
+        "pipeline": pipeline,
+        "ratio": round(pipeline["seconds"] / baseline["seconds"], 3),
+        "one_pass_per_image": pipeline["counters"]["cnn_images"] == pipeline["images"] == baseline["images"],
+    }
+    out = args.json or REPO / "bench" / "results" / f"bench-{result['when'].replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(report(result))
+    print(f"JSON: {out}")
+    if not result["one_pass_per_image"] or not pipeline["success"]:
+        raise SystemExit("benchmark invariant failed: see above")
+
+
+if __name__ == "__main__":
+    main()
