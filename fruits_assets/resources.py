@@ -21,7 +21,12 @@ DEFAULT_OUTPUT = REPO_ROOT / "data"
 
 
 def local_spark_config(master: str | None = None) -> dict[str, str]:
-    """Spark settings for one machine: Arrow UDFs, Python worker reuse, the venv's Python on workers."""
+    """Spark settings for one machine: Arrow UDFs, Python worker reuse, the venv's Python on workers.
+
+    PySpark started from Python takes the workers' interpreter from PYSPARK_PYTHON (default `python3` on PATH,
+    which is not the venv's when the venv is not activated), so it is pointed at this interpreter too.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return {
         "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[*]"),
         "spark.app.name": "fruits-features",

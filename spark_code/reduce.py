@@ -1,14 +1,16 @@
-"""StandardScaler + PCA whose k reaches a target share of the variance, chosen from one fit."""
+"""StandardScaler + PCA whose k reaches a target share of the variance, chosen from one fit; save/load as Spark ML."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 import numpy as np
-from pyspark import keyword_only
+import pandas as pd
+from pyspark import SparkContext, keyword_only
 from pyspark.ml import Estimator
 from pyspark.ml.common import _py2java
-from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
+from pyspark.ml.feature import PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector, VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -47,31 +49,63 @@ def smallest_k(cumulative: np.ndarray, target: float) -> int:
     return int(reached[0]) + 1 if reached.size else len(cumulative)
 
 
-def truncate(model: PCAModel, k: int) -> PCAModel:
-    """A PCAModel keeping the first k components of `model` (no refit)."""
-    pc = model.pc.toArray()[:, :k]
-    variance = model.explainedVariance.toArray()[:k]
-    sc = _active_context()
-    jpc = _py2java(sc, DenseMatrix(pc.shape[0], k, pc.flatten(order="F").tolist()))
-    jvar = _py2java(sc, DenseVector(variance))
-    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(model.uid, jpc, jvar)
-    truncated = PCAModel(java_model)
-    truncated._set(k=k, inputCol=model.getInputCol(), outputCol=model.getOutputCol())
-    truncated._transfer_params_to_java()
-    return truncated
+def gram_stats(df: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """Row count, column sums and XᵀX of an array column: NumPy (BLAS) per partition, summed on the driver.
+
+    One pass over the data, one small result per task slot (d×d doubles each).
+    """
+    slots = df.sparkSession.sparkContext.defaultParallelism
+
+    def partial(batches):
+        n, total, gram = 0, 0.0, 0.0
+        for pdf in batches:
+            x = np.stack(pdf[column].to_numpy()).astype(np.float64)
+            n, total, gram = n + len(x), total + x.sum(axis=0), gram + x.T @ x
+        if n:
+            yield pd.DataFrame({"n": [n], "total": [total.tobytes()], "gram": [gram.tobytes()]})
+
+    parts = df.select(column).coalesce(slots).mapInPandas(partial, "n long, total binary, gram binary").collect()
+    if not parts:
+        raise ValueError(f"cannot fit PCA on column {column!r}: the table has no rows")
+    n = sum(p.n for p in parts)
+    total = sum(np.frombuffer(p.total) for p in parts)
+    gram = sum(np.frombuffer(p.gram) for p in parts)
+    return n, total, gram.reshape(len(total), len(total))
 
 
-def _active_context():
-    from pyspark import SparkContext
+def principal_components(n: int, total: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(components as columns, explained-variance shares), largest first, from the sums of `gram_stats`."""
+    mean = total / n
+    covariance = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    variances, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(variances)[::-1]
+    variances, vectors = np.clip(variances[order], 0.0, None), vectors[:, order]
+    if variances.sum() <= 0:
+        raise ValueError("cannot fit PCA: every row is identical (zero variance)")
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    return vectors * signs, variances / variances.sum()
 
-    return SparkContext._active_spark_context
+
+def pca_model(pc: np.ndarray, explained: np.ndarray, input_col: str, output_col: str) -> PCAModel:
+    """A standard Spark `PCAModel` (saves, loads and transforms like one fitted by `PCA`) from NumPy arrays."""
+    sc = SparkContext._active_spark_context
+    d, k = pc.shape
+    jpc = _py2java(sc, DenseMatrix(d, k, pc.flatten(order="F").tolist()))
+    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(
+        f"PCA_{uuid.uuid4().hex[-12:]}", jpc, _py2java(sc, DenseVector(explained))
+    )
+    model = PCAModel(java_model)
+    model._set(k=k, inputCol=input_col, outputCol=output_col)
+    model._transfer_params_to_java()
+    return model
 
 
 class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
     """PCA with a fixed `k`, or the smallest k reaching `varianceTarget`; `fit` returns a Spark `PCAModel`.
 
-    The target mode fits all components once and keeps the first k: no refitting loop.
-    `fullExplainedVariance` holds, after `fit`, the variance share of every component (for the curve).
+    One pass computes the covariance (NumPy per partition), one eigendecomposition gives every component; k is
+    read off the cumulative curve, no refitting. `fullExplainedVariance` holds, after `fit`, every
+    component's share of the variance (for the curve).
     """
 
     k = Param(Params._dummy(), "k", "number of components (0: choose from varianceTarget)", TypeConverters.toInt)
@@ -81,12 +115,7 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
 
     @keyword_only
     def __init__(
-        self,
-        *,
-        inputCol: str = "features",
-        outputCol: str = "pca_features",
-        k: int = 0,
-        varianceTarget: float = 0.95,
+        self, *, inputCol: str = "features", outputCol: str = "pca_features", k: int = 0, varianceTarget: float = 0.95
     ):
         super().__init__()
         self._setDefault(inputCol="features", outputCol="pca_features", k=0, varianceTarget=0.95)
@@ -95,17 +124,14 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
 
     def _fit(self, dataset: DataFrame) -> PCAModel:
         input_col = self.getInputCol()
-        data = dataset if _is_vector(dataset, input_col) else as_vectors(dataset, input_col)
-        dim = len(data.select(input_col).first()[0])
-        fixed_k = self.getOrDefault(self.k)
-        full = PCA(k=fixed_k or dim, inputCol=input_col, outputCol=self.getOutputCol()).fit(data)
-        self.fullExplainedVariance = full.explainedVariance.toArray()
-        if fixed_k:
-            return full
-        cumulative = np.cumsum(self.fullExplainedVariance)
-        chosen = smallest_k(cumulative, self.getOrDefault(self.varianceTarget))
-        logger.info("PCA keeps k=%d of %d components (%.4f of the variance)", chosen, dim, cumulative[chosen - 1])
-        return truncate(full, chosen)
+        data = as_arrays(dataset, input_col) if _is_vector(dataset, input_col) else dataset
+        pc, explained = principal_components(*gram_stats(data, input_col))
+        self.fullExplainedVariance = explained
+        k = self.getOrDefault(self.k) or smallest_k(np.cumsum(explained), self.getOrDefault(self.varianceTarget))
+        if k > len(explained):
+            raise ValueError(f"k={k} is larger than the input dimension {len(explained)}")
+        logger.info("PCA keeps k=%d of %d components (%.4f of the variance)", k, len(explained), explained[:k].sum())
+        return pca_model(pc[:, :k], explained[:k], input_col, self.getOutputCol())
 
 
 def _is_vector(df: DataFrame, column: str) -> bool:

@@ -38,7 +38,7 @@ def test_variance_target_picks_k_from_one_fit(synthetic):
     assert len(curve) == 12 and curve[-1] == pytest.approx(1.0)
 
 
-def test_truncated_model_projects_like_a_refit(synthetic):
+def test_fit_projects_like_spark_pca(synthetic):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
     refit = PCA(k=3, inputCol="features", outputCol="pca").fit(reduce.as_vectors(synthetic, "features"))
     ours = np.array([r.pca for r in reduce.project(model, synthetic).collect()])
@@ -71,3 +71,15 @@ def test_estimator_params_round_trip(tmp_path):
     estimator.save(str(tmp_path / "est"))
     loaded = reduce.VariancePCA.load(str(tmp_path / "est"))
     assert loaded.getOrDefault("varianceTarget") == pytest.approx(0.8) and loaded.getInputCol() == "x"
+
+
+def test_identical_rows_are_a_clear_error(spark):
+    df = spark.createDataFrame([([1.0, 2.0],)] * 5, "features array<double>")
+    with pytest.raises(ValueError, match="zero variance"):
+        reduce.VariancePCA(inputCol="features").fit(df)
+
+
+def test_gram_stats_match_numpy(synthetic):
+    x = np.array([r.features for r in synthetic.collect()])
+    n, total, gram = reduce.gram_stats(synthetic, "features")
+    assert n == len(x) and np.allclose(total, x.sum(axis=0)) and np.allclose(gram, x.T @ x)
