@@ -178,11 +178,13 @@ class FeaturizeCounters:
     decoded: object
     inferred: object
     models_built: object
+    decode_s: object
+    inference_s: object
 
     @classmethod
     def create(cls, sc) -> FeaturizeCounters:
         """New zeroed accumulators, also registered in this driver's process-wide totals."""
-        counters = cls(sc.accumulator(0), sc.accumulator(0), sc.accumulator(0))
+        counters = cls(*(sc.accumulator(0) for _ in range(3)), sc.accumulator(0.0), sc.accumulator(0.0))
         _ALL_COUNTERS.append(counters)
         return counters
 
