@@ -118,3 +118,23 @@ def expected_outcomes(sample_root) -> dict[str, str]:
     for path in sample_root.rglob("*.jpg"):
         outcomes.setdefault(str(path.relative_to(sample_root)), "featurized")
     return outcomes
+
+
+@pytest.fixture(scope="session")
+def run(spark, sample_root, weights_path, tmp_path_factory):
+    """One full local materialization of the sample; returns (result, output base, process counter deltas)."""
+    from dagster import DagsterInstance, materialize
+
+    from fruits_assets.checks import ALL_CHECKS
+    from fruits_assets.definitions import ASSETS, local_resources
+    from spark_code import featurize
+
+    output = str(tmp_path_factory.mktemp("warehouse"))
+    before = featurize.process_totals()
+    result = materialize(
+        [*ASSETS, *ALL_CHECKS],
+        resources=local_resources(str(sample_root), output, weights_path),
+        instance=DagsterInstance.ephemeral(),
+    )
+    after = featurize.process_totals()
+    return result, output, {key: after[key] - before[key] for key in after}

@@ -1,12 +1,14 @@
 """The whole asset graph materialized with dagster.materialize on real photos, broken files included."""
 
+import shutil
+
 import pytest
 from dagster import DagsterInstance, materialize
 
 from fruits_assets.assets import PcaConfig
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import ASSETS, local_resources
-from spark_code import featurize, io
+from spark_code import io
 
 
 def _materialize(resources, instance=None, raise_on_error=True, run_config=None):
@@ -17,16 +19,6 @@ def _materialize(resources, instance=None, raise_on_error=True, run_config=None)
         raise_on_error=raise_on_error,
         run_config=run_config,
     )
-
-
-@pytest.fixture(scope="module")
-def run(spark, sample_root, weights_path, tmp_path_factory):
-    """One full materialization; returns (result, output base, process counter deltas)."""
-    output = str(tmp_path_factory.mktemp("warehouse"))
-    before = featurize.process_totals()
-    result = _materialize(local_resources(str(sample_root), output, weights_path))
-    after = featurize.process_totals()
-    return result, output, {key: after[key] - before[key] for key in after}
 
 
 def _rel(path, root):
@@ -96,20 +88,21 @@ def test_models_saved_and_reloadable(run, spark):
     assert scaler.mean.size == 1280
 
 
-def test_rematerialize_replaces_version(run, spark, sample_root, weights_path):
-    _, output, _ = run
+def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, tmp_path):
+    output = str(tmp_path / "copy")
+    shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
     before = io.latest_uri(spark, output, "pca_features")
-    result = _materialize(
-        local_resources(str(sample_root), output, weights_path),
+    result = materialize(
+        [*ASSETS, *ALL_CHECKS],
+        selection=["pca_features"],
+        resources=local_resources(str(sample_root), output, weights_path),
         run_config={"ops": {"pca_features": {"config": {"k": 4}}}},
+        instance=DagsterInstance.ephemeral(),
     )
     assert result.success and _metadata(result, "pca_features")["k"] == 4
-    assert io.latest_uri(spark, output, "pca_features") != before
+    after = io.latest_uri(spark, output, "pca_features")
+    assert after != before and io.list_versions(spark, output, "pca_features")[0] == [before, after]
     assert len(io.read_table(spark, output, "pca_features").first().pca_features) == 4
-
-
-def _failure_message(result) -> str:
-    return "\n".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
 
 
 def test_missing_root_fails_fast_naming_it(spark, tmp_path, weights_path):

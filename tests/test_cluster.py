@@ -1,0 +1,96 @@
+"""Scale-out proof: the asset graph on a real standalone cluster (a master and two one-core workers as separate
+processes on 127.0.0.1) gives the local run's outputs, uses both workers, and survives losing one mid-run."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from spark_code import io
+from tests.cluster import standalone_cluster, stop
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with standalone_cluster(tmp_path_factory.mktemp("cluster"), workers=2) as running:
+        yield running
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch(cluster, sample_root, output, weights_path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    args = [cluster.url, str(sample_root), str(output), weights_path, port]
+    cmd = [sys.executable, "-m", "tests.run_on_master", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), port
+
+
+def _summary(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _features(spark, output) -> dict[str, np.ndarray]:
+    return {r.path: np.array(r.features) for r in io.read_table(spark, str(output), "cnn_features").collect()}
+
+
+def _pca(spark, output) -> dict[str, np.ndarray]:
+    return {r.path: np.array(r.pca_features) for r in io.read_table(spark, str(output), "pca_features").collect()}
+
+
+def _assert_same_outputs(spark, output, reference) -> None:
+    ours, theirs = _features(spark, output), _features(spark, reference)
+    assert ours.keys() == theirs.keys()
+    assert max(np.abs(ours[p] - theirs[p]).max() for p in ours) < 1e-4
+    pca, local_pca = _pca(spark, output), _pca(spark, reference)
+    assert pca.keys() == local_pca.keys()
+    assert {len(v) for v in pca.values()} == {len(v) for v in local_pca.values()}
+    assert max(np.abs(pca[p] - local_pca[p]).max() for p in pca) < 1e-3
+    quarantined = io.read_table(spark, str(output), "quarantined_images").collect()
+    reference_quarantined = io.read_table(spark, str(reference), "quarantined_images").collect()
+    assert {(r.path, r.reason) for r in quarantined} == {(r.path, r.reason) for r in reference_quarantined}
+
+
+def test_cluster_run_equals_local_run_and_uses_both_workers(cluster, spark, sample_root, weights_path, tmp_path, run):
+    process, _ = _launch(cluster, sample_root, tmp_path / "out", weights_path)
+    summary = _summary(process)
+    assert summary["success"] and all(summary["checks"].values())
+    busy = [e for e in summary["executors"].values() if e["tasks"] > 0]
+    assert len(busy) == 2, summary["executors"]  # one executor per worker, both ran tasks
+    _assert_same_outputs(spark, tmp_path / "out", run[1])
+
+
+def _completed_tasks(port: str) -> int:
+    base = f"http://127.0.0.1:{port}/api/v1/applications"
+    try:
+        with urllib.request.urlopen(base, timeout=2) as response:
+            app = json.load(response)[0]["id"]
+        with urllib.request.urlopen(f"{base}/{app}/executors", timeout=2) as response:
+            return sum(e["completedTasks"] for e in json.load(response) if e["id"] != "driver")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_losing_a_worker_mid_run_still_gives_complete_identical_outputs(
+    cluster, spark, sample_root, weights_path, tmp_path, run
+):
+    process, port = _launch(cluster, sample_root, tmp_path / "out", weights_path)
+    deadline = time.monotonic() + 300
+    while _completed_tasks(port) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before a worker could be killed"
+    stop(cluster.workers[1])  # the worker, its executor and that executor's Python workers
+    summary = _summary(process)
+    assert summary["success"] and all(summary["checks"].values())
+    _assert_same_outputs(spark, tmp_path / "out", run[1])
