@@ -30,7 +30,7 @@ def local_spark_config(master: str | None = None) -> dict[str, str]:
     return {
         "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[*]"),
         "spark.app.name": "fruits-features",
-        "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
+        "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "2g"),
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.python.worker.reuse": "true",
@@ -39,6 +39,9 @@ def local_spark_config(master: str | None = None) -> dict[str, str]:
         "spark.sql.shuffle.partitions": "8",
         # Image files are small: pack ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each).
         "spark.sql.files.openCostInBytes": "65536",
+        # List a local folder on the driver (about 1 s for 22,688 files) rather than with a Spark job.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
     }

@@ -84,10 +84,9 @@ def spark_path(uri: str) -> str:
 def empty_files(spark: SparkSession, files: DataFrame, listed: DataFrame) -> DataFrame:
     """Files in the file index that the scan dropped: 0-byte files, with their modification time."""
     schema = "path string, length long, modification_time timestamp"
-    uris = files.inputFiles()
-    if len(uris) == listed.count():  # the common case: no empty file, no join needed
+    if len(files._jdf.inputFiles()) == listed.count():  # the common case, one JVM call: no empty file
         return spark.createDataFrame([], schema)
-    indexed = spark.createDataFrame([(spark_path(u),) for u in uris], "path string")
+    indexed = spark.createDataFrame([(spark_path(u),) for u in files.inputFiles()], "path string")
     missing = [row.path for row in indexed.join(listed, "path", "left_anti").collect()]
     rows = [(path, 0, _modification_time(spark, path)) for path in missing]
     return spark.createDataFrame(rows, schema)
@@ -144,5 +143,7 @@ def try_decode(data: bytes | None, size: int) -> tuple[np.ndarray | None, str | 
         return None, "empty file (0 bytes)"
     try:
         return decode_image(data, size), None
+    except UnidentifiedImageError:
+        return None, "undecodable image: not in any format Pillow recognises"
     except DECODE_ERRORS as error:
         return None, f"undecodable image: {type(error).__name__}: {error}"

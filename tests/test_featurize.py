@@ -12,15 +12,21 @@ from spark_code.featurize import CnnFeaturizer, CnnSpec, WeightsError
 
 @pytest.fixture(scope="module")
 def featurized(spark, sample_root, weights_path):
-    """The featurizer run once over the labelled sample (Arrow batches of 4 rows, model batches of 3)."""
+    """The featurizer run twice in a row over the labelled sample (Arrow batches of 4 rows, model batches of 3).
+
+    Returns the first run's rows and both runs' counters.
+    """
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
     try:
         listing = images.list_images(spark, str(sample_root)).filter("label is not null and length > 0")
-        featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=3, tfThreads=1)
-        rows = featurizer.transform(images.attach_content(spark, listing, str(sample_root))).collect()
+        counts = []
+        for _ in range(2):
+            featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=3, tfThreads=1)
+            rows = featurizer.transform(images.attach_content(spark, listing, str(sample_root))).collect()
+            counts.append(featurizer.counters.values())
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
-    return rows, featurizer.counters.values()
+    return rows, counts
 
 
 def test_features_equal_direct_keras_predict(featurized, weights_path):
@@ -45,13 +51,14 @@ def test_undecodable_rows_carry_a_reason(featurized):
 
 
 def test_each_image_decoded_and_inferred_once_model_built_once_per_worker(featurized):
-    rows, counts = featurized
-    assert counts["images_decoded"] == len(rows)
-    assert counts["cnn_images"] == sum(r.error is None for r in rows)
-    # local[2] has two reused Python workers: each builds the model once for the whole session, never per
-    # batch or task (8 Arrow batches here) and never again for a later job.
-    assert counts["models_built"] <= 2
-    assert 1 <= featurize.process_totals()["models_built"] <= 2
+    rows, (first, second) = featurized
+    for counts in (first, second):
+        assert counts["images_decoded"] == len(rows)
+        assert counts["cnn_images"] == sum(r.error is None for r in rows)
+    # local[2] keeps at most two Python workers alive, reused across tasks and jobs: over two jobs of 6 Arrow
+    # batches each, at most one model is built per worker, never one per batch, task or job.
+    assert len(rows) / 4 >= 5
+    assert first["models_built"] + second["models_built"] <= 2
 
 
 def test_featurizer_save_load_round_trip(tmp_path, weights_path):

@@ -1,0 +1,139 @@
+"""The Dagster UI as a person uses it: `dagster dev` on 127.0.0.1, headless Chromium, "Materialize all", metadata."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(base: str, query: str) -> dict:
+    """POST a GraphQL query to the webserver."""
+    request = urllib.request.Request(
+        f"{base}/graphql", json.dumps({"query": query}).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"]
+
+
+def _wait_until_up(base: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "dagster dev exited"
+        try:
+            if graphql(base, "{ assetNodes { id } }")["assetNodes"]:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError("dagster dev did not come up")
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(sample_root, weights_path, tmp_path_factory):
+    """`dagster dev` in the repo root with a temporary DAGSTER_HOME, on the small sample; stopped afterwards."""
+    tmp = tmp_path_factory.mktemp("dagster-dev")
+    (tmp / "home").mkdir()
+    (tmp / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp / "home"),
+        "FRUITS_IMAGE_ROOT": str(sample_root),
+        "FRUITS_OUTPUT_URI": str(tmp / "out"),
+        "FRUITS_WEIGHTS": weights_path,
+    }
+    dagster = Path(sys.executable).parent / "dagster"
+    cmd = [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port)]
+    log = (tmp / "dagster-dev.log").open("w")
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, process)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for_run(base: str, timeout: float = 600) -> str:
+    query = "{ runsOrError { ... on Runs { results { runId status } } } }"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = graphql(base, query)["runsOrError"]["results"]
+        if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return runs[0]["status"]
+        time.sleep(2)
+    raise TimeoutError("the launched run did not finish")
+
+
+def _dismiss_popups(page) -> None:
+    try:
+        page.get_by_role("button", name="Skip").click(timeout=5000)
+    except Exception:  # the community pop-up shows only on a first visit
+        pass
+
+
+def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
+        _dismiss_popups(page)
+        page.get_by_role("button", name="Materialize all").click()
+        assert _wait_for_run(dagster_dev) == "SUCCESS"
+
+        page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
+        _dismiss_popups(page)
+        page.get_by_text("Materialized").first.wait_for(timeout=30000)
+        graph_text = page.inner_text("body")
+        for asset in ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"):
+            assert asset in graph_text
+        page.screenshot(path=os.environ.get("FRUITS_UI_SCREENSHOT", str(tmp_path / "lineage.png")))
+
+        page.goto(f"{dagster_dev}/assets/pca_features", wait_until="networkidle")
+        page.get_by_text("explained_variance").first.wait_for(timeout=30000)
+        pca_text = page.inner_text("body")
+        assert "variance_target" in pca_text and "cumulative_variance" in pca_text
+
+        page.goto(f"{dagster_dev}/assets/raw_images", wait_until="networkidle")
+        page.get_by_text("image_count").first.wait_for(timeout=30000)
+        assert "class_count" in page.inner_text("body")
+        browser.close()
+    materialized = graphql(
+        dagster_dev,
+        "{ assetNodes { assetKey { path } assetMaterializations(limit: 1) { runId } } }",
+    )["assetNodes"]
+    assert all(node["assetMaterializations"] for node in materialized)
