@@ -1,5 +1,6 @@
 """The Dagster UI as a person uses it: `dagster dev` on 127.0.0.1, headless Chromium, "Materialize all", metadata."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 
+ASSETS = ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
@@ -98,10 +100,25 @@ def _wait_for_run(base: str, timeout: float = 600) -> str:
 
 
 def _dismiss_popups(page) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the community pop-up shows only on a first visit
         page.get_by_role("button", name="Skip").click(timeout=5000)
-    except Exception:  # the community pop-up shows only on a first visit
-        pass
+
+
+def _zoom_into_graph(page) -> None:
+    """Hide both side panels and zoom in once, so each node shows its status card (as in docs/lineage.png)."""
+    page.get_by_role("button", name="Hide navigation").click()
+    page.get_by_placeholder("Jump to…").locator("xpath=following::button[1]").click()  # hide the asset list
+    page.wait_for_timeout(800)
+    page.mouse.move(750, 380)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.keyboard.up("Control")
+    page.wait_for_timeout(1500)
+    page.mouse.move(700, 560)
+    page.mouse.down()
+    page.mouse.move(850, 540, steps=10)
+    page.mouse.up()
+    page.wait_for_timeout(800)
 
 
 def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
@@ -109,7 +126,7 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page = browser.new_page(viewport={"width": 1500, "height": 640})
         page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
         _dismiss_popups(page)
         page.get_by_role("button", name="Materialize all").click()
@@ -117,9 +134,12 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
 
         page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
         _dismiss_popups(page)
+        _zoom_into_graph(page)
         page.get_by_text("Materialized").first.wait_for(timeout=30000)
         graph_text = page.inner_text("body")
-        for asset in ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"):
+        assert graph_text.count("Materialized") == len(ASSETS), graph_text
+        assert "2 / 2 Passed" in graph_text and "3 / 3 Passed" in graph_text  # cnn_features' and pca_features' checks
+        for asset in ASSETS:
             assert asset in graph_text
         page.screenshot(path=os.environ.get("FRUITS_UI_SCREENSHOT", str(tmp_path / "lineage.png")))
 
