@@ -1,12 +1,13 @@
-"""Definitions for a deployment: the assets and checks, bound to local resources (the default)."""
+"""Definitions for a deployment (FRUITS_DEPLOYMENT: local, the default, or emr): same assets, other resources."""
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, ResourceDefinition, define_asset_job, in_process_executor
 from dagster_pyspark import PySparkResource
 
 from fruits_assets.assets import cnn_features, pca_features, raw_images, scaled_features
 from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.deployments import STEP_LAUNCHER_KEY, deployment, emr_resources, require_step_launcher
 from fruits_assets.io_managers import SparkParquetIOManager
 from fruits_assets.resources import (
     DEFAULT_IMAGE_ROOT,
@@ -43,6 +44,7 @@ def local_resources(
     output = output_uri or os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT))
     pyspark = PySparkResource(spark_config=spark_config or local_spark_config())
     return {
+        STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(),  # steps run in this process
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
@@ -55,12 +57,21 @@ def local_resources(
     }
 
 
+def resources_for(name: str | None = None) -> dict:
+    """The resources of deployment `name` (default: FRUITS_DEPLOYMENT, else local)."""
+    name = name or deployment()
+    if name == "emr":
+        require_step_launcher([*ASSETS, *ALL_CHECKS])
+        return emr_resources()
+    return local_resources()
+
+
 def build_defs(resources: dict | None = None) -> Definitions:
     """The project's Definitions; one Spark driver per run (in-process executor)."""
     return Definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=[materialize_all],
-        resources=resources or local_resources(),
+        resources=resources or resources_for(),
         executor=in_process_executor,
     )
