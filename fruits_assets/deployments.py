@@ -195,18 +195,19 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def check_bucket(s3_client, bucket: str, what: str) -> None:
-    """Fail with a clear message if `bucket` is missing or this identity may not use it."""
+def check_bucket(s3_client, uri: str, what: str) -> None:
+    """Fail with a clear message if the bucket of `uri` is missing or this identity may not list its prefix."""
+    bucket, prefix = split_s3_uri(uri)
     try:
-        s3_client.head_bucket(Bucket=bucket)
+        s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except ClientError as error:
         code = _error_code(error)
         if code in ("404", "NoSuchBucket"):
             raise DeploymentError(f"{what} bucket {bucket!r} does not exist: create it or fix the setting") from error
         if code in ("403", "AccessDenied", "Forbidden"):
             raise DeploymentError(
-                f"no permission on {what} bucket {bucket!r}: grant s3:ListBucket/GetObject/PutObject "
-                "(see bootstrap/iam-policy.json)"
+                f"no permission to list {what} location {uri!r}: grant s3:ListBucket on bucket {bucket!r} and "
+                "object access under the prefix (see bootstrap/iam-policy.json)"
             ) from error
         raise
 
@@ -233,9 +234,9 @@ def preflight(settings: EmrSettings, session: boto3.session.Session | None = Non
     """Check the cluster and every bucket the run touches, before any Spark work starts."""
     session = session or boto3.session.Session(region_name=settings.region)
     s3 = session.client("s3", region_name=settings.region)
-    check_bucket(s3, settings.staging_bucket, "staging")
-    check_bucket(s3, split_s3_uri(settings.output_uri)[0], "output")
-    check_bucket(s3, split_s3_uri(settings.image_root)[0], "image")
+    check_bucket(s3, settings.staging_uri(), "staging")
+    check_bucket(s3, settings.output_uri, "output")
+    check_bucket(s3, settings.image_root, "image")
     if settings.cluster_id:
         check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
 

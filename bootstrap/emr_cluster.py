@@ -1,0 +1,248 @@
+"""Cluster recipe (boto3): upload the bootstrap, weights and code, create the EMR cluster, wait for it, terminate it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import boto3
+
+# The recipe needs the settings, not the emr Definitions (which need a cluster id that does not exist yet).
+os.environ["FRUITS_DEPLOYMENT"] = "local"
+
+from fruits_assets.deployments import EMR_SPARK_CONF, PACKAGE_ROOT, PACKAGES, EmrSettings, split_s3_uri  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+RELEASE = "emr-7.13.0"  # newest EMR 7.x (2026-04-21): Spark 3.5, Python 3.9 + 3.11
+BOOTSTRAP_FILES = ("bootstrap-emr.sh", "requirements-emr.txt", "requirements-emr-nodeps.txt")
+WEIGHTS_NAME = "mobilenet_v2_1.0_224_no_top.weights.h5"
+
+# Cluster-wide spark-defaults: the job's settings plus YARN-friendly defaults for a small m5.xlarge cluster.
+SPARK_DEFAULTS = {
+    **EMR_SPARK_CONF,
+    "spark.dynamicAllocation.enabled": "true",
+    "spark.sql.shuffle.partitions": "64",
+}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Shape of the cluster: 1 primary + `core_nodes` core nodes of `instance_type`, optional spot core nodes."""
+
+    name: str = "fruits-features"
+    release: str = RELEASE
+    instance_type: str = "m5.xlarge"
+    core_nodes: int = 2
+    spot: bool = False
+    idle_timeout_s: int = 3600
+    service_role: str = "EMR_DefaultRole"
+    instance_profile: str = "EMR_EC2_DefaultRole"
+    subnet_id: str | None = None
+
+    def __post_init__(self):
+        if not self.release.startswith("emr-7."):
+            raise ValueError(f"release {self.release!r}: use an EMR 7.x release (Spark 3.5, Python 3.11)")
+        if not 1 <= self.core_nodes <= 50:
+            raise ValueError(f"core_nodes {self.core_nodes} must be between 1 and 50")
+        if not 60 <= self.idle_timeout_s <= 7 * 24 * 3600:
+            raise ValueError(f"idle_timeout_s {self.idle_timeout_s} must be between 60 s and 7 days")
+
+
+def bootstrap_uri(settings: EmrSettings) -> str:
+    """Where the bootstrap script, its requirements and the weights live on S3."""
+    return settings.staging_uri("bootstrap")
+
+
+def log_uri(settings: EmrSettings) -> str:
+    """Where EMR writes cluster, step and bootstrap logs."""
+    return settings.staging_uri("logs") + "/"
+
+
+def configurations(settings: EmrSettings) -> list[dict]:
+    """spark-env (python3.11 + the FRUITS_* settings the remote step rebuilds its Definitions from), spark-defaults."""
+    return [
+        {
+            "Classification": "spark-env",
+            "Configurations": [{"Classification": "export", "Properties": settings.node_env()}],
+            "Properties": {},
+        },
+        {"Classification": "spark-defaults", "Properties": dict(SPARK_DEFAULTS)},
+    ]
+
+
+def _instance_groups(spec: ClusterSpec) -> list[dict]:
+    core = {"Name": "core", "InstanceRole": "CORE", "InstanceType": spec.instance_type}
+    core |= {"InstanceCount": spec.core_nodes, "Market": "SPOT" if spec.spot else "ON_DEMAND"}
+    primary = {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": spec.instance_type}
+    return [primary | {"InstanceCount": 1, "Market": "ON_DEMAND"}, core]
+
+
+def job_flow_request(settings: EmrSettings, spec: ClusterSpec | None = None) -> dict:
+    """The `run_job_flow` request for this project's cluster."""
+    spec = spec or ClusterSpec()
+    instances = {"InstanceGroups": _instance_groups(spec), "KeepJobFlowAliveWhenNoSteps": True}
+    if spec.subnet_id:
+        instances["Ec2SubnetId"] = spec.subnet_id
+    return {
+        "Name": spec.name,
+        "ReleaseLabel": spec.release,
+        "LogUri": log_uri(settings),
+        "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
+        "Instances": instances,
+        "BootstrapActions": [
+            {
+                "Name": "fruits-bootstrap",
+                "ScriptBootstrapAction": {
+                    "Path": f"{bootstrap_uri(settings)}/bootstrap-emr.sh",
+                    "Args": [bootstrap_uri(settings)],
+                },
+            }
+        ],
+        "Configurations": configurations(settings),
+        "AutoTerminationPolicy": {"IdleTimeout": spec.idle_timeout_s},
+        "ServiceRole": spec.service_role,
+        "JobFlowRole": spec.instance_profile,
+        "VisibleToAllUsers": True,
+        "Tags": [{"Key": "project", "Value": "fruits-features"}],
+    }
+
+
+def create_cluster(emr_client, request: dict) -> str:
+    """Start the cluster; return its id."""
+    cluster_id = emr_client.run_job_flow(**request)["JobFlowId"]
+    logger.info("cluster %s requested (%s)", cluster_id, request["ReleaseLabel"])
+    return cluster_id
+
+
+def wait_until_ready(emr_client, cluster_id: str) -> None:
+    """Block until the cluster is RUNNING or WAITING (bootstrap done)."""
+    emr_client.get_waiter("cluster_running").wait(ClusterId=cluster_id, WaiterConfig={"Delay": 30, "MaxAttempts": 60})
+
+
+def terminate(emr_client, cluster_id: str) -> None:
+    """Terminate the cluster (billing stops once it is TERMINATED)."""
+    emr_client.terminate_job_flows(JobFlowIds=[cluster_id])
+    logger.info("cluster %s terminating", cluster_id)
+
+
+def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path) -> list[str]:
+    """Upload the bootstrap script, its requirements and the Keras weights; return their URIs."""
+    bucket, prefix = split_s3_uri(bootstrap_uri(settings))
+    files = [(HERE / name, f"{prefix}/{name}") for name in BOOTSTRAP_FILES]
+    files.append((weights, f"{prefix}/weights/{WEIGHTS_NAME}"))
+    for path, key in files:
+        s3_client.upload_file(str(path), bucket, key)
+    return [f"s3://{bucket}/{key}" for _, key in files]
+
+
+def build_package(zip_path: Path) -> Path:
+    """Zip fruits_assets + spark_code (Python files only) for spark-submit --py-files."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PACKAGES:
+            for path in sorted((PACKAGE_ROOT / package).rglob("*.py")):
+                archive.write(path, path.relative_to(PACKAGE_ROOT).as_posix())
+    return zip_path
+
+
+def _code_version() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True)
+    return result.stdout.strip() or "dev"
+
+
+def upload_package(s3_client, settings: EmrSettings, version: str | None = None) -> str:
+    """Build and upload the code zip; return its URI (use it as FRUITS_EMR_PACKAGE_URI)."""
+    uri = settings.staging_uri("packages", f"fruits-{version or _code_version()}.zip")
+    bucket, key = split_s3_uri(uri)
+    with tempfile.TemporaryDirectory() as folder:
+        s3_client.upload_file(str(build_package(Path(folder) / "fruits.zip")), bucket, key)
+    return uri
+
+
+def render_iam_policy(settings: EmrSettings, account_id: str) -> dict:
+    """bootstrap/iam-policy.json for these settings' buckets, prefixes, region and account."""
+
+    def objects(uri: str) -> str:
+        bucket, prefix = split_s3_uri(uri)
+        return f"{bucket}/{prefix}/*" if prefix else f"{bucket}/*"
+
+    values = {
+        "REGION": settings.region,
+        "ACCOUNT_ID": account_id,
+        "IMAGES_BUCKET": split_s3_uri(settings.image_root)[0],
+        "IMAGES_OBJECTS": objects(settings.image_root),
+        "OUTPUT_BUCKET": split_s3_uri(settings.output_uri)[0],
+        "OUTPUT_OBJECTS": objects(settings.output_uri),
+        "STAGING_BUCKET": settings.staging_bucket,
+        "STAGING_OBJECTS": objects(settings.staging_uri()),
+    }
+    return json.loads(Template((HERE / "iam-policy.json").read_text()).substitute(values))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    upload = sub.add_parser("upload", help="upload bootstrap, requirements and weights")
+    upload.add_argument("--weights", type=Path, required=True, help="local Keras weights file")
+    sub.add_parser("package", help="upload the code zip; prints its URI (FRUITS_EMR_PACKAGE_URI)")
+    for name in ("create", "request"):
+        cmd = sub.add_parser(name, help="start the cluster" if name == "create" else "print the run_job_flow request")
+        cmd.add_argument("--core-nodes", type=int, default=2)
+        cmd.add_argument("--instance-type", default="m5.xlarge")
+        cmd.add_argument("--spot", action="store_true", help="core nodes on spot")
+        cmd.add_argument("--idle-timeout", type=int, default=3600, help="seconds idle before auto-termination")
+        cmd.add_argument("--subnet-id")
+        cmd.add_argument("--wait", action="store_true", help="wait until the cluster is ready")
+    policy = sub.add_parser("policy", help="print the IAM policy for these settings")
+    policy.add_argument("--account-id", required=True)
+    sub.add_parser("terminate", help="terminate FRUITS_EMR_CLUSTER_ID")
+    return parser
+
+
+def _spec(args) -> ClusterSpec:
+    return ClusterSpec(
+        core_nodes=args.core_nodes,
+        instance_type=args.instance_type,
+        spot=args.spot,
+        idle_timeout_s=args.idle_timeout,
+        subnet_id=args.subnet_id,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: upload | package | request | create | policy | terminate (settings from FRUITS_* env vars)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    settings = EmrSettings.from_env(require_cluster=args.command == "terminate")
+    session = boto3.session.Session(region_name=settings.region)
+    if args.command == "upload":
+        print("\n".join(upload_bootstrap(session.client("s3"), settings, args.weights)))
+    elif args.command == "package":
+        print(upload_package(session.client("s3"), settings))
+    elif args.command == "request":
+        print(json.dumps(job_flow_request(settings, _spec(args)), indent=2))
+    elif args.command == "create":
+        emr = session.client("emr")
+        cluster_id = create_cluster(emr, job_flow_request(settings, _spec(args)))
+        if args.wait:
+            wait_until_ready(emr, cluster_id)
+        print(cluster_id)
+    elif args.command == "policy":
+        print(json.dumps(render_iam_policy(settings, args.account_id), indent=2))
+    else:
+        terminate(session.client("emr"), settings.cluster_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
