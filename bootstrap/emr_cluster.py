@@ -19,7 +19,7 @@ import boto3
 # The recipe needs the settings, not the emr Definitions (which need a cluster id that does not exist yet).
 os.environ["FRUITS_DEPLOYMENT"] = "local"
 
-from fruits_assets.deployments import EMR_SPARK_CONF, PACKAGE_ROOT, PACKAGES, EmrSettings, split_s3_uri  # noqa: E402
+from fruits_assets.deployments import EMR_SPARK_CONF, PACKAGE_ROOT, PACKAGES, EmrSettings, split_s3_uri
 
 logger = logging.getLogger(__name__)
 

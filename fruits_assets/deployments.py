@@ -1,7 +1,5 @@
 """The deployment switch: the same assets bound to local resources or to AWS EMR through the PySpark step launcher."""
 
-from __future__ import annotations
-
 import json
 import logging
 import os
@@ -47,6 +45,7 @@ ENV_VARS = {
     "package_uri": "FRUITS_EMR_PACKAGE_URI",
     "output_uri": "FRUITS_OUTPUT_URI",
     "image_root": "FRUITS_IMAGE_ROOT",
+    "training_root": "FRUITS_TRAINING_ROOT",
     "weights_path": "FRUITS_WEIGHTS",
 }
 
@@ -106,6 +105,7 @@ class EmrSettings(BaseModel):
     package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3; None: deploy local code.")
     output_uri: str = Field(description="s3:// base of the tables and models.")
     image_root: str = Field(description="s3:// prefix with one folder of images per class.")
+    training_root: str | None = Field(default=None, description="s3:// prefix of labelled training images.")
     weights_path: str = Field(default=NODE_WEIGHTS, description="Weights file on the nodes' local disk.")
     python: str = Field(default=EMR_PYTHON, description="Python of the driver and the workers on the nodes.")
 
@@ -135,13 +135,13 @@ class EmrSettings(BaseModel):
     def _prefix(cls, value: str) -> str:
         return value.strip("/") or "fruits/staging"
 
-    @field_validator("output_uri", "image_root", "package_uri")
+    @field_validator("output_uri", "image_root", "training_root", "package_uri")
     @classmethod
     def _s3(cls, value: str | None, info) -> str | None:
         return None if value is None else _s3_uri(value, info.field_name)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, require_cluster: bool = True) -> EmrSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, require_cluster: bool = True) -> "EmrSettings":
         """Settings from FRUITS_* env vars; every missing one is named in a single error."""
         env = os.environ if env is None else env
         values = {field: env[var] for field, var in ENV_VARS.items() if env.get(var, "").strip()}
@@ -175,8 +175,9 @@ class EmrSettings(BaseModel):
             ENV_VARS["image_root"]: self.image_root,
             ENV_VARS["weights_path"]: self.weights_path,
         }
-        if self.package_uri:
-            env[ENV_VARS["package_uri"]] = self.package_uri
+        for field in ("package_uri", "training_root"):
+            if getattr(self, field):
+                env[ENV_VARS[field]] = getattr(self, field)
         return env
 
 
@@ -278,7 +279,7 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     wait_for_logs: bool = Field(default=False, description="Copy the step's driver logs back (adds minutes).")
     preflight: bool = Field(default=True, description="Check cluster and buckets when the run starts.")
 
-    def settings(self) -> EmrSettings:
+    def settings(self) -> "EmrSettings":
         """These fields as validated EmrSettings."""
         return EmrSettings(
             cluster_id=self.cluster_id,
@@ -389,7 +390,9 @@ def emr_resources(settings: EmrSettings | None = None) -> dict:
     settings = settings or EmrSettings.from_env()
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
     s3 = S3Resource(region_name=settings.region)
+    training = {"training_source": ImageSource(root=settings.training_root)} if settings.training_root else {}
     return {
+        **training,
         STEP_LAUNCHER_KEY: EmrStepLauncher(
             cluster_id=settings.cluster_id,
             region_name=settings.region,

@@ -1,0 +1,418 @@
+"""The emr deployment against real S3/EMR/IAM APIs: a moto server on loopback, reached by boto3 over HTTP."""
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+import zipimport
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from dagster import (
+    DagsterInstance,
+    DagsterResourceFunctionError,
+    ResourceDefinition,
+    asset,
+    asset_check,
+    build_init_resource_context,
+    materialize,
+)
+
+from fruits_assets.deployments import (
+    EMR_PYTHON,
+    STEP_LAUNCHER_KEY,
+    DeploymentError,
+    EmrSettings,
+    EmrStepLauncher,
+    S3Artifacts,
+    check_bucket,
+    check_cluster,
+    deployment,
+    missing_step_launcher,
+    preflight,
+)
+from tests.moto_server import moto_server, set_auth
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "eu-west-3"
+BUCKET = "fruits-data"
+
+
+def _load_recipe():
+    spec = spec_from_file_location("emr_cluster", REPO / "bootstrap" / "emr_cluster.py")
+    module = module_from_spec(spec)
+    sys.modules["emr_cluster"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def aws(moto_url, monkeypatch):
+    """boto3 pointed at the moto server (AWS_ENDPOINT_URL); fake keys live only in this test process."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    session = boto3.session.Session(region_name=REGION)
+    s3 = session.client("s3")
+    try:
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+    return session
+
+
+def _settings(**overrides) -> EmrSettings:
+    values = {
+        "staging_bucket": BUCKET,
+        "staging_prefix": "fruits/staging",
+        "output_uri": f"s3://{BUCKET}/fruits/output",
+        "image_root": f"s3://{BUCKET}/fruits/images",
+        "region": REGION,
+    }
+    return EmrSettings(**(values | overrides))
+
+
+def _cluster(aws, settings: EmrSettings) -> str:
+    return recipe.create_cluster(aws.client("emr"), recipe.job_flow_request(settings))
+
+
+# ---- deployment switch and settings ----------------------------------------------------------------------------
+
+
+def test_deployment_switch_defaults_to_local_and_names_bad_values():
+    assert deployment({}) == "local"
+    assert deployment({"FRUITS_DEPLOYMENT": "EMR"}) == "emr"
+    with pytest.raises(DeploymentError, match="'gcp'.*local, emr"):
+        deployment({"FRUITS_DEPLOYMENT": "gcp"})
+
+
+def test_missing_settings_are_all_named():
+    with pytest.raises(DeploymentError) as error:
+        EmrSettings.from_env({"FRUITS_EMR_STAGING_BUCKET": BUCKET})
+    message = str(error.value)
+    for name in ("FRUITS_OUTPUT_URI", "FRUITS_IMAGE_ROOT", "FRUITS_EMR_CLUSTER_ID"):
+        assert name in message
+    assert "FRUITS_EMR_STAGING_BUCKET" not in message
+
+
+def test_settings_from_env_default_to_paris():
+    env = {
+        "FRUITS_EMR_CLUSTER_ID": "j-1ABCDEFGHIJKL",
+        "FRUITS_EMR_STAGING_BUCKET": BUCKET,
+        "FRUITS_OUTPUT_URI": f"s3://{BUCKET}/out/",
+        "FRUITS_IMAGE_ROOT": f"s3://{BUCKET}/images",
+    }
+    settings = EmrSettings.from_env(env)
+    assert (settings.region, settings.output_uri) == ("eu-west-3", f"s3://{BUCKET}/out")
+    assert settings.node_env()["PYSPARK_PYTHON"] == EMR_PYTHON == "/usr/bin/python3.11"
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ({"FRUITS_EMR_REGION": "eu-west-9"}, "region 'eu-west-9'"),
+        ({"FRUITS_EMR_CLUSTER_ID": "cluster-1"}, "cluster_id 'cluster-1'"),
+        ({"FRUITS_OUTPUT_URI": "/local/out"}, "output_uri '/local/out'.*s3://"),
+        ({"FRUITS_EMR_STAGING_BUCKET": "Bad_Bucket"}, "staging_bucket 'Bad_Bucket'"),
+    ],
+)
+def test_bad_settings_named_before_any_aws_call(override, pattern):
+    env = {
+        "FRUITS_EMR_CLUSTER_ID": "j-1ABCDEFGHIJKL",
+        "FRUITS_EMR_STAGING_BUCKET": BUCKET,
+        "FRUITS_OUTPUT_URI": f"s3://{BUCKET}/out",
+        "FRUITS_IMAGE_ROOT": f"s3://{BUCKET}/images",
+    }
+    with pytest.raises(DeploymentError, match=pattern):
+        EmrSettings.from_env(env | override)
+
+
+def test_spark_steps_without_the_launcher_are_named():
+    @asset(required_resource_keys={STEP_LAUNCHER_KEY})
+    def wired():
+        return 1
+
+    @asset
+    def unwired(wired):
+        return wired
+
+    @asset_check(asset=wired)
+    def no_data_check():
+        return True
+
+    @asset_check(asset=wired)
+    def data_check(wired):
+        return True
+
+    assert missing_step_launcher([wired, unwired, no_data_check, data_check]) == ["unwired", "wired_data_check"]
+
+
+# ---- the cluster recipe ----------------------------------------------------------------------------------------
+
+
+def test_cluster_recipe_is_accepted_and_the_cluster_found(aws):
+    settings = _settings()
+    request = recipe.job_flow_request(settings, recipe.ClusterSpec(core_nodes=3, spot=True))
+    emr = aws.client("emr")
+    cluster_id = recipe.create_cluster(emr, request)
+
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert re.fullmatch(r"j-[0-9A-Z]+", cluster_id)
+    assert (cluster["Name"], cluster["ReleaseLabel"]) == ("fruits-features", "emr-7.13.0")
+    assert cluster["Status"]["State"] in ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
+    assert cluster["LogUri"] == f"s3://{BUCKET}/fruits/staging/logs/"
+    assert {app["Name"] for app in cluster["Applications"]} == {"Hadoop", "Spark"}
+    env = next(c for c in cluster["Configurations"] if c["Classification"] == "spark-env")["Configurations"][0]
+    assert env["Properties"]["PYSPARK_PYTHON"] == "/usr/bin/python3.11"
+    assert env["Properties"]["FRUITS_DEPLOYMENT"] == "emr"
+    defaults = next(c for c in cluster["Configurations"] if c["Classification"] == "spark-defaults")["Properties"]
+    assert defaults["spark.python.worker.reuse"] == "true"
+    assert defaults["spark.sql.execution.arrow.maxRecordsPerBatch"] == "256"
+    assert defaults["spark.executor.memoryOverhead"] == "2g"
+    (action,) = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert action["ScriptPath"] == f"s3://{BUCKET}/fruits/staging/bootstrap/bootstrap-emr.sh"
+    groups = {g["InstanceGroupType"]: g for g in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
+    assert groups["MASTER"]["RequestedInstanceCount"] == 1 and groups["MASTER"]["Market"] == "ON_DEMAND"
+    assert groups["CORE"]["RequestedInstanceCount"] == 3 and groups["CORE"]["Market"] == "SPOT"
+    assert groups["CORE"]["InstanceType"] == "m5.xlarge"
+    assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+
+    preflight(settings.model_copy(update={"cluster_id": cluster_id}), aws)
+    recipe.terminate(emr, cluster_id)
+    with pytest.raises(DeploymentError, match=f"{cluster_id}.*TERMINATED"):
+        check_cluster(emr, cluster_id, REGION)
+
+
+def test_recipe_uploads_bootstrap_weights_and_package(aws, tmp_path):
+    settings = _settings()
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"\x89HDF fake weights")
+    uris = recipe.upload_bootstrap(aws.client("s3"), settings, weights)
+    assert f"s3://{BUCKET}/fruits/staging/bootstrap/weights/mobilenet_v2_1.0_224_no_top.weights.h5" in uris
+    body = aws.client("s3").get_object(Bucket=BUCKET, Key="fruits/staging/bootstrap/bootstrap-emr.sh")["Body"]
+    assert body.read() == (REPO / "bootstrap" / "bootstrap-emr.sh").read_bytes()
+
+    uri = recipe.upload_package(aws.client("s3"), settings, version="test")
+    assert uri == f"s3://{BUCKET}/fruits/staging/packages/fruits-test.zip"
+    local = tmp_path / "pkg.zip"
+    aws.client("s3").download_file(BUCKET, "fruits/staging/packages/fruits-test.zip", str(local))
+    names = zipfile.ZipFile(local).namelist()
+    assert {"fruits_assets/definitions.py", "fruits_assets/deployments.py", "spark_code/io.py"} <= set(names)
+    assert not [n for n in names if n.startswith(("tests/", ".venv/", "bench/")) or "__pycache__" in n]
+
+
+# ---- bad input: clear errors before any Spark work ---------------------------------------------------------------
+
+
+def test_missing_bucket_and_unknown_cluster_fail_clearly(aws):
+    s3, emr = aws.client("s3"), aws.client("emr")
+    with pytest.raises(DeploymentError, match="staging bucket 'no-such-bucket' does not exist"):
+        check_bucket(s3, "s3://no-such-bucket/prefix", "staging")
+    with pytest.raises(DeploymentError, match="'j-3NOSUCHCLUSTER' not found in eu-west-3"):
+        check_cluster(emr, "j-3NOSUCHCLUSTER", REGION)
+
+
+def test_bad_cluster_stops_the_run_before_the_step_starts(aws):
+    ran = []
+    launcher = EmrStepLauncher(
+        cluster_id="j-3NOSUCHCLUSTER",
+        region_name=REGION,
+        staging_bucket=BUCKET,
+        output_uri=f"s3://{BUCKET}/out",
+        image_root=f"s3://{BUCKET}/images",
+    )
+
+    @asset(required_resource_keys={STEP_LAUNCHER_KEY})
+    def spark_work():
+        ran.append(True)
+
+    with pytest.raises(DagsterResourceFunctionError) as error:
+        materialize([spark_work], resources={STEP_LAUNCHER_KEY: launcher}, instance=DagsterInstance.ephemeral())
+    assert isinstance(error.value.__cause__, DeploymentError)
+    assert "'j-3NOSUCHCLUSTER' not found in eu-west-3" in str(error.value.__cause__)
+    assert ran == []
+
+
+def test_iam_policy_allows_the_job_and_denies_other_buckets(aws, moto_url):
+    settings = _settings()
+    s3_admin, iam = aws.client("s3"), aws.client("iam")
+    s3_admin.create_bucket(Bucket="someone-elses", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3_admin.put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")
+    policy = recipe.render_iam_policy(settings, account_id="123456789012")
+    iam.create_user(UserName="fruits-runner")
+    iam.put_user_policy(UserName="fruits-runner", PolicyName="fruits", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="fruits-runner")["AccessKey"]
+    runner = boto3.session.Session(
+        aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=REGION
+    ).client("s3")
+    set_auth(moto_url, 0)
+    try:
+        check_bucket(runner, settings.staging_uri(), "staging")
+        runner.put_object(Bucket=BUCKET, Key="fruits/staging/run/step_run_ref.pkl", Body=b"ref")
+        runner.put_object(Bucket=BUCKET, Key="fruits/output/pca_features/v-1/_COMMITTED", Body=b"")
+        assert runner.get_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg")["Body"].read() == b"jpeg"
+        with pytest.raises(ClientError, match="AccessDenied"):
+            runner.put_object(Bucket=BUCKET, Key="fruits/images/Apple/2.jpg", Body=b"overwrite")
+        with pytest.raises(DeploymentError, match="no permission to list staging location 's3://someone-elses"):
+            check_bucket(runner, "s3://someone-elses/staging", "staging")
+    finally:
+        set_auth(moto_url, float("inf"))
+
+
+# ---- the step launcher: staging, spark-submit arguments, events -------------------------------------------------
+
+
+def _play_primary_node(emr, s3, cluster_id: str, step_id: str, workdir: Path) -> None:
+    """Do what spark-submit does on the primary node: fetch the main file and --py-files from S3, run the main."""
+    args = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]["Config"]["Args"]
+    py_files = args[args.index("--py-files") + 1]
+    main_uri, bucket, key = args[-3:]
+    local = {}
+    for uri in (main_uri, py_files):
+        target = workdir / Path(uri).name
+        s3.download_file(uri.split("/")[2], uri.split("/", 3)[3], str(target))
+        local[uri] = target
+    env = {**os.environ, "PYTHONPATH": str(local[py_files])}  # --py-files puts the package on the path
+    subprocess.run([sys.executable, str(local[main_uri]), bucket, key], env=env, cwd=REPO, check=True, timeout=120)
+
+
+def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeypatch, tmp_path):
+    from dagster import execute_job, reconstructable
+    from dagster_aws.emr import pyspark_step_launcher
+    from dagster_aws.emr.emr import EmrJobRunner
+
+    settings = _settings()
+    cluster_id = _cluster(aws, settings)
+    for field, var in [
+        ("staging_bucket", "FRUITS_EMR_STAGING_BUCKET"),
+        ("staging_prefix", "FRUITS_EMR_STAGING_PREFIX"),
+    ]:
+        monkeypatch.setenv(var, getattr(settings, field))
+    monkeypatch.setenv("FRUITS_EMR_CLUSTER_ID", cluster_id)
+    monkeypatch.setenv("FRUITS_EMR_REGION", REGION)
+    monkeypatch.setenv("FRUITS_OUTPUT_URI", settings.output_uri)
+    monkeypatch.setenv("FRUITS_IMAGE_ROOT", settings.image_root)
+    emr, s3 = aws.client("emr"), aws.client("s3")
+    submitted = []
+
+    def step_completes(self, log, cluster, step_id):  # moto never finishes steps: run it as the primary would
+        submitted.append(step_id)
+        _play_primary_node(emr, s3, cluster, step_id, tmp_path)
+        return True
+
+    monkeypatch.setattr(EmrJobRunner, "is_emr_step_complete", step_completes)
+    monkeypatch.setattr(pyspark_step_launcher.time, "sleep", lambda seconds: None)
+    from tests import emr_job
+
+    with DagsterInstance.ephemeral() as instance, execute_job(reconstructable(emr_job.emr_probe), instance) as result:
+        assert result.success
+        run_id = result.run_id
+    (output,) = [e.step_output_data for e in result.all_events if e.step_key == "where_am_i" and e.is_successful_output]
+    remote = {key: value.value for key, value in output.metadata.items()}
+    assert remote["pid"] != os.getpid()  # the step ran in the 'primary node' process
+    assert remote["package"].endswith("fruits_assets/__init__.py")
+
+    (step_id,) = submitted
+    step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+    args = step["Config"]["Args"]
+    run_prefix = f"fruits/staging/{run_id}/where_am_i"
+    assert args[:5] == ["/usr/lib/spark/bin/spark-submit", "--master", "yarn", "--deploy-mode", "client"]
+    confs = {args[i + 1] for i, a in enumerate(args) if a == "--conf"}
+    assert {"spark.executor.memoryOverhead=2g", "spark.python.worker.reuse=true", "spark.app.name=where_am_i"} <= confs
+    assert "spark.sql.execution.arrow.maxRecordsPerBatch=256" in confs
+    assert args[args.index("--py-files") + 1] == f"s3://{BUCKET}/{run_prefix}/code.zip"
+    assert args[-3:] == [f"s3://{BUCKET}/{run_prefix}/emr_step_main.py", BUCKET, f"{run_prefix}/step_run_ref.pkl"]
+
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=run_prefix)["Contents"]}
+    assert {f"{run_prefix}/{n}" for n in ("code.zip", "emr_step_main.py", "step_run_ref.pkl", "events.pkl")} <= keys
+    names = zipfile.ZipFile(tmp_path / "code.zip").namelist()
+    assert "fruits_assets/deployments.py" in names and "spark_code/io.py" in names
+    package = zipimport.zipimporter(str(tmp_path / "code.zip"))  # what --py-files puts on the Python path
+    assert package.find_spec("fruits_assets") and package.find_spec("spark_code")
+    assert not [n for n in names if n.startswith((".venv", "tests/", "bench/", "data/"))]
+    events = pickle.loads(s3.get_object(Bucket=BUCKET, Key=f"{run_prefix}/events.pkl")["Body"].read())
+    assert "STEP_SUCCESS" in events
+
+
+# ---- artifacts through S3 ----------------------------------------------------------------------------------------
+
+
+def test_pca_model_and_metrics_round_trip_through_s3(aws, spark, tmp_path):
+    from dagster_aws.s3 import S3Resource
+    from pyspark.ml.feature import PCA, PCAModel
+    from pyspark.ml.linalg import Vectors
+
+    rows = [(Vectors.dense([float(i), float(i * i % 7), float(i % 3)]),) for i in range(12)]
+    model = PCA(k=2, inputCol="x", outputCol="y").fit(spark.createDataFrame(rows, ["x"]))
+    saved = tmp_path / "saved"
+    model.write().save(str(saved))
+    metrics = {"k": 2, "explained_variance": [float(v) for v in model.explainedVariance], "rows": 12}
+
+    artifacts = S3Artifacts(s3=S3Resource(region_name=REGION), base_uri=f"s3://{BUCKET}/fruits/output/artifacts/")
+    keys = artifacts.put_dir(saved, "pca_features")
+    assert keys and all(k.startswith("fruits/output/artifacts/pca_features/") for k in keys)
+    assert artifacts.put_json("metrics/pca.json", metrics) == f"s3://{BUCKET}/fruits/output/artifacts/metrics/pca.json"
+
+    back = artifacts.get_dir("pca_features", tmp_path / "back")
+    originals = sorted(p.relative_to(saved) for p in saved.rglob("*") if p.is_file())
+    assert originals == sorted(p.relative_to(back) for p in back.rglob("*") if p.is_file())
+    assert all((saved / p).read_bytes() == (back / p).read_bytes() for p in originals)
+    loaded = PCAModel.load(str(back))
+    assert loaded.pc.toArray().tolist() == model.pc.toArray().tolist()
+    assert artifacts.get_json("metrics/pca.json") == metrics
+
+
+# ---- bootstrap consistency ----------------------------------------------------------------------------------------
+
+
+def _pins(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        line = line.split("#")[0].split(";")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_bootstrap_installs_the_project_pins_but_never_pyspark():
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.S | re.M)
+    project = _pins(re.findall(r'"([^"]+)"', dependencies.group(1)))
+    boot = REPO / "bootstrap"
+    with_deps = _pins((boot / "requirements-emr.txt").read_text().splitlines())
+    no_deps = _pins((boot / "requirements-emr-nodeps.txt").read_text().splitlines())
+    expected = {name: v for name, v in project.items() if name not in ("pyspark", "tensorflow", "dagster-webserver")}
+    assert with_deps | no_deps == expected | {"dagster-spark": project["dagster-pyspark"]}  # its no-deps dependency
+    assert "pyspark" not in with_deps | no_deps and "dagster-pyspark" in no_deps
+    script = (boot / "bootstrap-emr.sh").read_text()
+    assert "set -euo pipefail" in script and "--no-deps" in script and "/usr/bin/python3.11" in script
+    assert not re.search(r"pip install[^\n]*\bpyspark\b", script)
+    subprocess.run(["bash", "-n", str(boot / "bootstrap-emr.sh")], check=True)
+
+
+def test_local_resources_bind_no_step_launcher():
+    from fruits_assets.definitions import local_resources
+
+    resources = local_resources("/tmp", "/tmp/out", None)
+    assert isinstance(resources[STEP_LAUNCHER_KEY], ResourceDefinition)
+    launcher = resources[STEP_LAUNCHER_KEY]
+    assert launcher.resource_fn(build_init_resource_context()) is None
