@@ -46,7 +46,6 @@ ENV_VARS = {
     "output_uri": "FRUITS_OUTPUT_URI",
     "image_root": "FRUITS_IMAGE_ROOT",
     "training_root": "FRUITS_TRAINING_ROOT",
-    "weights_path": "FRUITS_WEIGHTS",
 }
 
 # spark-submit settings for this job on m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN): two executors of
@@ -106,7 +105,7 @@ class EmrSettings(BaseModel):
     output_uri: str = Field(description="s3:// base of the tables and models.")
     image_root: str = Field(description="s3:// prefix with one folder of images per class.")
     training_root: str | None = Field(default=None, description="s3:// prefix of labelled training images.")
-    weights_path: str = Field(default=NODE_WEIGHTS, description="Weights file on the nodes' local disk.")
+    weights_path: str = Field(default=NODE_WEIGHTS, description="Weights file on the nodes (see bootstrap-emr.sh).")
     python: str = Field(default=EMR_PYTHON, description="Python of the driver and the workers on the nodes.")
 
     @field_validator("region")
@@ -173,7 +172,7 @@ class EmrSettings(BaseModel):
             ENV_VARS["staging_prefix"]: self.staging_prefix,
             ENV_VARS["output_uri"]: self.output_uri,
             ENV_VARS["image_root"]: self.image_root,
-            ENV_VARS["weights_path"]: self.weights_path,
+            "FRUITS_WEIGHTS": self.weights_path,  # on the nodes; a local FRUITS_WEIGHTS is never sent there
         }
         for field in ("package_uri", "training_root"):
             if getattr(self, field):
