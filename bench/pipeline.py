@@ -29,12 +29,12 @@ def run(root: str, output: str, weights: str) -> dict:
         from dagster import DagsterInstance, materialize
 
         from fruits_assets.checks import ALL_CHECKS
-        from fruits_assets.definitions import ASSETS, local_resources
+        from fruits_assets.definitions import FEATURE_ASSETS, local_resources
         from spark_code.featurize import process_totals
 
         instance = DagsterInstance.ephemeral()
         result = materialize(
-            [*ASSETS, *ALL_CHECKS], resources=local_resources(root, output, weights), instance=instance
+            [*FEATURE_ASSETS, *ALL_CHECKS], resources=local_resources(root, output, weights), instance=instance
         )
         seconds = time.perf_counter() - started
     meta = {k: v.value for k, v in result.asset_materializations_for_node("cnn_features")[0].metadata.items()}

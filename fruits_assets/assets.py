@@ -7,6 +7,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.sql import DataFrame
 
+from fruits_assets import plots
 from fruits_assets.metadata import class_table, variance_markdown
 from fruits_assets.resources import CnnResource, ImageSource, ModelStore
 from spark_code import reduce
@@ -100,7 +101,9 @@ def pca_features(config: PcaConfig, scaled_features: DataFrame, models: ModelSto
         "variance_target": config.variance_target if config.k is None else None,
         "input_dim": len(scaled_features.first()["scaled_features"]),
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
+        "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
         "model_uri": MetadataValue.path(models.save(model, "pca_features")),
     }
     projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
+    metadata["pca_scatter"] = MetadataValue.md(plots.scatter_plot(*reduce.first_two(projected, "pca_features")))
     return Output(projected, metadata={key: value for key, value in metadata.items() if value is not None})

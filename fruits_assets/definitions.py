@@ -12,22 +12,22 @@ from fruits_assets.io_managers import SparkParquetIOManager
 from fruits_assets.resources import (
     DEFAULT_IMAGE_ROOT,
     DEFAULT_OUTPUT,
-    DEFAULT_WEIGHTS,
+    DEFAULT_TRAINING_ROOT,
+    ClassifierSettings,
     CnnResource,
     ImageSource,
     ModelStore,
     local_spark_config,
 )
+from fruits_assets.validation import VALIDATION_ASSETS, VALIDATION_CHECKS
+from spark_code.featurize import default_weights_path
 
-ASSETS = [raw_images, cnn_features, scaled_features, pca_features]
-materialize_all = define_asset_job("materialize_all", selection=AssetSelection.all(), description="All four assets.")
-
-
-def default_weights() -> str | None:
-    """FRUITS_WEIGHTS, else the workspace copy in ../shared if present, else None (Keras downloads them)."""
-    if "FRUITS_WEIGHTS" in os.environ:
-        return os.environ["FRUITS_WEIGHTS"] or None
-    return str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else None
+FEATURE_ASSETS = [raw_images, cnn_features, scaled_features, pca_features]
+ASSETS = [*FEATURE_ASSETS, *VALIDATION_ASSETS]
+CHECKS = [*ALL_CHECKS, *VALIDATION_CHECKS]
+materialize_all = define_asset_job(
+    "materialize_all", selection=AssetSelection.all(), description="Features, PCA and the fruit classifier."
+)
 
 
 def local_resources(
@@ -35,12 +35,14 @@ def local_resources(
     output_uri: str | None = None,
     weights_path: str | None = None,
     spark_config: dict | None = None,
+    training_root: str | None = None,
 ) -> dict:
     """Resources for one machine: local Spark, tables and models under a local folder.
 
     Unset arguments come from FRUITS_IMAGE_ROOT, FRUITS_OUTPUT_URI, FRUITS_WEIGHTS, FRUITS_BATCH_SIZE,
-    FRUITS_IMAGE_SIZE, or the workspace defaults in ../shared.
+    FRUITS_IMAGE_SIZE, FRUITS_TRAINING_ROOT, FRUITS_ACCURACY_FLOOR, or the workspace defaults in ../shared.
     """
+    training = training_root or os.environ.get("FRUITS_TRAINING_ROOT", str(DEFAULT_TRAINING_ROOT))
     output = output_uri or os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT))
     pyspark = PySparkResource(spark_config=spark_config or local_spark_config())
     return {
@@ -50,10 +52,12 @@ def local_resources(
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
         "image_source": ImageSource(root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
         "cnn": CnnResource(
-            weights_path=weights_path or default_weights(),
+            weights_path=weights_path or default_weights_path(),
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
         ),
+        "training_source": ImageSource(root=training),
+        "classifier": ClassifierSettings(accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.90"))),
     }
 
 
@@ -61,7 +65,7 @@ def resources_for(name: str | None = None) -> dict:
     """The resources of deployment `name` (default: FRUITS_DEPLOYMENT, else local)."""
     name = name or deployment()
     if name == "emr":
-        require_step_launcher([*ASSETS, *ALL_CHECKS])
+        require_step_launcher([*ASSETS, *CHECKS])
         return emr_resources()
     return local_resources()
 
@@ -70,7 +74,7 @@ def build_defs(resources: dict | None = None) -> Definitions:
     """The project's Definitions; one Spark driver per run (in-process executor)."""
     return Definitions(
         assets=ASSETS,
-        asset_checks=ALL_CHECKS,
+        asset_checks=CHECKS,
         jobs=[materialize_all],
         resources=resources or resources_for(),
         executor=in_process_executor,

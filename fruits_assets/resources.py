@@ -10,13 +10,14 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator
 
 from spark_code import io
+from spark_code.classifier import LogisticSettings
 from spark_code.featurize import CnnFeaturizer, WeightsError
 from spark_code.images import ImageRootError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_IMAGE_ROOT = SHARED / "fruits-360" / "Test"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+DEFAULT_TRAINING_ROOT = SHARED / "fruits-360" / "Training"
 DEFAULT_OUTPUT = REPO_ROOT / "data"
 
 
@@ -105,10 +106,27 @@ class ModelStore(ConfigurableResource):
     base_uri: str = Field(description="Where fitted models are saved; env FRUITS_OUTPUT_URI + /models.")
     pyspark: ResourceDependency[PySparkResource]
 
-    def save(self, model, name: str) -> str:
-        """Save `model` as a new committed version of `name`; return its URI."""
-        return io.save_model(self.pyspark.spark_session, model, self.base_uri, name)
+    def save(self, model, name: str, extras: dict[str, str] | None = None) -> str:
+        """Save `model` (and small text `extras` beside it) as a new committed version of `name`; return its URI."""
+        return io.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=extras)
 
     def load(self, model_class, name: str):
         """Load the newest committed version of `name`."""
         return io.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
+
+
+class ClassifierSettings(ConfigurableResource):
+    """The fruit classifier: logistic-regression settings and the quality bars its checks use."""
+
+    max_iter: int = Field(default=200, ge=1, le=10_000, description="Logistic-regression iterations.")
+    reg_param: float = Field(default=1e-3, ge=0.0, description="L2 regularisation strength.")
+    accuracy_floor: float = Field(
+        default=0.90, ge=0.90, le=1.0, description="Least test accuracy the check accepts; env FRUITS_ACCURACY_FLOOR."
+    )
+    max_pca_accuracy_drop: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="Largest accuracy loss of PCA vs the raw 1280-d features."
+    )
+
+    def logistic(self) -> LogisticSettings:
+        """The Spark ML settings."""
+        return LogisticSettings(max_iter=self.max_iter, reg_param=self.reg_param)

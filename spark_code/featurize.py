@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,17 @@ logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 1280
 RESULT_TYPE = "struct<features: array<float>, error: string>"
+
+
+WEIGHTS_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
+WORKSPACE_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / WEIGHTS_FILE
+
+
+def default_weights_path() -> str | None:
+    """FRUITS_WEIGHTS, else the workspace copy in ../shared if present, else None (Keras downloads them)."""
+    if "FRUITS_WEIGHTS" in os.environ:
+        return os.environ["FRUITS_WEIGHTS"] or None
+    return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
 
 
 class WeightsError(ValueError):

@@ -90,10 +90,22 @@ def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
     return spark.read.parquet(latest_uri(spark, base_uri, name))
 
 
-def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int = 2) -> str:
-    """Save a Spark ML model as a new committed version of `name`; return its URI."""
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write a small text file through Hadoop's FileSystem (local, HDFS or S3 alike)."""
+    fs, path = _fs(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(text.encode()))
+    finally:
+        stream.close()
+
+
+def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int = 2, extras: dict | None = None) -> str:
+    """Save a Spark ML model (plus small `extras` text files beside it) as a new committed version; return its URI."""
     uri = new_version_uri(base_uri, name)
     model.write().save(uri)
+    for file_name, text in (extras or {}).items():
+        write_text(spark, f"{uri}/{file_name}", text)
     commit(spark, uri)
     prune(spark, base_uri, name, keep)
     return uri

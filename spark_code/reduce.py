@@ -17,6 +17,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +148,11 @@ def project(model: PCAModel, df: DataFrame) -> DataFrame:
 def variance_curve(explained: np.ndarray) -> list[float]:
     """Cumulative explained variance for k = 1..len(explained)."""
     return [float(v) for v in np.cumsum(explained)]
+
+
+def first_two(df: DataFrame, column: str, sample: int = 3000) -> tuple[np.ndarray, list[str]]:
+    """The first two components and the label of about `sample` rows (for a scatter plot), reproducibly chosen."""
+    total = df.count()
+    picked = df if total <= sample else df.sample(fraction=sample / total, seed=7)
+    rows = picked.select("label", F.col(column)[0].alias("x"), F.col(column)[1].alias("y")).collect()
+    return np.array([(r.x, r.y if r.y is not None else 0.0) for r in rows]), [r.label for r in rows]

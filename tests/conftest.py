@@ -10,6 +10,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED", REPO.parent / "shared"))
 FRUITS = SHARED / "fruits-360" / "Test"
+TRAINING = SHARED / "fruits-360" / "Training"
 ORIGINAL = SHARED / "fruits-360-original" / "Test"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
@@ -112,6 +113,18 @@ def sample_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def training_root(tmp_path_factory) -> Path:
+    """A labelled training sample: the sample's 3 Fruits-360 classes × 6 photos from ../shared/fruits-360/Training."""
+    _require_shared()
+    root = tmp_path_factory.mktemp("training")
+    for name in CLASSES:
+        (root / name).mkdir()
+        for image in first_images(TRAINING / name, 6):
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def expected_outcomes(sample_root) -> dict[str, str]:
     """{path relative to sample_root: 'featurized' | 'quarantined'} for every image file in the sample."""
     outcomes = dict(line.split("\t") for line in (sample_root / "expected.txt").read_text().splitlines())
@@ -121,19 +134,21 @@ def expected_outcomes(sample_root) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def run(spark, sample_root, weights_path, tmp_path_factory):
-    """One full local materialization of the sample; returns (result, output base, process counter deltas)."""
+def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
+    """One full local materialization of the sample (classifier included, trained on `training_root`).
+
+    Returns (result, output base, process counter deltas).
+    """
     from dagster import DagsterInstance, materialize
 
-    from fruits_assets.checks import ALL_CHECKS
-    from fruits_assets.definitions import ASSETS, local_resources
+    from fruits_assets.definitions import ASSETS, CHECKS, local_resources
     from spark_code import featurize
 
     output = str(tmp_path_factory.mktemp("warehouse"))
     before = featurize.process_totals()
     result = materialize(
-        [*ASSETS, *ALL_CHECKS],
-        resources=local_resources(str(sample_root), output, weights_path),
+        [*ASSETS, *CHECKS],
+        resources=local_resources(str(sample_root), output, weights_path, training_root=str(training_root)),
         instance=DagsterInstance.ephemeral(),
     )
     after = featurize.process_totals()

@@ -11,7 +11,7 @@ from dagster import DagsterInstance, materialize
 from pyspark.sql import SparkSession
 
 from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import ASSETS, local_resources
+from fruits_assets.definitions import FEATURE_ASSETS, local_resources
 from fruits_assets.resources import local_spark_config
 
 
@@ -46,7 +46,7 @@ def executor_tasks() -> dict[str, dict]:
 def main() -> None:
     master, root, output, weights, ui_port = sys.argv[1:6]
     resources = local_resources(root, output, weights, spark_config=cluster_config(master, ui_port))
-    result = materialize([*ASSETS, *ALL_CHECKS], resources=resources, instance=DagsterInstance.ephemeral())
+    result = materialize([*FEATURE_ASSETS, *ALL_CHECKS], resources=resources, instance=DagsterInstance.ephemeral())
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     print(json.dumps({"success": result.success, "checks": checks, "executors": executor_tasks()}))
 

@@ -7,13 +7,13 @@ from dagster import DagsterInstance, materialize
 
 from fruits_assets.assets import PcaConfig
 from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import ASSETS, local_resources
+from fruits_assets.definitions import CHECKS, FEATURE_ASSETS, local_resources
 from spark_code import io
 
 
 def _materialize(resources, instance=None, raise_on_error=True, run_config=None):
     return materialize(
-        [*ASSETS, *ALL_CHECKS],
+        [*FEATURE_ASSETS, *ALL_CHECKS],
         resources=resources,
         instance=instance or DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
@@ -44,13 +44,15 @@ def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, ex
     assert all(reasons.values())
 
 
-def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcomes):
+def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcomes, training_root):
     result, _, counted = run
     featurized = sum(v == "featurized" for v in expected_outcomes.values())
     undecodable = 3  # truncated, corrupt, text: decoded (and failed) once; empty/root files never reach the CNN
-    assert counted["cnn_images"] == featurized
-    assert counted["images_decoded"] == featurized + undecodable
+    training = len(list(training_root.rglob("*.jpg")))  # the classifier's training photos, featurized once too
+    assert counted["cnn_images"] == featurized + training
+    assert counted["images_decoded"] == featurized + undecodable + training
     assert _metadata(result, "cnn_features")["cnn_images"] == featurized
+    assert _metadata(result, "training_features")["featurized"] == training
 
 
 def test_pca_output_and_metadata(run, spark):
@@ -61,6 +63,8 @@ def test_pca_output_and_metadata(run, spark):
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["explained_variance"] >= meta["variance_target"] == 0.95
     assert "cumulative explained variance" in meta["cumulative_variance"]
+    for plot in ("variance_plot", "pca_scatter"):  # inline PNGs the UI renders
+        assert meta[plot].startswith("![") and "(data:image/png;base64," in meta[plot]
     assert "Apple Braeburn" in {r.label for r in pca.collect()}
 
 
@@ -74,7 +78,7 @@ def test_raw_metadata_counts_classes(run, expected_outcomes):
 def test_all_asset_checks_pass(run):
     result, _, _ = run
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} == {c.check_key.name for c in ALL_CHECKS}
+    assert {e.check_name for e in evaluations} == {c.check_key.name for c in CHECKS}
     assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
 
 
@@ -93,7 +97,7 @@ def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, t
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
     before = io.latest_uri(spark, output, "pca_features")
     result = materialize(
-        [*ASSETS, *ALL_CHECKS],
+        [*FEATURE_ASSETS, *ALL_CHECKS],
         selection=["pca_features"],
         resources=local_resources(str(sample_root), output, weights_path),
         run_config={"ops": {"pca_features": {"config": {"k": 4}}}},

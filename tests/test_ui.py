@@ -15,7 +15,15 @@ import pytest
 
 from tests.conftest import REPO
 
-ASSETS = ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features")
+ASSETS = (
+    "raw_images",
+    "cnn_features",
+    "quarantined_images",
+    "scaled_features",
+    "pca_features",
+    "training_features",
+    "fruit_classifier",
+)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
@@ -59,7 +67,7 @@ def _wait_until_up(base: str, process: subprocess.Popen, timeout: float = 180) -
 
 
 @pytest.fixture(scope="module")
-def dagster_dev(sample_root, weights_path, tmp_path_factory):
+def dagster_dev(sample_root, training_root, weights_path, tmp_path_factory):
     """`dagster dev` in the repo root with a temporary DAGSTER_HOME, on the small sample; stopped afterwards."""
     tmp = tmp_path_factory.mktemp("dagster-dev")
     (tmp / "home").mkdir()
@@ -69,6 +77,7 @@ def dagster_dev(sample_root, weights_path, tmp_path_factory):
         **os.environ,
         "DAGSTER_HOME": str(tmp / "home"),
         "FRUITS_IMAGE_ROOT": str(sample_root),
+        "FRUITS_TRAINING_ROOT": str(training_root),
         "FRUITS_OUTPUT_URI": str(tmp / "out"),
         "FRUITS_WEIGHTS": weights_path,
     }
@@ -147,6 +156,12 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
         page.get_by_text("explained_variance").first.wait_for(timeout=30000)
         pca_text = page.inner_text("body")
         assert "variance_target" in pca_text and "cumulative_variance" in pca_text
+        assert "variance_plot" in pca_text and "pca_scatter" in pca_text
+        page.screenshot(path=str(tmp_path / "pca_features.png"), full_page=True)
+
+        page.goto(f"{dagster_dev}/assets/fruit_classifier", wait_until="networkidle")
+        page.get_by_text("macro_f1").first.wait_for(timeout=30000)
+        assert "raw_accuracy" in page.inner_text("body")
 
         page.goto(f"{dagster_dev}/assets/raw_images", wait_until="networkidle")
         page.get_by_text("image_count").first.wait_for(timeout=30000)

@@ -1,0 +1,72 @@
+"""`fruits classify PHOTO...`: top-3 fruit classes per photo from the saved pipeline, without Spark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from spark_code.featurize import WeightsError, default_weights_path
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image features: the app's engine.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    classify = commands.add_parser("classify", help="name the fruit in each photo (top-3 classes)")
+    classify.add_argument("photos", nargs="+", help="photo files (any size, any format Pillow reads)")
+    classify.add_argument(
+        "--models",
+        default=os.path.join(os.environ.get("FRUITS_OUTPUT_URI", "data"), "models"),
+        help="models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models, else data/models)",
+    )
+    classify.add_argument("--weights", default=None, help="Keras weights file (default: $FRUITS_WEIGHTS or ../shared)")
+    classify.add_argument("--threshold", type=float, default=float(os.environ.get("FRUITS_UNKNOWN_BELOW", "0.5")))
+    classify.add_argument("--top", type=int, default=3)
+    classify.add_argument("--json", action="store_true", help="one JSON object per photo")
+    return parser
+
+
+def _line(prediction, as_json: bool) -> str:
+    if as_json:
+        top = [{"label": label, "probability": round(p, 4)} for label, p in prediction.top]
+        return json.dumps({"photo": prediction.path, "label": prediction.label, "top": top})
+    top = ", ".join(f"{label} {p:.2f}" for label, p in prediction.top)
+    return f"{prediction.path}: {prediction.label}  ({top})"
+
+
+def classify(args: argparse.Namespace) -> int:
+    """Load once, classify every photo; unreadable photos are reported on stderr and make the exit status 1."""
+    from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
+
+    try:
+        folder = latest_version(args.models)
+        engine = FruitClassifier(load_pipeline(folder), args.weights or default_weights_path(), args.threshold)
+    except (ModelNotFoundError, WeightsError, ValueError) as error:
+        print(f"fruits: {error}", file=sys.stderr)
+        return 2
+    failed = 0
+    for photo in args.photos:
+        started = time.perf_counter()
+        try:
+            print(_line(engine.classify(photo), args.json), flush=True)
+        except (NotAnImageError, OSError) as error:
+            failed += 1
+            print(f"fruits: cannot classify {photo}: {error}", file=sys.stderr)
+        logger.info("%s classified in %.3f s", photo, time.perf_counter() - started)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fruits` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FRUITS_LOG_LEVEL", "WARNING"), format="%(message)s")
+    return classify(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The app's engine: classify photos with the saved Spark ML pipeline and the CNN, in one process, without Spark."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from spark_code.featurize import CnnSpec, load_weights
+from spark_code.images import try_decode
+
+logger = logging.getLogger(__name__)
+
+CNN_SETTINGS = "cnn.json"
+UNKNOWN = "unknown"
+
+
+class ModelNotFoundError(LookupError):
+    """No committed classifier under the given folder."""
+
+
+class NotAnImageError(ValueError):
+    """A file Pillow cannot read as an image."""
+
+
+def latest_version(base: str, name: str = "fruit_classifier") -> Path:
+    """The newest committed version folder of model `name` under a local models folder."""
+    folder = Path(base.removeprefix("file:")) / name
+    versions = sorted(p for p in folder.glob("v-*") if (p / "_COMMITTED").exists()) if folder.is_dir() else []
+    if not versions:
+        raise ModelNotFoundError(
+            f"no committed {name!r} under {str(folder.parent)!r}: materialize the fruit_classifier asset first, "
+            "or point --models / FRUITS_OUTPUT_URI at the folder that holds it"
+        )
+    return versions[-1]
+
+
+def _vector(cell: dict) -> np.ndarray:
+    """A Spark ML vector (its Parquet struct) as a dense array."""
+    values = np.asarray(cell["values"], dtype=np.float64)
+    if cell["type"] == 1:
+        return values
+    dense = np.zeros(cell["size"])
+    dense[np.asarray(cell["indices"], dtype=np.int64)] = values
+    return dense
+
+
+def _matrix(cell: dict) -> np.ndarray:
+    """A Spark ML matrix (its Parquet struct: column-major, or row-major when transposed) as a dense array."""
+    rows, cols, values = cell["numRows"], cell["numCols"], np.asarray(cell["values"], dtype=np.float64)
+    if cell["type"] == 1:
+        return values.reshape(rows, cols) if cell["isTransposed"] else values.reshape(cols, rows).T
+    major, minor = (rows, cols) if cell["isTransposed"] else (cols, rows)
+    dense = np.zeros((major, minor))
+    pointers, indices = cell["colPtrs"], cell["rowIndices"]
+    for outer in range(major):
+        for position in range(pointers[outer], pointers[outer + 1]):
+            dense[outer, indices[position]] = values[position]
+    return dense if cell["isTransposed"] else dense.T
+
+
+def _stage(folder: Path) -> tuple[dict, dict | None]:
+    """A saved stage's params (metadata JSON) and its single data row, if it has data."""
+    metadata = json.loads((folder / "metadata" / "part-00000").read_text().splitlines()[0])
+    data = folder / "data"
+    row = pq.read_table(data).to_pylist()[0] if data.exists() else None
+    return metadata, row
+
+
+@dataclass
+class ServingPipeline:
+    """The saved scaler → PCA → logistic regression → labels, as NumPy arrays."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray | None
+    coefficients: np.ndarray
+    intercepts: np.ndarray
+    labels: list[str]
+    image_size: int
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Scaled then PCA-projected features, as Spark's StandardScalerModel and PCAModel compute them."""
+        scaled = (features - self.mean) * self.scale
+        return scaled if self.components is None else scaled @ self.components
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax of the multinomial margins), columns in `labels` order."""
+        margins = self.project(features) @ self.coefficients.T + self.intercepts
+        margins -= margins.max(axis=1, keepdims=True)
+        odds = np.exp(margins)
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
+def load_pipeline(folder: str | Path) -> ServingPipeline:
+    """Read a saved classifier PipelineModel (scaler, [PCA], logistic regression, IndexToString) with pyarrow."""
+    folder = Path(str(folder).removeprefix("file:"))
+    stages = {}
+    for path in sorted((folder / "stages").iterdir()):
+        metadata, row = _stage(path)
+        stages[metadata["class"].rsplit(".", 1)[-1]] = (metadata["paramMap"], row)
+    params, scaler = stages["StandardScalerModel"]
+    std = _vector(scaler["std"])
+    mean = _vector(scaler["mean"]) if params.get("withMean", False) else np.zeros_like(std)
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0) if params.get("withStd", True) else 1.0
+    components = _matrix(stages["PCAModel"][1]["pc"]) if "PCAModel" in stages else None
+    regression = stages["LogisticRegressionModel"][1]
+    labels = stages["IndexToString"][0]["labels"]
+    settings = json.loads((folder / CNN_SETTINGS).read_text()) if (folder / CNN_SETTINGS).exists() else {}
+    return ServingPipeline(
+        mean=mean,
+        scale=scale,
+        components=components,
+        coefficients=_matrix(regression["coefficientMatrix"]),
+        intercepts=_vector(regression["interceptVector"]),
+        labels=list(labels),
+        image_size=int(settings.get("image_size", 224)),
+    )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top classes of one photo; `label` is "unknown" when the best probability is under the threshold."""
+
+    path: str
+    label: str
+    top: list[tuple[str, float]]
+    pca: np.ndarray
+
+
+class FruitClassifier:
+    """The CNN and the saved pipeline, loaded once; `classify` takes photo paths or bytes of any size/format."""
+
+    def __init__(self, pipeline: ServingPipeline, weights_path: str | None, threshold: float = 0.5, top: int = 3):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={threshold} must lie between 0 and 1")
+        self.pipeline, self.threshold, self.top = pipeline, threshold, top
+        self.spec = CnnSpec(input_size=pipeline.image_size)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.model = self.spec.build(None)
+        self.model.set_weights(load_weights(self.spec, weights_path))
+
+    def features(self, data: bytes, name: str = "photo") -> np.ndarray:
+        """The 1280-d CNN features of one encoded image, decoded and preprocessed as the Spark pipeline does."""
+        pixels, error = try_decode(data, self.spec.input_size)
+        if error is not None:
+            raise NotAnImageError(f"{name}: {error}")
+        batch = self.spec.preprocess(pixels[np.newaxis])
+        return self.model(batch, training=False).numpy().astype(np.float32)
+
+    def classify_bytes(self, data: bytes, name: str = "photo") -> Prediction:
+        """Top classes of one encoded image."""
+        features = self.features(data, name).astype(np.float64)
+        probabilities = self.pipeline.probabilities(features)[0]
+        order = np.argsort(-probabilities)[: self.top]
+        top = [(self.pipeline.labels[i], float(probabilities[i])) for i in order]
+        label = top[0][0] if top[0][1] >= self.threshold else UNKNOWN
+        return Prediction(name, label, top, self.pipeline.project(features)[0])
+
+    def classify(self, path: str | Path) -> Prediction:
+        """Top classes of one photo file."""
+        return self.classify_bytes(Path(path).read_bytes(), str(path))
