@@ -384,13 +384,17 @@ class S3Artifacts(ConfigurableResource):
         return target
 
 
-def emr_resources(settings: EmrSettings | None = None) -> dict:
-    """Resources of the emr deployment: Spark on the cluster via the step launcher, tables and models on S3."""
+def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] | None = None) -> dict:
+    """Resources of the emr deployment: Spark on the cluster via the step launcher, tables and models on S3.
+
+    `base` (e.g. the local resources) supplies every key this deployment does not replace, such as plain settings.
+    """
     settings = settings or EmrSettings.from_env()
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
     s3 = S3Resource(region_name=settings.region)
     training = {"training_source": ImageSource(root=settings.training_root)} if settings.training_root else {}
     return {
+        **(base or {}),
         **training,
         STEP_LAUNCHER_KEY: EmrStepLauncher(
             cluster_id=settings.cluster_id,

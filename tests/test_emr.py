@@ -166,6 +166,28 @@ def test_spark_steps_without_the_launcher_are_named():
     assert missing_step_launcher([wired, unwired, no_data_check, data_check]) == ["unwired", "wired_data_check"]
 
 
+def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings():
+    from dagster_aws.s3 import S3Resource
+
+    from fruits_assets.deployments import ClusterCnnResource, ClusterPySparkResource, emr_resources
+
+    settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
+    resources = emr_resources(settings, base={"pyspark": "local spark", "plain_setting": 42})
+    assert resources["plain_setting"] == 42
+    assert isinstance(resources["pyspark"], ClusterPySparkResource)
+    assert isinstance(resources[STEP_LAUNCHER_KEY], EmrStepLauncher)
+    assert resources[STEP_LAUNCHER_KEY].cluster_id == "j-1ABCDEFGHIJKL"
+    assert resources["io_manager"].base_uri == f"s3://{BUCKET}/fruits/output"
+    assert resources["models"].base_uri == f"s3://{BUCKET}/fruits/output/models"
+    assert (resources["image_source"].root, resources["training_source"].root) == (
+        f"s3://{BUCKET}/fruits/images",
+        f"s3://{BUCKET}/train",
+    )
+    assert isinstance(resources["cnn"], ClusterCnnResource)
+    assert resources["cnn"].weights_path == "/mnt/fruits/weights/mobilenet_v2_1.0_224_no_top.weights.h5"
+    assert isinstance(resources["s3"], S3Resource) and resources["s3"].region_name == REGION
+
+
 # ---- the cluster recipe ----------------------------------------------------------------------------------------
 
 
