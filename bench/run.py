@@ -79,6 +79,27 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write_json(result: dict, path: Path | None, kind: str) -> Path:
+    """Write the result as JSON (default: bench/results/<kind>-<time>.json); return the path."""
+    out = path or REPO / "bench" / "results" / f"{kind}-{result['when'].replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return out
+
+
+def main_incremental(args, selection: dict, env: dict) -> None:
+    """The --incremental mode (see bench/incremental.py)."""
+    from bench import incremental
+
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
+        result = incremental.run_incremental(selection, Path(tmp), args.weights, env)
+    out = write_json(result, args.json, "incremental")
+    print(incremental.report(result))
+    print(f"JSON: {out}")
+    if not result["only_new_featurized"]:
+        raise SystemExit("benchmark invariant failed: the CNN ran on more than the new photos")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -87,10 +108,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", str(DEFAULT_WEIGHTS)))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
+    parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     selection = stratified(args.root, args.images)
     env = {**os.environ, "FRUITS_BATCH_SIZE": str(args.batch_size), "FRUITS_IMAGE_SIZE": str(args.image_size)}
+    if args.incremental:
+        main_incremental(args, selection, env)
+        return
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
         root = link_tree(selection, Path(tmp) / "images") if args.images else args.root
         warm_cache(selection)
@@ -115,9 +140,7 @@ def main() -> None:
         "ratio": round(pipeline["seconds"] / baseline["seconds"], 3),
         "one_pass_per_image": pipeline["counters"]["cnn_images"] == pipeline["images"] == baseline["images"],
     }
-    out = args.json or REPO / "bench" / "results" / f"bench-{result['when'].replace(':', '')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(result, args.json, "bench")
     print(report(result))
     print(f"JSON: {out}")
     if not result["one_pass_per_image"] or not pipeline["success"]:

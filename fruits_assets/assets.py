@@ -1,24 +1,38 @@
 """The asset graph: raw_images → cnn_features (+ quarantined_images) → scaled_features → pca_features."""
 
+import json
 import time
+from typing import Any
 
-from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, asset, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    ResourceParam,
+    asset,
+    multi_asset,
+)
 from dagster_pyspark import PySparkResource
 from pydantic import Field
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
 from fruits_assets import plots
 from fruits_assets.metadata import class_table, variance_markdown
-from fruits_assets.resources import CnnResource, ImageSource, ModelStore
+from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import reduce
-from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
+from spark_code.incremental import featurize_incremental
 
 GROUP = "fruits"
 
 
 @asset(group_name=GROUP, kinds={"spark", "parquet"})
-def raw_images(pyspark: PySparkResource, image_source: ImageSource) -> Output[DataFrame]:
+def raw_images(
+    pyspark: PySparkResource, image_source: ImageSource, pyspark_step_launcher: ResourceParam[Any]
+) -> Output[DataFrame]:
     """Every image file under the image root: path, label (class folder), length, modification_time."""
     listing = list_images(pyspark.spark_session, image_source.root).cache()
     per_class = {row["label"]: row["count"] for row in listing.groupBy("label").count().collect()}
@@ -32,6 +46,12 @@ def raw_images(pyspark: PySparkResource, image_source: ImageSource) -> Output[Da
     return Output(listing, metadata=metadata)
 
 
+class FeaturesConfig(Config):
+    """Incremental by default: only new or changed images meet the CNN; `full_refresh` recomputes everything."""
+
+    full_refresh: bool = Field(default=False, description="Featurize every image again, ignoring the last version.")
+
+
 @multi_asset(
     group_name=GROUP,
     outs={
@@ -41,51 +61,129 @@ def raw_images(pyspark: PySparkResource, image_source: ImageSource) -> Output[Da
 )
 def cnn_features(
     context: AssetExecutionContext,
+    config: FeaturesConfig,
     raw_images: DataFrame,
     pyspark: PySparkResource,
     image_source: ImageSource,
     cnn: CnnResource,
+    tables: TableStore,
+    pyspark_step_launcher: ResourceParam[Any],
 ):
-    """MobileNetV2 (ImageNet, no top, avg-pooled) on every image, decoded and inferred exactly once."""
+    """MobileNetV2 (ImageNet, no top, avg-pooled) on every new or changed image, decoded and inferred exactly once.
+
+    Images unchanged since the last version (same path, size and mtime; same CNN input size and weights, recorded
+    per row in `cnn_model`) keep their features.
+    """
     started = time.perf_counter()
-    run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
+    previous = [None if config.full_refresh else tables.previous(t) for t in ("cnn_features", "quarantined_images")]
+    spark, featurizer = pyspark.spark_session, cnn.featurizer()
+    run, changes = featurize_incremental(spark, raw_images, image_source.root, featurizer, *previous, cnn.model_key())
     featurized, quarantined = run.features.count(), run.quarantined.count()
-    counts = {
-        "raw": raw_images.count(),
-        "featurized": featurized,
-        "quarantined": quarantined,
-        **run.counters.values(),
-        **run.counters.seconds(),
-    }
+    counts = {"raw": raw_images.count(), "featurized": featurized, "quarantined": quarantined, **changes}
+    counts.update({**run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
-    yield Output(
-        run.features,
-        "cnn_features",
-        metadata={**counts, "batch_size": cnn.batch_size, "image_size": cnn.image_size},
-    )
+    yield Output(run.features, "cnn_features", metadata={**counts, **_cnn_settings(cnn)})
     yield Output(run.quarantined, "quarantined_images", metadata={"quarantined": quarantined})
     run.release()
 
 
+def _cnn_settings(cnn: CnnResource) -> dict:
+    return {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
+
+
+class ScalerConfig(Config):
+    """Refit policy of the scaler: reuse the saved one (new images are scaled with it) unless `refit`."""
+
+    refit: bool = Field(default=False, description="Fit a new scaler on all current features (the daily schedule).")
+
+
 @asset(group_name=GROUP, kinds={"spark", "parquet"})
-def scaled_features(cnn_features: DataFrame, models: ModelStore) -> Output[DataFrame]:
+def scaled_features(
+    context: AssetExecutionContext,
+    config: ScalerConfig,
+    cnn_features: DataFrame,
+    models: ModelStore,
+    pyspark_step_launcher: ResourceParam[Any],
+) -> Output[DataFrame]:
     """Features standardised (zero mean, unit variance) by a Spark ML StandardScaler saved with the asset."""
-    model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
-    model_uri = models.save(model, "scaled_features")
-    return Output(reduce.scale(model, cnn_features), metadata={"model_uri": MetadataValue.path(model_uri)})
+    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", "scaler.json")
+    if saved is None:
+        model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
+        model_uri = models.save(model, "scaled_features", extras={"scaler.json": json.dumps({"fitted": True})})
+    else:
+        model, model_uri, _ = saved
+    context.log.info("scaler %s (%s)", model_uri, "refit" if saved is None else "reused")
+    scaled = reduce.scale(model, cnn_features).select("path", "label", "scaled_features")
+    metadata = {"model_uri": MetadataValue.path(model_uri), "refit": saved is None}
+    return Output(scaled, metadata=metadata)
 
 
 class PcaConfig(Config):
-    """Either a fixed number of components `k`, or the share of variance to keep."""
+    """Either a fixed number of components `k`, or the share of variance to keep; and the refit policy."""
 
     k: int | None = Field(default=None, ge=1, description="Fixed number of components (overrides the target).")
     variance_target: float = Field(default=0.95, gt=0.0, le=1.0, description="Cumulative explained variance.")
+    refit: bool = Field(default=False, description="Fit a new PCA even if the saved one still fits (daily schedule).")
+    max_drift: float = Field(
+        default=0.03, ge=0.0, le=1.0, description="Refit when the saved basis explains this much less variance now."
+    )
+
+
+def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
+    """The saved PCA, if it was fitted with the same k/target after the current scaler; else None."""
+    saved = None if config.refit else models.latest(PCAModel, "pca_features", "pca.json")
+    if saved is None:
+        return None
+    model, uri, extra = saved
+    fitted_with = json.loads(extra or "{}")
+    wanted = {"k": config.k, "variance_target": config.variance_target, "scaler": scaler_uri}
+    return (model, uri, fitted_with) if {key: fitted_with.get(key) for key in wanted} == wanted else None
 
 
 @asset(group_name=GROUP, kinds={"spark", "parquet"})
-def pca_features(config: PcaConfig, scaled_features: DataFrame, models: ModelStore) -> Output[DataFrame]:
-    """PCA projection (path, label, pca_features) with k fixed or chosen from one fit to reach the target."""
+def pca_features(
+    context: AssetExecutionContext,
+    config: PcaConfig,
+    scaled_features: DataFrame,
+    models: ModelStore,
+    pyspark_step_launcher: ResourceParam[Any],
+) -> Output[DataFrame]:
+    """PCA projection (path, label, pca_features, pca_model) with k fixed or chosen from one fit to reach the target.
+
+    The saved PCA projects new images unless `refit` is set, the scaler changed, or the data drifted: the share of
+    variance the saved basis explains fell by more than `max_drift` since it was fitted.
+    """
+    scaler_uri = models.latest(StandardScalerModel, "scaled_features", "scaler.json")[1]
+    saved = _saved_pca(config, models, scaler_uri)
+    drift = None
+    if saved is not None:
+        drift = round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], scaled_features), 4)
+    if saved is None or drift > config.max_drift:
+        model, curve, model_uri = _fit_pca(config, scaled_features, models, scaler_uri)
+    else:
+        model, model_uri, curve = saved[0], saved[1], saved[2]["curve"]
+    k = model.getK()
+    context.log.info("PCA %s: k=%d, %s", model_uri, k, "reused" if model_uri == (saved or [None, None])[1] else "fit")
+    projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
+    projected = projected.withColumn("pca_model", reduce.version_literal(model_uri))
+    metadata = {
+        "k": k,
+        "explained_variance": float(curve[k - 1]),
+        "variance_target": config.variance_target if config.k is None else None,
+        "input_dim": len(curve),
+        "refit": saved is None or model_uri != saved[1],
+        "drift": drift,
+        "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
+        "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
+        "pca_scatter": MetadataValue.md(plots.scatter_plot(*reduce.first_two(projected, "pca_features"))),
+        "model_uri": MetadataValue.path(model_uri),
+    }
+    return Output(projected, metadata={key: value for key, value in metadata.items() if value is not None})
+
+
+def _fit_pca(config: PcaConfig, scaled_features: DataFrame, models: ModelStore, scaler_uri: str):
+    """Fit the PCA once (all components), keep k, save it with what it was fitted with; (model, curve, uri)."""
     estimator = reduce.VariancePCA(
         inputCol="scaled_features",
         outputCol="pca_features",
@@ -94,16 +192,12 @@ def pca_features(config: PcaConfig, scaled_features: DataFrame, models: ModelSto
     )
     model = estimator.fit(scaled_features)
     curve = reduce.variance_curve(estimator.fullExplainedVariance)
-    k = model.getK()
-    metadata = {
-        "k": k,
-        "explained_variance": float(curve[k - 1]),
-        "variance_target": config.variance_target if config.k is None else None,
-        "input_dim": len(scaled_features.first()["scaled_features"]),
-        "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
-        "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
-        "model_uri": MetadataValue.path(models.save(model, "pca_features")),
+    fitted_with = {
+        "k": config.k,
+        "variance_target": config.variance_target,
+        "scaler": scaler_uri,
+        "explained_variance": curve[model.getK() - 1],
+        "curve": curve,
     }
-    projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
-    metadata["pca_scatter"] = MetadataValue.md(plots.scatter_plot(*reduce.first_two(projected, "pca_features")))
-    return Output(projected, metadata={key: value for key, value in metadata.items() if value is not None})
+    uri = models.save(model, "pca_features", extras={"pca.json": json.dumps(fitted_with)})
+    return model, curve, uri

@@ -6,22 +6,28 @@ from pyspark.sql import DataFrame
 from spark_code import quality
 from spark_code.featurize import FEATURE_DIM
 
+STEP_LAUNCHER = "pyspark_step_launcher"  # Spark checks run where the Spark assets run (on EMR: on the cluster)
 
-@asset_check(asset="cnn_features", additional_ins={"raw_images": AssetIn(), "quarantined_images": AssetIn()})
+
+@asset_check(
+    asset="cnn_features",
+    additional_ins={"raw_images": AssetIn(), "quarantined_images": AssetIn()},
+    required_resource_keys={STEP_LAUNCHER},
+)
 def counts_reconcile(cnn_features: DataFrame, raw_images: DataFrame, quarantined_images: DataFrame) -> AssetCheckResult:
     """Every listed image is either featurized or quarantined, exactly once."""
     counts = quality.reconcile(raw_images, cnn_features, quarantined_images)
     return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
 
 
-@asset_check(asset="cnn_features")
+@asset_check(asset="cnn_features", required_resource_keys={STEP_LAUNCHER})
 def features_are_finite_1280(cnn_features: DataFrame) -> AssetCheckResult:
     """Each feature vector holds exactly 1280 finite floats."""
     bad = quality.bad_vectors(cnn_features, "features", FEATURE_DIM)
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad})
 
 
-@asset_check(asset="pca_features", additional_ins={"cnn_features": AssetIn()})
+@asset_check(asset="pca_features", additional_ins={"cnn_features": AssetIn()}, required_resource_keys={STEP_LAUNCHER})
 def pca_rows_match_features(pca_features: DataFrame, cnn_features: DataFrame) -> AssetCheckResult:
     """The PCA table has one row per featurized image."""
     pca_rows, feature_rows = pca_features.count(), cnn_features.count()
@@ -46,7 +52,7 @@ def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> As
     return AssetCheckResult(passed=reached >= target, metadata={"reached": reached, "target": target})
 
 
-@asset_check(asset="pca_features")
+@asset_check(asset="pca_features", required_resource_keys={STEP_LAUNCHER})
 def labels_not_empty(pca_features: DataFrame) -> AssetCheckResult:
     """Every PCA row carries a non-blank class label."""
     empty = quality.empty_labels(pca_features)

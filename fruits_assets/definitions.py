@@ -2,10 +2,11 @@
 
 import os
 
-from dagster import AssetSelection, Definitions, ResourceDefinition, define_asset_job, in_process_executor
+from dagster import Definitions, ResourceDefinition, in_process_executor
 from dagster_pyspark import PySparkResource
 
 from fruits_assets.assets import cnn_features, pca_features, raw_images, scaled_features
+from fruits_assets.automation import daily_refit, materialize_all, new_images
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.deployments import STEP_LAUNCHER_KEY, deployment, emr_resources, require_step_launcher
 from fruits_assets.io_managers import SparkParquetIOManager
@@ -17,6 +18,7 @@ from fruits_assets.resources import (
     CnnResource,
     ImageSource,
     ModelStore,
+    TableStore,
     local_spark_config,
 )
 from fruits_assets.validation import VALIDATION_ASSETS, VALIDATION_CHECKS
@@ -25,9 +27,6 @@ from spark_code.featurize import default_weights_path
 FEATURE_ASSETS = [raw_images, cnn_features, scaled_features, pca_features]
 ASSETS = [*FEATURE_ASSETS, *VALIDATION_ASSETS]
 CHECKS = [*ALL_CHECKS, *VALIDATION_CHECKS]
-materialize_all = define_asset_job(
-    "materialize_all", selection=AssetSelection.all(), description="Features, PCA and the fruit classifier."
-)
 
 
 def local_resources(
@@ -50,6 +49,7 @@ def local_resources(
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
+        "tables": TableStore(base_uri=output, pyspark=pyspark),
         "image_source": ImageSource(root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
         "cnn": CnnResource(
             weights_path=weights_path or default_weights_path(),
@@ -76,6 +76,8 @@ def build_defs(resources: dict | None = None) -> Definitions:
         assets=ASSETS,
         asset_checks=CHECKS,
         jobs=[materialize_all],
+        schedules=[daily_refit],
+        sensors=[new_images],
         resources=resources or resources_for(),
         executor=in_process_executor,
     )

@@ -21,7 +21,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import BaseModel, Field, field_validator
 
 from fruits_assets.io_managers import SparkParquetIOManager
-from fruits_assets.resources import CnnResource, ImageSource, ModelStore
+from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
 
 logger = logging.getLogger(__name__)
 
@@ -408,6 +408,7 @@ def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] |
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=settings.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{settings.output_uri}/models", pyspark=pyspark),
+        "tables": TableStore(base_uri=settings.output_uri, pyspark=pyspark),
         "image_source": ImageSource(root=settings.image_root),
         "cnn": ClusterCnnResource(
             weights_path=settings.weights_path,
@@ -421,7 +422,7 @@ def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] |
 
 # ---- wiring: which steps go to the cluster --------------------------------------------------------------------
 
-SPARK_RESOURCE_KEYS = frozenset({"pyspark", "models", "io_manager"})  # resources that touch Spark
+SPARK_RESOURCE_KEYS = frozenset({"pyspark", "models", "tables", "io_manager"})  # resources that touch Spark
 
 
 def needs_spark(definition) -> bool:

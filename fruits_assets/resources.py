@@ -56,6 +56,9 @@ class ImageSource(ConfigurableResource):
     """Where the photos are: a folder (or s3:// prefix) with one sub-folder per fruit class."""
 
     root: str = Field(description="Image root; env FRUITS_IMAGE_ROOT.")
+    settle_seconds: float = Field(
+        default=30.0, ge=0.0, description="The sensor takes a new file once it has been unmodified this long."
+    )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if _is_local(self.root) and not os.path.isdir(urlparse(self.root).path or self.root):
@@ -90,6 +93,15 @@ class CnnResource(ConfigurableResource):
                 "Keras download the ImageNet weights"
             )
 
+    def model_key(self) -> str:
+        """What makes a feature vector: the input size and the weights (file name and size, or Keras' download)."""
+        if self.weights_path is None:
+            weights = "keras-imagenet-download"
+        else:
+            size = os.path.getsize(self.weights_path) if os.path.isfile(self.weights_path) else "?"
+            weights = f"{os.path.basename(self.weights_path)}:{size}"
+        return f"mobilenet_v2-{self.image_size}px-{weights}"
+
     def featurizer(self) -> CnnFeaturizer:
         """A CnnFeaturizer transformer with these settings."""
         return CnnFeaturizer(
@@ -113,6 +125,29 @@ class ModelStore(ConfigurableResource):
     def load(self, model_class, name: str):
         """Load the newest committed version of `name`."""
         return io.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
+
+    def latest(self, model_class, name: str, extra: str) -> tuple[object, str, str] | None:
+        """(model, version URI, text of its `extra` file) of the newest version of `name`, or None if none exists."""
+        spark = self.pyspark.spark_session
+        try:
+            uri = io.latest_uri(spark, self.base_uri, name)
+        except io.TableNotFoundError:
+            return None
+        return model_class.load(uri), uri, io.read_text(spark, f"{uri}/{extra}")
+
+
+class TableStore(ConfigurableResource):
+    """The previous committed version of a table (for incremental assets), under the IO manager's base URI."""
+
+    base_uri: str = Field(description="Where the IO manager writes the tables; env FRUITS_OUTPUT_URI.")
+    pyspark: ResourceDependency[PySparkResource]
+
+    def previous(self, name: str):
+        """The newest committed version of table `name`, or None before its first materialization."""
+        try:
+            return io.read_table(self.pyspark.spark_session, self.base_uri, name)
+        except io.TableNotFoundError:
+            return None
 
 
 class ClassifierSettings(ConfigurableResource):

@@ -1,6 +1,7 @@
 """Validation: featurize a training set, train the fruit classifier on the PCA features, score it on the corpus."""
 
 import json
+from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -10,6 +11,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    ResourceParam,
     TableColumn,
     TableRecord,
     TableSchema,
@@ -41,6 +43,7 @@ def training_features(
     pyspark: PySparkResource,
     training_source: ImageSource,
     cnn: CnnResource,
+    pyspark_step_launcher: ResourceParam[Any],
 ):
     """CNN features of the labelled training photos (same model and settings as `cnn_features`)."""
     spark = pyspark.spark_session
@@ -87,6 +90,7 @@ def fruit_classifier(
     models: ModelStore,
     classifier: ClassifierSettings,
     cnn: CnnResource,
+    pyspark_step_launcher: ResourceParam[Any],
 ) -> MaterializeResult:
     """Multinomial logistic regression on the PCA features of the training set, scored on the corpus.
 

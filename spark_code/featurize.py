@@ -325,26 +325,29 @@ def target_partitions(images: int, parallelism: int, images_per_task: int = 2048
 
 
 def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featurizer: CnnFeaturizer) -> Featurized:
-    """Featurize every listed image once; unlabeled, empty, undecodable or vanished files become quarantine rows."""
+    """Featurize every listed image once; unlabeled, empty, undecodable or vanished files become quarantine rows.
+
+    Both outputs keep the listing's identity columns (`path`, `label`, `length`, `modification_time`).
+    """
     from pyspark import StorageLevel
 
-    from spark_code.images import NO_CLASS_FOLDER, VANISHED, attach_content
+    from spark_code.images import LISTING_COLUMNS, NO_CLASS_FOLDER, VANISHED, attach_content
 
-    usable = listing.filter(F.col("label").isNotNull() & (F.col("length") > 0))
-    images = attach_content(spark, usable.select("path", "label"), root)
-    images = images.coalesce(target_partitions(usable.count(), spark.sparkContext.defaultParallelism))
+    keys = list(LISTING_COLUMNS)
+    usable = listing.filter(F.col("label").isNotNull() & (F.col("length") > 0)).select(*keys)
+    count = usable.count()
+    images = attach_content(spark, usable, root)
+    images = images.coalesce(target_partitions(count, spark.sparkContext.defaultParallelism))
     error_col = featurizer.getOrDefault(featurizer.errorCol)
     result = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
-    features = result.filter(F.col(error_col).isNull()).select("path", "label", featurizer.getOutputCol())
+    features = result.filter(F.col(error_col).isNull()).select(*keys, featurizer.getOutputCol())
     reasons = [
-        result.filter(F.col(error_col).isNotNull()).select("path", "label", F.col(error_col).alias("reason")),
-        listing.filter(F.col("label").isNull()).select("path", "label", F.lit(NO_CLASS_FOLDER).alias("reason")),
+        result.filter(F.col(error_col).isNotNull()).select(*keys, F.col(error_col).alias("reason")),
+        listing.filter(F.col("label").isNull()).select(*keys, F.lit(NO_CLASS_FOLDER).alias("reason")),
         listing.filter(F.col("label").isNotNull() & (F.col("length") == 0)).select(
-            "path", "label", F.lit("empty file (0 bytes)").alias("reason")
+            *keys, F.lit("empty file (0 bytes)").alias("reason")
         ),
-        usable.join(result.select("path"), "path", "left_anti").select(
-            "path", "label", F.lit(VANISHED).alias("reason")
-        ),
+        usable.join(result.select("path"), "path", "left_anti").select(*keys, F.lit(VANISHED).alias("reason")),
     ]
     quarantined = reasons[0].unionByName(reasons[1]).unionByName(reasons[2]).unionByName(reasons[3])
     return Featurized(features, quarantined, featurizer.counters, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -92,12 +93,17 @@ def empty_files(spark: SparkSession, files: DataFrame, listed: DataFrame) -> Dat
     return spark.createDataFrame(rows, schema)
 
 
+def _hadoop_fs(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Path) of a path or URI, through the session's Hadoop configuration."""
+    hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
 def _modification_time(spark: SparkSession, path: str):
     from datetime import datetime, timezone
 
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    status = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).getFileStatus(hpath)
+    fs, hpath = _hadoop_fs(spark, path)
+    status = fs.getFileStatus(hpath)
     return datetime.fromtimestamp(status.getModificationTime() / 1000, tz=timezone.utc)
 
 
@@ -110,10 +116,34 @@ def require_images(count: int, root: str) -> None:
         )
 
 
+EXPLICIT_PATHS_BELOW = 1000
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = _hadoop_fs(spark, path)
+    return fs.exists(hpath)
+
+
+def _escape_glob(path: str) -> str:
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
+
+
 def attach_content(spark: SparkSession, listing: DataFrame, root: str) -> DataFrame:
-    """Join the listed images to their bytes without shuffling the bytes (the listing is broadcast)."""
-    files = read_binary_files(spark, root).select("path", "content")
-    return files.join(F.broadcast(listing), on="path", how="inner")
+    """Join the listed images to their bytes without shuffling the bytes (the listing is broadcast).
+
+    A small listing (an incremental batch) reads only its own files; a large one scans the root once.
+    """
+    paths = [row.path for row in listing.select("path").limit(EXPLICIT_PATHS_BELOW).collect()]
+    if len(paths) < EXPLICIT_PATHS_BELOW:
+        if not paths:
+            return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
+        present = [p for p in paths if _exists(spark, p)]  # a file deleted since listing is quarantined later
+        if not present:
+            return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
+        files = spark.read.format("binaryFile").load([_escape_glob(p) for p in present])
+    else:
+        files = read_binary_files(spark, root)
+    return files.select("path", "content").join(F.broadcast(listing), on="path", how="inner")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -100,6 +100,19 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         stream.close()
 
 
+def read_text(spark: SparkSession, uri: str) -> str:
+    """Read a small text file through Hadoop's FileSystem ("" if it does not exist)."""
+    fs, path = _fs(spark, uri)
+    if not fs.exists(path):
+        return ""
+    stream = fs.open(path)
+    try:
+        jvm = spark.sparkContext._jvm
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
 def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int = 2, extras: dict | None = None) -> str:
     """Save a Spark ML model (plus small `extras` text files beside it) as a new committed version; return its URI."""
     uri = new_version_uri(base_uri, name)

@@ -156,3 +156,18 @@ def first_two(df: DataFrame, column: str, sample: int = 3000) -> tuple[np.ndarra
     picked = df if total <= sample else df.sample(fraction=sample / total, seed=7)
     rows = picked.select("label", F.col(column)[0].alias("x"), F.col(column)[1].alias("y")).collect()
     return np.array([(r.x, r.y if r.y is not None else 0.0) for r in rows]), [r.label for r in rows]
+
+
+def explained_share(model: PCAModel, df: DataFrame) -> float:
+    """Share of the total variance of `df`'s input column that the model's components explain (one data pass)."""
+    input_col = model.getInputCol()
+    data = as_arrays(df, input_col) if _is_vector(df, input_col) else df
+    n, total, gram = gram_stats(data, input_col)
+    covariance = (gram - np.outer(total, total) / n) / max(1, n - 1)
+    pc = model.pc.toArray()
+    return float(np.sum((covariance @ pc) * pc) / np.trace(covariance))
+
+
+def version_literal(uri: str):
+    """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
+    return F.lit(uri.rstrip("/").rsplit("/", 1)[-1])

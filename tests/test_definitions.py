@@ -11,7 +11,20 @@ def test_defs_load_and_job_resolves():
     job = defs.resolve_job_def("materialize_all")
     assert job is not None
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"}
+    assert keys == {
+        "raw_images",
+        "cnn_features",
+        "quarantined_images",
+        "scaled_features",
+        "pca_features",
+        "training_features",
+        "fruit_classifier",
+    }
+
+
+def test_sensor_and_schedule_target_the_asset_job():
+    assert defs.resolve_sensor_def("new_images").job_name == "materialize_all"
+    assert defs.resolve_schedule_def("daily_refit").job_name == "materialize_all"
 
 
 def test_one_group_with_lineage():

@@ -1,0 +1,193 @@
+"""Growth: the new-photos sensor, incremental featurization, and the refit policy of the scaler and the PCA."""
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from dagster import DagsterInstance, build_sensor_context, materialize
+from pyspark.ml.feature import PCAModel, StandardScalerModel
+
+from fruits_assets.automation import daily_refit, new_images
+from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+from fruits_assets.resources import ImageSource
+from spark_code import io, reduce, snapshot
+from tests.conftest import CLASSES, FRUITS, first_images
+
+# ---- the sensor ------------------------------------------------------------------------------------------------
+
+
+def _tick(root, cursor=None, settle=0.0):
+    context = build_sensor_context(
+        cursor=cursor, resources={"image_source": ImageSource(root=str(root), settle_seconds=settle)}
+    )
+    result = new_images(context)
+    return result, context.cursor if result.cursor is None else result.cursor
+
+
+def _seed(root, n=2):
+    for name in CLASSES[:2]:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for image in first_images(FRUITS / name, n):
+            shutil.copy(image, root / name / image.name)
+
+
+def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):
+    _seed(tmp_path)
+    first, cursor = _tick(tmp_path)
+    assert len(first.run_requests) == 1 and first.run_requests[0].tags["fruits/new"] == "4"
+    second, cursor = _tick(tmp_path, cursor)
+    assert not second.run_requests and "no settled change" in second.skip_reason
+    extra = first_images(FRUITS / CLASSES[2], 2)
+    (tmp_path / CLASSES[2]).mkdir()
+    for image in extra:
+        shutil.copy(image, tmp_path / CLASSES[2] / image.name)
+    third, cursor = _tick(tmp_path, cursor)
+    assert third.run_requests[0].tags["fruits/new"] == "2" and third.run_requests[0].tags["fruits/changed"] == "0"
+    state, _ = snapshot.advance(snapshot.State.decode(cursor), snapshot.list_local(str(tmp_path)), 0)
+    assert set(state.accepted) == {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg")}
+    edited = next((tmp_path / CLASSES[0]).glob("*.jpg"))
+    edited.write_bytes(edited.read_bytes() + b"\0")
+    gone = next((tmp_path / CLASSES[1]).glob("*.jpg"))
+    gone.unlink()
+    fourth, cursor = _tick(tmp_path, cursor)
+    tags = fourth.run_requests[0].tags
+    assert (tags["fruits/new"], tags["fruits/changed"], tags["fruits/deleted"]) == ("0", "1", "1")
+    assert fourth.run_requests[0].run_key != third.run_requests[0].run_key
+
+
+def test_changes_name_exactly_the_files():
+    before = snapshot.State({"a/1.jpg": (10, 1), "a/2.jpg": (10, 1), "b/3.jpg": (10, 1)})
+    now = {"a/1.jpg": (10, 1), "a/2.jpg": (11, 2), "c/4.jpg": (5, 1)}
+    state, changes = snapshot.advance(before, now, settle_s=0, now_ns=10**12)
+    assert (changes.new, changes.changed, changes.deleted) == (["c/4.jpg"], ["a/2.jpg"], ["b/3.jpg"])
+    assert state.accepted == now
+    assert snapshot.State.decode(state.encode()).accepted == now  # the cursor survives a restart
+
+
+def test_half_written_file_waits_until_its_size_holds(tmp_path):
+    _seed(tmp_path, n=1)
+    old = time.time() - 3600
+    for path in tmp_path.rglob("*.jpg"):
+        os.utime(path, (old, old))
+    _, cursor = _tick(tmp_path, settle=60)
+    growing = tmp_path / CLASSES[0] / "upload.jpg"
+    data = first_images(FRUITS / CLASSES[0], 3)[2].read_bytes()
+    growing.write_bytes(data[: len(data) // 2])  # just written: still being uploaded
+    result, cursor = _tick(tmp_path, cursor, settle=60)
+    assert not result.run_requests and "1 file(s) still being written" in result.skip_reason
+    growing.write_bytes(data)  # the size changed between the two listings: wait again
+    result, cursor = _tick(tmp_path, cursor, settle=60)
+    assert not result.run_requests
+    result, cursor = _tick(tmp_path, cursor, settle=60)  # same size and mtime as last tick: complete
+    assert result.run_requests[0].tags["fruits/new"] == "1"
+
+
+def test_schedule_refits_scaler_and_pca_daily():
+    assert daily_refit.cron_schedule == "0 3 * * *"
+    ops = daily_refit.run_config["ops"] if isinstance(daily_refit.run_config, dict) else daily_refit.run_config.ops
+    assert ops["scaled_features"].refit and ops["pca_features"].refit
+
+
+# ---- incremental materializations --------------------------------------------------------------------------
+
+
+def _materialize(root, output, weights, run_config=None):
+    from spark_code import featurize
+
+    before = featurize.process_totals()
+    result = materialize(
+        [*FEATURE_ASSETS, *ALL_CHECKS],
+        resources=local_resources(str(root), str(output), weights),
+        instance=DagsterInstance.ephemeral(),  # nothing is remembered by Dagster: state lives with the tables
+        run_config=run_config,
+    )
+    after = featurize.process_totals()
+    return result, {key: after[key] - before[key] for key in after}
+
+
+def _meta(result, asset):
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def grown(spark, weights_path, tmp_path_factory):
+    """A root materialized, then grown (2 new photos, 1 changed, 1 deleted) and materialized again."""
+    root, output = tmp_path_factory.mktemp("growing"), tmp_path_factory.mktemp("grown-out")
+    _seed(root, n=3)
+    (root / "Broken Fruit").mkdir()
+    (root / "Broken Fruit" / "notes.jpg").write_text("not an image")
+    first, first_counts = _materialize(root, output, weights_path)
+    first_pca = {r.path: r for r in io.read_table(spark, str(output), "pca_features").collect()}
+    new = first_images(FRUITS / CLASSES[2], 2)
+    (root / CLASSES[2]).mkdir()
+    for image in new:
+        shutil.copy(image, root / CLASSES[2] / image.name)
+    changed = sorted((root / CLASSES[0]).glob("*.jpg"))[0]
+    shutil.copy(first_images(FRUITS / CLASSES[0], 4)[3], changed)  # other photo, same name
+    deleted = sorted((root / CLASSES[1]).glob("*.jpg"))[0]
+    deleted.unlink()
+    keep_pca = {"ops": {"pca_features": {"config": {"max_drift": 1.0}}}}  # tiny sample: project, do not refit
+    second, second_counts = _materialize(root, output, weights_path, keep_pca)
+    return {
+        "root": root,
+        "output": output,
+        "first": (first, first_counts, first_pca),
+        "second": (second, second_counts),
+        "changed": changed,
+        "deleted": deleted,
+    }
+
+
+def test_second_run_featurizes_only_new_and_changed_photos(grown):
+    _, first_counts, _ = grown["first"]
+    second, second_counts = grown["second"]
+    assert first_counts["cnn_images"] == 6 and first_counts["images_decoded"] == 7  # + the text file, once
+    assert second_counts["cnn_images"] == 3 and second_counts["images_decoded"] == 3  # 2 new + 1 changed only
+    meta = _meta(second, "cnn_features")
+    assert (meta["new"], meta["changed"], meta["deleted"], meta["carried"]) == (2, 1, 1, 5)
+    assert meta["featurized"] == 7 and meta["quarantined"] == 1 and meta["raw"] == 8
+
+
+def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, tmp_path):
+    root, output = grown["root"], grown["output"]
+    features = {r.path: np.array(r.features) for r in io.read_table(spark, str(output), "cnn_features").collect()}
+    assert f"file:{grown['deleted']}" not in features
+    assert set(features) == {f"file:{p}" for p in root.rglob("*.jpg") if p.parent.name != "Broken Fruit"}
+    _materialize(root, tmp_path / "full", weights_path)
+    recomputed = {
+        r.path: np.array(r.features) for r in io.read_table(spark, str(tmp_path / "full"), "cnn_features").collect()
+    }
+    assert recomputed.keys() == features.keys()
+    assert max(np.abs(recomputed[p] - features[p]).max() for p in features) < 1e-5
+    quarantined = io.read_table(spark, str(output), "quarantined_images").collect()
+    assert [r.path.rsplit("/", 1)[-1] for r in quarantined] == ["notes.jpg"]
+
+
+def test_new_rows_projected_with_the_saved_model_version(grown, spark):
+    output = str(grown["output"])
+    _, _, first_pca = grown["first"]
+    pca = {r.path: r for r in io.read_table(spark, output, "pca_features").collect()}
+    assert {r.pca_model for r in pca.values()} == {next(iter(first_pca.values())).pca_model}
+    assert _meta(grown["second"][0], "pca_features")["refit"] is False
+    unchanged = [p for p in pca if p in first_pca and p != f"file:{grown['changed']}"]
+    assert unchanged and all(np.allclose(pca[p].pca_features, first_pca[p].pca_features, atol=1e-9) for p in unchanged)
+    # the same projection a full recompute gives: the saved scaler + PCA applied to the features again
+    scaler = io.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    model = io.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    features = io.read_table(spark, output, "cnn_features")
+    again = reduce.project(model, reduce.scale(scaler, features)).collect()
+    assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
+
+
+def test_refit_config_fits_new_models(grown, spark, weights_path):
+    output = str(grown["output"])
+    before = io.latest_uri(spark, output, "pca_features")
+    refit = {"ops": {"scaled_features": {"config": {"refit": True}}, "pca_features": {"config": {"refit": True}}}}
+    result, counts = _materialize(grown["root"], output, weights_path, refit)
+    assert counts["cnn_images"] == 0  # nothing new: no CNN work at all
+    assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
+    versions = {r.pca_model for r in io.read_table(spark, output, "pca_features").collect()}
+    assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
