@@ -57,7 +57,7 @@ def local_resources(
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
         ),
         "training_source": ImageSource(root=training),
-        "classifier": ClassifierSettings(accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.90"))),
+        "classifier": ClassifierSettings(accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.95"))),
     }
 
 

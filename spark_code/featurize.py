@@ -130,12 +130,12 @@ def cached_model(spec: CnnSpec, fingerprint: str, weights_broadcast, tf_threads:
     key = (fingerprint, spec.input_size)
     if key in _WORKER_MODELS:
         return _WORKER_MODELS[key], False
-    _WORKER_MODELS[key] = _build_predict(spec, weights_broadcast.value, tf_threads)
+    _WORKER_MODELS[key] = build_predict(spec, weights_broadcast.value, tf_threads)
     logger.info("built CNN in worker pid %s", os.getpid())
     return _WORKER_MODELS[key], True
 
 
-def _build_predict(spec: CnnSpec, weights: list[np.ndarray], tf_threads: int):
+def build_predict(spec: CnnSpec, weights: list[np.ndarray], tf_threads: int):
     """A traced `tf.function` running the model in inference mode on float32 batches of any length."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from spark_code.featurize import CnnSpec, load_weights
+from spark_code.featurize import CnnSpec, build_predict, load_weights
 from spark_code.images import try_decode
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ class FruitClassifier:
         self.pipeline, self.threshold, self.top = pipeline, threshold, top
         self.spec = CnnSpec(input_size=pipeline.image_size)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.model = self.spec.build(None)
-        self.model.set_weights(load_weights(self.spec, weights_path))
+        self.predict = build_predict(self.spec, load_weights(self.spec, weights_path), tf_threads=0)  # as in Spark
 
     def features(self, data: bytes, name: str = "photo") -> np.ndarray:
         """The 1280-d CNN features of one encoded image, decoded and preprocessed as the Spark pipeline does."""
@@ -151,7 +150,7 @@ class FruitClassifier:
         if error is not None:
             raise NotAnImageError(f"{name}: {error}")
         batch = self.spec.preprocess(pixels[np.newaxis])
-        return self.model(batch, training=False).numpy().astype(np.float32)
+        return self.predict(batch).numpy().astype(np.float32)
 
     def classify_bytes(self, data: bytes, name: str = "photo") -> Prediction:
         """Top classes of one encoded image."""

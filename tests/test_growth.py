@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster import DagsterInstance, build_schedule_context, build_sensor_context, materialize
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 
 from fruits_assets.automation import daily_refit, new_images
@@ -39,7 +39,7 @@ def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):
     first, cursor = _tick(tmp_path)
     assert len(first.run_requests) == 1 and first.run_requests[0].tags["fruits/new"] == "4"
     second, cursor = _tick(tmp_path, cursor)
-    assert not second.run_requests and "no settled change" in second.skip_reason
+    assert not second.run_requests and "no settled change" in second.skip_reason.skip_message
     extra = first_images(FRUITS / CLASSES[2], 2)
     (tmp_path / CLASSES[2]).mkdir()
     for image in extra:
@@ -77,7 +77,7 @@ def test_half_written_file_waits_until_its_size_holds(tmp_path):
     data = first_images(FRUITS / CLASSES[0], 3)[2].read_bytes()
     growing.write_bytes(data[: len(data) // 2])  # just written: still being uploaded
     result, cursor = _tick(tmp_path, cursor, settle=60)
-    assert not result.run_requests and "1 file(s) still being written" in result.skip_reason
+    assert not result.run_requests and "1 file(s) still being written" in result.skip_reason.skip_message
     growing.write_bytes(data)  # the size changed between the two listings: wait again
     result, cursor = _tick(tmp_path, cursor, settle=60)
     assert not result.run_requests
@@ -87,8 +87,9 @@ def test_half_written_file_waits_until_its_size_holds(tmp_path):
 
 def test_schedule_refits_scaler_and_pca_daily():
     assert daily_refit.cron_schedule == "0 3 * * *"
-    ops = daily_refit.run_config["ops"] if isinstance(daily_refit.run_config, dict) else daily_refit.run_config.ops
-    assert ops["scaled_features"].refit and ops["pca_features"].refit
+    request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
+    ops = request.run_config["ops"]
+    assert ops["scaled_features"]["config"]["refit"] and ops["pca_features"]["config"]["refit"]
 
 
 # ---- incremental materializations --------------------------------------------------------------------------
