@@ -59,7 +59,7 @@ def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
     pca = io.read_table(spark, output, "pca_features")
     meta = _metadata(result, "pca_features")
-    assert pca.columns == ["path", "label", "pca_features"]
+    assert pca.columns == ["path", "label", "pca_features", "pca_model"]
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["explained_variance"] >= meta["variance_target"] == 0.95
     assert "cumulative explained variance" in meta["cumulative_variance"]
