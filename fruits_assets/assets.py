@@ -78,13 +78,12 @@ def cnn_features(
     previous = [None if config.full_refresh else tables.previous(t) for t in ("cnn_features", "quarantined_images")]
     spark, featurizer = pyspark.spark_session, cnn.featurizer()
     run, changes = featurize_incremental(spark, raw_images, image_source.root, featurizer, *previous, cnn.model_key())
-    featurized, quarantined = run.features.count(), run.quarantined.count()
-    counts = {"raw": raw_images.count(), "featurized": featurized, "quarantined": quarantined, **changes}
+    counts = {"raw": raw_images.count(), **changes}
     counts.update({**run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
     yield Output(run.features, "cnn_features", metadata={**counts, **_cnn_settings(cnn)})
-    yield Output(run.quarantined, "quarantined_images", metadata={"quarantined": quarantined})
+    yield Output(run.quarantined, "quarantined_images", metadata={"quarantined": changes["quarantined"]})
     run.release()
 
 

@@ -312,10 +312,12 @@ class Featurized:
     quarantined: DataFrame
     counters: FeaturizeCounters
     _cached: DataFrame
+    _also_cached: tuple[DataFrame, ...] = ()
 
     def release(self) -> None:
-        """Drop the cached CNN output once both tables are written."""
-        self._cached.unpersist()
+        """Drop the cached CNN output (and any other cached input of the two tables) once both are written."""
+        for frame in (self._cached, *self._also_cached):
+            frame.unpersist()
 
 
 def target_partitions(images: int, parallelism: int, images_per_task: int = 2048) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -16,16 +15,8 @@ logger = logging.getLogger(__name__)
 IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
 
 
-@dataclass
-class Delta:
-    """What a run must featurize, and what it carries over unchanged from the previous version."""
-
-    todo: DataFrame
-    carried_features: DataFrame | None
-    carried_quarantine: DataFrame | None
-
-
 MODEL_COLUMN = "cnn_model"  # which CNN settings made a feature row; rows made otherwise are recomputed
+NEW, CHANGED, CARRIED, DELETED = "new", "changed", "carried", "deleted"
 
 
 def usable_previous(features: DataFrame | None, quarantine: DataFrame | None) -> bool:
@@ -35,28 +26,25 @@ def usable_previous(features: DataFrame | None, quarantine: DataFrame | None) ->
     return set(IDENTITY) <= set(quarantine.columns) and {*IDENTITY, MODEL_COLUMN} <= set(features.columns)
 
 
-def plan(listing: DataFrame, features: DataFrame | None, quarantine: DataFrame | None) -> Delta:
-    """Split the listing into images to featurize and rows to carry over (same path, size and mtime)."""
-    if not usable_previous(features, quarantine):
-        return Delta(listing, None, None)
-    present = listing.select(*IDENTITY)
-    carried_features = features.join(present, IDENTITY, "left_semi")
-    carried_quarantine = quarantine.join(present, IDENTITY, "left_semi")
-    seen = carried_features.select(*IDENTITY).unionByName(carried_quarantine.select(*IDENTITY))
-    todo = listing.join(seen, IDENTITY, "left_anti").select(*LISTING_COLUMNS)
-    return Delta(todo, carried_features, carried_quarantine)
+def classify_changes(listing: DataFrame, features: DataFrame, quarantine: DataFrame) -> DataFrame:
+    """One row per path listed now or known before: its listing columns, `change` and the table it was in.
 
-
-def change_counts(listing: DataFrame, previous: DataFrame | None, delta: Delta) -> dict[str, int]:
-    """Images new, changed (same path, other size or mtime), carried over and deleted since the previous version."""
-    todo = delta.todo.count()
-    if previous is None or delta.carried_features is None:
-        return {"new": todo, "changed": 0, "carried": 0, "deleted": 0}
-    previous_paths = previous.select("path")
-    changed = delta.todo.join(previous_paths, "path", "left_semi").count()
-    carried = delta.carried_features.count() + delta.carried_quarantine.count()
-    deleted = previous_paths.join(listing.select("path"), "path", "left_anti").count()
-    return {"new": todo - changed, "changed": changed, "carried": carried, "deleted": deleted}
+    `features` must already be limited to rows made with the current CNN settings.
+    """
+    before = (
+        features.select(*IDENTITY, F.lit("features").alias("_table"))
+        .unionByName(quarantine.select(*IDENTITY, F.lit("quarantine").alias("_table")))
+        .select("path", F.col("length").alias("_length"), F.col("modification_time").alias("_mtime"), "_table")
+    )
+    now = listing.select(*LISTING_COLUMNS, F.lit(True).alias("_listed"))
+    joined = now.join(before, "path", "full_outer")
+    change = (
+        F.when(F.col("_listed").isNull(), DELETED)
+        .when(F.col("_table").isNull(), NEW)
+        .when((F.col("length") == F.col("_length")) & (F.col("modification_time") == F.col("_mtime")), CARRIED)
+        .otherwise(CHANGED)
+    )
+    return joined.select(*LISTING_COLUMNS, "_table", change.alias("change"))
 
 
 def featurize_incremental(
@@ -71,19 +59,45 @@ def featurize_incremental(
     """Featurize only new or changed images; the outputs hold every listed image (deleted ones are gone).
 
     `features` and `quarantine` are the previous versions (None for a first run); feature rows made by another
-    CNN setting than `model_key` are recomputed. New rows get `model_key` in the `cnn_model` column.
+    CNN setting than `model_key` are recomputed. New rows get `model_key` in the `cnn_model` column. Returns the
+    run and its counts: new, changed, carried, deleted, featurized and quarantined (all rows of the outputs).
     """
-    previous = None
-    if usable_previous(features, quarantine):
-        previous = features.select(*IDENTITY).unionByName(quarantine.select(*IDENTITY))
-        features = features.filter(F.col(MODEL_COLUMN) == model_key)
-    delta = plan(listing, features, quarantine)
-    counts = change_counts(listing, previous, delta)
-    logger.info("incremental featurization: %s", counts)
-    run = featurize_listing(spark, delta.todo, root, featurizer)
+    if not usable_previous(features, quarantine):
+        run = featurize_listing(spark, listing, root, featurizer)
+        run.features = run.features.withColumn(MODEL_COLUMN, F.lit(model_key))
+        return run, _counts(run, {NEW: listing.count()}, {})
+    current = features.filter(F.col(MODEL_COLUMN) == model_key)
+    changes = classify_changes(listing, current, quarantine).persist()  # small: paths and sizes only
+    tally = {(r.change, r._table): r["count"] for r in changes.groupBy("change", "_table").count().collect()}
+    todo = changes.filter(F.col("change").isin(NEW, CHANGED)).select(*LISTING_COLUMNS)
+    keep = changes.filter(F.col("change") == CARRIED).select(*IDENTITY)
+    run = featurize_listing(spark, todo, root, featurizer)
     run.features = run.features.withColumn(MODEL_COLUMN, F.lit(model_key))
-    if delta.carried_features is None:
-        return run, counts
-    merged_features = delta.carried_features.select(*run.features.columns).unionByName(run.features)
-    merged_quarantine = delta.carried_quarantine.select(*run.quarantined.columns).unionByName(run.quarantined)
-    return Featurized(merged_features, merged_quarantine, run.counters, run._cached), counts
+    kinds = {kind: sum(n for (change, _), n in tally.items() if change == kind) for kind in (NEW, CHANGED, DELETED)}
+    carried = {table: tally.get((CARRIED, table), 0) for table in ("features", "quarantine")}
+    counts = _counts(run, kinds, carried)
+    logger.info("incremental featurization: %s", counts)
+    merged_features = current.join(keep, IDENTITY, "left_semi").select(*run.features.columns)
+    merged_quarantine = quarantine.join(keep, IDENTITY, "left_semi").select(*run.quarantined.columns)
+    return (
+        Featurized(
+            merged_features.unionByName(run.features),
+            merged_quarantine.unionByName(run.quarantined),
+            run.counters,
+            run._cached,
+            (changes,),
+        ),
+        counts,
+    )
+
+
+def _counts(run: Featurized, kinds: dict[str, int], carried: dict[str, int]) -> dict[str, int]:
+    """The change counts plus the rows of both outputs (new rows counted from the cached CNN pass)."""
+    return {
+        NEW: kinds.get(NEW, 0),
+        CHANGED: kinds.get(CHANGED, 0),
+        CARRIED: sum(carried.values()),
+        DELETED: kinds.get(DELETED, 0),
+        "featurized": carried.get("features", 0) + run.features.count(),
+        "quarantined": carried.get("quarantine", 0) + run.quarantined.count(),
+    }
