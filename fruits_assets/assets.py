@@ -106,10 +106,10 @@ def scaled_features(
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
     """Features standardised (zero mean, unit variance) by a Spark ML StandardScaler saved with the asset."""
-    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", "scaler.json")
+    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features")
     if saved is None:
         model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
-        model_uri = models.save(model, "scaled_features", extras={"scaler.json": json.dumps({"fitted": True})})
+        model_uri = models.save(model, "scaled_features")
     else:
         model, model_uri, _ = saved
     context.log.info("scaler %s (%s)", model_uri, "refit" if saved is None else "reused")
@@ -153,17 +153,18 @@ def pca_features(
     The saved PCA projects new images unless `refit` is set, the scaler changed, or the data drifted: the share of
     variance the saved basis explains fell by more than `max_drift` since it was fitted.
     """
-    scaler_uri = models.latest(StandardScalerModel, "scaled_features", "scaler.json")[1]
+    scaler_uri = models.latest_uri("scaled_features")
     saved = _saved_pca(config, models, scaler_uri)
     drift = None
     if saved is not None:
         drift = round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], scaled_features), 4)
-    if saved is None or drift > config.max_drift:
+    refit = saved is None or drift > config.max_drift
+    if refit:
         model, curve, model_uri = _fit_pca(config, scaled_features, models, scaler_uri)
     else:
         model, model_uri, curve = saved[0], saved[1], saved[2]["curve"]
     k = model.getK()
-    context.log.info("PCA %s: k=%d, %s", model_uri, k, "reused" if model_uri == (saved or [None, None])[1] else "fit")
+    context.log.info("PCA %s: k=%d, %s (drift %s)", model_uri, k, "refit" if refit else "reused", drift)
     projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
     projected = projected.withColumn("pca_model", reduce.version_literal(model_uri))
     metadata = {
@@ -171,7 +172,7 @@ def pca_features(
         "explained_variance": float(curve[k - 1]),
         "variance_target": config.variance_target if config.k is None else None,
         "input_dim": len(curve),
-        "refit": saved is None or model_uri != saved[1],
+        "refit": refit,
         "drift": drift,
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
         "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),

@@ -126,14 +126,18 @@ class ModelStore(ConfigurableResource):
         """Load the newest committed version of `name`."""
         return io.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
 
-    def latest(self, model_class, name: str, extra: str) -> tuple[object, str, str] | None:
-        """(model, version URI, text of its `extra` file) of the newest version of `name`, or None if none exists."""
+    def latest_uri(self, name: str) -> str:
+        """URI of the newest committed version of model `name`."""
+        return io.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+
+    def latest(self, model_class, name: str, extra: str | None = None) -> tuple[object, str, str] | None:
+        """(model, version URI, text of its `extra` file or "") of the newest version of `name`; None if none."""
         spark = self.pyspark.spark_session
         try:
             uri = io.latest_uri(spark, self.base_uri, name)
         except io.TableNotFoundError:
             return None
-        return model_class.load(uri), uri, io.read_text(spark, f"{uri}/{extra}")
+        return model_class.load(uri), uri, io.read_text(spark, f"{uri}/{extra}") if extra else ""
 
 
 class TableStore(ConfigurableResource):

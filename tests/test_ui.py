@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fruits_assets.definitions import ASSETS as DEFINED_ASSETS
 from tests.conftest import REPO
 
-ASSETS = (
-    "raw_images",
-    "cnn_features",
-    "quarantined_images",
-    "scaled_features",
-    "pca_features",
-    "training_features",
-    "fruit_classifier",
-)
+ASSETS = tuple(key.to_user_string() for definition in DEFINED_ASSETS for key in definition.keys)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
