@@ -66,7 +66,7 @@ def resources_for(name: str | None = None) -> dict:
     name = name or deployment()
     if name == "emr":
         require_step_launcher([*ASSETS, *CHECKS])
-        return emr_resources()
+        return emr_resources(base=local_resources())  # plain settings (classifier) come from the local set
     return local_resources()
 
 

@@ -26,6 +26,7 @@ from dagster import (
 
 from fruits_assets.deployments import (
     EMR_PYTHON,
+    ENV_VARS,
     STEP_LAUNCHER_KEY,
     DeploymentError,
     EmrSettings,
@@ -438,3 +439,17 @@ def test_local_resources_bind_no_step_launcher():
     assert isinstance(resources[STEP_LAUNCHER_KEY], ResourceDefinition)
     launcher = resources[STEP_LAUNCHER_KEY]
     assert launcher.resource_fn(build_init_resource_context()) is None
+
+
+def test_the_project_definitions_build_for_emr(monkeypatch):
+    from fruits_assets.definitions import ASSETS, CHECKS, build_defs, resources_for
+
+    assert missing_step_launcher([*ASSETS, *CHECKS]) == []  # every Spark asset and check goes to the cluster
+    settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
+    for field, var in ENV_VARS.items():
+        value = getattr(settings, field, None)
+        if value is not None:
+            monkeypatch.setenv(var, value)
+    defs = build_defs(resources_for("emr"))
+    job = defs.resolve_job_def("materialize_all")  # resolves: every resource key the assets need is bound
+    assert STEP_LAUNCHER_KEY in job.resource_defs and "tables" in job.resource_defs
