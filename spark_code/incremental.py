@@ -63,16 +63,14 @@ def featurize_incremental(
     run and its counts: new, changed, carried, deleted, featurized and quarantined (all rows of the outputs).
     """
     if not usable_previous(features, quarantine):
-        run = featurize_listing(spark, listing, root, featurizer)
-        run.features = run.features.withColumn(MODEL_COLUMN, F.lit(model_key))
+        run = _featurize_tagged(spark, listing, root, featurizer, model_key)
         return run, _counts(run, {NEW: listing.count()}, {})
     current = features.filter(F.col(MODEL_COLUMN) == model_key)
     changes = classify_changes(listing, current, quarantine).persist()  # small: paths and sizes only
     tally = {(r.change, r._table): r["count"] for r in changes.groupBy("change", "_table").count().collect()}
     todo = changes.filter(F.col("change").isin(NEW, CHANGED)).select(*LISTING_COLUMNS)
     keep = changes.filter(F.col("change") == CARRIED).select(*IDENTITY)
-    run = featurize_listing(spark, todo, root, featurizer)
-    run.features = run.features.withColumn(MODEL_COLUMN, F.lit(model_key))
+    run = _featurize_tagged(spark, todo, root, featurizer, model_key)
     kinds = {kind: sum(n for (change, _), n in tally.items() if change == kind) for kind in (NEW, CHANGED, DELETED)}
     carried = {table: tally.get((CARRIED, table), 0) for table in ("features", "quarantine")}
     counts = _counts(run, kinds, carried)
@@ -89,6 +87,15 @@ def featurize_incremental(
         ),
         counts,
     )
+
+
+def _featurize_tagged(
+    spark: SparkSession, listing: DataFrame, root: str, featurizer: CnnFeaturizer, model_key: str
+) -> Featurized:
+    """`featurize_listing`, with each feature row tagged by the CNN settings that made it."""
+    run = featurize_listing(spark, listing, root, featurizer)
+    run.features = run.features.withColumn(MODEL_COLUMN, F.lit(model_key))
+    return run
 
 
 def _counts(run: Featurized, kinds: dict[str, int], carried: dict[str, int]) -> dict[str, int]:
