@@ -26,16 +26,15 @@ def run(root: str, output: str, weights: str) -> dict:
     """Materialize every asset and check on `root`; return timings, counts and peak memory."""
     with PeakRss() as memory:
         started = time.perf_counter()
-        from dagster import DagsterInstance, materialize
+        from dagster import DagsterInstance
 
         from fruits_assets.checks import ALL_CHECKS
         from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+        from fruits_assets.ingest import materialize_batch
         from spark_code.featurize import process_totals
 
         instance = DagsterInstance.ephemeral()
-        result = materialize(
-            [*FEATURE_ASSETS, *ALL_CHECKS], resources=local_resources(root, output, weights), instance=instance
-        )
+        result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], local_resources(root, output, weights), instance)
         seconds = time.perf_counter() - started
     meta = {k: v.value for k, v in result.asset_materializations_for_node("cnn_features")[0].metadata.items()}
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -1,7 +1,8 @@
-"""The asset graph: raw_images → cnn_features (+ quarantined_images) → scaled_features → pca_features."""
+"""The asset graph: raw_images → cnn_features (+ quarantined_images) per ingest batch → scaled → pca_features."""
 
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
@@ -18,42 +19,65 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from fruits_assets import plots
 from fruits_assets.metadata import class_table, variance_markdown
+from fruits_assets.partitions import ingest_batches
 from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import reduce
+from spark_code import batches, io, reduce
+from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
-from spark_code.incremental import featurize_incremental
 
 GROUP = "fruits"
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"})
+class RawConfig(Config):
+    """What a batch takes: by default only files new or changed since the other batches."""
+
+    full_refresh: bool = Field(
+        default=False, description="Take every listed image into this batch: all are featurized again."
+    )
+
+
+@asset(group_name=GROUP, kinds={"spark", "parquet"}, partitions_def=ingest_batches)
 def raw_images(
-    pyspark: PySparkResource, image_source: ImageSource, pyspark_step_launcher: ResourceParam[Any]
+    context: AssetExecutionContext,
+    config: RawConfig,
+    pyspark: PySparkResource,
+    image_source: ImageSource,
+    tables: TableStore,
+    pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
-    """Every image file under the image root: path, label (class folder), length, modification_time."""
+    """One ingest batch: image files new or changed since the other batches (path, label, length,
+    modification_time, change), plus a `deleted` row for each file gone from the image root.
+    """
+    key = batches.check_key(context.partition_key)
     listing = list_images(pyspark.spark_session, image_source.root).cache()
-    per_class = {row["label"]: row["count"] for row in listing.groupBy("label").count().collect()}
-    require_images(sum(per_class.values()), image_source.root)
+    listed = listing.count()
+    require_images(listed, image_source.root)
+    before = None if config.full_refresh else tables.current("raw_images", without=key)
+    batch = batches.plan(listing, before, key, datetime.now(timezone.utc)).cache()
+    changes = batches.tally(batch)
+    taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
+    per_class = {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
     metadata = {
-        "image_count": sum(per_class.values()),
+        "batch": key,
+        "image_count": changes[batches.NEW] + changes[batches.CHANGED],
+        **changes,
+        "listed": listed,
         "class_count": len([label for label in per_class if label is not None]),
         "root": image_source.root,
         "per_class": class_table(per_class),
     }
-    return Output(listing, metadata=metadata)
-
-
-class FeaturesConfig(Config):
-    """Incremental by default: only new or changed images meet the CNN; `full_refresh` recomputes everything."""
-
-    full_refresh: bool = Field(default=False, description="Featurize every image again, ignoring the last version.")
+    context.log.info("batch %s of %s: %s", key, image_source.root, metadata)
+    listing.unpersist()
+    return Output(batch, metadata=metadata)
 
 
 @multi_asset(
     group_name=GROUP,
+    partitions_def=ingest_batches,
     outs={
         "cnn_features": AssetOut(kinds={"spark", "tensorflow", "parquet"}, description="1280-d MobileNetV2 features."),
         "quarantined_images": AssetOut(kinds={"parquet"}, description="Images that could not be featurized, with why."),
@@ -61,34 +85,46 @@ class FeaturesConfig(Config):
 )
 def cnn_features(
     context: AssetExecutionContext,
-    config: FeaturesConfig,
     raw_images: DataFrame,
     pyspark: PySparkResource,
     image_source: ImageSource,
     cnn: CnnResource,
-    tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ):
-    """MobileNetV2 (ImageNet, no top, avg-pooled) on every new or changed image, decoded and inferred exactly once.
-
-    Images unchanged since the last version (same path, size and mtime; same CNN input size and weights, recorded
-    per row in `cnn_model`) keep their features.
+    """MobileNetV2 (ImageNet, no top, avg-pooled) on the batch's new or changed images, each decoded and inferred
+    once; the CNN settings are recorded per row in `cnn_model`.
     """
-    started = time.perf_counter()
-    previous = [None if config.full_refresh else tables.previous(t) for t in ("cnn_features", "quarantined_images")]
-    spark, featurizer = pyspark.spark_session, cnn.featurizer()
-    run, changes = featurize_incremental(spark, raw_images, image_source.root, featurizer, *previous, cnn.model_key())
-    counts = {"raw": raw_images.count(), **changes}
-    counts.update({**run.counters.values(), **run.counters.seconds()})
+    started, key = time.perf_counter(), context.partition_key
+    run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
+    run.features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key())).withColumn(
+        batches.BATCH, F.lit(key)
+    )
+    run.quarantined = run.quarantined.withColumn(batches.BATCH, F.lit(key))
+    counts = {"batch": key, "raw": raw_images.count(), "featurized": run.features.count()}
+    counts.update({"quarantined": run.quarantined.count(), **run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
     yield Output(run.features, "cnn_features", metadata={**counts, **_cnn_settings(cnn)})
-    yield Output(run.quarantined, "quarantined_images", metadata={"quarantined": changes["quarantined"]})
+    yield Output(run.quarantined, "quarantined_images", metadata={"batch": key, "quarantined": counts["quarantined"]})
     run.release()
 
 
 def _cnn_settings(cnn: CnnResource) -> dict:
     return {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
+
+
+def current_features(tables: TableStore) -> DataFrame:
+    """The current feature rows over every batch; an error if there are none or if they mix CNN settings."""
+    features = tables.current("cnn_features")
+    if features is None:
+        raise io.TableNotFoundError("no committed batch of cnn_features: materialize a batch first")
+    models = [row[0] for row in features.select(batches.MODEL_COLUMN).distinct().collect()]
+    if len(models) > 1:
+        raise ValueError(
+            f"cnn_features mixes CNN settings {sorted(models)}: materialize a new batch with raw_images config "
+            "full_refresh: true, so every image is featurized with the current settings"
+        )
+    return features
 
 
 class ScalerConfig(Config):
@@ -97,15 +133,16 @@ class ScalerConfig(Config):
     refit: bool = Field(default=False, description="Fit a new scaler on all current features (the daily schedule).")
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"})
+@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=[cnn_features])
 def scaled_features(
     context: AssetExecutionContext,
     config: ScalerConfig,
-    cnn_features: DataFrame,
     models: ModelStore,
+    tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
-    """Features standardised (zero mean, unit variance) by a Spark ML StandardScaler saved with the asset."""
+    """Features of every batch (current rows) standardised by a Spark ML StandardScaler saved with the asset."""
+    cnn_features = current_features(tables)
     saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features")
     if saved is None:
         model = reduce.fit_scaler(cnn_features, "features", "scaled_features")

@@ -1,4 +1,4 @@
-"""Growth: the asset job, a sensor that notices new, changed or deleted photos, and the daily refit schedule."""
+"""Growth: the asset jobs, a sensor that adds an ingest batch for new, changed or deleted photos, the daily refit."""
 
 from dagster import (
     AssetSelection,
@@ -14,21 +14,31 @@ from dagster import (
 )
 
 from fruits_assets.assets import PcaConfig, ScalerConfig
+from fruits_assets.partitions import ingest_batches
 from fruits_assets.resources import ImageSource
-from spark_code import snapshot
+from spark_code import batches, snapshot
 
 materialize_all = define_asset_job(
-    "materialize_all", selection=AssetSelection.all(), description="Features, PCA and the fruit classifier."
+    "materialize_all",
+    selection=AssetSelection.all(),
+    partitions_def=ingest_batches,
+    description="One ingest batch featurized, then scaled features, PCA and the classifier over every batch.",
+)
+
+refit_models = define_asset_job(
+    "refit_models",
+    selection=AssetSelection.assets("scaled_features").downstream(),
+    description="Scaled features, PCA and the classifier over every batch; no listing, no CNN.",
 )
 
 daily_refit = ScheduleDefinition(
     name="daily_refit",
-    job=materialize_all,
+    job=refit_models,
     cron_schedule="0 3 * * *",
     execution_timezone="Europe/Paris",
     run_config=RunConfig(ops={"scaled_features": ScalerConfig(refit=True), "pca_features": PcaConfig(refit=True)}),
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Every night: featurize what is new, then refit the scaler and the PCA on all current features.",
+    description="Every night: refit the scaler and the PCA on the features of every batch, project all images again.",
 )
 
 
@@ -36,10 +46,11 @@ daily_refit = ScheduleDefinition(
     job=materialize_all,
     minimum_interval_seconds=300,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Lists the image root (names, sizes, mtimes; no contents) and runs the job when photos changed.",
+    description="Lists the image root (names, sizes, mtimes; no contents); when photos changed, adds an ingest "
+    "batch and runs the job for it.",
 )
 def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> SensorResult:
-    """One run per distinct set of settled photos; files still being written wait for a later tick."""
+    """One batch (partition) and run per distinct set of settled photos; files still being written wait."""
     state = snapshot.State.decode(context.cursor)
     state, changes = snapshot.advance(state, snapshot.list_root(image_source.root), image_source.settle_seconds)
     counts = changes.counts()
@@ -47,5 +58,11 @@ def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> S
     if not changes:
         reason = f"no settled change ({counts['deferred']} file(s) still being written)"
         return SensorResult(skip_reason=reason, cursor=state.encode())
+    key = batches.new_key()
     tags = {f"fruits/{kind}": str(n) for kind, n in counts.items()}
-    return SensorResult(run_requests=[RunRequest(run_key=snapshot.digest(state), tags=tags)], cursor=state.encode())
+    request = RunRequest(run_key=snapshot.digest(state), partition_key=key, tags=tags)
+    return SensorResult(
+        run_requests=[request],
+        dynamic_partitions_requests=[ingest_batches.build_add_request([key])],
+        cursor=state.encode(),
+    )

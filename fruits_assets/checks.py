@@ -1,36 +1,46 @@
 """Asset checks: counts reconcile, vectors are finite and full-length, PCA is complete and reaches its target."""
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetIn, AssetKey, asset_check
+from typing import Any
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, ResourceParam, asset_check
 from pyspark.sql import DataFrame
 
-from spark_code import quality
+from fruits_assets.resources import TableStore
+from spark_code import io, quality
 from spark_code.featurize import FEATURE_DIM
 
 STEP_LAUNCHER = "pyspark_step_launcher"  # Spark checks run where the Spark assets run (on EMR: on the cluster)
 
 
-@asset_check(
-    asset="cnn_features",
-    additional_ins={"raw_images": AssetIn(), "quarantined_images": AssetIn()},
-    required_resource_keys={STEP_LAUNCHER},
-)
-def counts_reconcile(cnn_features: DataFrame, raw_images: DataFrame, quarantined_images: DataFrame) -> AssetCheckResult:
-    """Every listed image is either featurized or quarantined, exactly once."""
-    counts = quality.reconcile(raw_images, cnn_features, quarantined_images)
+def _current(tables: TableStore, name: str) -> DataFrame:
+    rows = tables.current(name)
+    if rows is None:
+        raise io.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
+    return rows
+
+
+@asset_check(asset="cnn_features")
+def counts_reconcile(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
+    """Over every batch, each image listed now is either featurized or quarantined, exactly once."""
+    names = ("raw_images", "cnn_features", "quarantined_images")
+    raw, features, quarantine = (_current(tables, name) for name in names)
+    counts = quality.reconcile(raw, features, quarantine)
     return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
 
 
-@asset_check(asset="cnn_features", required_resource_keys={STEP_LAUNCHER})
-def features_are_finite_1280(cnn_features: DataFrame) -> AssetCheckResult:
-    """Each feature vector holds exactly 1280 finite floats."""
-    bad = quality.bad_vectors(cnn_features, "features", FEATURE_DIM)
+@asset_check(asset="cnn_features")
+def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
+    """Each current feature vector holds exactly 1280 finite floats."""
+    bad = quality.bad_vectors(_current(tables, "cnn_features"), "features", FEATURE_DIM)
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad})
 
 
-@asset_check(asset="pca_features", additional_ins={"cnn_features": AssetIn()}, required_resource_keys={STEP_LAUNCHER})
-def pca_rows_match_features(pca_features: DataFrame, cnn_features: DataFrame) -> AssetCheckResult:
-    """The PCA table has one row per featurized image."""
-    pca_rows, feature_rows = pca_features.count(), cnn_features.count()
+@asset_check(asset="pca_features")
+def pca_rows_match_features(
+    pca_features: DataFrame, tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
+) -> AssetCheckResult:
+    """The PCA table has one row per current featurized image."""
+    pca_rows, feature_rows = pca_features.count(), _current(tables, "cnn_features").count()
     return AssetCheckResult(
         passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows}
     )

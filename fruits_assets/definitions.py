@@ -6,7 +6,7 @@ from dagster import Definitions, ResourceDefinition, in_process_executor
 from dagster_pyspark import PySparkResource
 
 from fruits_assets.assets import cnn_features, pca_features, raw_images, scaled_features
-from fruits_assets.automation import daily_refit, materialize_all, new_images
+from fruits_assets.automation import daily_refit, materialize_all, new_images, refit_models
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.deployments import STEP_LAUNCHER_KEY, deployment, emr_resources, require_step_launcher
 from fruits_assets.io_managers import SparkParquetIOManager
@@ -75,7 +75,7 @@ def build_defs(resources: dict | None = None) -> Definitions:
     return Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[materialize_all],
+        jobs=[materialize_all, refit_models],
         schedules=[daily_refit],
         sensors=[new_images],
         resources=resources or resources_for(),

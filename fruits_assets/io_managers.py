@@ -1,15 +1,19 @@
-"""A Parquet IO manager for Spark DataFrames: each materialization is a new version published atomically."""
+"""A Parquet IO manager for Spark DataFrames: every materialization, of a table or of a batch, is a new version."""
 
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.sql import DataFrame
 
-from spark_code import io
+from spark_code import batches, io
 
 
 class SparkParquetIOManager(ConfigurableIOManager):
-    """Stores each asset at `<base_uri>/<asset>/v-<time>-<id>/`; readers see only committed versions."""
+    """Stores each asset at `<base_uri>/<asset>/v-<time>-<id>/`, each batch of a partitioned one at
+    `<base_uri>/<asset>/<batch>/v-<time>-<id>/`; readers see only committed versions.
+
+    Loading batches gives their current rows: a path's newest batch wins, deleted paths are left out.
+    """
 
     base_uri: str = Field(description="Local folder or s3:// URI holding the tables; env FRUITS_OUTPUT_URI.")
     keep_versions: int = Field(default=2, ge=1, description="Committed versions kept per asset.")
@@ -20,9 +24,18 @@ class SparkParquetIOManager(ConfigurableIOManager):
         return "/".join(context.asset_key.path)
 
     def handle_output(self, context: OutputContext, obj: DataFrame) -> None:
-        uri = io.write_table(obj, self.base_uri, self._name(context), self.keep_versions)
+        name = self._name(context)
+        if context.has_asset_partitions:
+            name = f"{name}/{batches.check_key(context.asset_partition_key)}"
+        uri = io.write_table(obj, self.base_uri, name, self.keep_versions)
         rows = obj.sparkSession.read.parquet(uri).count()
         context.add_output_metadata({"uri": MetadataValue.path(uri), "row_count": rows})
 
     def load_input(self, context: InputContext) -> DataFrame:
-        return io.read_table(self.pyspark.spark_session, self.base_uri, self._name(context))
+        spark, name = self.pyspark.spark_session, self._name(context)
+        if not context.has_asset_partitions:
+            return io.read_table(spark, self.base_uri, name)
+        rows = batches.read_current(spark, self.base_uri, name, context.asset_partition_keys)
+        if rows is None:
+            raise io.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")
+        return rows

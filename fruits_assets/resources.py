@@ -9,7 +9,7 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDependenc
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator
 
-from spark_code import io
+from spark_code import batches, io
 from spark_code.classifier import LogisticSettings
 from spark_code.featurize import CnnFeaturizer, WeightsError
 from spark_code.images import ImageRootError
@@ -141,17 +141,19 @@ class ModelStore(ConfigurableResource):
 
 
 class TableStore(ConfigurableResource):
-    """The previous committed version of a table (for incremental assets), under the IO manager's base URI."""
+    """Batch-partitioned tables read from storage (the truth, whatever the Dagster instance remembers)."""
 
     base_uri: str = Field(description="Where the IO manager writes the tables; env FRUITS_OUTPUT_URI.")
     pyspark: ResourceDependency[PySparkResource]
 
-    def previous(self, name: str):
-        """The newest committed version of table `name`, or None before its first materialization."""
-        try:
-            return io.read_table(self.pyspark.spark_session, self.base_uri, name)
-        except io.TableNotFoundError:
-            return None
+    def batches(self) -> list[str]:
+        """Keys of every committed ingest batch."""
+        return batches.committed_keys(self.pyspark.spark_session, self.base_uri)
+
+    def current(self, name: str, without: str | None = None):
+        """Current rows of batch table `name` over every committed batch except `without`; None if there are none."""
+        keys = [key for key in self.batches() if key != without]
+        return batches.read_current(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
 
 
 class ClassifierSettings(ConfigurableResource):

@@ -22,8 +22,8 @@ from dagster_pyspark import PySparkResource
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
-from fruits_assets.assets import GROUP, pca_features
-from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore
+from fruits_assets.assets import GROUP, cnn_features, current_features, pca_features
+from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
@@ -82,11 +82,11 @@ def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
     }
 
 
-@asset(group_name=GROUP, deps=[pca_features], kinds={"spark"})
+@asset(group_name=GROUP, deps=[pca_features, cnn_features], kinds={"spark"})
 def fruit_classifier(
     context: AssetExecutionContext,
     training_features: DataFrame,
-    cnn_features: DataFrame,
+    tables: TableStore,
     models: ModelStore,
     classifier: ClassifierSettings,
     cnn: CnnResource,
@@ -99,6 +99,7 @@ def fruit_classifier(
     """
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
+    cnn_features = current_features(tables)  # every batch's current rows
     model = clf.train_classifier(training_features, scaler, pca, classifier.logistic())
     evaluation = clf.evaluate_model(model, cnn_features)
     raw = clf.evaluate_model(clf.train_classifier(training_features, scaler, None, classifier.logistic()), cnn_features)

@@ -127,3 +127,27 @@ def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int =
 def load_model(spark: SparkSession, model_class, base_uri: str, name: str):
     """Load the newest committed version of model `name` with `model_class.load`."""
     return model_class.load(latest_uri(spark, base_uri, name))
+
+
+def partition_uris(spark: SparkSession, base_uri: str, name: str, keys=None) -> dict[str, str]:
+    """{partition key: newest committed version URI} of a partitioned table `name` (only `keys` if given)."""
+    fs, path = _fs(spark, f"{qualify(base_uri)}/{name}")
+    if not fs.exists(path):
+        return {}
+    found = {}
+    for status in fs.listStatus(path):
+        key = status.getPath().getName()
+        if status.isDirectory() and (keys is None or key in keys):
+            committed, _ = list_versions(spark, base_uri, f"{name}/{key}")
+            if committed:
+                found[key] = committed[-1]
+    return dict(sorted(found.items()))
+
+
+def read_partitions(spark: SparkSession, base_uri: str, name: str, keys=None) -> DataFrame | None:
+    """The newest committed version of each partition of `name` (only `keys` if given), unioned; None if none."""
+    uris = partition_uris(spark, base_uri, name, keys)
+    missing = sorted(set(keys or ()) - set(uris))
+    if missing:
+        logger.warning("%s: no committed data for partition(s) %s", name, ", ".join(missing))
+    return spark.read.parquet(*uris.values()) if uris else None

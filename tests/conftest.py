@@ -139,17 +139,18 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
 
     Returns (result, output base, process counter deltas).
     """
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
 
     from fruits_assets.definitions import ASSETS, CHECKS, local_resources
+    from fruits_assets.ingest import materialize_batch
     from spark_code import featurize
 
     output = str(tmp_path_factory.mktemp("warehouse"))
     before = featurize.process_totals()
-    result = materialize(
+    result = materialize_batch(
         [*ASSETS, *CHECKS],
-        resources=local_resources(str(sample_root), output, weights_path, training_root=str(training_root)),
-        instance=DagsterInstance.ephemeral(),
+        local_resources(str(sample_root), output, weights_path, training_root=str(training_root)),
+        DagsterInstance.ephemeral(),
     )
     after = featurize.process_totals()
     return result, output, {key: after[key] - before[key] for key in after}

@@ -7,11 +7,12 @@ import json
 import sys
 import urllib.request
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 from pyspark.sql import SparkSession
 
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+from fruits_assets.ingest import materialize_batch
 from fruits_assets.resources import local_spark_config
 
 
@@ -46,7 +47,7 @@ def executor_tasks() -> dict[str, dict]:
 def main() -> None:
     master, root, output, weights, ui_port = sys.argv[1:6]
     resources = local_resources(root, output, weights, spark_config=cluster_config(master, ui_port))
-    result = materialize([*FEATURE_ASSETS, *ALL_CHECKS], resources=resources, instance=DagsterInstance.ephemeral())
+    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources, DagsterInstance.ephemeral())
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     print(json.dumps({"success": result.success, "checks": checks, "executors": executor_tasks()}))
 

@@ -8,16 +8,13 @@ from dagster import DagsterInstance, materialize
 from fruits_assets.assets import PcaConfig
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import CHECKS, FEATURE_ASSETS, local_resources
-from spark_code import io
+from fruits_assets.ingest import materialize_batch
+from spark_code import batches, io
 
 
 def _materialize(resources, instance=None, raise_on_error=True, run_config=None):
-    return materialize(
-        [*FEATURE_ASSETS, *ALL_CHECKS],
-        resources=resources,
-        instance=instance or DagsterInstance.ephemeral(),
-        raise_on_error=raise_on_error,
-        run_config=run_config,
+    return materialize_batch(
+        [*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, raise_on_error=raise_on_error, run_config=run_config
     )
 
 
@@ -32,9 +29,9 @@ def _metadata(result, asset):
 def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, expected_outcomes):
     result, output, _ = run
     assert result.success
-    raw = io.read_table(spark, output, "raw_images")
-    features = io.read_table(spark, output, "cnn_features")
-    quarantined = io.read_table(spark, output, "quarantined_images")
+    raw = batches.read_current(spark, output, "raw_images")
+    features = batches.read_current(spark, output, "cnn_features")
+    quarantined = batches.read_current(spark, output, "quarantined_images")
     assert raw.count() == len(expected_outcomes) == features.count() + quarantined.count()
     assert {_rel(r.path, sample_root) for r in features.collect()} == {
         k for k, v in expected_outcomes.items() if v == "featurized"
@@ -96,7 +93,7 @@ def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, t
     output = str(tmp_path / "copy")
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
     before = io.latest_uri(spark, output, "pca_features")
-    result = materialize(
+    result = materialize(  # no batch: an unpartitioned asset alone
         [*FEATURE_ASSETS, *ALL_CHECKS],
         selection=["pca_features"],
         resources=local_resources(str(sample_root), output, weights_path),

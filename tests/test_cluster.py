@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from spark_code import io
+from spark_code import batches, io
 from tests.cluster import standalone_cluster, stop
 from tests.conftest import REPO
 
@@ -42,7 +42,7 @@ def _summary(process: subprocess.Popen) -> dict:
 
 
 def _features(spark, output) -> dict[str, np.ndarray]:
-    return {r.path: np.array(r.features) for r in io.read_table(spark, str(output), "cnn_features").collect()}
+    return {r.path: np.array(r.features) for r in batches.read_current(spark, str(output), "cnn_features").collect()}
 
 
 def _pca(spark, output) -> dict[str, np.ndarray]:
@@ -57,8 +57,8 @@ def _assert_same_outputs(spark, output, reference) -> None:
     assert pca.keys() == local_pca.keys()
     assert {len(v) for v in pca.values()} == {len(v) for v in local_pca.values()}
     assert max(np.abs(pca[p] - local_pca[p]).max() for p in pca) < 1e-3
-    quarantined = io.read_table(spark, str(output), "quarantined_images").collect()
-    reference_quarantined = io.read_table(spark, str(reference), "quarantined_images").collect()
+    quarantined = batches.read_current(spark, str(output), "quarantined_images").collect()
+    reference_quarantined = batches.read_current(spark, str(reference), "quarantined_images").collect()
     assert {(r.path, r.reason) for r in quarantined} == {(r.path, r.reason) for r in reference_quarantined}
 
 

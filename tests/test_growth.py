@@ -13,7 +13,7 @@ from fruits_assets.automation import daily_refit, new_images
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import FEATURE_ASSETS, local_resources
 from fruits_assets.resources import ImageSource
-from spark_code import io, reduce, snapshot
+from spark_code import batches, io, reduce, snapshot
 from tests.conftest import CLASSES, FRUITS, first_images
 
 # ---- the sensor ------------------------------------------------------------------------------------------------
@@ -154,16 +154,19 @@ def test_second_run_featurizes_only_new_and_changed_photos(grown):
 
 def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, tmp_path):
     root, output = grown["root"], grown["output"]
-    features = {r.path: np.array(r.features) for r in io.read_table(spark, str(output), "cnn_features").collect()}
+    features = {
+        r.path: np.array(r.features) for r in batches.read_current(spark, str(output), "cnn_features").collect()
+    }
     assert f"file:{grown['deleted']}" not in features
     assert set(features) == {f"file:{p}" for p in root.rglob("*.jpg") if p.parent.name != "Broken Fruit"}
     _materialize(root, tmp_path / "full", weights_path)
     recomputed = {
-        r.path: np.array(r.features) for r in io.read_table(spark, str(tmp_path / "full"), "cnn_features").collect()
+        r.path: np.array(r.features)
+        for r in batches.read_current(spark, str(tmp_path / "full"), "cnn_features").collect()
     }
     assert recomputed.keys() == features.keys()
     assert max(np.abs(recomputed[p] - features[p]).max() for p in features) < 1e-5
-    quarantined = io.read_table(spark, str(output), "quarantined_images").collect()
+    quarantined = batches.read_current(spark, str(output), "quarantined_images").collect()
     assert [r.path.rsplit("/", 1)[-1] for r in quarantined] == ["notes.jpg"]
 
 
@@ -178,7 +181,7 @@ def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     # the same projection a full recompute gives: the saved scaler + PCA applied to the features again
     scaler = io.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
     model = io.load_model(spark, PCAModel, f"{output}/models", "pca_features")
-    features = io.read_table(spark, output, "cnn_features")
+    features = batches.read_current(spark, output, "cnn_features")
     again = reduce.project(model, reduce.scale(scaler, features)).collect()
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 

@@ -8,8 +8,8 @@ import pytest
 from pyspark.ml import PipelineModel
 
 from fruits_assets.resources import ClassifierSettings
+from spark_code import batches, io
 from spark_code import classifier as clf
-from spark_code import io
 from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
 from tests.conftest import CLASSES, REPO
 
@@ -72,7 +72,7 @@ def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
 def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
     model, _, output = saved
     pca = {r.path: np.array(r.pca_features) for r in io.read_table(spark, output, "pca_features").collect()}
-    features = io.read_table(spark, output, "cnn_features")
+    features = batches.read_current(spark, output, "cnn_features")
     spark_labels = {r.path: r[clf.PREDICTED] for r in clf.predict(model, features).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.jpg")) if f"file:{p}" in pca][:6]
     assert len(photos) == 6

@@ -1,0 +1,96 @@
+"""Ingest batches: each batch holds only what changed; a table's current rows are every path's newest batch."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from spark_code import io
+from spark_code.images import LISTING_COLUMNS
+
+IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
+BATCH = "batch"  # the ingest batch (partition key) a row belongs to
+INGESTED_AT = "ingested_at"  # when the batch's listing was taken: the newest batch of a path wins
+CHANGE = "change"
+NEW, CHANGED, DELETED = "new", "changed", "deleted"
+LEDGER = "raw_images"  # the table whose batches say which paths each batch owns (incl. deletions)
+MODEL_COLUMN = "cnn_model"  # which CNN settings made a feature row
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class BatchKeyError(ValueError):
+    """A partition key that cannot name a batch folder."""
+
+
+def new_key(now: datetime | None = None) -> str:
+    """A batch key from the UTC time to the millisecond, sortable and readable: e.g. 20261125T013000.123Z."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+
+
+def check_key(key: str) -> str:
+    """`key` if it can name a batch folder (letters, digits, `.`, `_`, `-`; up to 64); else a BatchKeyError."""
+    if not KEY_PATTERN.fullmatch(key or ""):
+        raise BatchKeyError(
+            f"ingest batch key {key!r} is not usable as a folder name: use letters, digits, '.', '_' or '-' "
+            "(up to 64), e.g. 20261125T013000.123Z as the sensor and `python -m fruits_assets` make them"
+        )
+    return key
+
+
+def plan(listing: DataFrame, before: DataFrame | None, key: str, ingested_at: datetime) -> DataFrame:
+    """The batch `key`: listed files new or changed since `before` (the current rows of the other batches), plus a
+    `deleted` row for each current path no longer listed. Unchanged files are not in it.
+    """
+    now = listing.select(*LISTING_COLUMNS)
+    if before is None:
+        rows = now.withColumn(CHANGE, F.lit(NEW))
+    else:
+        known = before.select(*LISTING_COLUMNS).toDF(*[f"_{c}" for c in LISTING_COLUMNS])
+        joined = now.join(known, now.path == known._path, "full_outer")
+        same = (F.col("length") == F.col("_length")) & (F.col("modification_time") == F.col("_modification_time"))
+        change = F.when(F.col("path").isNull(), DELETED).when(F.col("_path").isNull(), NEW).when(~same, CHANGED)
+        listed_or_known = [F.coalesce(F.col(c), F.col(f"_{c}")).alias(c) for c in LISTING_COLUMNS]
+        rows = joined.select(*listed_or_known, change.alias(CHANGE)).filter(F.col(CHANGE).isNotNull())
+    return rows.withColumn(BATCH, F.lit(key)).withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
+
+
+def owners(raw: DataFrame) -> DataFrame:
+    """For each path, the raw row of its newest batch (deleted paths included, as `deleted` rows)."""
+    newest = Window.partitionBy("path").orderBy(F.col(INGESTED_AT).desc(), F.col(BATCH).desc())
+    return raw.withColumn("_rank", F.row_number().over(newest)).filter(F.col("_rank") == 1).drop("_rank")
+
+
+def current_raw(raw: DataFrame) -> DataFrame:
+    """The listing as the batches say it is now: every path's newest raw row, deleted paths left out."""
+    return owners(raw).filter(F.col(CHANGE) != DELETED)
+
+
+def current(table: DataFrame, raw: DataFrame) -> DataFrame:
+    """Rows of a batch table (features, quarantine) that belong to their path's newest batch, for the same file."""
+    live = current_raw(raw).select(*IDENTITY, BATCH)
+    return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi")
+
+
+def tally(batch: DataFrame) -> dict[str, int]:
+    """How many new, changed and deleted rows a batch holds."""
+    counts = {row[CHANGE]: row["count"] for row in batch.groupBy(CHANGE).count().collect()}
+    return {kind: counts.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}
+
+
+def read_current(spark: SparkSession, base_uri: str, name: str, keys=None, ledger: str = LEDGER) -> DataFrame | None:
+    """Current rows of the batch table `name` over the committed batches `keys` (default: all); None if none."""
+    raw = io.read_partitions(spark, base_uri, ledger, keys)
+    if raw is None:
+        return None
+    if name == ledger:
+        return current_raw(raw)
+    table = io.read_partitions(spark, base_uri, name, keys)
+    return None if table is None else current(table, raw)
+
+
+def committed_keys(spark: SparkSession, base_uri: str, ledger: str = LEDGER) -> list[str]:
+    """Keys of every batch whose listing is committed."""
+    return list(io.partition_uris(spark, base_uri, ledger))
