@@ -6,12 +6,14 @@ import time
 
 import numpy as np
 import pytest
-from dagster import DagsterInstance, build_schedule_context, build_sensor_context, materialize
+from dagster import AssetKey, DagsterInstance, build_schedule_context, build_sensor_context
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 
 from fruits_assets.automation import daily_refit, new_images
 from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+from fruits_assets.definitions import FEATURE_ASSETS, build_defs, local_resources
+from fruits_assets.ingest import materialize_batch
+from fruits_assets.partitions import ingest_batches
 from fruits_assets.resources import ImageSource
 from spark_code import batches, io, reduce, snapshot
 from tests.conftest import CLASSES, FRUITS, first_images
@@ -38,6 +40,8 @@ def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):
     _seed(tmp_path)
     first, cursor = _tick(tmp_path)
     assert len(first.run_requests) == 1 and first.run_requests[0].tags["fruits/new"] == "4"
+    batch = first.run_requests[0].partition_key  # a new ingest batch, added as a dynamic partition
+    assert batches.check_key(batch) and first.dynamic_partitions_requests[0].partition_keys == [batch]
     second, cursor = _tick(tmp_path, cursor)
     assert not second.run_requests and "no settled change" in second.skip_reason.skip_message
     extra = first_images(FRUITS / CLASSES[2], 2)
@@ -56,6 +60,7 @@ def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):
     tags = fourth.run_requests[0].tags
     assert (tags["fruits/new"], tags["fruits/changed"], tags["fruits/deleted"]) == ("0", "1", "1")
     assert fourth.run_requests[0].run_key != third.run_requests[0].run_key
+    assert len({r.run_requests[0].partition_key for r in (first, third, fourth)}) == 3
 
 
 def test_changes_name_exactly_the_files():
@@ -95,14 +100,14 @@ def test_schedule_refits_scaler_and_pca_daily():
 # ---- incremental materializations --------------------------------------------------------------------------
 
 
-def _materialize(root, output, weights, run_config=None):
+def _materialize(root, output, weights, run_config=None, instance=None):
     from spark_code import featurize
 
     before = featurize.process_totals()
-    result = materialize(
+    result = materialize_batch(
         [*FEATURE_ASSETS, *ALL_CHECKS],
-        resources=local_resources(str(root), str(output), weights),
-        instance=DagsterInstance.ephemeral(),  # nothing is remembered by Dagster: state lives with the tables
+        local_resources(str(root), str(output), weights),
+        instance or DagsterInstance.ephemeral(),
         run_config=run_config,
     )
     after = featurize.process_totals()
@@ -120,7 +125,9 @@ def grown(spark, weights_path, tmp_path_factory):
     _seed(root, n=3)
     (root / "Broken Fruit").mkdir()
     (root / "Broken Fruit" / "notes.jpg").write_text("not an image")
-    first, first_counts = _materialize(root, output, weights_path)
+    instance = DagsterInstance.ephemeral()
+    first, first_counts = _materialize(root, output, weights_path, instance=instance)
+    first_batch = io.partition_uris(spark, str(output), "cnn_features")
     first_pca = {r.path: r for r in io.read_table(spark, str(output), "pca_features").collect()}
     new = first_images(FRUITS / CLASSES[2], 2)
     (root / CLASSES[2]).mkdir()
@@ -131,8 +138,10 @@ def grown(spark, weights_path, tmp_path_factory):
     deleted = sorted((root / CLASSES[1]).glob("*.jpg"))[0]
     deleted.unlink()
     keep_pca = {"ops": {"pca_features": {"config": {"max_drift": 1.0}}}}  # tiny sample: project, do not refit
-    second, second_counts = _materialize(root, output, weights_path, keep_pca)
+    second, second_counts = _materialize(root, output, weights_path, keep_pca, instance)
     return {
+        "instance": instance,
+        "first_batch": first_batch,
         "root": root,
         "output": output,
         "first": (first, first_counts, first_pca),
@@ -147,9 +156,24 @@ def test_second_run_featurizes_only_new_and_changed_photos(grown):
     second, second_counts = grown["second"]
     assert first_counts["cnn_images"] == 6 and first_counts["images_decoded"] == 7  # + the text file, once
     assert second_counts["cnn_images"] == 3 and second_counts["images_decoded"] == 3  # 2 new + 1 changed only
+    raw = _meta(second, "raw_images")
+    assert (raw["new"], raw["changed"], raw["deleted"], raw["listed"]) == (2, 1, 1, 8)
     meta = _meta(second, "cnn_features")
-    assert (meta["new"], meta["changed"], meta["deleted"], meta["carried"]) == (2, 1, 1, 5)
-    assert meta["featurized"] == 7 and meta["quarantined"] == 1 and meta["raw"] == 8
+    assert (meta["raw"], meta["featurized"], meta["quarantined"]) == (3, 3, 0)
+    assert _meta(grown["first"][0], "cnn_features")["quarantined"] == 1
+
+
+def test_each_batch_is_a_partition_and_earlier_batches_are_not_rewritten(grown, spark):
+    output = str(grown["output"])
+    keys = grown["instance"].get_dynamic_partitions(ingest_batches.name)
+    assert len(keys) == 2 and keys == sorted(keys)
+    (first_key, first_uri), (second_key, _) = io.partition_uris(spark, output, "cnn_features").items()
+    assert grown["first_batch"] == {first_key: first_uri}  # the first batch's version was left as it was
+    assert (first_key, second_key) == tuple(keys)
+    rows = {key: spark.read.parquet(uri).count() for key, uri in io.partition_uris(spark, output, "raw_images").items()}
+    assert rows == {first_key: 7, second_key: 4}  # 6 photos + the text file; then 2 new, 1 changed, 1 deleted
+    checks = {e.check_name: e.passed for e in grown["second"][0].get_asset_check_evaluations()}
+    assert checks["counts_reconcile"] and all(checks.values())
 
 
 def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, tmp_path):
@@ -186,12 +210,21 @@ def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 
 
-def test_refit_config_fits_new_models(grown, spark, weights_path):
+def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
+    from spark_code import featurize
+
     output = str(grown["output"])
     before = io.latest_uri(spark, output, "pca_features")
-    refit = {"ops": {"scaled_features": {"config": {"refit": True}}, "pca_features": {"config": {"refit": True}}}}
-    result, counts = _materialize(grown["root"], output, weights_path, refit)
-    assert counts["cnn_images"] == 0  # nothing new: no CNN work at all
+    defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
+    request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
+    totals = featurize.process_totals()
+    job = defs.resolve_job_def(daily_refit.job_name)
+    result = job.execute_in_process(  # the classifier is left out: this output has no training_features
+        run_config=request.run_config,
+        instance=DagsterInstance.ephemeral(),
+        asset_selection=[AssetKey("scaled_features"), AssetKey("pca_features")],
+    )
+    assert featurize.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
     assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
     versions = {r.pca_model for r in io.read_table(spark, output, "pca_features").collect()}
     assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
