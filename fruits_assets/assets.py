@@ -133,7 +133,7 @@ class ScalerConfig(Config):
     refit: bool = Field(default=False, description="Fit a new scaler on all current features (the daily schedule).")
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=[cnn_features])
+@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["cnn_features"])
 def scaled_features(
     context: AssetExecutionContext,
     config: ScalerConfig,

@@ -22,7 +22,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
-from fruits_assets.assets import GROUP, cnn_features, current_features, pca_features
+from fruits_assets.assets import GROUP, current_features, pca_features
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
@@ -82,7 +82,7 @@ def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
     }
 
 
-@asset(group_name=GROUP, deps=[pca_features, cnn_features], kinds={"spark"})
+@asset(group_name=GROUP, deps=[pca_features, "cnn_features"], kinds={"spark"})
 def fruit_classifier(
     context: AssetExecutionContext,
     training_features: DataFrame,

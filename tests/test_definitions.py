@@ -1,6 +1,7 @@
 """Wiring: the code location loads, the job resolves, config errors name the bad value."""
 
 import pytest
+from dagster import AssetKey
 from pydantic import ValidationError
 
 from fruits_assets import defs
@@ -22,9 +23,22 @@ def test_defs_load_and_job_resolves():
     }
 
 
-def test_sensor_and_schedule_target_the_asset_job():
+def test_sensor_and_schedule_target_the_asset_jobs():
     assert defs.resolve_sensor_def("new_images").job_name == "materialize_all"
-    assert defs.resolve_schedule_def("daily_refit").job_name == "materialize_all"
+    assert defs.resolve_schedule_def("daily_refit").job_name == "refit_models"
+    refit = {key.to_user_string() for key in defs.resolve_job_def("refit_models").asset_layer.executable_asset_keys}
+    assert refit == {"scaled_features", "pca_features", "fruit_classifier"}  # no listing, no CNN
+
+
+def test_image_level_assets_are_partitioned_by_ingest_batch():
+    graph = defs.resolve_asset_graph()
+    partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
+    assert partitioned == {"raw_images", "cnn_features", "quarantined_images"}
+    assert {graph.get(k).partitions_def.name for k in graph.get_all_asset_keys() if graph.get(k).partitions_def} == {
+        "ingest_batches"
+    }
+    parents = {k.to_user_string() for k in graph.get(AssetKey("scaled_features")).parent_keys}
+    assert parents == {"cnn_features"}  # over every batch
 
 
 def test_one_group_with_lineage():
