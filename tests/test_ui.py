@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from fruits_assets.definitions import ASSETS as DEFINED_ASSETS
+from spark_code import batches
 from tests.conftest import REPO
 
 ASSETS = tuple(key.to_user_string() for definition in DEFINED_ASSETS for key in definition.keys)
+PARTITIONED = tuple(
+    key.to_user_string() for definition in DEFINED_ASSETS if definition.partitions_def for key in definition.keys
+)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
@@ -122,6 +126,10 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
         page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
         _dismiss_popups(page)
         page.get_by_role("button", name="Materialize all").click()
+        page.get_by_text("Add a partition").click()  # the image-level assets are partitioned by ingest batch
+        page.get_by_placeholder("name").fill(batches.new_key())
+        page.get_by_role("button", name="Save").click()
+        page.get_by_role("button", name="Launch 1 run").click()
         assert _wait_for_run(dagster_dev) == "SUCCESS"
 
         page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
@@ -129,7 +137,8 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
         _hide_side_panels(page)
         page.get_by_text("Materialized").first.wait_for(timeout=30000)
         graph_text = page.inner_text("body")
-        assert graph_text.count("Materialized") == len(ASSETS), graph_text
+        assert graph_text.count("Materialized") == len(ASSETS) - len(PARTITIONED), graph_text
+        assert graph_text.count("100% filled") == len(PARTITIONED), graph_text  # the one batch, on the 3 of them
         assert graph_text.count("2 / 2 Passed") == 2 and "3 / 3 Passed" in graph_text  # the 7 checks, on 3 assets
         for asset in ASSETS:
             assert asset in graph_text
@@ -155,6 +164,10 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
         page.goto(f"{dagster_dev}/assets/raw_images", wait_until="networkidle")
         page.get_by_text("image_count").first.wait_for(timeout=30000)
         assert "class_count" in page.inner_text("body")
+
+        page.goto(f"{dagster_dev}/automation", wait_until="networkidle")
+        page.get_by_text("new_images").first.wait_for(timeout=30000)
+        assert "daily_refit" in page.inner_text("body")  # the sensor and the schedule, both visible
         browser.close()
     materialized = graphql(
         dagster_dev,
