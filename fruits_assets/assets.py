@@ -46,18 +46,21 @@ def raw_images(
     config: RawConfig,
     pyspark: PySparkResource,
     image_source: ImageSource,
+    cnn: CnnResource,
     tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
     """One ingest batch: image files new or changed since the other batches (path, label, length,
-    modification_time, change), plus a `deleted` row for each file gone from the image root.
+    modification_time, change), plus a `deleted` row for each file gone from the image root. Images whose
+    features were made with other CNN settings count as changed.
     """
     key = batches.check_key(context.partition_key)
     listing = list_images(pyspark.spark_session, image_source.root).cache()
     listed = listing.count()
     require_images(listed, image_source.root)
     before = None if config.full_refresh else tables.current("raw_images", without=key)
-    batch = batches.plan(listing, before, key, datetime.now(timezone.utc)).cache()
+    redo = None if before is None else batches.stale(tables.current("cnn_features", without=key), cnn.model_key())
+    batch = batches.plan(listing, before, key, datetime.now(timezone.utc), redo).cache()
     changes = batches.tally(batch)
     taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
     per_class = {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
@@ -113,8 +116,8 @@ def _cnn_settings(cnn: CnnResource) -> dict:
     return {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
 
 
-def current_features(tables: TableStore) -> DataFrame:
-    """The current feature rows over every batch; an error if there are none or if they mix CNN settings."""
+def current_features(tables: TableStore) -> tuple[DataFrame, str]:
+    """The current feature rows over every batch and their CNN settings; an error if none, or if they mix settings."""
     features = tables.current("cnn_features")
     if features is None:
         raise io.TableNotFoundError("no committed batch of cnn_features: materialize a batch first")
@@ -124,11 +127,15 @@ def current_features(tables: TableStore) -> DataFrame:
             f"cnn_features mixes CNN settings {sorted(models)}: materialize a new batch with raw_images config "
             "full_refresh: true, so every image is featurized with the current settings"
         )
-    return features
+    return features, models[0] if models else ""
+
+
+SCALER_JSON = "scaler.json"  # what the saved scaler was fitted on
 
 
 class ScalerConfig(Config):
-    """Refit policy of the scaler: reuse the saved one (new images are scaled with it) unless `refit`."""
+    """Refit policy of the scaler: reuse the saved one (new images are scaled with it) unless `refit`, or unless it
+    was fitted on features of other CNN settings."""
 
     refit: bool = Field(default=False, description="Fit a new scaler on all current features (the daily schedule).")
 
@@ -142,11 +149,13 @@ def scaled_features(
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
     """Features of every batch (current rows) standardised by a Spark ML StandardScaler saved with the asset."""
-    cnn_features = current_features(tables)
-    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features")
+    cnn_features, cnn_model = current_features(tables)
+    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", SCALER_JSON)
+    if saved is not None and json.loads(saved[2] or "{}").get("cnn_model") != cnn_model:
+        saved = None  # fitted on features of other CNN settings
     if saved is None:
         model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
-        model_uri = models.save(model, "scaled_features")
+        model_uri = models.save(model, "scaled_features", extras={SCALER_JSON: json.dumps({"cnn_model": cnn_model})})
     else:
         model, model_uri, _ = saved
     context.log.info("scaler %s (%s)", model_uri, "refit" if saved is None else "reused")

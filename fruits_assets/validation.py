@@ -99,7 +99,7 @@ def fruit_classifier(
     """
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
-    cnn_features = current_features(tables)  # every batch's current rows
+    cnn_features, _ = current_features(tables)  # every batch's current rows
     model = clf.train_classifier(training_features, scaler, pca, classifier.logistic())
     evaluation = clf.evaluate_model(model, cnn_features)
     raw = clf.evaluate_model(clf.train_classifier(training_features, scaler, None, classifier.logistic()), cnn_features)

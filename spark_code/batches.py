@@ -40,15 +40,22 @@ def check_key(key: str) -> str:
     return key
 
 
-def plan(listing: DataFrame, before: DataFrame | None, key: str, ingested_at: datetime) -> DataFrame:
+def plan(
+    listing: DataFrame, before: DataFrame | None, key: str, ingested_at: datetime, redo: DataFrame | None = None
+) -> DataFrame:
     """The batch `key`: listed files new or changed since `before` (the current rows of the other batches), plus a
-    `deleted` row for each current path no longer listed. Unchanged files are not in it.
+    `deleted` row for each current path no longer listed. Unchanged files are not in it, unless their path is in
+    `redo` (e.g. features made with other CNN settings): those count as changed.
     """
     now = listing.select(*LISTING_COLUMNS)
     if before is None:
         rows = now.withColumn(CHANGE, F.lit(NEW))
     else:
         known = before.select(*LISTING_COLUMNS).toDF(*[f"_{c}" for c in LISTING_COLUMNS])
+        if redo is not None:
+            known = known.join(redo.select(F.col("path").alias("_path"), F.lit(True).alias("_redo")), "_path", "left")
+        else:
+            known = known.withColumn("_redo", F.lit(None).cast("boolean"))
         joined = now.join(known, now.path == known._path, "full_outer")
         same = (F.col("length") == F.col("_length")) & (F.col("modification_time") == F.col("_modification_time"))
         change = F.when(F.col("path").isNull(), DELETED).when(F.col("_path").isNull(), NEW).when(~same, CHANGED)
@@ -72,6 +79,13 @@ def current(table: DataFrame, raw: DataFrame) -> DataFrame:
     """Rows of a batch table (features, quarantine) that belong to their path's newest batch, for the same file."""
     live = current_raw(raw).select(*IDENTITY, BATCH)
     return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi")
+
+
+def stale(features: DataFrame | None, model_key: str) -> DataFrame | None:
+    """Paths whose current feature row was made with other CNN settings than `model_key`."""
+    if features is None:
+        return None
+    return features.filter(F.col(MODEL_COLUMN) != model_key).select("path")
 
 
 def tally(batch: DataFrame) -> dict[str, int]:

@@ -14,7 +14,7 @@ from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import FEATURE_ASSETS, build_defs, local_resources
 from fruits_assets.ingest import materialize_batch
 from fruits_assets.partitions import ingest_batches
-from fruits_assets.resources import ImageSource
+from fruits_assets.resources import CnnResource, ImageSource
 from spark_code import batches, io, reduce, snapshot
 from tests.conftest import CLASSES, FRUITS, first_images
 
@@ -228,3 +228,20 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
     versions = {r.pca_model for r in io.read_table(spark, output, "pca_features").collect()}
     assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
+
+
+def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path, tmp_path):
+    from spark_code import featurize
+
+    output = tmp_path / "copy"
+    shutil.copytree(grown["output"], output)  # keep the shared tables as they are
+    resources = local_resources(str(grown["root"]), str(output), weights_path)
+    resources["cnn"] = CnnResource(weights_path=weights_path, image_size=96)  # other settings, other features
+    before = featurize.process_totals()["cnn_images"]
+    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources)
+    assert featurize.process_totals()["cnn_images"] - before == 7  # every image again, with the new settings
+    raw = _meta(result, "raw_images")
+    assert (raw["new"], raw["changed"], raw["deleted"]) == (0, 7, 0)
+    models = {r.cnn_model for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    assert models == {resources["cnn"].model_key()} and "96px" in next(iter(models))
+    assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
