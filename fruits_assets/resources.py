@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from spark_code import batches, io
 from spark_code.classifier import LogisticSettings
-from spark_code.featurize import CnnFeaturizer, WeightsError
+from spark_code.featurize import CnnFeaturizer, CnnSpec, WeightsError, preload_weights
 from spark_code.images import ImageRootError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +92,7 @@ class CnnResource(ConfigurableResource):
                 "mobilenet_v2_1.0_224_no_top.weights.h5 (here: ../shared/weights/), or unset it to let "
                 "Keras download the ImageNet weights"
             )
+        preload_weights(CnnSpec(input_size=self.image_size), self.weights_path)  # overlaps the listing
 
     def model_key(self) -> str:
         """What makes a feature vector: the input size and the weights (file name and size, or Keras' download)."""

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,15 +108,38 @@ def _download_weights(spec: CnnSpec) -> list[np.ndarray]:
         ) from error
 
 
+_DRIVER_WEIGHTS: dict[tuple[str, int], Future] = {}
+_DRIVER_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnn-weights")
 _DRIVER_BROADCASTS: dict[tuple[int, str, int], object] = {}
+
+
+def preload_weights(spec: CnnSpec, weights_path: str | None) -> None:
+    """Start loading the weights on the driver in the background (TensorFlow import included, ~6 s), so that it
+    overlaps the work before the CNN step, e.g. the listing. Errors surface when the weights are used."""
+    key = (weights_fingerprint(weights_path), spec.input_size)
+    if key not in _DRIVER_WEIGHTS:
+        logger.info("loading CNN weights from %s on the driver", weights_path or "Keras download")
+        _DRIVER_WEIGHTS[key] = _DRIVER_LOADER.submit(load_weights, spec, weights_path)
+
+
+def driver_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
+    """The weights, loaded once per driver process (waiting for a preload under way)."""
+    preload_weights(spec, weights_path)
+    key = (weights_fingerprint(weights_path), spec.input_size)
+    try:
+        return _DRIVER_WEIGHTS[key].result()
+    except Exception:
+        del _DRIVER_WEIGHTS[key]  # a later call tries again (e.g. the download, once the network is back)
+        raise
 
 
 def broadcast_weights(spark: SparkSession, spec: CnnSpec, weights_path: str | None):
     """Load the weights once per driver and broadcast them once per SparkContext."""
+    if weights_path is not None and not os.path.isfile(weights_path):
+        load_weights(spec, weights_path)  # raises the WeightsError that names the file
     key = (id(spark.sparkContext), weights_fingerprint(weights_path), spec.input_size)
     if key not in _DRIVER_BROADCASTS:
-        logger.info("loading CNN weights from %s on the driver", weights_path or "Keras download")
-        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(load_weights(spec, weights_path))
+        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(driver_weights(spec, weights_path))
     return _DRIVER_BROADCASTS[key]
 
 
