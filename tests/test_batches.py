@@ -1,0 +1,68 @@
+"""Ingest batches on their own: what a batch takes, and the current rows over several batches."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from spark_code import batches, io
+
+T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+
+def _listing(spark, files):
+    rows = [(f"file:/r/{path}", path.split("/")[0], size, T0 + timedelta(seconds=mtime)) for path, size, mtime in files]
+    return spark.createDataFrame(rows, "path string, label string, length long, modification_time timestamp")
+
+
+def _by_path(df):
+    return {row.path.rsplit("/r/", 1)[1]: row for row in df.collect()}
+
+
+def test_a_batch_takes_new_changed_and_deleted_files_only(spark):
+    first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)]), None, "b1", T0)
+    assert {row.change for row in first.collect()} == {batches.NEW} and first.count() == 3
+    now = _listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("c/4.jpg", 5, 1)])
+    second = batches.plan(now, batches.current_raw(first), "b2", T0 + timedelta(hours=1))
+    changes = {path: row.change for path, row in _by_path(second).items()}
+    assert changes == {"a/2.jpg": batches.CHANGED, "c/4.jpg": batches.NEW, "b/3.jpg": batches.DELETED}
+    assert batches.tally(second) == {batches.NEW: 1, batches.CHANGED: 1, batches.DELETED: 1}
+
+
+def test_current_rows_are_each_paths_newest_batch(spark):
+    first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)]), None, "b1", T0)
+    now = _listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2)])
+    second = batches.plan(now, batches.current_raw(first), "b2", T0 + timedelta(hours=1))
+    raw = first.unionByName(second)
+    current = _by_path(batches.current_raw(raw))
+    assert set(current) == {"a/1.jpg", "a/2.jpg"}  # b/3.jpg was deleted in b2
+    assert (current["a/1.jpg"].batch, current["a/2.jpg"].batch, current["a/2.jpg"].length) == ("b1", "b2", 11)
+    # a feature table: one row per file its batch featurized; the stale a/2.jpg row of b1 is not current
+    features = raw.filter("change != 'deleted'").select(*batches.IDENTITY, batches.BATCH)
+    kept = _by_path(batches.current(features, raw))
+    assert {path: row.batch for path, row in kept.items()} == {"a/1.jpg": "b1", "a/2.jpg": "b2"}
+
+
+def test_paths_to_redo_count_as_changed(spark):
+    first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), None, "b1", T0)
+    redo = spark.createDataFrame([("file:/r/a/1.jpg",)], "path string")
+    second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), first, "b2", T0, redo)
+    assert {path: row.change for path, row in _by_path(second).items()} == {"a/1.jpg": batches.CHANGED}
+
+
+def test_batches_are_read_back_per_partition(spark, tmp_path):
+    base = str(tmp_path)
+    first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), None, "b1", T0)
+    io.write_table(first, base, "raw_images/b1")
+    second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1)]), first, "b2", T0 + timedelta(hours=1))
+    io.write_table(second, base, "raw_images/b2")
+    assert batches.committed_keys(spark, base) == ["b1", "b2"]
+    assert set(_by_path(batches.read_current(spark, base, "raw_images"))) == {"a/1.jpg"}
+    assert set(_by_path(batches.read_current(spark, base, "raw_images", ["b1"]))) == {"a/1.jpg", "a/2.jpg"}
+    assert batches.read_current(spark, base, "cnn_features") is None  # no feature batch written
+
+
+@pytest.mark.parametrize("key", ["", "a/b", "../up", "x" * 65, "with space"])
+def test_bad_batch_keys_are_named(key):
+    with pytest.raises(batches.BatchKeyError, match="ingest batch key"):
+        batches.check_key(key)
+    assert batches.check_key(batches.new_key()).endswith("Z")
