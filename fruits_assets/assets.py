@@ -59,7 +59,7 @@ def raw_images(
     listed = listing.count()
     require_images(listed, image_source.root)
     before = None if config.full_refresh else tables.current("raw_images", without=key)
-    redo = None if before is None else batches.stale(tables.current("cnn_features", without=key), cnn.model_key())
+    redo = None if before is None else batches.stale(before, tables.rows("cnn_features", without=key), cnn.model_key())
     batch = batches.plan(listing, before, key, datetime.now(timezone.utc), redo).cache()
     changes = batches.tally(batch)
     taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)

@@ -151,6 +151,11 @@ class TableStore(ConfigurableResource):
         """Keys of every committed ingest batch."""
         return batches.committed_keys(self.pyspark.spark_session, self.base_uri)
 
+    def rows(self, name: str, without: str | None = None):
+        """Rows of batch table `name` as written, over every committed batch except `without`; None if none."""
+        keys = [key for key in self.batches() if key != without]
+        return io.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+
     def current(self, name: str, without: str | None = None):
         """Current rows of batch table `name` over every committed batch except `without`; None if there are none."""
         keys = [key for key in self.batches() if key != without]

@@ -58,7 +58,8 @@ def plan(
             known = known.withColumn("_redo", F.lit(None).cast("boolean"))
         joined = now.join(known, now.path == known._path, "full_outer")
         same = (F.col("length") == F.col("_length")) & (F.col("modification_time") == F.col("_modification_time"))
-        change = F.when(F.col("path").isNull(), DELETED).when(F.col("_path").isNull(), NEW).when(~same, CHANGED)
+        changed = ~same | F.col("_redo").isNotNull()
+        change = F.when(F.col("path").isNull(), DELETED).when(F.col("_path").isNull(), NEW).when(changed, CHANGED)
         listed_or_known = [F.coalesce(F.col(c), F.col(f"_{c}")).alias(c) for c in LISTING_COLUMNS]
         rows = joined.select(*listed_or_known, change.alias(CHANGE)).filter(F.col(CHANGE).isNotNull())
     return rows.withColumn(BATCH, F.lit(key)).withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
@@ -81,11 +82,18 @@ def current(table: DataFrame, raw: DataFrame) -> DataFrame:
     return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi")
 
 
-def stale(features: DataFrame | None, model_key: str) -> DataFrame | None:
-    """Paths whose current feature row was made with other CNN settings than `model_key`."""
+def stale(current_raw_rows: DataFrame, features: DataFrame | None, model_key: str) -> DataFrame | None:
+    """Current paths whose batch featurized them with other CNN settings than `model_key` (None if there are none).
+
+    `features` are the feature rows of the batches as written (not only current ones): a batch runs one CNN
+    setting, so only its two columns are read.
+    """
     if features is None:
         return None
-    return features.filter(F.col(MODEL_COLUMN) != model_key).select("path")
+    other = features.filter(F.col(MODEL_COLUMN) != model_key).select(BATCH).distinct().collect()
+    if not other:
+        return None
+    return current_raw_rows.filter(F.col(BATCH).isin([row[BATCH] for row in other])).select("path")
 
 
 def tally(batch: DataFrame) -> dict[str, int]:

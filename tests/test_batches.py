@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from pyspark.sql import functions as F
 
 from spark_code import batches, io
 
@@ -42,11 +43,22 @@ def test_current_rows_are_each_paths_newest_batch(spark):
     assert {path: row.batch for path, row in kept.items()} == {"a/1.jpg": "b1", "a/2.jpg": "b2"}
 
 
-def test_paths_to_redo_count_as_changed(spark):
+def test_paths_featurized_with_other_settings_count_as_changed(spark):
     first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), None, "b1", T0)
-    redo = spark.createDataFrame([("file:/r/a/1.jpg",)], "path string")
-    second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), first, "b2", T0, redo)
-    assert {path: row.change for path, row in _by_path(second).items()} == {"a/1.jpg": batches.CHANGED}
+    listing = _listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("a/3.jpg", 10, 1)])
+    second = batches.plan(listing, first, "b2", T0 + timedelta(hours=1))  # takes a/3.jpg only
+    raw = first.unionByName(second)
+    features = raw.select(*batches.IDENTITY, batches.BATCH).withColumn(
+        batches.MODEL_COLUMN, F.when(F.col(batches.BATCH) == "b1", "old").otherwise("new")
+    )
+    redo = batches.stale(batches.current_raw(raw), features, "new")
+    assert sorted(row.path for row in redo.collect()) == ["file:/r/a/1.jpg", "file:/r/a/2.jpg"]
+    assert batches.stale(batches.current_raw(raw), features.filter("batch = 'b2'"), "new") is None
+    third = batches.plan(listing, batches.current_raw(raw), "b3", T0 + timedelta(hours=2), redo)
+    assert {path: row.change for path, row in _by_path(third).items()} == {
+        "a/1.jpg": batches.CHANGED,
+        "a/2.jpg": batches.CHANGED,
+    }
 
 
 def test_batches_are_read_back_per_partition(spark, tmp_path):
