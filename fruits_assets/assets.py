@@ -25,7 +25,7 @@ from fruits_assets import plots
 from fruits_assets.metadata import class_table, variance_markdown
 from fruits_assets.partitions import ingest_batches
 from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, io, reduce
+from spark_code import batches, reduce
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
 
@@ -118,9 +118,7 @@ def _cnn_settings(cnn: CnnResource) -> dict:
 
 def current_features(tables: TableStore) -> tuple[DataFrame, str]:
     """The current feature rows over every batch and their CNN settings; an error if none, or if they mix settings."""
-    features = tables.current("cnn_features")
-    if features is None:
-        raise io.TableNotFoundError("no committed batch of cnn_features: materialize a batch first")
+    features = tables.require_current("cnn_features")
     models = [row[0] for row in features.select(batches.MODEL_COLUMN).distinct().collect()]
     if len(models) > 1:
         raise ValueError(

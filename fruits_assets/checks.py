@@ -6,24 +6,17 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, Reso
 from pyspark.sql import DataFrame
 
 from fruits_assets.resources import TableStore
-from spark_code import io, quality
+from spark_code import quality
 from spark_code.featurize import FEATURE_DIM
 
 STEP_LAUNCHER = "pyspark_step_launcher"  # Spark checks run where the Spark assets run (on EMR: on the cluster)
-
-
-def _current(tables: TableStore, name: str) -> DataFrame:
-    rows = tables.current(name)
-    if rows is None:
-        raise io.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
-    return rows
 
 
 @asset_check(asset="cnn_features")
 def counts_reconcile(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Over every batch, each image listed now is either featurized or quarantined, exactly once."""
     names = ("raw_images", "cnn_features", "quarantined_images")
-    raw, features, quarantine = (_current(tables, name) for name in names)
+    raw, features, quarantine = (tables.require_current(name) for name in names)
     counts = quality.reconcile(raw, features, quarantine)
     return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
 
@@ -31,7 +24,7 @@ def counts_reconcile(tables: TableStore, pyspark_step_launcher: ResourceParam[An
 @asset_check(asset="cnn_features")
 def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Each current feature vector holds exactly 1280 finite floats."""
-    bad = quality.bad_vectors(_current(tables, "cnn_features"), "features", FEATURE_DIM)
+    bad = quality.bad_vectors(tables.require_current("cnn_features"), "features", FEATURE_DIM)
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad})
 
 
@@ -40,7 +33,7 @@ def pca_rows_match_features(
     pca_features: DataFrame, tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
 ) -> AssetCheckResult:
     """The PCA table has one row per current featurized image."""
-    pca_rows, feature_rows = pca_features.count(), _current(tables, "cnn_features").count()
+    pca_rows, feature_rows = pca_features.count(), tables.require_current("cnn_features").count()
     return AssetCheckResult(
         passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows}
     )

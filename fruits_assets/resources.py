@@ -161,6 +161,13 @@ class TableStore(ConfigurableResource):
         keys = [key for key in self.batches() if key != without]
         return batches.read_current(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
 
+    def require_current(self, name: str):
+        """`current(name)`, or a TableNotFoundError naming the table when no batch of it is committed yet."""
+        rows = self.current(name)
+        if rows is None:
+            raise io.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
+        return rows
+
 
 class ClassifierSettings(ConfigurableResource):
     """The fruit classifier: logistic-regression settings and the quality bars its checks use."""
