@@ -22,8 +22,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits_assets import plots
-from fruits_assets.metadata import class_table, variance_markdown
+from fruits_assets.metadata import class_table, quarantine_table, variance_markdown
 from fruits_assets.partitions import ingest_batches
+from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, reduce
 from spark_code.featurize import featurize_listing
@@ -103,12 +104,20 @@ def cnn_features(
         batches.BATCH, F.lit(key)
     )
     run.quarantined = run.quarantined.withColumn(batches.BATCH, F.lit(key))
-    counts = {"batch": key, "raw": raw_images.count(), "featurized": run.features.count()}
-    counts.update({"quarantined": run.quarantined.count(), **run.counters.values(), **run.counters.seconds()})
+    counts = {"batch": key, "raw": raw_images.count()}
+    with SparkProgress(pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded):
+        counts["featurized"] = run.features.count()  # the CNN pass (persisted for both outputs)
+    quarantined = run.quarantined.orderBy("path").collect()
+    counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
     yield Output(run.features, "cnn_features", metadata={**counts, **_cnn_settings(cnn)})
-    yield Output(run.quarantined, "quarantined_images", metadata={"batch": key, "quarantined": counts["quarantined"]})
+    quarantine = {
+        "batch": key,
+        "quarantined": counts["quarantined"],
+        "quarantined_files": quarantine_table(quarantined),
+    }
+    yield Output(run.quarantined, "quarantined_images", metadata=quarantine)
     run.release()
 
 

@@ -19,3 +19,10 @@ def variance_markdown(curve: list[float], k: int) -> str:
     lines = ["| k | cumulative explained variance |", "|---:|---:|"]
     lines += [f"| {'**' + str(p) + '**' if p == k else p} | {curve[p - 1]:.4f} |" for p in points]
     return "\n".join(lines)
+
+
+def quarantine_table(rows, limit: int = 100) -> MetadataValue:
+    """A table of quarantined files (`path`, `reason`), the first `limit` rows by path."""
+    schema = TableSchema(columns=[TableColumn("path", "string"), TableColumn("reason", "string")])
+    records = [TableRecord({"path": r["path"], "reason": r["reason"]}) for r in rows[:limit]]
+    return MetadataValue.table(records=records, schema=schema)
