@@ -44,3 +44,14 @@ def scatter_plot(points: np.ndarray, labels: list[str]) -> str:
     if few:
         axes.legend(fontsize=7, markerscale=2, loc="best")
     return png_markdown(figure, "PCA scatter")
+
+
+def accuracy_plot(accuracy: dict[int, float], k: int) -> str:
+    """Classifier validation accuracy against k, with the chosen k marked."""
+    ks = sorted(accuracy)
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(ks, [accuracy[key] for key in ks], marker="o", color="tab:blue")
+    axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k} ({accuracy.get(k, float('nan')):.4f})")
+    axes.set(xlabel="components k", ylabel="validation accuracy", xscale="log")
+    axes.legend(loc="lower right")
+    return png_markdown(figure, "accuracy against k")

@@ -7,11 +7,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from pyspark.ml import PipelineModel, Transformer
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel, StringIndexer
-from pyspark.sql import DataFrame
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
 
+from spark_code import openset
 from spark_code.reduce import as_vectors
 
 logger = logging.getLogger(__name__)
@@ -120,3 +124,172 @@ def evaluate_model(model: PipelineModel, test_features: DataFrame) -> Evaluation
     """Predict every test row with `model` and score the predictions (a small collect: two strings per row)."""
     rows = predict(model, test_features).select("label", PREDICTED).collect()
     return evaluate([(r["label"], r[PREDICTED]) for r in rows], class_labels(model))
+
+
+def _split_per_class(labelled: DataFrame, per_class: int) -> tuple[DataFrame, DataFrame]:
+    """(fit rows, validation rows): up to `per_class` rows of each class, at most half of it, chosen by path hash."""
+    by_class = Window.partitionBy("label")
+    ranked = labelled.filter(F.col("label").isNotNull()).select(
+        "*",
+        F.row_number().over(by_class.orderBy(F.xxhash64("path"), "path")).alias("_rank"),
+        F.count("*").over(by_class).alias("_count"),
+    )
+    usable = ranked.filter(F.col("_count") >= 2)
+    fit = F.col("_rank") <= F.least(F.lit(per_class), F.floor(F.col("_count") / 2))
+    return usable.filter(fit).drop("_rank", "_count"), usable.filter(~fit).drop("_rank", "_count")
+
+
+def accuracy_curve(
+    labelled: DataFrame, pca: PCAModel, ks: list[int], settings: LogisticSettings, per_class: int = 40
+) -> dict[int, float]:
+    """Validation accuracy of the logistic regression on the first k components, for each k in `ks`.
+
+    `labelled` holds `path`, `label` and the PCA's input column (scaled features). Up to `per_class` photos per class
+    (at most half of each class) train, the others validate; `pca` must keep at least max(ks) components.
+    Empty when the labels do not allow it (fewer than 2 classes with 2 photos or more).
+    """
+    projected = pca.transform(as_vectors(labelled, pca.getInputCol()))
+    projected = projected.select("path", "label", vector_to_array(pca.getOutputCol()).alias("_pca"))
+    fit_rows, valid_rows = (part.cache() for part in _split_per_class(projected, per_class))
+    curve = {}
+    if fit_rows.select("label").distinct().count() < 2 or valid_rows.isEmpty():
+        logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
+        ks = []
+    for k in sorted(ks):
+        column = array_to_vector(F.slice("_pca", 1, k)).alias("_head")
+        head = PipelineModel(fit_head(fit_rows.select("label", column), "_head", settings))
+        predicted = head.transform(valid_rows.select("label", column))
+        row = predicted.agg(F.avg((F.col("label") == F.col(PREDICTED)).cast("double")).alias("accuracy")).first()
+        curve[k] = float(row["accuracy"])
+        logger.info("accuracy with k=%d: %.4f", k, curve[k])
+    fit_rows.unpersist()
+    valid_rows.unpersist()
+    return curve
+
+
+def _pca_stage(model: PipelineModel) -> PCAModel | None:
+    return next((stage for stage in model.stages if isinstance(stage, PCAModel)), None)
+
+
+def _reduced_col(model: PipelineModel) -> str:
+    pca = _pca_stage(model)
+    return pca.getOutputCol() if pca is not None else model.stages[0].getOutputCol()
+
+
+def training_space(model: PipelineModel, train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(reduced features, labels) of the training rows: what the classifier's head saw, as NumPy arrays."""
+    reduce_stages = PipelineModel([s for s in model.stages if isinstance(s, StandardScalerModel | PCAModel)])
+    reduced = reduce_stages.transform(as_vectors(train, model.stages[0].getInputCol()))
+    rows = reduced.select("label", vector_to_array(_reduced_col(model)).alias("x")).collect()
+    return np.array([r.x for r in rows]), np.array([r.label for r in rows])
+
+
+def fit_feature_scores(model: PipelineModel, train: DataFrame, shrinkage: float = 0.1) -> openset.FeatureScores:
+    """The feature-space open-set scores on the classifier's reduced (PCA) features of its training rows."""
+    return openset.fit_feature_scores(*training_space(model, train), shrinkage=shrinkage)
+
+
+KNOWN = "known"
+
+
+def score_rows(
+    model: PipelineModel,
+    scores: openset.FeatureScores,
+    features: DataFrame,
+    decision: openset.Decision | None = None,
+) -> DataFrame:
+    """`path`, `label`, predicted label, one column per open-set score (`openset.SCORES`), and `known` under
+    `decision`, per row. The scores are computed by the same NumPy code as `fruits classify`, on the pipeline's
+    PCA output.
+    """
+    reduced = _reduced_col(model)
+    transformed = model.transform(as_vectors(features, model.stages[0].getInputCol())).select(
+        "path", "label", PREDICTED, vector_to_array("probability").alias("_p"), vector_to_array(reduced).alias("_x")
+    )
+
+    def score(batches):
+        for pdf in batches:
+            if not len(pdf):
+                continue
+            x, p = np.stack(pdf["_x"].to_numpy()), np.stack(pdf["_p"].to_numpy())
+            out = pdf[["path", "label", PREDICTED]].copy()
+            for name in openset.SCORES:
+                out[name] = scores.values(name, x, p)
+            if decision is not None:
+                out[KNOWN] = pd.Series(decision.known(out[decision.score].to_numpy()), index=out.index, dtype=bool)
+            yield out
+
+    schema = f"path string, label string, {PREDICTED} string, " + ", ".join(f"{n} double" for n in openset.SCORES)
+    return transformed.mapInPandas(score, schema + (f", {KNOWN} boolean" if decision is not None else ""))
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """Per test row: true label, predicted label and every open-set score (small columns, collected)."""
+
+    labels: np.ndarray
+    predicted: np.ndarray
+    scores: dict[str, np.ndarray]
+
+    def values(self, score: str) -> np.ndarray:
+        """The named score's values."""
+        return self.scores[score]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(true label, predicted label) per row, for `evaluate`."""
+        return list(zip(self.labels.tolist(), self.predicted.tolist(), strict=True))
+
+
+def collect_scores(model: PipelineModel, scores: openset.FeatureScores, features: DataFrame) -> ScoredRows:
+    """`score_rows` collected as NumPy arrays (a few small values per row)."""
+    rows = score_rows(model, scores, features).select("label", PREDICTED, *openset.SCORES).collect()
+    return ScoredRows(
+        labels=np.array([r["label"] for r in rows], dtype=object),
+        predicted=np.array([r[PREDICTED] for r in rows], dtype=object),
+        scores={name: np.array([r[name] for r in rows], dtype=np.float64) for name in openset.SCORES},
+    )
+
+
+@dataclass(frozen=True)
+class OpenSetProtocol:
+    """The held-out-classes protocol: both scores' reports, and which classes were known / held out."""
+
+    reports: list[openset.ScoreReport]
+    known_classes: list[str]
+    held_out: list[str]
+    known_rows: int
+    unknown_rows: int
+
+    def summary(self) -> dict[str, float | int]:
+        """Flat figures for metadata and JSON."""
+        figures = {"openset_known_rows": self.known_rows, "openset_unknown_rows": self.unknown_rows}
+        figures["openset_held_out_classes"] = len(self.held_out)
+        for item in self.reports:
+            figures.update(item.summary())
+        return figures
+
+
+def openset_protocol(
+    train: DataFrame,
+    test: DataFrame,
+    scaler: StandardScalerModel,
+    pca: PCAModel | None,
+    settings: LogisticSettings,
+    accept_rate: float = 0.95,
+) -> OpenSetProtocol | None:
+    """Hold out ~20 % of the training classes (`openset.held_out_classes`), train on the rest, and measure how well
+    each score tells the test rows of known classes from all other test rows. None when there is nothing to hold out
+    or no unknown test row."""
+    classes = sorted(r.label for r in train.select("label").distinct().collect())
+    held_out = openset.held_out_classes(classes)
+    known = [c for c in classes if c not in held_out]
+    if not held_out or not known:
+        return None
+    known_train = train.filter(F.col("label").isin(known))
+    model = train_classifier(known_train, scaler, pca, settings)
+    scored = collect_scores(model, fit_feature_scores(model, known_train), test)
+    is_known = np.isin(scored.labels, known)
+    if is_known.all() or not is_known.any():
+        return None
+    reports = [openset.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
+    return OpenSetProtocol(reports, known, held_out, int(is_known.sum()), int((~is_known).sum()))

@@ -21,15 +21,17 @@ from pyspark.sql import functions as F
 
 logger = logging.getLogger(__name__)
 
+STORED_DTYPE = "float32"  # feature tables hold float32: the CNN's own precision, half the bytes of doubles
+
 
 def as_vectors(df: DataFrame, column: str) -> DataFrame:
     """Replace an array<float|double> column by an ML vector column of the same name."""
     return df.withColumn(column, array_to_vector(column))
 
 
-def as_arrays(df: DataFrame, column: str) -> DataFrame:
-    """Replace an ML vector column by an array<double> column (plain Parquet, readable anywhere)."""
-    return df.withColumn(column, vector_to_array(column))
+def as_arrays(df: DataFrame, column: str, dtype: str = "float64") -> DataFrame:
+    """Replace an ML vector column by an array<double> (or array<float> for `float32`) column: plain Parquet."""
+    return df.withColumn(column, vector_to_array(column, dtype))
 
 
 def fit_scaler(df: DataFrame, input_col: str, output_col: str) -> StandardScalerModel:
@@ -38,10 +40,10 @@ def fit_scaler(df: DataFrame, input_col: str, output_col: str) -> StandardScaler
     return scaler.fit(as_vectors(df, input_col))
 
 
-def scale(model: StandardScalerModel, df: DataFrame) -> DataFrame:
-    """Apply a fitted scaler to an array column; the output column is an array too."""
+def scale(model: StandardScalerModel, df: DataFrame, dtype: str = STORED_DTYPE) -> DataFrame:
+    """Apply a fitted scaler to an array column; the output column is an array (float32 by default: 4 bytes a value)."""
     out = model.getOutputCol()
-    return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out).drop(model.getInputCol())
+    return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out, dtype).drop(model.getInputCol())
 
 
 def smallest_k(cumulative: np.ndarray, target: float) -> int:
@@ -105,8 +107,8 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
     """PCA with a fixed `k`, or the smallest k reaching `varianceTarget`; `fit` returns a Spark `PCAModel`.
 
     One pass computes the covariance (NumPy per partition), one eigendecomposition gives every component; k is
-    read off the cumulative curve, no refitting. `fullExplainedVariance` holds, after `fit`, every
-    component's share of the variance (for the curve).
+    read off the cumulative curve, no refitting. `fullExplainedVariance` and `fullComponents` hold, after `fit`,
+    every component's share of the variance (for the curve) and every component (to keep another k).
     """
 
     k = Param(Params._dummy(), "k", "number of components (0: choose from varianceTarget)", TypeConverters.toInt)
@@ -122,12 +124,13 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
         self._setDefault(inputCol="features", outputCol="pca_features", k=0, varianceTarget=0.95)
         self._set(**self._input_kwargs)
         self.fullExplainedVariance: np.ndarray | None = None
+        self.fullComponents: np.ndarray | None = None
 
     def _fit(self, dataset: DataFrame) -> PCAModel:
         input_col = self.getInputCol()
         data = as_arrays(dataset, input_col) if _is_vector(dataset, input_col) else dataset
         pc, explained = principal_components(*gram_stats(data, input_col))
-        self.fullExplainedVariance = explained
+        self.fullExplainedVariance, self.fullComponents = explained, pc
         k = self.getOrDefault(self.k) or smallest_k(np.cumsum(explained), self.getOrDefault(self.varianceTarget))
         if k > len(explained):
             raise ValueError(f"k={k} is larger than the input dimension {len(explained)}")
@@ -139,10 +142,18 @@ def _is_vector(df: DataFrame, column: str) -> bool:
     return isinstance(df.schema[column].dataType, VectorUDT)
 
 
-def project(model: PCAModel, df: DataFrame) -> DataFrame:
-    """Project an array column with a fitted PCAModel; the output column is an array<double>."""
+def project(model: PCAModel, df: DataFrame, dtype: str = STORED_DTYPE) -> DataFrame:
+    """Project an array column with a fitted PCAModel (in doubles); the output column is an array<float> by default."""
     out = model.getOutputCol()
-    return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out).drop(model.getInputCol())
+    return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out, dtype).drop(model.getInputCol())
+
+
+def truncate(model: PCAModel, k: int) -> PCAModel:
+    """The same PCA keeping only its first k components."""
+    if not 1 <= k <= model.getK():
+        raise ValueError(f"k={k} must lie between 1 and the model's {model.getK()} components")
+    pc, explained = model.pc.toArray()[:, :k], model.explainedVariance.toArray()[:k]
+    return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
 
 
 def variance_curve(explained: np.ndarray) -> list[float]:
@@ -171,3 +182,19 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
 def version_literal(uri: str):
     """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
     return F.lit(uri.rstrip("/").rsplit("/", 1)[-1])
+
+
+def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:
+    """The k values an accuracy curve is measured at: powers of two from `smallest`, and the k reaching
+    `variance_target`, none beyond it nor beyond the number of non-zero components."""
+    rank = int(np.sum(explained > 1e-10))
+    top = min(smallest_k(np.cumsum(explained), variance_target), rank)
+    return sorted({k for k in (2**i for i in range(int(np.log2(smallest)), 12)) if k < top} | {top})
+
+
+def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
+    """The smallest k whose accuracy is within `tolerance` of the best k's."""
+    if not curve:
+        raise ValueError("cannot choose k from an empty accuracy curve")
+    best = max(curve.values())
+    return min(k for k, accuracy in curve.items() if accuracy >= best - tolerance - 1e-12)

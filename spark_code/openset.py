@@ -1,0 +1,239 @@
+"""Open-set rejection: is a photo one of the known classes? Scores, calibration, the held-out-classes protocol."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MAHALANOBIS = "mahalanobis"
+MAX_PROBABILITY = "max_probability"
+KNN = "knn"
+SCORES = (KNN, MAHALANOBIS, MAX_PROBABILITY)
+OPENSET_JSON = "openset.json"  # saved beside the classifier pipeline
+HELD_OUT_EVERY, HELD_OUT_OFFSET = 5, 2  # the protocol holds out the classes at sorted positions 2, 7, 12, … (~20 %)
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass(frozen=True)
+class MahalanobisScore:
+    """Class means and a shared covariance of L2-normalised PCA features, kept as a whitening matrix.
+
+    `distances` is the squared Mahalanobis distance to the nearest class mean: larger means less like any known class.
+    """
+
+    whitening: np.ndarray  # (k, k): x @ whitening has identity covariance
+    means: np.ndarray  # (classes, k) whitened class means
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared distance of each row of (PCA) features to the nearest class mean."""
+        white = l2_normalise(np.atleast_2d(np.asarray(features, dtype=np.float64))) @ self.whitening
+        squared = (white**2).sum(axis=1, keepdims=True) - 2 * white @ self.means.T + (self.means**2).sum(axis=1)
+        return np.maximum(squared.min(axis=1), 0.0)
+
+    def to_dict(self) -> dict:
+        """Plain lists, for JSON."""
+        return {"whitening": self.whitening.tolist(), "means": self.means.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MahalanobisScore:
+        """The inverse of `to_dict`."""
+        return cls(np.asarray(data["whitening"], dtype=np.float64), np.asarray(data["means"], dtype=np.float64))
+
+
+def fit_mahalanobis(features: np.ndarray, labels: list[str] | np.ndarray, shrinkage: float = 0.1) -> MahalanobisScore:
+    """Class means and the pooled within-class covariance of L2-normalised features, shrunk towards a scaled identity.
+
+    `shrinkage` (0…1) keeps the covariance invertible when there are few rows per dimension.
+    """
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage={shrinkage} must lie between 0 and 1")
+    x, labels = l2_normalise(np.asarray(features, dtype=np.float64)), np.asarray(labels)
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, labels)]
+    covariance = centred.T @ centred / max(len(x) - len(classes), 1)
+    dim = covariance.shape[0]
+    covariance = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
+    values, vectors = np.linalg.eigh(covariance)
+    whitening = vectors / np.sqrt(np.maximum(values, 1e-12 * values.max()))
+    return MahalanobisScore(whitening, means @ whitening)
+
+
+@dataclass(frozen=True)
+class NearestNeighbourScore:
+    """Cosine distance of L2-normalised PCA features to the nearest training photo (any class): 1 − best cosine."""
+
+    bank: np.ndarray  # (training photos, k) float32, unit rows
+
+    def distances(self, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Distance of each row to its nearest training photo (0 for a training photo itself)."""
+        x = l2_normalise(np.atleast_2d(np.asarray(features, dtype=np.float64))).astype(np.float32)
+        best = [(x[i : i + chunk] @ self.bank.T).max(axis=1) for i in range(0, len(x), chunk)]
+        return 1.0 - np.concatenate(best).astype(np.float64) if best else np.zeros(0)
+
+    def to_dict(self) -> dict:
+        """The bank as base64 float32 bytes (compact JSON)."""
+        return {"shape": list(self.bank.shape), "bank": base64.b64encode(self.bank.tobytes()).decode()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NearestNeighbourScore:
+        """The inverse of `to_dict`."""
+        bank = np.frombuffer(base64.b64decode(data["bank"]), dtype=np.float32).reshape(data["shape"])
+        return cls(bank)
+
+
+def fit_knn(features: np.ndarray) -> NearestNeighbourScore:
+    """The bank of L2-normalised training features."""
+    return NearestNeighbourScore(l2_normalise(np.asarray(features, dtype=np.float64)).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class FeatureScores:
+    """The feature-space scores fitted on the training photos' reduced features; larger = less like a known class."""
+
+    mahalanobis: MahalanobisScore
+    knn: NearestNeighbourScore
+
+    def values(self, score: str, pca: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The named score of each row, in its own units (a probability, or a distance)."""
+        if score == MAX_PROBABILITY:
+            return np.asarray(probabilities).max(axis=1)
+        return (self.knn if score == KNN else self.mahalanobis).distances(pca)
+
+    def to_dict(self) -> dict:
+        """Plain values, for JSON."""
+        return {MAHALANOBIS: self.mahalanobis.to_dict(), KNN: self.knn.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureScores:
+        """The inverse of `to_dict`."""
+        return cls(MahalanobisScore.from_dict(data[MAHALANOBIS]), NearestNeighbourScore.from_dict(data[KNN]))
+
+
+def fit_feature_scores(features: np.ndarray, labels, shrinkage: float = 0.1) -> FeatureScores:
+    """Both feature-space scores on the same training rows."""
+    return FeatureScores(fit_mahalanobis(features, labels, shrinkage), fit_knn(features))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which score decides `unknown` and where: known when max_probability ≥ threshold, or distance ≤ threshold."""
+
+    score: str
+    threshold: float
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise ValueError(f"score={self.score!r} must be one of {SCORES}")
+        if self.score == MAX_PROBABILITY and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold} must lie between 0 and 1 for score {MAX_PROBABILITY!r}")
+
+    def known(self, value: float | np.ndarray):
+        """True where the score's value says "a known class"."""
+        return value >= self.threshold if self.score == MAX_PROBABILITY else value <= self.threshold
+
+
+@dataclass(frozen=True)
+class OpenSetModel:
+    """What the classifier saves to reject unknowns: the default decision (calibrated) and the feature scores."""
+
+    decision: Decision
+    scores: FeatureScores
+    accept_rate: float  # share of known-class photos the threshold was calibrated to accept
+
+    def to_json(self) -> str:
+        """Saved as `openset.json` beside the pipeline."""
+        decision = {"score": self.decision.score, "threshold": self.decision.threshold}
+        return json.dumps({"decision": decision, "accept_rate": self.accept_rate, **self.scores.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> OpenSetModel:
+        """The inverse of `to_json`."""
+        data = json.loads(text)
+        return cls(Decision(**data["decision"]), FeatureScores.from_dict(data), float(data["accept_rate"]))
+
+
+def calibrate(score: str, known_values: np.ndarray, accept_rate: float = 0.95) -> Decision:
+    """The threshold that accepts `accept_rate` of the known-class values of `score`."""
+    if not 0.5 <= accept_rate < 1.0:
+        raise ValueError(f"accept_rate={accept_rate} must lie in [0.5, 1)")
+    values = np.asarray(known_values, dtype=np.float64)
+    if not values.size:
+        raise ValueError("cannot calibrate the unknown threshold: no photo of a known class")
+    quantile = 1 - accept_rate if score == MAX_PROBABILITY else accept_rate
+    return Decision(score, float(np.quantile(values, quantile)))
+
+
+def unknownness(score: str, values: np.ndarray) -> np.ndarray:
+    """Values turned so that larger always means "more likely unknown" (for the metrics)."""
+    values = np.asarray(values, dtype=np.float64)
+    return -values if score == MAX_PROBABILITY else values
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Area under the ROC curve of "unknown vs known" for unknownness values (ties count one half)."""
+    known, unknown = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
+    if not known.size or not unknown.size:
+        raise ValueError("AUROC needs both known and unknown rows")
+    ranks = _average_ranks(np.concatenate([known, unknown]))
+    unknown_ranks = ranks[known.size :].sum()
+    return float((unknown_ranks - unknown.size * (unknown.size + 1) / 2) / (known.size * unknown.size))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / np.bincount(inverse))[inverse] if len(unique) < len(values) else ranks
+
+
+def rejected_at(known: np.ndarray, unknown: np.ndarray, accept_rate: float = 0.95) -> float:
+    """Share of unknowns rejected by the threshold that accepts `accept_rate` of the knowns (unknownness values)."""
+    threshold = np.quantile(np.asarray(known, dtype=np.float64), accept_rate)
+    return float(np.mean(np.asarray(unknown) > threshold))
+
+
+def held_out_classes(classes: list[str], every: int = HELD_OUT_EVERY, offset: int = HELD_OUT_OFFSET) -> list[str]:
+    """The protocol's unknown classes: every `every`-th class of the sorted list, from position `offset`."""
+    return sorted(classes)[offset::every]
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """How well one score separates known from unknown photos."""
+
+    score: str
+    auroc: float
+    rejected_at_accept: float  # share of unknowns rejected when `accept_rate` of knowns are accepted
+
+    def summary(self, prefix: str = "openset") -> dict[str, float]:
+        """Flat figures for metadata and JSON."""
+        return {
+            f"{prefix}_auroc_{self.score}": round(self.auroc, 4),
+            f"{prefix}_rejected_{self.score}": round(self.rejected_at_accept, 4),
+        }
+
+
+def report(score: str, values: np.ndarray, is_known: np.ndarray, accept_rate: float = 0.95) -> ScoreReport:
+    """AUROC and rejection of one score's values over rows flagged known / unknown."""
+    turned, is_known = unknownness(score, values), np.asarray(is_known, dtype=bool)
+    known, unknown = turned[is_known], turned[~is_known]
+    return ScoreReport(score, auroc(known, unknown), rejected_at(known, unknown, accept_rate))
+
+
+def best(reports: list[ScoreReport]) -> ScoreReport:
+    """The report with the highest AUROC (a feature-space score wins a tie with the probability)."""
+    return max(reports, key=lambda r: (r.auroc, r.score != MAX_PROBABILITY))
