@@ -28,7 +28,7 @@ from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, reduce
 from spark_code.featurize import featurize_listing
-from spark_code.images import list_images, require_images
+from spark_code.images import list_root, require_images
 
 GROUP = "fruits"
 
@@ -56,7 +56,8 @@ def raw_images(
     features were made with other CNN settings count as changed.
     """
     key = batches.check_key(context.partition_key)
-    listing = list_images(pyspark.spark_session, image_source.root).cache()
+    found = list_root(pyspark.spark_session, image_source.root)
+    listing = found.frame.cache()
     listed = listing.count()
     require_images(listed, image_source.root)
     before = None if config.full_refresh else tables.current("raw_images", without=key)
@@ -69,7 +70,7 @@ def raw_images(
         "batch": key,
         "image_count": changes[batches.NEW] + changes[batches.CHANGED],
         **changes,
-        "listed": listed,
+        **found.counts(),  # files_found = listed + skipped (hidden files, OS clutter, links to what is listed)
         "class_count": len([label for label in per_class if label is not None]),
         "root": image_source.root,
         "per_class": class_table(per_class),

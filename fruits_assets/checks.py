@@ -7,17 +7,27 @@ from pyspark.sql import DataFrame
 
 from fruits_assets.resources import TableStore
 from spark_code import quality
-from spark_code.featurize import FEATURE_DIM
+from spark_code.cnn import FEATURE_DIM
 
 STEP_LAUNCHER = "pyspark_step_launcher"  # Spark checks run where the Spark assets run (on EMR: on the cluster)
 
 
+def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
+    """`files_found` and `skipped` of the newest raw_images listing ({} when the instance has none)."""
+    event = context.instance.get_latest_materialization_event(AssetKey("raw_images"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return {key: metadata[key].value for key in ("files_found", "skipped") if key in metadata}
+
+
 @asset_check(asset="cnn_features")
-def counts_reconcile(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
-    """Over every batch, each image listed now is either featurized or quarantined, exactly once."""
+def counts_reconcile(
+    context: AssetCheckExecutionContext, tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
+) -> AssetCheckResult:
+    """Over every batch, each file listed now is either featurized or quarantined, exactly once; and every file
+    found under the root is featurized, quarantined or skipped by rule (files_found = the three together)."""
     names = ("raw_images", "cnn_features", "quarantined_images")
     raw, features, quarantine = (tables.require_current(name) for name in names)
-    counts = quality.reconcile(raw, features, quarantine)
+    counts = {**quality.reconcile(raw, features, quarantine), **listing_counts(context)}
     return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
 
 

@@ -3,6 +3,7 @@
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
@@ -179,6 +180,13 @@ class ClassifierSettings(ConfigurableResource):
     )
     max_pca_accuracy_drop: float = Field(
         default=0.02, ge=0.0, le=1.0, description="Largest accuracy loss of PCA vs the raw 1280-d features."
+    )
+    unknown_score: Literal["knn", "mahalanobis", "max_probability", "auto"] = Field(
+        default="knn",
+        description="Score that decides `unknown` (auto: the best AUROC of the held-out-classes protocol).",
+    )
+    known_accept_rate: float = Field(
+        default=0.95, ge=0.5, lt=1.0, description="Share of known-class test photos the unknown threshold accepts."
     )
 
     def logistic(self) -> LogisticSettings:

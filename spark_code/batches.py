@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timezone
 
@@ -18,6 +19,7 @@ CHANGE = "change"
 NEW, CHANGED, DELETED = "new", "changed", "deleted"
 LEDGER = "raw_images"  # the table whose batches say which paths each batch owns (incl. deletions)
 MODEL_COLUMN = "cnn_model"  # which CNN settings made a feature row
+logger = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -104,7 +106,8 @@ def tally(batch: DataFrame) -> dict[str, int]:
 
 def read_current(spark: SparkSession, base_uri: str, name: str, keys=None, ledger: str = LEDGER) -> DataFrame | None:
     """Current rows of the batch table `name` over the committed batches `keys` (default: all); None if none."""
-    raw = io.read_partitions(spark, base_uri, ledger, keys)
+    keys = committed_keys(spark, base_uri, ledger) if keys is None else keys
+    raw = io.read_partitions(spark, base_uri, ledger, keys) if keys else None
     if raw is None:
         return None
     if name == ledger:
@@ -113,6 +116,21 @@ def read_current(spark: SparkSession, base_uri: str, name: str, keys=None, ledge
     return None if table is None else current(table, raw)
 
 
+BATCH_TABLES = (LEDGER, "cnn_features", "quarantined_images")  # a batch counts once all three are committed
+
+
 def committed_keys(spark: SparkSession, base_uri: str, ledger: str = LEDGER) -> list[str]:
-    """Keys of every batch whose listing is committed."""
-    return list(io.partition_uris(spark, base_uri, ledger))
+    """Keys of every complete batch: its listing, features and quarantine all committed.
+
+    A batch whose run died after its listing (killed during cnn_features) is not a batch: it is ignored, so its
+    files are new again for the next batch and nothing of it is read.
+    """
+    keys = list(io.partition_uris(spark, base_uri, ledger))
+    if ledger != LEDGER:
+        return keys
+    done = [set(io.partition_uris(spark, base_uri, name, keys)) for name in BATCH_TABLES[1:]]
+    complete = [key for key in keys if all(key in tables for tables in done)]
+    if len(complete) < len(keys):
+        incomplete = sorted(set(keys) - set(complete))
+        logger.warning("incomplete batches ignored (their files are taken again): %s", incomplete)
+    return complete

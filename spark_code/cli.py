@@ -10,6 +10,7 @@ import sys
 import time
 
 from spark_code.featurize import WeightsError, default_weights_path
+from spark_code.openset import SCORES
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,19 @@ def _parser() -> argparse.ArgumentParser:
         help="models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models, else data/models)",
     )
     classify.add_argument("--weights", default=None, help="Keras weights file (default: $FRUITS_WEIGHTS or ../shared)")
-    classify.add_argument("--threshold", type=float, default=float(os.environ.get("FRUITS_UNKNOWN_BELOW", "0.5")))
+    classify.add_argument(
+        "--unknown-score",
+        choices=SCORES,
+        default=None,
+        help="score that decides `unknown` (default: the one saved with the classifier, knn)",
+    )
+    classify.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="threshold of that score: least probability for max_probability, largest distance for knn and "
+        "mahalanobis (default: the one calibrated with the classifier to accept 95%% of known-class photos)",
+    )
     classify.add_argument("--top", type=int, default=3)
     classify.add_argument("--json", action="store_true", help="one JSON object per photo")
     return parser
@@ -34,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def _line(prediction, as_json: bool) -> str:
     if as_json:
         top = [{"label": label, "probability": round(p, 4)} for label, p in prediction.top]
-        return json.dumps({"photo": prediction.path, "label": prediction.label, "top": top})
+        return json.dumps({"photo": prediction.path, "label": prediction.label, "top": top, "score": prediction.score})
     top = ", ".join(f"{label} {p:.2f}" for label, p in prediction.top)
     return f"{prediction.path}: {prediction.label}  ({top})"
 
@@ -45,7 +58,8 @@ def classify(args: argparse.Namespace) -> int:
 
     try:
         folder = latest_version(args.models)
-        engine = FruitClassifier(load_pipeline(folder), args.weights or default_weights_path(), args.threshold)
+        weights = args.weights or default_weights_path()
+        engine = FruitClassifier(load_pipeline(folder), weights, args.threshold, score=args.unknown_score)
     except (ModelNotFoundError, WeightsError, ValueError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 2

@@ -351,16 +351,19 @@ def target_partitions(images: int, parallelism: int, images_per_task: int = 2048
 
 
 def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featurizer: CnnFeaturizer) -> Featurized:
-    """Featurize every listed image once; unlabeled, empty, undecodable or vanished files become quarantine rows.
+    """Featurize every listed file once; files with no class folder, empty, too large, not images, undecodable or
+    vanished become quarantine rows with their reason.
 
     Both outputs keep the listing's identity columns (`path`, `label`, `length`, `modification_time`).
     """
+    from functools import reduce
+
     from pyspark import StorageLevel
 
-    from spark_code.images import LISTING_COLUMNS, NO_CLASS_FOLDER, VANISHED, attach_content
+    from spark_code.images import LISTING_COLUMNS, VANISHED, attach_content, set_aside
 
     keys = list(LISTING_COLUMNS)
-    usable = listing.filter(F.col("label").isNotNull() & (F.col("length") > 0)).select(*keys)
+    usable, not_read = set_aside(listing)
     count = usable.count()
     images = attach_content(spark, usable, root)
     images = images.coalesce(target_partitions(count, spark.sparkContext.defaultParallelism))
@@ -369,11 +372,8 @@ def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featur
     features = result.filter(F.col(error_col).isNull()).select(*keys, featurizer.getOutputCol())
     reasons = [
         result.filter(F.col(error_col).isNotNull()).select(*keys, F.col(error_col).alias("reason")),
-        listing.filter(F.col("label").isNull()).select(*keys, F.lit(NO_CLASS_FOLDER).alias("reason")),
-        listing.filter(F.col("label").isNotNull() & (F.col("length") == 0)).select(
-            *keys, F.lit("empty file (0 bytes)").alias("reason")
-        ),
+        not_read,
         usable.join(result.select("path"), "path", "left_anti").select(*keys, F.lit(VANISHED).alias("reason")),
     ]
-    quarantined = reasons[0].unionByName(reasons[1]).unionByName(reasons[2]).unionByName(reasons[3])
+    quarantined = reduce(DataFrame.unionByName, reasons)
     return Featurized(features, quarantined, featurizer.counters, result)

@@ -1,31 +1,40 @@
-"""List image files with Spark's binaryFile source and decode them into model-ready pixel arrays."""
+"""List every file under the image root, read the listed files' bytes, and decode them into model-ready pixels."""
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import re
-from urllib.parse import unquote, urlparse
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_code import listing as rootwalk
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff")
-IMAGE_GLOB = "*.{" + ",".join(IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)) + "}"
 LISTING_COLUMNS = ("path", "label", "length", "modification_time")
+LISTING_SCHEMA = "path string, label string, length long, modification_time timestamp"
 NO_CLASS_FOLDER = "no class folder: the file lies directly under the image root"
 VANISHED = "file vanished between listing and reading"
+MAX_FILE_BYTES = 256 * 2**20  # a larger file (a video, an archive) is quarantined unread
+BOMB_PIXELS = 300_000_000  # a larger declared size is a decompression bomb, whatever the format
+Image.MAX_IMAGE_PIXELS = BOMB_PIXELS // 2  # Pillow raises DecompressionBombError above twice this (warns above it)
+REDUCE_ABOVE = 2  # non-JPEG images wider than this many model inputs are box-reduced before the resize
 # Errors Pillow raises for bytes that are not a readable image (clip-retrieval catches the same family).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class ImageRootError(ValueError):
-    """The configured image root is missing or holds no image file."""
+    """The configured image root is missing or holds no file."""
 
 
 def qualify_root(root: str) -> str:
@@ -37,60 +46,71 @@ def qualify_root(root: str) -> str:
 
 def check_root_exists(spark: SparkSession, root: str) -> None:
     """Fail fast, naming the path, when the image root does not exist."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(qualify_root(root))
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(path):
+    if not _exists(spark, qualify_root(root)):
         raise ImageRootError(
             f"image root {root!r} does not exist: point FRUITS_IMAGE_ROOT (or the image_source "
             "resource's `root`) at a folder with one sub-folder of images per fruit class"
         )
 
 
-def read_binary_files(spark: SparkSession, root: str) -> DataFrame:
-    """Spark's binaryFile source over every image file under `root`, recursively (bytes are read lazily)."""
+def label_of(rel: str) -> str | None:
+    """The class of a file: the first folder under the root (deeper folders only organise), None at the root."""
+    return rel.split("/", 1)[0] if "/" in rel else None
+
+
+def _timestamp(mtime_ns: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=mtime_ns // 1_000_000)  # milliseconds, as Hadoop's file status has them
+
+
+@dataclass
+class Listed:
+    """The listing as a DataFrame (`path`, `label`, `length`, `modification_time`) and the walk that found it."""
+
+    frame: DataFrame
+    found: rootwalk.RootListing
+
+    def counts(self) -> dict:
+        """Files found, listed and skipped (in total and by rule), for metadata and the reconciliation check."""
+        return {
+            "files_found": self.found.found(),
+            "listed": len(self.found.files),
+            "skipped": sum(self.found.skipped.values()),
+            "skipped_by_rule": {rule: self.found.skipped[rule] for rule in rootwalk.RULES if self.found.skipped[rule]},
+        }
+
+
+def list_root(spark: SparkSession, root: str) -> Listed:
+    """Every file under `root` by the rules of `spark_code.listing` (the sensor's too), as a DataFrame; no contents.
+
+    The walk runs on the driver (os.scandir locally, ListObjectsV2 on S3): Spark's own file index hides names
+    starting with `_` or `.` and follows symbolic links into loops, so it does not decide what is listed.
+    """
     check_root_exists(spark, root)
-    return (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", IMAGE_GLOB)
-        .option("recursiveFileLookup", "true")
-        .load(qualify_root(root))
-    )
-
-
-def with_label(files: DataFrame, root: str) -> DataFrame:
-    """Add `label`: the name of the file's folder, or null for a file directly under the root."""
-    parent = F.regexp_extract("path", r"^(.*)/[^/]+$", 1)
-    name = F.regexp_extract("path", r"/([^/]+)/[^/]+$", 1)
-    return files.withColumn("label", F.when((parent != F.lit(qualify_root(root))) & (name != ""), name))
+    found = rootwalk.walk(root)
+    base = qualify_root(root)
+    rows = [
+        (f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns))
+        for rel, (size, mtime_ns) in sorted(found.files.items())
+    ]
+    logger.info("listed %d files under %s, skipped %s", len(rows), root, dict(found.skipped))
+    return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
 
 
 def list_images(spark: SparkSession, root: str) -> DataFrame:
-    """The image listing: `path`, `label`, `length`, `modification_time`; never reads file contents.
-
-    Spark's scans skip 0-byte files, so those are added back from the file index (they are then quarantined).
-    """
-    files = read_binary_files(spark, root)
-    listed = files.select("path", "length", F.col("modificationTime").alias("modification_time"))
-    return with_label(listed.unionByName(empty_files(spark, files, listed)), root).select(*LISTING_COLUMNS)
+    """The listing of `root`: `path`, `label`, `length`, `modification_time` (see `list_root`)."""
+    return list_root(spark, root).frame
 
 
-def spark_path(uri: str) -> str:
-    """`file:///a%20b/c.jpg` (a file index URI) → `file:/a b/c.jpg` (the binaryFile `path` form)."""
-    parts = urlparse(uri)
-    authority = f"//{parts.netloc}" if parts.netloc else ""
-    return f"{parts.scheme}:{authority}{unquote(parts.path)}"
+def require_images(count: int, root: str) -> None:
+    """Fail with a message naming the root when it holds no file."""
+    if count == 0:
+        raise ImageRootError(
+            f"image root {root!r} holds no file (hidden files and OS clutter are skipped): "
+            "check the path and that it has one sub-folder of photos per class"
+        )
 
 
-def empty_files(spark: SparkSession, files: DataFrame, listed: DataFrame) -> DataFrame:
-    """Files in the file index that the scan dropped: 0-byte files, with their modification time."""
-    schema = "path string, length long, modification_time timestamp"
-    if len(files._jdf.inputFiles()) == listed.count():  # the common case, one JVM call: no empty file
-        return spark.createDataFrame([], schema)
-    indexed = spark.createDataFrame([(spark_path(u),) for u in files.inputFiles()], "path string")
-    missing = [row.path for row in indexed.join(listed, "path", "left_anti").collect()]
-    rows = [(path, 0, _modification_time(spark, path)) for path in missing]
-    return spark.createDataFrame(rows, schema)
+EXPLICIT_PATHS_BELOW = 1000
 
 
 def _hadoop_fs(spark: SparkSession, path: str):
@@ -99,27 +119,9 @@ def _hadoop_fs(spark: SparkSession, path: str):
     return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
-def _modification_time(spark: SparkSession, path: str):
-    from datetime import datetime, timezone
-
-    fs, hpath = _hadoop_fs(spark, path)
-    status = fs.getFileStatus(hpath)
-    return datetime.fromtimestamp(status.getModificationTime() / 1000, tz=timezone.utc)
-
-
-def require_images(count: int, root: str) -> None:
-    """Fail with a message naming the root when it holds no image file."""
-    if count == 0:
-        raise ImageRootError(
-            f"image root {root!r} holds no image file matching {IMAGE_GLOB}: "
-            "check the path and that it has one sub-folder per class"
-        )
-
-
-EXPLICIT_PATHS_BELOW = 1000
-
-
 def _exists(spark: SparkSession, path: str) -> bool:
+    if path.startswith("file:"):
+        return os.path.exists(rootwalk.local_path(path))
     fs, hpath = _hadoop_fs(spark, path)
     return fs.exists(hpath)
 
@@ -128,22 +130,71 @@ def _escape_glob(path: str) -> str:
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
-def attach_content(spark: SparkSession, listing: DataFrame, root: str) -> DataFrame:
-    """Join the listed images to their bytes without shuffling the bytes (the listing is broadcast).
+def spark_cannot_read(rel: str) -> bool:
+    """Whether Spark would leave this file out (its file index hides names starting with `_` or `.`) or fail on it
+    (Hadoop's checksum file of a name with `:` is not a valid path)."""
+    hidden = any((part.startswith("_") and "=" not in part) or part.startswith(".") for part in rel.split("/"))
+    return hidden or ":" in rel
 
-    A small listing (an incremental batch) reads only its own files; a large one scans the root once.
+
+def _read_explicit(spark: SparkSession, paths: list[str]) -> DataFrame:
+    present = [p for p in paths if _exists(spark, p)]  # a file deleted since listing is quarantined later
+    if not present:
+        return spark.createDataFrame([], "path string, content binary")
+    return spark.read.format("binaryFile").load([_escape_glob(p) for p in present]).select("path", "content")
+
+
+def _scan(spark: SparkSession, root: str) -> DataFrame:
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(qualify_root(root))
+    return files.filter(F.col("length") <= MAX_FILE_BYTES).select("path", "content")  # pushed down: big files unread
+
+
+def _read_bytes(spark: SparkSession, path: str) -> bytes | None:
+    """A file's bytes (a local file with Python, others through Hadoop's FileSystem); None if it is gone."""
+    if path.startswith("file:"):
+        try:
+            with open(rootwalk.local_path(path), "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
+    if not _exists(spark, path):
+        return None
+    fs, hpath = _hadoop_fs(spark, path)
+    stream = fs.open(hpath)
+    try:
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def _read_on_driver(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """Bytes of the few files Spark cannot read by name, read on the driver (a vanished file is left out)."""
+    rows = [(path, data) for path in paths if (data := _read_bytes(spark, path)) is not None]
+    return spark.createDataFrame(rows, "path string, content binary")
+
+
+def _can_scan(root: str, count: int) -> bool:
+    """Scanning the whole root beats naming each file for big listings, unless links could lead Spark in a loop."""
+    return count >= EXPLICIT_PATHS_BELOW and (root.startswith("s3://") or rootwalk.walk_local(root).linked_folders == 0)
+
+
+def attach_content(spark: SparkSession, listing: DataFrame, root: str) -> DataFrame:
+    """Join the listed files to their bytes without shuffling the bytes (the listing is broadcast).
+
+    A small listing (an incremental batch) reads only its own files; a large one scans the root once. Files whose
+    name Spark's file index hides are read on the driver; a listed file missing here has vanished since.
     """
-    paths = [row.path for row in listing.select("path").limit(EXPLICIT_PATHS_BELOW).collect()]
-    if len(paths) < EXPLICIT_PATHS_BELOW:
-        if not paths:
-            return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
-        present = [p for p in paths if _exists(spark, p)]  # a file deleted since listing is quarantined later
-        if not present:
-            return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
-        files = spark.read.format("binaryFile").load([_escape_glob(p) for p in present])
-    else:
-        files = read_binary_files(spark, root)
-    return files.select("path", "content").join(F.broadcast(listing), on="path", how="inner")
+    base = qualify_root(root) + "/"
+    paths = [row.path for row in listing.select("path").collect()]
+    hidden = {p for p in paths if spark_cannot_read(p[len(base) :] if p.startswith(base) else p)}
+    visible = [p for p in paths if p not in hidden]
+    parts = [_read_on_driver(spark, sorted(hidden))] if hidden else []
+    if visible:
+        parts.append(_scan(spark, root) if _can_scan(root, len(visible)) else _read_explicit(spark, visible))
+    if not parts:
+        return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
+    files = functools.reduce(DataFrame.unionByName, parts)
+    return files.join(F.broadcast(listing), on="path", how="inner")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -155,15 +206,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to a `size`×`size`×3 uint8 RGB array (EXIF-rotated, bilinear resize).
+@functools.cache
+def register_formats() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif), once per process: each Spark Python worker, `fruits classify`.
 
-    Raises one of `DECODE_ERRORS` when the bytes are not a readable image.
+    AVIF is native in Pillow 13.
     """
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+def _reduced(image: Image.Image, size: int) -> Image.Image:
+    """A big image shrunk cheaply towards `size` before the exact resize (a 50-megapixel photo stays small)."""
+    factor = min(image.size) // (REDUCE_ABOVE * size)
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes (any format Pillow or pillow-heif reads, recognised by content) to a `size`×`size`×3
+    uint8 RGB array (EXIF-rotated, bilinear resize).
+
+    JPEGs are decoded at reduced size by the decoder itself (draft mode); other big images are box-reduced first.
+    Raises one of `DECODE_ERRORS` when the bytes are not a readable image, or declare more than BOMB_PIXELS.
+    """
+    register_formats()
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (size, size))  # JPEG: let the decoder downscale big photos cheaply
-        image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+        rgb = _reduced(_to_rgb(ImageOps.exif_transpose(image)), size)
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -174,6 +245,21 @@ def try_decode(data: bytes | None, size: int) -> tuple[np.ndarray | None, str | 
     try:
         return decode_image(data, size), None
     except UnidentifiedImageError:
-        return None, "undecodable image: not in any format Pillow recognises"
+        return None, f"not an image (no image format recognised in its content; it starts with {bytes(data[:8])!r})"
+    except Image.DecompressionBombError as error:
+        return None, f"decompression bomb: {error}"
     except DECODE_ERRORS as error:
         return None, f"undecodable image: {type(error).__name__}: {error}"
+
+
+def set_aside(listing: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(files worth reading, quarantine rows with `reason` for the others: no class folder, empty, too large)."""
+    label, length = F.col("label"), F.col("length")
+    too_large = F.concat(F.lit("too large for a photo: "), length.cast("string"), F.lit(f" bytes > {MAX_FILE_BYTES}"))
+    reason = (
+        F.when(label.isNull(), NO_CLASS_FOLDER)
+        .when(length == 0, "empty file (0 bytes)")
+        .when(length > MAX_FILE_BYTES, F.concat(too_large, F.lit(", not read")))
+    )
+    tagged = listing.select(*LISTING_COLUMNS, reason.alias("reason"))
+    return tagged.filter(F.col("reason").isNull()).drop("reason"), tagged.filter(F.col("reason").isNotNull())

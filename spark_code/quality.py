@@ -27,12 +27,16 @@ def reconcile(raw: DataFrame, features: DataFrame, quarantined: DataFrame) -> di
 
 
 def counts_reconcile(counts: dict[str, int]) -> bool:
-    """raw = featurized + quarantined, with every raw image in exactly one output."""
-    return (
+    """raw = featurized + quarantined, with every raw image in exactly one output; and, when the listing's counts
+    are known, files found = featurized + quarantined + skipped (by rule)."""
+    tables_agree = (
         counts["raw"] == counts["featurized"] + counts["quarantined"]
         and counts["missing"] == 0
         and counts["in_both"] == 0
     )
+    if "files_found" not in counts:
+        return tables_agree
+    return tables_agree and counts["files_found"] == counts["featurized"] + counts["quarantined"] + counts["skipped"]
 
 
 def bad_vectors(df: DataFrame, column: str, dim: int) -> int:

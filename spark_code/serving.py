@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from spark_code.featurize import CnnSpec, build_predict, load_weights
 from spark_code.images import try_decode
+from spark_code.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,26 @@ class ServingPipeline:
     intercepts: np.ndarray
     labels: list[str]
     image_size: int
+    openset: OpenSetModel | None = None  # saved with the classifier since the open-set rejection; None before
+
+    def decision(self, score: str | None = None, threshold: float | None = None) -> Decision:
+        """How `unknown` is decided: the saved default score and calibrated threshold unless given.
+
+        A pipeline saved without open-set scores decides by the best probability (threshold 0.5 by default).
+        """
+        if self.openset is None:
+            if score not in (None, MAX_PROBABILITY):
+                raise ValueError(f"score={score!r}: this classifier was saved without open-set scores; retrain it")
+            return Decision(MAX_PROBABILITY, 0.5 if threshold is None else threshold)
+        return self.openset.decision_for(score or self.openset.score, threshold)
+
+    def score(self, name: str, features: np.ndarray) -> np.ndarray:
+        """The named open-set score of each row of CNN features (as the Spark path computes it)."""
+        if name == MAX_PROBABILITY:
+            return self.probabilities(features).max(axis=1)
+        if self.openset is None:
+            raise ValueError(f"score={name!r}: this classifier was saved without open-set scores; retrain it")
+        return self.openset.scores.values(name, self.project(features), np.zeros((len(features), 0)))
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """Scaled then PCA-projected features, as Spark's StandardScalerModel and PCAModel compute them."""
@@ -112,6 +133,8 @@ def load_pipeline(folder: str | Path) -> ServingPipeline:
     regression = stages["LogisticRegressionModel"][1]
     labels = stages["IndexToString"][0]["labels"]
     settings = json.loads((folder / CNN_SETTINGS).read_text()) if (folder / CNN_SETTINGS).exists() else {}
+    saved_openset = folder / OPENSET_JSON
+    rejection = OpenSetModel.from_json(saved_openset.read_text()) if saved_openset.exists() else None
     return ServingPipeline(
         mean=mean,
         scale=scale,
@@ -120,26 +143,34 @@ def load_pipeline(folder: str | Path) -> ServingPipeline:
         intercepts=_vector(regression["interceptVector"]),
         labels=list(labels),
         image_size=int(settings.get("image_size", 224)),
+        openset=rejection,
     )
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The top classes of one photo; `label` is "unknown" when the best probability is under the threshold."""
+    """The top classes of one photo; `label` is "unknown" when the open-set score rejects it (`score` is its value)."""
 
     path: str
     label: str
     top: list[tuple[str, float]]
     pca: np.ndarray
+    score: float = float("nan")
 
 
 class FruitClassifier:
     """The CNN and the saved pipeline, loaded once; `classify` takes photo paths or bytes of any size/format."""
 
-    def __init__(self, pipeline: ServingPipeline, weights_path: str | None, threshold: float = 0.5, top: int = 3):
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold={threshold} must lie between 0 and 1")
-        self.pipeline, self.threshold, self.top = pipeline, threshold, top
+    def __init__(
+        self,
+        pipeline: ServingPipeline,
+        weights_path: str | None,
+        threshold: float | None = None,
+        top: int = 3,
+        score: str | None = None,
+    ):
+        self.pipeline, self.top = pipeline, top
+        self.decision = pipeline.decision(score, threshold)  # the saved score and threshold unless given
         self.spec = CnnSpec(input_size=pipeline.image_size)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.predict = build_predict(self.spec, load_weights(self.spec, weights_path), tf_threads=0)  # as in Spark
@@ -153,13 +184,14 @@ class FruitClassifier:
         return self.predict(batch).numpy().astype(np.float32)
 
     def classify_bytes(self, data: bytes, name: str = "photo") -> Prediction:
-        """Top classes of one encoded image."""
+        """Top classes of one encoded image, or `unknown` when the open-set decision rejects it."""
         features = self.features(data, name).astype(np.float64)
         probabilities = self.pipeline.probabilities(features)[0]
         order = np.argsort(-probabilities)[: self.top]
         top = [(self.pipeline.labels[i], float(probabilities[i])) for i in order]
-        label = top[0][0] if top[0][1] >= self.threshold else UNKNOWN
-        return Prediction(name, label, top, self.pipeline.project(features)[0])
+        value = float(self.pipeline.score(self.decision.score, features)[0])
+        label = top[0][0] if self.decision.known(value) else UNKNOWN
+        return Prediction(name, label, top, self.pipeline.project(features)[0], value)
 
     def classify(self, path: str | Path) -> Prediction:
         """Top classes of one photo file."""

@@ -5,52 +5,25 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
-from spark_code.images import IMAGE_EXTENSIONS
+from spark_code import listing
 
 logger = logging.getLogger(__name__)
 
-Entry = tuple[int, int]  # (size in bytes, modification time in ns)
-
-
-SUFFIXES = tuple(f".{extension.lower()}" for extension in IMAGE_EXTENSIONS)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(SUFFIXES)  # the same files as the Spark listing's glob filter
+Entry = listing.Entry  # (size in bytes, modification time in ns)
 
 
 def list_local(root: str) -> dict[str, Entry]:
-    """Every image file under a local root (recursive), by path relative to the root; stat only."""
-    base = urlparse(root).path if root.startswith("file:") else root
-    found = {}
-    for folder, _, names in os.walk(base):
-        for name in names:
-            if _is_image(name):
-                stat = os.stat(os.path.join(folder, name))
-                found[os.path.relpath(os.path.join(folder, name), base)] = (stat.st_size, stat.st_mtime_ns)
-    return found
+    """Every file under a local root that the Spark listing lists, by path relative to the root; stat only."""
+    return listing.walk_local(root).files  # the same walk as spark_code.images.list_root: the two always agree
 
 
 def list_s3(root: str, client=None) -> dict[str, Entry]:
-    """Every image object under an s3:// prefix, by key relative to the prefix (ListObjectsV2, no GETs)."""
-    import boto3
-
-    parsed = urlparse(root)
-    prefix = parsed.path.lstrip("/").rstrip("/") + "/"
-    client = client or boto3.client("s3")
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=parsed.netloc, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"][len(prefix) :]
-            if _is_image(key.rsplit("/", 1)[-1]):
-                found[key] = (item["Size"], int(item["LastModified"].timestamp() * 1e9))
-    return found
+    """Every object under an s3:// prefix that the Spark listing lists, by key relative to the prefix (no GETs)."""
+    return listing.walk_s3(root, client).files
 
 
 def list_root(root: str) -> dict[str, Entry]:
