@@ -1,6 +1,13 @@
 """A Parquet IO manager for Spark DataFrames: every materialization, of a table or of a batch, is a new version."""
 
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
+from dagster import (
+    ConfigurableIOManager,
+    InitResourceContext,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    ResourceDependency,
+)
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -18,6 +25,9 @@ class SparkParquetIOManager(ConfigurableIOManager):
     base_uri: str = Field(description="Local folder or s3:// URI holding the tables; env FRUITS_OUTPUT_URI.")
     keep_versions: int = Field(default=2, ge=1, description="Committed versions kept per asset.")
     pyspark: ResourceDependency[PySparkResource]
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        io.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
 
     @staticmethod
     def _name(context: InputContext | OutputContext) -> str:

@@ -20,6 +20,31 @@ class TableNotFoundError(LookupError):
     """No committed version of a table exists yet."""
 
 
+class OutputNotWritableError(PermissionError):
+    """The output folder cannot be created or written."""
+
+
+def check_writable(base_uri: str) -> None:
+    """Fail before any work, naming the folder, when a local output folder cannot be created or written.
+
+    (s3:// outputs are checked by the EMR deployment's bucket checks.)
+    """
+    if urlparse(base_uri).scheme not in ("", "file"):
+        return
+    folder = base_uri[len("file:") :] if base_uri.startswith("file:") else base_uri
+    probe = os.path.join(folder, f".write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb") as file:
+            file.write(b"ok")
+        os.remove(probe)
+    except OSError as error:
+        raise OutputNotWritableError(
+            f"output folder {base_uri!r} is not writable ({error.strerror or error}): set FRUITS_OUTPUT_URI to a "
+            "folder you can write, or fix its permissions"
+        ) from error
+
+
 def qualify(uri: str) -> str:
     """A local path becomes an absolute `file:` URI; URIs with a scheme are kept."""
     return uri.rstrip("/") if urlparse(uri).scheme else "file:" + os.path.abspath(uri)
@@ -79,10 +104,24 @@ def prune(spark: SparkSession, base_uri: str, name: str, keep: int) -> None:
 def write_table(df: DataFrame, base_uri: str, name: str, keep: int = 2) -> str:
     """Write `df` as a new Parquet version of `name`, publish it atomically, prune old versions; return its URI."""
     uri = new_version_uri(base_uri, name)
-    df.write.mode("errorifexists").parquet(uri)
+    try:
+        df.write.mode("errorifexists").parquet(uri)
+    except Exception:
+        _discard(df.sparkSession, uri)  # a full disk gets its space back; readers keep the previous version
+        raise
     commit(df.sparkSession, uri)
     prune(df.sparkSession, base_uri, name, keep)
     return uri
+
+
+def _discard(spark: SparkSession, uri: str) -> None:
+    """Delete a failed, uncommitted version (best effort: an undeleted one stays invisible and is pruned later)."""
+    logger.error("write of %s failed: it is not published, the previous version stays current", uri)
+    try:
+        fs, path = _fs(spark, uri)
+        fs.delete(path, True)
+    except Exception as error:  # the write's own error is the one to raise
+        logger.warning("could not delete the failed version %s: %s", uri, error)
 
 
 def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
