@@ -38,7 +38,7 @@ install_packages() {
     log "ERROR: a pip pyspark is installed for $PYTHON; it would shadow EMR's Spark. Remove it: pip uninstall pyspark"
     exit 1
   fi
-  "$PYTHON" -c "import dagster, dagster_aws, dagster_pyspark, tensorflow, PIL, pyarrow; print('imports ok')"
+  "$PYTHON" -c "import dagster, dagster_aws, dagster_pyspark, tensorflow, onnxruntime, tf2onnx, pillow_heif, PIL, pyarrow; print('imports ok')"
 }
 
 copy_weights() {

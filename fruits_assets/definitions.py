@@ -39,7 +39,8 @@ def local_resources(
     """Resources for one machine: local Spark, tables and models under a local folder.
 
     Unset arguments come from FRUITS_IMAGE_ROOT, FRUITS_OUTPUT_URI, FRUITS_WEIGHTS, FRUITS_BATCH_SIZE,
-    FRUITS_IMAGE_SIZE, FRUITS_TRAINING_ROOT, FRUITS_ACCURACY_FLOOR, or the workspace defaults in ../shared.
+    FRUITS_IMAGE_SIZE, FRUITS_ENGINE, FRUITS_ONNX_CACHE,
+    FRUITS_TRAINING_ROOT, FRUITS_ACCURACY_FLOOR, or the workspace defaults in ../shared.
     """
     training = training_root or os.environ.get("FRUITS_TRAINING_ROOT", str(DEFAULT_TRAINING_ROOT))
     output = output_uri or os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT))
@@ -55,6 +56,8 @@ def local_resources(
             weights_path=weights_path or default_weights_path(),
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
+            engine=os.environ.get("FRUITS_ENGINE", "onnx"),
+            onnx_cache=os.environ.get("FRUITS_ONNX_CACHE") or None,
         ),
         "training_source": ImageSource(root=training),
         "classifier": ClassifierSettings(accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.95"))),

@@ -173,6 +173,7 @@ class EmrSettings(BaseModel):
             ENV_VARS["output_uri"]: self.output_uri,
             ENV_VARS["image_root"]: self.image_root,
             "FRUITS_WEIGHTS": self.weights_path,  # on the nodes; a local FRUITS_WEIGHTS is never sent there
+            "FRUITS_ENGINE": os.environ.get("FRUITS_ENGINE", "onnx"),  # the nodes serve the CNN the same way
         }
         for field in ("package_uri", "training_root"):
             if getattr(self, field):
@@ -414,6 +415,7 @@ def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] |
             weights_path=settings.weights_path,
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
+            engine=os.environ.get("FRUITS_ENGINE", "onnx"),
         ),
         "s3": s3,
         "artifacts": S3Artifacts(s3=s3, base_uri=f"{settings.output_uri}/artifacts"),

@@ -12,7 +12,8 @@ from pydantic import Field, field_validator
 
 from spark_code import batches, io
 from spark_code.classifier import LogisticSettings
-from spark_code.featurize import CnnFeaturizer, CnnSpec, WeightsError, preload_weights
+from spark_code.cnn import DRIVER_PAYLOADS, CnnEngine, CnnSpec, WeightsError
+from spark_code.featurize import CnnFeaturizer
 from spark_code.images import ImageRootError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +71,20 @@ class ImageSource(ConfigurableResource):
 
 
 class CnnResource(ConfigurableResource):
-    """MobileNetV2 settings: the Keras weights file, the model batch size and the square input size."""
+    """MobileNetV2 settings: the Keras weights file, the engine that runs it, the model batch and input sizes."""
 
     weights_path: str | None = Field(
         default=None, description="Keras weights file (env FRUITS_WEIGHTS); None lets Keras download them."
     )
     batch_size: int = Field(default=64, gt=0, le=4096, description="Images per model call.")
     image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
-    tf_threads: int = Field(default=1, ge=0, le=256, description="TF threads per Spark task (0: TF default).")
+    engine: Literal["onnx", "tensorflow"] = Field(
+        default="onnx", description="CNN runtime (env FRUITS_ENGINE): ONNX Runtime on the converted Keras model, or TF."
+    )
+    threads: int = Field(default=1, ge=0, le=256, description="CNN threads per Spark task (0: the engine's default).")
+    onnx_cache: str | None = Field(
+        default=None, description="Folder of converted ONNX models (env FRUITS_ONNX_CACHE; default ~/.cache/...)."
+    )
 
     @field_validator("weights_path")
     @classmethod
@@ -93,16 +100,20 @@ class CnnResource(ConfigurableResource):
                 "mobilenet_v2_1.0_224_no_top.weights.h5 (here: ../shared/weights/), or unset it to let "
                 "Keras download the ImageNet weights"
             )
-        preload_weights(CnnSpec(input_size=self.image_size), self.weights_path)  # overlaps the listing
+        DRIVER_PAYLOADS.preload(self.cnn_engine(), self.weights_path)  # overlaps the listing
+
+    def cnn_engine(self) -> CnnEngine:
+        """The engine these settings describe."""
+        return CnnEngine(self.engine, CnnSpec(input_size=self.image_size), self.threads, self.onnx_cache)
 
     def model_key(self) -> str:
-        """What makes a feature vector: the input size and the weights (file name and size, or Keras' download)."""
+        """What makes a feature vector: input size, engine and weights (file name and size, or Keras' download)."""
         if self.weights_path is None:
             weights = "keras-imagenet-download"
         else:
             size = os.path.getsize(self.weights_path) if os.path.isfile(self.weights_path) else "?"
             weights = f"{os.path.basename(self.weights_path)}:{size}"
-        return f"mobilenet_v2-{self.image_size}px-{weights}"
+        return f"mobilenet_v2-{self.image_size}px-{self.engine}-{weights}"
 
     def featurizer(self) -> CnnFeaturizer:
         """A CnnFeaturizer transformer with these settings."""
@@ -110,7 +121,9 @@ class CnnResource(ConfigurableResource):
             weightsPath=self.weights_path,
             batchSize=self.batch_size,
             imageSize=self.image_size,
-            tfThreads=self.tf_threads,
+            threads=self.threads,
+            engine=self.engine,
+            onnxCache=self.onnx_cache,
         )
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +19,12 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_code.cnn import DRIVER_PAYLOADS, WEIGHTS_FILE, CnnEngine, CnnSpec, Predict, WorkerModels, weights_fingerprint
 from spark_code.images import try_decode
 
 logger = logging.getLogger(__name__)
 
-FEATURE_DIM = 1280
 RESULT_TYPE = "struct<features: array<float>, error: string>"
-
-
-WEIGHTS_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
 WORKSPACE_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / WEIGHTS_FILE
 
 
@@ -40,149 +35,20 @@ def default_weights_path() -> str | None:
     return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
 
 
-class WeightsError(ValueError):
-    """The Keras weights file is missing or does not fit MobileNetV2 (no top)."""
+_DRIVER_BROADCASTS: dict[tuple, object] = {}
 
 
-@dataclass(frozen=True)
-class CnnSpec:
-    """MobileNetV2 (ImageNet, no top, average pooling) and the preprocessing that belongs to it."""
-
-    input_size: int = 224
-    feature_dim: int = FEATURE_DIM
-
-    def build(self, weights: str | None):
-        """Build the Keras model; `weights` is a weights-file path, "imagenet" (download) or None."""
-        import tensorflow as tf
-
-        return tf.keras.applications.MobileNetV2(
-            weights=weights,
-            include_top=False,
-            pooling="avg",
-            input_shape=(self.input_size, self.input_size, 3),
-        )
-
-    @staticmethod
-    def preprocess(pixels: np.ndarray) -> np.ndarray:
-        """Keras' own MobileNetV2 preprocessing (RGB scaled to [-1, 1])."""
-        from tensorflow.keras.applications.mobilenet_v2 import preprocess_input
-
-        return preprocess_input(pixels.astype(np.float32))
-
-
-def weights_fingerprint(weights_path: str | None) -> str:
-    """A short id of the weights file (path, size, mtime) used as the worker cache key."""
-    if weights_path is None:
-        return "imagenet-download"
-    stat = os.stat(weights_path)
-    key = f"{os.path.abspath(weights_path)}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-def load_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
-    """Load the weights on the driver with Keras' own loader; clear errors for a missing or wrong file."""
-    if weights_path is not None and not os.path.isfile(weights_path):
-        raise WeightsError(
-            f"weights file {weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
-            "mobilenet_v2_1.0_224_no_top.weights.h5, or unset it to let Keras download the ImageNet weights"
-        )
-    if weights_path is None:
-        return _download_weights(spec)
-    try:
-        model = spec.build(weights_path)
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        raise WeightsError(
-            f"weights file {weights_path!r} is not a Keras MobileNetV2 (alpha 1.0, no top) weights file: {error}"
-        ) from error
-    return model.get_weights()
-
-
-def _download_weights(spec: CnnSpec) -> list[np.ndarray]:
-    """Keras' own ImageNet download: the fallback on machines with internet."""
-    try:
-        return spec.build("imagenet").get_weights()
-    except Exception as error:  # Keras wraps network failures in a bare Exception
-        raise WeightsError(
-            f"Keras could not download the MobileNetV2 ImageNet weights ({error}): "
-            "set FRUITS_WEIGHTS to a local mobilenet_v2_1.0_224_no_top.weights.h5"
-        ) from error
-
-
-_DRIVER_WEIGHTS: dict[tuple[str, int], Future] = {}
-_DRIVER_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnn-weights")
-_DRIVER_BROADCASTS: dict[tuple[int, str, int], object] = {}
-
-
-def preload_weights(spec: CnnSpec, weights_path: str | None) -> None:
-    """Start loading the weights on the driver in the background (TensorFlow import included, ~6 s), so that it
-    overlaps the work before the CNN step, e.g. the listing. Errors surface when the weights are used."""
-    key = (weights_fingerprint(weights_path), spec.input_size)
-    if key not in _DRIVER_WEIGHTS:
-        logger.info("loading CNN weights from %s on the driver", weights_path or "Keras download")
-        _DRIVER_WEIGHTS[key] = _DRIVER_LOADER.submit(load_weights, spec, weights_path)
-
-
-def driver_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
-    """The weights, loaded once per driver process (waiting for a preload under way)."""
-    preload_weights(spec, weights_path)
-    key = (weights_fingerprint(weights_path), spec.input_size)
-    try:
-        return _DRIVER_WEIGHTS[key].result()
-    except Exception:
-        del _DRIVER_WEIGHTS[key]  # a later call tries again (e.g. the download, once the network is back)
-        raise
-
-
-def broadcast_weights(spark: SparkSession, spec: CnnSpec, weights_path: str | None):
-    """Load the weights once per driver and broadcast them once per SparkContext."""
-    if weights_path is not None and not os.path.isfile(weights_path):
-        load_weights(spec, weights_path)  # raises the WeightsError that names the file
-    key = (id(spark.sparkContext), weights_fingerprint(weights_path), spec.input_size)
+def broadcast_model(spark: SparkSession, engine: CnnEngine, weights_path: str | None):
+    """Load the model payload once per driver (see `spark_code.cnn.model_payload`), broadcast once per SparkContext."""
+    key = (id(spark.sparkContext), *DRIVER_PAYLOADS.key(engine, weights_path))
     if key not in _DRIVER_BROADCASTS:
-        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(driver_weights(spec, weights_path))
+        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(DRIVER_PAYLOADS.get(engine, weights_path))
     return _DRIVER_BROADCASTS[key]
 
 
-_WORKER_MODELS: dict[tuple[str, int], object] = {}
-
-
-def cached_model(spec: CnnSpec, fingerprint: str, weights_broadcast, tf_threads: int) -> tuple[object, bool]:
-    """This Python worker's compiled model, built on first use and reused by every later batch and task.
-
-    Returns `(predict, built_now)`.
-    """
-    key = (fingerprint, spec.input_size)
-    if key in _WORKER_MODELS:
-        return _WORKER_MODELS[key], False
-    _WORKER_MODELS[key] = build_predict(spec, weights_broadcast.value, tf_threads)
-    logger.info("built CNN in worker pid %s", os.getpid())
-    return _WORKER_MODELS[key], True
-
-
-def build_predict(spec: CnnSpec, weights: list[np.ndarray], tf_threads: int):
-    """A traced `tf.function` running the model in inference mode on float32 batches of any length."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    _set_tf_threads(tf, tf_threads)
-    model = spec.build(None)
-    model.set_weights(weights)
-    signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)]
-    return tf.function(lambda x: model(x, training=False), input_signature=signature)
-
-
-def _set_tf_threads(tf, threads: int) -> None:
-    """Pin TF's thread pools (once per process) so Spark task slots and TF threads do not oversubscribe."""
-    if threads <= 0:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TF already initialised in this process: keep its pools
-        pass
-
-
-def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: int, timings=None) -> pd.DataFrame:
+def featurize_contents(
+    contents: pd.Series, predict: Predict, spec: CnnSpec, batch_size: int, timings=None
+) -> pd.DataFrame:
     """Decode and featurize one Arrow batch of image bytes, `batch_size` images per model call.
 
     `timings`, if given, is a two-item list that receives decode and inference seconds.
@@ -199,7 +65,7 @@ def featurize_contents(contents: pd.Series, predict, spec: CnnSpec, batch_size: 
             errors[i] = error
         t1 = time.perf_counter()
         if good:
-            output = predict(spec.preprocess(np.stack([pixels for _, pixels in good]))).numpy()
+            output = predict(np.stack([pixels for _, pixels in good]))
             for (i, _), vector in zip(good, output, strict=True):
                 features[i] = vector
         timings[0] += t1 - t0
@@ -249,16 +115,16 @@ def process_totals() -> dict[str, int]:
     return totals
 
 
-def make_udf(spec: CnnSpec, fingerprint: str, weights_bc, batch_size: int, tf_threads: int, counters):
+def make_udf(engine: CnnEngine, fingerprint: str, payload_bc, batch_size: int, counters):
     """The iterator pandas UDF: bytes in, struct(features, error) out; the model is cached per worker."""
 
     @F.pandas_udf(RESULT_TYPE)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        predict, built = cached_model(spec, fingerprint, weights_bc, tf_threads)
+        predict, built = WorkerModels.get(engine, fingerprint, lambda: payload_bc.value)
         counters.models_built.add(int(built))
         for contents in batches:
             timings = [0.0, 0.0]
-            result = featurize_contents(contents, predict, spec, batch_size, timings)
+            result = featurize_contents(contents, predict, engine.spec, batch_size, timings)
             counters.decode_s.add(timings[0])
             counters.inference_s.add(timings[1])
             counters.decoded.add(len(contents))
@@ -278,7 +144,9 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
     weightsPath = Param(Params._dummy(), "weightsPath", "Keras weights file", TypeConverters.toString)
     batchSize = Param(Params._dummy(), "batchSize", "images per model call", TypeConverters.toInt)
     imageSize = Param(Params._dummy(), "imageSize", "square model input size", TypeConverters.toInt)
-    tfThreads = Param(Params._dummy(), "tfThreads", "TF threads per worker (0: TF default)", TypeConverters.toInt)
+    threads = Param(Params._dummy(), "threads", "CNN threads per task (0: the engine's default)", TypeConverters.toInt)
+    engine = Param(Params._dummy(), "engine", "CNN runtime: onnx or tensorflow", TypeConverters.toString)
+    onnxCache = Param(Params._dummy(), "onnxCache", "folder of converted ONNX models", TypeConverters.toString)
 
     @keyword_only
     def __init__(
@@ -290,11 +158,13 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         weightsPath: str | None = None,
         batchSize: int = 64,
         imageSize: int = 224,
-        tfThreads: int = 0,
+        threads: int = 0,
+        engine: str = "onnx",
+        onnxCache: str | None = None,
     ):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="features", errorCol="error")
-        self._setDefault(batchSize=64, imageSize=224, tfThreads=0)
+        self._setDefault(batchSize=64, imageSize=224, threads=0, engine="onnx")
         self._set(**self._input_kwargs)
         self.counters: FeaturizeCounters | None = None
 
@@ -306,19 +176,18 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         """The weights file, or None for Keras' own download."""
         return self.getOrDefault(self.weightsPath) if self.isDefined(self.weightsPath) else None
 
+    def cnn_engine(self) -> CnnEngine:
+        """The runtime these params describe."""
+        cache = self.getOrDefault(self.onnxCache) if self.isDefined(self.onnxCache) else None
+        return CnnEngine(self.getOrDefault(self.engine), self.spec(), self.getOrDefault(self.threads), cache)
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spark = dataset.sparkSession
-        spec, path = self.spec(), self.weights_path()
-        weights_bc = broadcast_weights(spark, spec, path)
+        engine, path = self.cnn_engine(), self.weights_path()
+        payload_bc = broadcast_model(spark, engine, path)
         self.counters = FeaturizeCounters.create(spark.sparkContext)
-        udf = make_udf(
-            spec,
-            weights_fingerprint(path),
-            weights_bc,
-            self.getOrDefault(self.batchSize),
-            self.getOrDefault(self.tfThreads),
-            self.counters,
-        )
+        fingerprint = weights_fingerprint(path)
+        udf = make_udf(engine, fingerprint, payload_bc, self.getOrDefault(self.batchSize), self.counters)
         result = udf(F.col(self.getInputCol()))
         return (
             dataset.withColumn("_cnn", result)

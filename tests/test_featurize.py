@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import featurize, images
-from spark_code.featurize import CnnFeaturizer, CnnSpec, WeightsError
+from spark_code import cnn, featurize, images
+from spark_code.cnn import CnnSpec, WeightsError
+from spark_code.featurize import CnnFeaturizer
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def featurized(spark, sample_root, weights_path):
         listing = images.list_images(spark, str(sample_root)).filter("label is not null and length > 0")
         counts = []
         for _ in range(2):
-            featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=3, tfThreads=1)
+            featurizer = CnnFeaturizer(weightsPath=weights_path, batchSize=3, threads=1)
             rows = featurizer.transform(images.attach_content(spark, listing, str(sample_root))).collect()
             counts.append(featurizer.counters.values())
     finally:
@@ -73,14 +74,14 @@ def test_featurizer_save_load_round_trip(tmp_path, weights_path):
 def test_missing_weights_file_names_the_path(tmp_path):
     missing = str(tmp_path / "nope.weights.h5")
     with pytest.raises(WeightsError, match="nope.weights.h5.*FRUITS_WEIGHTS"):
-        featurize.load_weights(CnnSpec(), missing)
+        cnn.load_weights(CnnSpec(), missing)
 
 
 def test_wrong_weights_file_is_rejected(tmp_path):
     bogus = tmp_path / "bogus.weights.h5"
     bogus.write_text("not hdf5")
     with pytest.raises(WeightsError, match="bogus.weights.h5.*not a Keras MobileNetV2"):
-        featurize.load_weights(CnnSpec(), str(bogus))
+        cnn.load_weights(CnnSpec(), str(bogus))
 
 
 def test_weights_of_another_model_are_rejected(tmp_path):
@@ -89,7 +90,7 @@ def test_weights_of_another_model_are_rejected(tmp_path):
     other = tmp_path / "other.weights.h5"
     tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)]).save_weights(str(other))
     with pytest.raises(WeightsError, match="other.weights.h5"):
-        featurize.load_weights(CnnSpec(), str(other))
+        cnn.load_weights(CnnSpec(), str(other))
 
 
 def test_target_partitions_keep_cores_busy():

@@ -1,0 +1,204 @@
+"""The CNN: MobileNetV2's spec and weights (Keras, the source of truth) and the engines that run it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from spark_code import onnx_export
+
+logger = logging.getLogger(__name__)
+
+FEATURE_DIM = 1280
+WEIGHTS_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
+ENGINES = ("onnx", "tensorflow")
+
+Predict = Callable[[np.ndarray], np.ndarray]  # uint8 pixels (N, S, S, 3) → float32 features (N, 1280)
+
+
+class WeightsError(ValueError):
+    """The Keras weights file is missing or does not fit MobileNetV2 (no top)."""
+
+
+@dataclass(frozen=True)
+class CnnSpec:
+    """MobileNetV2 (ImageNet, no top, average pooling) and the preprocessing that belongs to it."""
+
+    input_size: int = 224
+    feature_dim: int = FEATURE_DIM
+
+    def build(self, weights: str | None):
+        """Build the Keras model; `weights` is a weights-file path, "imagenet" (download) or None."""
+        import tensorflow as tf
+
+        return tf.keras.applications.MobileNetV2(
+            weights=weights,
+            include_top=False,
+            pooling="avg",
+            input_shape=(self.input_size, self.input_size, 3),
+        )
+
+    @staticmethod
+    def preprocess(pixels):
+        """Keras' own MobileNetV2 preprocessing (RGB scaled to [-1, 1]), on NumPy arrays or TF tensors."""
+        from tensorflow.keras.applications.mobilenet_v2 import preprocess_input
+
+        if isinstance(pixels, np.ndarray):
+            pixels = pixels.astype(np.float32)
+        return preprocess_input(pixels)
+
+
+@dataclass(frozen=True)
+class CnnEngine:
+    """Which runtime serves the Keras model: `onnx` (ONNX Runtime on the converted graph) or `tensorflow`.
+
+    `threads` is the intra-op thread count of one model instance (0: the runtime's default).
+    """
+
+    name: str = "onnx"
+    spec: CnnSpec = CnnSpec()
+    threads: int = 1
+    onnx_cache: str | None = None
+
+    def __post_init__(self):
+        if self.name not in ENGINES:
+            raise ValueError(f"CNN engine {self.name!r} is not one of {ENGINES}: set FRUITS_ENGINE to one of them")
+
+
+def weights_fingerprint(weights_path: str | None) -> str:
+    """A short id of the weights file (path, size, mtime), used as an in-process cache key."""
+    if weights_path is None:
+        return "imagenet-download"
+    stat = os.stat(weights_path)
+    key = f"{os.path.abspath(weights_path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def load_weights(spec: CnnSpec, weights_path: str | None) -> list[np.ndarray]:
+    """Load the weights with Keras' own loader; clear errors for a missing or wrong file."""
+    if weights_path is not None and not os.path.isfile(weights_path):
+        raise WeightsError(
+            f"weights file {weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
+            f"{WEIGHTS_FILE}, or unset it to let Keras download the ImageNet weights"
+        )
+    if weights_path is None:
+        return _download_weights(spec)
+    try:
+        model = spec.build(weights_path)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise WeightsError(
+            f"weights file {weights_path!r} is not a Keras MobileNetV2 (alpha 1.0, no top) weights file: {error}"
+        ) from error
+    return model.get_weights()
+
+
+def _download_weights(spec: CnnSpec) -> list[np.ndarray]:
+    """Keras' own ImageNet download: the fallback on machines with internet."""
+    try:
+        return spec.build("imagenet").get_weights()
+    except Exception as error:  # Keras wraps network failures in a bare Exception
+        raise WeightsError(
+            f"Keras could not download the MobileNetV2 ImageNet weights ({error}): "
+            f"set FRUITS_WEIGHTS to a local {WEIGHTS_FILE}"
+        ) from error
+
+
+def model_payload(engine: CnnEngine, weights_path: str | None):
+    """What a worker needs to build the model: the ONNX bytes (onnx) or the weight arrays (tensorflow)."""
+    if weights_path is not None and not os.path.isfile(weights_path):
+        load_weights(engine.spec, weights_path)  # raises the WeightsError that names the file
+    if engine.name == "onnx":
+        return onnx_export.cached_onnx(
+            engine.spec, weights_path, engine.onnx_cache, lambda: load_weights(engine.spec, weights_path)
+        )
+    return load_weights(engine.spec, weights_path)
+
+
+class DriverPayloads:
+    """Model payloads loaded once per driver process, in the background so the load overlaps the listing."""
+
+    def __init__(self):
+        self._futures: dict[tuple, Future] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnn-model")
+
+    @staticmethod
+    def key(engine: CnnEngine, weights_path: str | None) -> tuple:
+        """What identifies one payload."""
+        return engine.name, weights_fingerprint(weights_path), engine.spec.input_size, engine.onnx_cache
+
+    def preload(self, engine: CnnEngine, weights_path: str | None) -> None:
+        """Start loading (TensorFlow import and, for onnx, a conversion on a cold cache); errors surface on `get`."""
+        key = self.key(engine, weights_path)
+        if key not in self._futures:
+            logger.info("loading the CNN (%s) from %s", engine.name, weights_path or "Keras download")
+            self._futures[key] = self._loader.submit(model_payload, engine, weights_path)
+
+    def get(self, engine: CnnEngine, weights_path: str | None):
+        """The payload, waiting for a preload under way; a failed load is tried again on the next call."""
+        self.preload(engine, weights_path)
+        key = self.key(engine, weights_path)
+        try:
+            return self._futures[key].result()
+        except Exception:
+            del self._futures[key]
+            raise
+
+
+DRIVER_PAYLOADS = DriverPayloads()
+
+
+class WorkerModels:
+    """This Python process's models, built on first use and reused by every later batch, task and job
+    (as `pyspark.ml.model_cache.ModelCache` does for `predict_batch_udf`)."""
+
+    _models: ClassVar[dict[tuple, Predict]] = {}
+
+    @classmethod
+    def get(cls, engine: CnnEngine, fingerprint: str, payload) -> tuple[Predict, bool]:
+        """`(predict, built_now)`; `payload` is a callable returning the model payload, called only to build."""
+        key = (engine, fingerprint)
+        if key in cls._models:
+            return cls._models[key], False
+        cls._models[key] = build_predict(engine, payload())
+        logger.info("built the CNN (%s) in pid %s", engine.name, os.getpid())
+        return cls._models[key], True
+
+
+def build_predict(engine: CnnEngine, payload) -> Predict:
+    """A predict function over uint8 pixel batches, for the engine's payload (see `model_payload`)."""
+    if engine.name == "onnx":
+        return onnx_export.onnx_predict(payload, engine.threads)
+    return tensorflow_predict(engine.spec, payload, engine.threads)
+
+
+def tensorflow_predict(spec: CnnSpec, weights: list[np.ndarray], threads: int) -> Predict:
+    """A traced `tf.function`: Keras' preprocessing then the model in inference mode, any batch length."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    _set_tf_threads(tf, threads)
+    model = spec.build(None)
+    model.set_weights(weights)
+    signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.uint8)]
+    traced = tf.function(
+        lambda x: model(spec.preprocess(tf.cast(x, tf.float32)), training=False), input_signature=signature
+    )
+    return lambda pixels: traced(pixels).numpy()
+
+
+def _set_tf_threads(tf, threads: int) -> None:
+    """Pin TF's thread pools (once per process) so Spark task slots and TF threads do not oversubscribe."""
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TF already initialised in this process: keep its pools
+        pass

@@ -1,0 +1,140 @@
+"""The Keras model converted to ONNX once (tf2onnx), cached on disk by weights and size, served by ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "pixels"
+
+
+def default_cache_dir() -> str:
+    """Where converted models are kept: $XDG_CACHE_HOME/fruits-features/onnx (default ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fruits-features", "onnx")
+
+
+def file_digest(path: str | None) -> str:
+    """SHA-256 (first 16 hex digits) of a file's contents; "imagenet" for Keras' own download."""
+    if path is None:
+        return "imagenet"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _versions() -> dict:
+    import tf2onnx
+
+    return {"opset": OPSET, "tf2onnx": tf2onnx.__version__}
+
+
+def cache_paths(cache_dir: str, input_size: int, weights_digest: str) -> tuple[Path, Path]:
+    """The ONNX file and its JSON sidecar for one (weights, input size)."""
+    stem = Path(cache_dir) / f"mobilenet_v2-{input_size}px-{weights_digest}"
+    return stem.with_suffix(".onnx"), stem.with_suffix(".json")
+
+
+def cached_onnx(spec, weights_path: str | None, cache_dir: str | None, weights: Callable[[], list]) -> bytes:
+    """The ONNX bytes of `spec` with these weights: read from the cache when intact, else converted and cached.
+
+    `weights` loads the Keras weights (called only when a conversion is needed).
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    digest = file_digest(weights_path)
+    model_path, sidecar = cache_paths(cache_dir, spec.input_size, digest)
+    expected = {"input_size": spec.input_size, "weights_sha256": digest, "feature_dim": spec.feature_dim}
+    problem = _cache_problem(model_path, sidecar, expected)
+    if problem is None:
+        return model_path.read_bytes()
+    logger.info("converting the Keras model to ONNX (%s)", problem)
+    data = export(spec, weights())
+    _write_atomic(model_path, data)
+    record = {**expected, **_versions(), "sha256": hashlib.sha256(data).hexdigest()}
+    _write_atomic(sidecar, json.dumps(record, indent=2).encode())
+    return data
+
+
+def _cache_problem(model_path: Path, sidecar: Path, expected: dict) -> str | None:
+    """Why the cached model cannot be used (missing, corrupt, another model), or None when it is intact."""
+    if not model_path.is_file() or not sidecar.is_file():
+        return f"no cached model at {model_path}"
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable sidecar {sidecar}: {error}"
+    data = model_path.read_bytes()
+    if record.get("sha256") != hashlib.sha256(data).hexdigest():
+        return f"{model_path} does not match its recorded checksum"
+    if {key: record.get(key) for key in expected} != expected or record.get("opset") != OPSET:
+        return f"{model_path} was made for other settings"
+    shape = _io_shape(data)
+    size, dim = expected["input_size"], expected["feature_dim"]
+    if shape != ([size, size, 3], dim):
+        return f"{model_path} takes {shape[0]} → {shape[1]}, not [{size}, {size}, 3] → {dim}"
+    return None
+
+
+def _io_shape(data: bytes) -> tuple[list, object]:
+    """(input shape without the batch axis, output width) declared by an ONNX graph."""
+    import onnx
+
+    graph = onnx.load_model_from_string(data).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    return dims[1:], out[-1] if out else None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so a reader sees either nothing or all of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def export(spec, weights: list[np.ndarray]) -> bytes:
+    """Convert Keras' preprocessing + MobileNetV2 with these weights to ONNX (uint8 pixels in, features out)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf2onnx
+
+    model = spec.build(None)
+    model.set_weights(weights)
+    size = spec.input_size
+    signature = (tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME),)
+
+    @tf.function(input_signature=signature)
+    def features(pixels):
+        return model(spec.preprocess(tf.cast(pixels, tf.float32)), training=False)
+
+    proto, _ = tf2onnx.convert.from_function(features, input_signature=signature, opset=OPSET)
+    return proto.SerializeToString()
+
+
+def onnx_predict(data: bytes, threads: int):
+    """An ONNX Runtime session over the model bytes: uint8 pixels (N, S, S, 3) → float32 features (N, 1280)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(threads, 0)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
