@@ -4,25 +4,39 @@ import argparse
 import logging
 import os
 import sys
+import time
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, Definitions, define_asset_job, materialize
 
+from fruits_assets import console, progress
+from fruits_assets.home import dagster_home, ui_command
 from fruits_assets.partitions import ingest_batches
 from spark_code import batches
 
 logger = logging.getLogger(__name__)
 
 
-def materialize_batch(assets, resources: dict, instance=None, key: str | None = None, **kwargs):
+JOB_NAME = "__ephemeral_asset_job__"  # the name `dagster.materialize` gives its runs
+
+
+def materialize_batch(assets, resources: dict, instance=None, key: str | None = None, loggers=None, **kwargs):
     """Add ingest batch `key` (default: a new time-stamped key) to `instance` and materialize `assets` for it.
 
-    Unpartitioned assets in `assets` run in the same run over every batch. Other keyword arguments go to
-    `dagster.materialize` (run_config, raise_on_error, selection).
+    Unpartitioned assets in `assets` run in the same run over every batch. `loggers` replaces Dagster's console
+    logger (see `console.loggers`). Other keyword arguments go to `dagster.materialize` (run_config,
+    raise_on_error, selection).
     """
     instance = instance or DagsterInstance.ephemeral()
     key = batches.check_key(key or batches.new_key())
     instance.add_dynamic_partitions(ingest_batches.name, [key])
-    return materialize(assets, resources=resources, instance=instance, partition_key=key, **kwargs)
+    if loggers is None:
+        return materialize(assets, resources=resources, instance=instance, partition_key=key, **kwargs)
+    job = define_asset_job(JOB_NAME, selection=kwargs.pop("selection", None))
+    resolved = Definitions(jobs=[job], assets=assets, resources=resources).resolve_job_def(JOB_NAME)
+    run_config = {**(kwargs.pop("run_config", None) or {}), "loggers": {name: {} for name in loggers}}  # use them
+    return resolved.with_logger_defs(loggers).execute_in_process(
+        run_config=run_config, instance=instance, partition_key=key, **kwargs
+    )
 
 
 def _run_config(args: argparse.Namespace) -> dict:
@@ -34,26 +48,49 @@ def _run_config(args: argparse.Namespace) -> dict:
     return {"ops": ops}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m fruits_assets`: featurize what is new in FRUITS_IMAGE_ROOT as one batch, then everything else."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fruits_assets", description=main.__doc__)
     parser.add_argument("--batch", help="batch key (default: the UTC time, e.g. 20261125T013000.123Z)")
     parser.add_argument("--full-refresh", action="store_true", help="take every image into this batch again")
     parser.add_argument("--refit", action="store_true", help="refit the scaler and the PCA")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from fruits_assets.definitions import ASSETS, CHECKS, resources_for
+    parser.add_argument("--verbose", action="store_true", help="show Dagster, Spark and alembic detail on the terminal")
+    parser.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (10)")
+    return parser
 
-    if os.environ.get("DAGSTER_HOME"):
-        instance = DagsterInstance.get()  # the batch and the run show in `dagster dev` with the same DAGSTER_HOME
-    else:
-        logger.info("DAGSTER_HOME is not set: the run is not remembered by Dagster (the tables hold the batches)")
-        instance = DagsterInstance.ephemeral()
-    result = materialize_batch(
-        [*ASSETS, *CHECKS], resources_for(), instance, args.batch, run_config=_run_config(args), raise_on_error=False
-    )
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fruits_assets`: featurize what is new in FRUITS_IMAGE_ROOT as one batch, then everything else.
+
+    The run is recorded in the Dagster instance of DAGSTER_HOME, by default the project's `.dagster/`, which
+    `dagster dev` shows. The terminal gets one line per asset, progress and a summary; the rest goes to a log file.
+    """
+    args = _parser().parse_args(argv)
+    home = dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)  # the runs, batches and materializations go to this instance
+    key = batches.check_key(args.batch or batches.new_key())
+    log_path = home / "logs" / f"{key}.log"
+    progress.EVERY_S = args.progress_seconds
+    started = time.monotonic()
+    with console.terminal(log_path, args.verbose):
+        logger.info("batch %s: every asset, recorded in %s; details in %s", key, home, log_path)
+        from fruits_assets.definitions import ASSETS, CHECKS, resources_for
+
+        resources = resources_for()
+        with DagsterInstance.get() as instance:
+            result = materialize_batch(
+                [*ASSETS, *CHECKS],
+                resources,
+                instance,
+                key,
+                console.loggers(),
+                run_config=_run_config(args),
+                raise_on_error=False,
+            )
+        output = getattr(resources.get("io_manager"), "base_uri", "?")
+        logger.info("done in %s", progress.duration(time.monotonic() - started))
+        for line in console.summary(result, output, log_path, ui_command(home)):
+            logger.info(line)
     failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-    logger.info("run %s: %s; failed checks: %s", result.run_id, "success" if result.success else "FAILED", failed)
     return 0 if result.success and not failed else 1
 
 

@@ -1,0 +1,191 @@
+"""The main command's terminal: a line per step and asset, progress, a summary; everything else in a log file."""
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster import LoggerDefinition, logger
+
+OUR_LOGGERS = ("fruits_assets", "spark_code")
+QUIETER = {"py4j": logging.INFO, "matplotlib": logging.INFO}  # DEBUG per py4j call would swamp the log file
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONSOLE_FORMAT = "%(asctime)s %(message)s"
+FIGURES = (
+    "image_count",
+    "new",
+    "changed",
+    "deleted",
+    "class_count",
+    "featurized",
+    "quarantined",
+    "cnn_images",
+    "row_count",
+    "refit",
+    "k",
+    "explained_variance",
+    "listed",
+    "accuracy",
+    "macro_f1",
+    "raw_accuracy",
+)
+run_log = logging.getLogger("fruits_assets.run")
+events_log = logging.getLogger("dagster_events")  # every Dagster event, to the log file only
+
+
+class _OursOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] in OUR_LOGGERS
+
+
+def _handler(stream, level: int, fmt: str) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    return handler
+
+
+@contextlib.contextmanager
+def terminal(log_path: Path, verbose: bool = False) -> Iterator[None]:
+    """Log every record at DEBUG to `log_path`, and our own INFO lines (`fruits_assets`, `spark_code`) to the terminal.
+
+    Unless `verbose`, the process's stdout and stderr (file descriptors 1 and 2, which the Spark JVM, TensorFlow
+    and warnings write to) go to the log file too; with `verbose` the terminal shows everything, as before.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(log_path, "a", buffering=1, encoding="utf-8") as log_file:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = (os.dup(1), os.dup(2))
+        console = open(os.dup(saved[0]), "w", buffering=1, encoding="utf-8")  # noqa: SIM115  the real terminal
+        handlers = [_handler(log_file, logging.DEBUG, FILE_FORMAT), _handler(console, logging.INFO, CONSOLE_FORMAT)]
+        if verbose:
+            handlers[1].setLevel(logging.DEBUG)
+        else:
+            handlers[1].addFilter(_OursOnly())
+            os.dup2(log_file.fileno(), 1)
+            os.dup2(log_file.fileno(), 2)
+        previous = root.level, {name: logging.getLogger(name).level for name in QUIETER}
+        root.setLevel(logging.DEBUG)
+        for name, level in QUIETER.items():
+            logging.getLogger(name).setLevel(level)
+        for handler in handlers:
+            root.addHandler(handler)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for handler in handlers:
+                root.removeHandler(handler)
+            root.setLevel(previous[0])
+            for name, level in previous[1].items():
+                logging.getLogger(name).setLevel(level)
+            console.close()
+            for fd in saved:
+                os.close(fd)
+
+
+def figures(metadata: dict) -> str:
+    """The key figures of an asset's materialization metadata, e.g. `image_count 24, new 24, class_count 5`."""
+    shown = []
+    for key in FIGURES:
+        value = getattr(metadata.get(key), "value", metadata.get(key))
+        if isinstance(value, bool | str) or value is None:
+            if isinstance(value, bool):
+                shown.append(f"{key} {'yes' if value else 'no'}")
+            continue
+        shown.append(f"{key} {value:,}" if isinstance(value, int) else f"{key} {value:.4g}")
+    return ", ".join(shown)
+
+
+class StepLines(logging.Handler):
+    """Turns a run's Dagster events into terminal lines: a step started, each asset done with its key figures,
+    a failed step or check. Every event also goes to the `dagster_events` logger (the log file)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.pending: dict[str, list[tuple[str, dict]]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Forward `record` to the log file; report step starts, finished assets and failures."""
+        events_log.handle(record)
+        event = (getattr(record, "dagster_meta", None) or {}).get("dagster_event")
+        if event is not None:
+            self.on_event(event)
+
+    def on_event(self, event) -> None:
+        """One Dagster event (see the class docstring)."""
+        kind, step, data = event.event_type_value, event.step_key, event.event_specific_data
+        if kind == "STEP_START":
+            run_log.info("%s: started", step)
+        elif kind == "ASSET_MATERIALIZATION":
+            materialization = data.materialization
+            self.pending.setdefault(step, []).append(
+                (materialization.asset_key.to_user_string(), materialization.metadata)
+            )
+        elif kind == "STEP_SUCCESS":
+            seconds = data.duration_ms / 1000
+            for asset, metadata in self.pending.pop(step, []) or [(step, {})]:
+                shown = figures(metadata)
+                run_log.info("%s: done in %.1f s%s", asset, seconds, f" — {shown}" if shown else "")
+        elif kind == "STEP_FAILURE":
+            message = data.error.message.strip() if data.error else "see the log file"
+            run_log.error("%s: FAILED — %s", step, message)
+        elif kind == "ASSET_CHECK_EVALUATION" and not data.passed:
+            run_log.warning("check %s on %s: FAILED", data.check_name, data.asset_key.to_user_string())
+
+
+def loggers() -> dict[str, LoggerDefinition]:
+    """Dagster loggers for the main command: step lines on the terminal, every event in the log file (and on the
+    terminal too under `terminal(verbose=True)`)."""
+
+    @logger(description="Step starts, finished assets and failures as terminal lines; every event to the log file.")
+    def step_lines(_init_context) -> logging.Logger:
+        target = logging.getLoggerClass()("fruits_step_lines", level=logging.DEBUG)  # private, not registered
+        target.addHandler(StepLines())
+        target.propagate = False
+        return target
+
+    return {"step_lines": step_lines}
+
+
+def summary(result, output: str, log_path: Path, ui_command: str) -> list[str]:
+    """The closing lines of the main command: images, quarantined (and how to see them), k, accuracy, where to look."""
+    metadata = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
+
+    def value(asset: str, key: str):
+        return getattr(metadata.get(asset, {}).get(key), "value", None)
+
+    checks = result.get_asset_check_evaluations()
+    failed = sorted(e.check_name for e in checks if not e.passed)
+    lines = [f"run {result.run_id}: {'success' if result.success and not failed else 'FAILED'}"]
+    lines.append(
+        f"images: {value('raw_images', 'image_count')} taken in this batch, {value('cnn_features', 'featurized')} "
+        f"featurized; {value('raw_images', 'listed')} listed in the image root"
+    )
+    lines.append(
+        f"quarantined: {value('quarantined_images', 'quarantined')} (see them: .venv/bin/python -m "
+        "fruits_assets.quarantine, or the quarantined_images asset in the UI)"
+    )
+    variance = value("pca_features", "explained_variance")
+    lines.append(
+        f"PCA: k = {value('pca_features', 'k')}" + (f", explained variance {variance:.4f}" if variance else "")
+    )
+    accuracy, macro_f1 = value("fruit_classifier", "accuracy"), value("fruit_classifier", "macro_f1")
+    if accuracy is not None:
+        lines.append(f"classifier: accuracy {accuracy:.4f}, macro-F1 {macro_f1:.4f}")
+    lines.append(
+        f"checks: {len(checks) - len(failed)}/{len(checks)} passed" + (f"; failed: {failed}" if failed else "")
+    )
+    lines.append(f"output: {output}")
+    lines.append(f"log: {log_path}")
+    lines.append(f"UI: {ui_command}, then open http://127.0.0.1:3000/runs/{result.run_id}")
+    return lines

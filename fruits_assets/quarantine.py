@@ -1,0 +1,43 @@
+"""`python -m fruits_assets.quarantine`: list the current quarantined images (path, reason, batch) of the output."""
+
+import argparse
+import os
+import sys
+
+from fruits_assets.definitions import DEFAULT_OUTPUT
+
+
+def quarantined_rows(spark, output_uri: str) -> list:
+    """The current quarantined rows over every committed batch under `output_uri`, by path ([] when none)."""
+    from spark_code import batches
+
+    rows = batches.read_current(spark, output_uri, "quarantined_images")
+    return [] if rows is None else rows.select("path", "reason", "batch").orderBy("path").collect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one tab-separated line per quarantined image: path, reason, batch."""
+    parser = argparse.ArgumentParser(prog="python -m fruits_assets.quarantine", description=main.__doc__)
+    parser.add_argument("--output", default=os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT)))
+    args = parser.parse_args(argv)
+    from pyspark.sql import SparkSession
+
+    from fruits_assets.resources import local_spark_config
+
+    builder = SparkSession.builder
+    for key, value in local_spark_config().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        rows = quarantined_rows(spark, args.output)
+    finally:
+        spark.stop()
+    for row in rows:
+        print(f"{row.path}\t{row.reason}\t{row.batch}")
+    print(f"{len(rows)} quarantined image(s) under {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

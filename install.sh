@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set-up on Debian/Ubuntu: the Java runtime (Spark) and Chromium (the UI test) when missing, then the project in .venv.
+# Idempotent: what is present is skipped, pinned packages are never upgraded. Prints what it does and how long it took.
+set -euo pipefail
+cd "$(dirname "$0")"
+started=$SECONDS
+say() { echo "install.sh: $*"; }
+
+# --- Python 3.11 or 3.12 (PYTHON=... picks one) --------------------------------------------------------------
+python_ok() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; }
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.11 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then PYTHON=$candidate; break; fi
+  done
+fi
+if [ -z "$PYTHON" ] || ! python_ok "$PYTHON"; then
+  say "no Python 3.11 or 3.12 found (tried python3.11, python3.12, python3); install one, or set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+# --- System packages, only the missing ones (apt-get) --------------------------------------------------------
+packages=()
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)  # Spark's JVM (Spark 3.5: Java 8/11/17)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)              # tests/test_ui.py drives it headless
+[ -d .venv ] || "$PYTHON" -c 'import ensurepip' 2>/dev/null || packages+=("python${py_version}-venv")  # python -m venv
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  say "installing with apt-get: ${packages[*]} (Java for Spark, Chromium for the UI test, venv support)"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+else
+  say "java and chromium present: nothing to install with apt-get"
+fi
+say "$(java -version 2>&1 | head -1); $(chromium --version 2>/dev/null || echo 'chromium: not found')"
+
+# --- The project and its pinned dependencies in .venv (skipped when pyproject.toml is unchanged) ---------------
+stamp=.venv/.installed-pyproject.sha256
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  say ".venv is up to date with pyproject.toml: nothing to install with pip"
+else
+  [ -x .venv/bin/python ] || { say "creating .venv with $PYTHON (Python $py_version)"; "$PYTHON" -m venv .venv; }
+  say "installing the project and its pinned dependencies into .venv (a few minutes the first time)"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$wanted" >"$stamp"
+fi
+
+# --- The project-local Dagster instance: the main command, dagster dev and the daemon share it ----------------
+mkdir -p .dagster
+if ! grep -qs '^DAGSTER_HOME=' .env; then
+  # dagster dev loads ./.env; ${DAGSTER_HOME:-…} keeps an exported DAGSTER_HOME in charge.
+  echo "DAGSTER_HOME=\${DAGSTER_HOME:-$PWD/.dagster}" >>.env
+  say "wrote DAGSTER_HOME to .env: dagster dev shows the runs of python -m fruits_assets (instance in .dagster/)"
+fi
+
+say "done in $((SECONDS - started)) s"
