@@ -70,6 +70,37 @@ def spark():
         session.stop()
 
 
+PHONE_OUTCOMES = {  # what phones and desktops leave in a folder, and what becomes of it
+    "Broken Fruit/photo.heic": "featurized",
+    "Broken Fruit/photo.avif": "featurized",
+    "Broken Fruit/z.jfif": "featurized",
+    "Broken Fruit/y.Jpg": "featurized",
+    "Broken Fruit/_DSC0001.JPG": "featurized",
+    "Broken Fruit/IMG 12:30 #1 [a] {b} é 🍋 ?.jpg": "featurized",
+    "Broken Fruit/2024-05/nested.jpg": "featurized",
+    "Broken Fruit/notes.txt": "quarantined",
+}
+
+
+def write_phone_files(cls: Path, image: Image.Image) -> None:
+    """HEIC (pillow-heif), AVIF (Pillow), odd names and extensions, a nested folder, OS clutter, a symlink loop."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    image.save(cls / "photo.heic", format="HEIF")
+    image.save(cls / "photo.avif", format="AVIF")
+    for name in ("z.jfif", "y.Jpg", "_DSC0001.JPG", "IMG 12:30 #1 [a] {b} é 🍋 ?.jpg", "2024-05/nested.jpg"):
+        (cls / name).parent.mkdir(exist_ok=True)
+        image.save(cls / name, format="JPEG")
+    (cls / "notes.txt").write_text("not a photo\n")
+    (cls / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # skipped by rule: hidden
+    (cls / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # skipped by rule: OS clutter
+    (cls / "loop").symlink_to(cls.parent, target_is_directory=True)  # skipped: a link back up, never walked
+
+
+SKIPPED_IN_SAMPLE = 3  # .DS_Store, Thumbs.db, the loop
+
+
 def make_broken_files(root: Path, good_jpeg: Path) -> dict[str, str]:
     """Write the bad and awkward inputs into `root`; return {relative path: expected outcome}."""
     cls = root / "Broken Fruit"
@@ -86,7 +117,9 @@ def make_broken_files(root: Path, good_jpeg: Path) -> dict[str, str]:
     image.convert("L").save(cls / "gray.jpg")
     image.convert("CMYK").save(cls / "cmyk.jpg")
     shutil.copy(good_jpeg, root / "at_root.jpg")
+    write_phone_files(cls, image)
     return {
+        **PHONE_OUTCOMES,
         "Broken Fruit/truncated.jpg": "quarantined",
         "Broken Fruit/corrupt.jpg": "quarantined",
         "Broken Fruit/empty.jpg": "quarantined",
@@ -108,8 +141,13 @@ def sample_root(tmp_path_factory) -> Path:
         for image in first_images(source / name, n):
             shutil.copy(image, root / name / image.name)
     expected = make_broken_files(root, first_images(FRUITS / CLASSES[0], 1)[0])
-    (root / "expected.txt").write_text("\n".join(f"{k}\t{v}" for k, v in expected.items()))
+    expected_file(root).write_text("\n".join(f"{k}\t{v}" for k, v in expected.items()))
     return root
+
+
+def expected_file(root: Path) -> Path:
+    """Where the sample's expected outcomes are written: beside the root, not in it (every file in it is listed)."""
+    return root.with_name(root.name + "-expected.txt")
 
 
 @pytest.fixture(scope="session")
@@ -126,9 +164,9 @@ def training_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def expected_outcomes(sample_root) -> dict[str, str]:
-    """{path relative to sample_root: 'featurized' | 'quarantined'} for every image file in the sample."""
-    outcomes = dict(line.split("\t") for line in (sample_root / "expected.txt").read_text().splitlines())
-    for path in sample_root.rglob("*.jpg"):
+    """{path relative to sample_root: 'featurized' | 'quarantined'} for every file listed in the sample."""
+    outcomes = dict(line.split("\t") for line in expected_file(sample_root).read_text().splitlines())
+    for path in sample_root.glob("*/*.jpg"):
         outcomes.setdefault(str(path.relative_to(sample_root)), "featurized")
     return outcomes
 

@@ -1,0 +1,86 @@
+"""The listing: every file under the root, skip rules, links followed once, labels, and the sensor agreeing."""
+
+import os
+import shutil
+from datetime import datetime, timezone
+
+from spark_code import images, listing, snapshot
+from tests.conftest import FRUITS, first_images
+
+
+def _tree(root):
+    """A root with tricky names, a nested folder, clutter, a loop, a second way in and a broken link."""
+    photo = first_images(FRUITS / "Banana", 1)[0]
+    kiwi = root / "Kiwi"
+    (kiwi / "2024-05").mkdir(parents=True)
+    names = ["a.jpg", "p%20x.jpg", "h#.jpg", "q?.jpg", "b[1].jpg", "c{a,b}.jpg", "é.jpg", "🍋.jpg", "-dash.jpg"]
+    names += ["y.Jpg", "z.jfif", "_DSC0001.JPG", "col:on.jpg", "new\nline.jpg", "2024-05/nested.jpg", "notes.txt"]
+    for name in names:
+        shutil.copy(photo, kiwi / name)
+    (kiwi / ".DS_Store").write_bytes(b"x")
+    (kiwi / "Thumbs.db").write_bytes(b"x")
+    (root / ".thumbnails").mkdir()
+    (root / ".thumbnails" / "t.jpg").write_bytes(b"x")  # inside a hidden folder: not walked
+    lemon = root / "Lemon"
+    lemon.mkdir()
+    (lemon / "loop").symlink_to(root, target_is_directory=True)
+    (lemon / "kiwis").symlink_to(kiwi, target_is_directory=True)
+    (lemon / "same.jpg").symlink_to(kiwi / "a.jpg")
+    (lemon / "broken.jpg").symlink_to(root / "nowhere.jpg")
+    os.mkfifo(lemon / "pipe")
+    outside = root.parent / f"{root.name}-outside"
+    outside.mkdir()
+    shutil.copy(photo, outside / "far.jpg")
+    (root / "Cherry").symlink_to(outside, target_is_directory=True)  # a class folder kept elsewhere
+    return {f"Kiwi/{name}" for name in names} | {"Cherry/far.jpg"}
+
+
+def test_every_regular_file_once_links_followed_once(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    expected = _tree(root)
+    found = listing.walk_local(str(root))
+    assert set(found.files) == expected  # no loop multiplied anything, nothing listed twice
+    assert dict(found.skipped) == {
+        listing.HIDDEN: 2,  # .DS_Store, .thumbnails/
+        listing.CLUTTER: 1,  # Thumbs.db
+        listing.LINK_TO_SEEN_FOLDER: 2,  # Lemon/loop (back up to the root), Lemon/kiwis (Kiwi again)
+        listing.LINK_TO_SEEN_FILE: 1,  # Lemon/same.jpg
+        listing.BROKEN_LINK: 1,
+        listing.NOT_REGULAR: 1,  # the FIFO: reading it would block
+    }
+    assert found.found() == len(expected) + 8 and found.linked_folders == 3
+
+
+def test_spark_listing_and_sensor_agree_and_labels_are_class_folders(spark, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    expected = _tree(root)
+    listed = images.list_root(spark, str(root))
+    rows = {r.path[len(f"file:{root}/") :]: r for r in listed.frame.collect()}
+    assert set(rows) == expected == set(snapshot.list_local(str(root)))
+    assert rows["Kiwi/2024-05/nested.jpg"].label == "Kiwi" and rows["Cherry/far.jpg"].label == "Cherry"
+    stat = os.stat(root / "Kiwi" / "h#.jpg")
+    assert rows["Kiwi/h#.jpg"].length == stat.st_size
+    mtime = datetime.fromtimestamp(stat.st_mtime_ns // 10**6 / 1000, tz=timezone.utc).replace(tzinfo=None)
+    assert rows["Kiwi/h#.jpg"].modification_time == mtime  # milliseconds, as Hadoop's file status
+    assert listed.counts()["files_found"] == len(expected) + 8
+
+
+def test_every_listed_file_gets_its_bytes_whatever_its_name(spark, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    _tree(root)
+    listed = images.list_images(spark, str(root))
+    content = {r.path: bytes(r.content) for r in images.attach_content(spark, listed, str(root)).collect()}
+    assert len(content) == listed.count()  # `_` names (hidden by Spark), `:`, `#`, `?`, newline included
+    for path, data in content.items():
+        with open(listing.local_path(path), "rb") as file:
+            assert data == file.read()
+
+
+def test_s3_keys_follow_the_same_rules():
+    objects = [("Kiwi/a.JPG", 1, 1), ("Kiwi/.DS_Store", 1, 1), ("Kiwi/", 0, 1), ("__MACOSX/Kiwi/._a.JPG", 1, 1)]
+    found = listing.listing_of_keys([*objects, ("Kiwi/2024/b.heic", 2, 2), ("at_root.jpg", 3, 3)])
+    assert set(found.files) == {"Kiwi/a.JPG", "Kiwi/2024/b.heic", "at_root.jpg"}
+    assert dict(found.skipped) == {listing.HIDDEN: 1, listing.CLUTTER: 1}
