@@ -1,0 +1,98 @@
+"""Faults that must lose nothing: a run killed during cnn_features, an unwritable output, a write that fails."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from pyspark.sql import functions as F
+
+from spark_code import batches, io
+from tests.conftest import CLASSES, FRUITS, first_images
+
+FEATURE_RUN = """
+import sys
+from fruits_assets.assets import cnn_features, raw_images
+from fruits_assets.definitions import local_resources
+from fruits_assets.ingest import materialize_batch
+root, output, weights = sys.argv[1:4]
+materialize_batch([raw_images, cnn_features], local_resources(root, output, weights))
+"""
+
+
+def _dozen(root):
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for image in first_images(FRUITS / name, 4):
+            shutil.copy(image, root / name / image.name)
+
+
+def _kill_during_cnn(root, output, weights_path, log):
+    """Start the batch run in its own process group; SIGKILL the group once cnn_features has started."""
+    with open(log, "wb") as sink:
+        args = [sys.executable, "-c", FEATURE_RUN, str(root), str(output), weights_path]
+        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while b'Started execution of step "cnn_features"' not in log.read_bytes():
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_run_killed_during_cnn_features_then_rerun_loses_and_duplicates_nothing(spark, weights_path, tmp_path):
+    from fruits_assets.assets import cnn_features, raw_images
+    from fruits_assets.definitions import local_resources
+    from fruits_assets.ingest import materialize_batch
+
+    root, output = tmp_path / "root", str(tmp_path / "out")
+    _dozen(root)
+    _kill_during_cnn(root, output, weights_path, tmp_path / "killed.log")
+    killed = list(io.partition_uris(spark, output, "raw_images"))
+    assert len(killed) == 1 and batches.committed_keys(spark, output) == []  # its listing only: not a batch
+    result = materialize_batch([raw_images, cnn_features], local_resources(str(root), output, weights_path))
+    assert result.success
+    (key,) = batches.committed_keys(spark, output)
+    raw, features, quarantined = (batches.read_current(spark, output, n) for n in batches.BATCH_TABLES)
+    assert raw.count() == 12 == features.count() and quarantined.count() == 0  # the killed batch's photos, again
+    assert features.select("path").distinct().count() == 12 and {r.batch for r in features.collect()} == {key}
+    assert raw.filter(F.col("batch") == killed[0]).count() == 0
+
+
+@pytest.mark.parametrize("output", ["/proc/fruits-output", "a-file/output"])
+def test_unwritable_output_fails_before_any_work(sample_root, weights_path, tmp_path, output):
+    from fruits_assets.assets import cnn_features, raw_images
+    from fruits_assets.definitions import local_resources
+    from fruits_assets.ingest import materialize_batch
+
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    uri = output if output.startswith("/") else str(tmp_path / output)
+    with pytest.raises(io.OutputNotWritableError, match="is not writable.*FRUITS_OUTPUT_URI"):
+        io.check_writable(uri)
+    result = materialize_batch(
+        [raw_images, cnn_features], local_resources(str(sample_root), uri, weights_path), raise_on_error=False
+    )
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_START"]  # no listing, no CNN
+    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    assert "not writable" in str(failure.event_specific_data)
+
+
+def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
+    base = str(tmp_path)
+    io.write_table(spark.range(10), base, "t")
+
+    @F.udf("long")
+    def fail_midway(n):
+        if n == 5000:
+            raise OSError(28, "No space left on device")  # what a full disk raises, mid-write
+        return n
+
+    with pytest.raises(Exception, match="No space left on device"):
+        io.write_table(spark.range(10_000).repartition(4).select(fail_midway("id").alias("id")), base, "t")
+    committed, pending = io.list_versions(spark, base, "t")
+    assert len(committed) == 1 and pending == []  # the failed version is gone, its space given back
+    assert io.read_table(spark, base, "t").count() == 10
