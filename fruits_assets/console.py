@@ -105,15 +105,18 @@ def figures(metadata: dict) -> str:
 
 
 class StepLines(logging.Handler):
-    """Turns a run's Dagster events into terminal lines: a step started, each asset done with its key figures,
-    a failed step or check. Every event also goes to the `dagster_events` logger (the log file)."""
+    """Turns a run's Dagster events into terminal lines: an asset step started, each asset done with its key
+    figures, each check's outcome, a failed step. Every event also goes to the `dagster_events` logger (the log file).
+    """
 
-    def __init__(self):
+    def __init__(self, asset_steps: frozenset[str]):
         super().__init__(logging.DEBUG)
+        self.asset_steps = asset_steps
         self.pending: dict[str, list[tuple[str, dict]]] = {}
+        self.checks: dict[str, list[tuple[str, str, bool]]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Forward `record` to the log file; report step starts, finished assets and failures."""
+        """Forward `record` to the log file; report step starts, finished assets and checks, failures."""
         events_log.handle(record)
         event = (getattr(record, "dagster_meta", None) or {}).get("dagster_event")
         if event is not None:
@@ -122,33 +125,39 @@ class StepLines(logging.Handler):
     def on_event(self, event) -> None:
         """One Dagster event (see the class docstring)."""
         kind, step, data = event.event_type_value, event.step_key, event.event_specific_data
-        if kind == "STEP_START":
+        if kind == "STEP_START" and step in self.asset_steps:
             run_log.info("%s: started", step)
         elif kind == "ASSET_MATERIALIZATION":
             materialization = data.materialization
             self.pending.setdefault(step, []).append(
                 (materialization.asset_key.to_user_string(), materialization.metadata)
             )
+        elif kind == "ASSET_CHECK_EVALUATION":
+            self.checks.setdefault(step, []).append((data.check_name, data.asset_key.to_user_string(), data.passed))
         elif kind == "STEP_SUCCESS":
-            seconds = data.duration_ms / 1000
-            for asset, metadata in self.pending.pop(step, []) or [(step, {})]:
-                shown = figures(metadata)
-                run_log.info("%s: done in %.1f s%s", asset, seconds, f" — {shown}" if shown else "")
+            self._step_done(step, data.duration_ms / 1000)
         elif kind == "STEP_FAILURE":
             message = data.error.message.strip() if data.error else "see the log file"
             run_log.error("%s: FAILED — %s", step, message)
-        elif kind == "ASSET_CHECK_EVALUATION" and not data.passed:
-            run_log.warning("check %s on %s: FAILED", data.check_name, data.asset_key.to_user_string())
+
+    def _step_done(self, step: str, seconds: float) -> None:
+        for asset, metadata in self.pending.pop(step, []):
+            shown = figures(metadata)
+            run_log.info("%s: done in %.1f s%s", asset, seconds, f" — {shown}" if shown else "")
+        for check, asset, passed in self.checks.pop(step, []):
+            (run_log.info if passed else run_log.warning)(
+                "check %s of %s: %s", check, asset, "passed" if passed else "FAILED"
+            )
 
 
-def loggers() -> dict[str, LoggerDefinition]:
-    """Dagster loggers for the main command: step lines on the terminal, every event in the log file (and on the
-    terminal too under `terminal(verbose=True)`)."""
+def loggers(asset_steps: frozenset[str] = frozenset()) -> dict[str, LoggerDefinition]:
+    """Dagster loggers for the main command: terminal lines (a `started` line for the steps in `asset_steps`), every
+    event in the log file (and on the terminal too under `terminal(verbose=True)`)."""
 
-    @logger(description="Step starts, finished assets and failures as terminal lines; every event to the log file.")
+    @logger(description="Asset steps, finished assets, checks and failures as terminal lines; every event to a file.")
     def step_lines(_init_context) -> logging.Logger:
         target = logging.getLoggerClass()("fruits_step_lines", level=logging.DEBUG)  # private, not registered
-        target.addHandler(StepLines())
+        target.addHandler(StepLines(asset_steps))
         target.propagate = False
         return target
 

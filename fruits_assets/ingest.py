@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 resources,
                 instance,
                 key,
-                console.loggers(),
+                console.loggers(frozenset(a.op.name for a in ASSETS)),
                 run_config=_run_config(args),
                 raise_on_error=False,
             )

@@ -74,9 +74,9 @@ class SparkProgress:
         finished, running, all_tasks = self.tasks()
         done, elapsed = self.done(finished, all_tasks), time.monotonic() - self.started
         head = f"{self.name}: {done:,}/{self.total:,} images"
-        tasks = f"tasks {finished}/{all_tasks} done, {running} running"
+        if all_tasks:
+            head += f" (tasks {finished}/{all_tasks} done, {running} running)"
         if done == 0:
-            return f"{head} ({tasks}), {duration(elapsed)} elapsed, first results when the first tasks finish"
+            return f"{head}, {duration(elapsed)} elapsed, first results when the first tasks finish"
         rate = done / elapsed
-        eta = (self.total - done) / rate
-        return f"{head} ({tasks}), {rate:.1f} images/s, ETA {duration(eta)}"
+        return f"{head}, {rate:.1f} images/s, ETA {duration((self.total - done) / rate)}"

@@ -117,7 +117,35 @@ def _hide_side_panels(page) -> None:
     page.wait_for_timeout(2000)
 
 
-def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
+def _quarantined(expected_outcomes: dict[str, str]) -> list[str]:
+    return [path for path, outcome in expected_outcomes.items() if outcome == "quarantined"]
+
+
+def _check_run_page(page, base: str, expected_outcomes: dict[str, str]) -> None:
+    """The run's page, its events filtered to materializations: each asset's metadata and the quarantined files."""
+    run_id = graphql(base, "{ runsOrError { ... on Runs { results { runId } } } }")["runsOrError"]["results"][0][
+        "runId"
+    ]
+    page.set_viewport_size({"width": 1800, "height": 6000})  # the event list renders only the rows in view
+    page.goto(f"{base}/runs/{run_id}", wait_until="networkidle")
+    _dismiss_popups(page)
+    page.get_by_placeholder("Filter…").fill("type:ASSET_MATERIALIZATION")
+    page.keyboard.press("Enter")
+    page.get_by_text("Materialized value fruit_classifier.").wait_for(timeout=30000)
+    run_text = page.inner_text("body")
+    for asset in ASSETS:
+        assert f"Materialized value {asset}." in run_text, run_text
+    for key in ("image_count", "class_count", "featurized", "cnn_images", "quarantined_files", "explained_variance"):
+        assert f"\n{key}\n" in run_text, key
+    assert "\nk\n" in run_text and "variance_plot" in run_text and "pca_scatter" in run_text
+    assert "\naccuracy\n" in run_text and "per_class_accuracy" in run_text
+    for path in _quarantined(expected_outcomes):  # the quarantine table, path and reason per file
+        assert path in run_text, path
+    assert "undecodable image" in run_text and "empty file (0 bytes)" in run_text and "no class folder" in run_text
+    page.set_viewport_size({"width": 1800, "height": 700})
+
+
+def test_materialize_all_from_the_ui(dagster_dev, expected_outcomes, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -131,6 +159,7 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
         page.get_by_role("button", name="Save").click()
         page.get_by_role("button", name="Launch 1 run").click()
         assert _wait_for_run(dagster_dev) == "SUCCESS"
+        _check_run_page(page, dagster_dev, expected_outcomes)
 
         page.goto(f"{dagster_dev}/asset-groups", wait_until="networkidle")
         _dismiss_popups(page)
@@ -144,6 +173,7 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
             assert asset in graph_text
         page.screenshot(path=os.environ.get("FRUITS_UI_SCREENSHOT", str(tmp_path / "lineage.png")))
 
+        page.set_viewport_size({"width": 1400, "height": 900})
         page.goto(f"{dagster_dev}/assets/pca_features", wait_until="networkidle")
         page.get_by_text("explained_variance").first.wait_for(timeout=30000)
         pca_text = page.inner_text("body")
@@ -154,12 +184,21 @@ def test_materialize_all_from_the_ui(dagster_dev, tmp_path):
             plot = page.locator("img[src^='data:image/png']").first
             plot.wait_for(timeout=10000)
             assert plot.bounding_box()["width"] > 200
+            if shown == 0:  # docs/pca_features.png: the metadata (k, explained variance) under the variance curve
+                page.wait_for_timeout(1000)
+                page.screenshot(path=os.environ.get("FRUITS_UI_METADATA_SCREENSHOT", str(tmp_path / "pca.png")))
             page.get_by_role("button", name="Close").click()
             plot.wait_for(state="detached", timeout=10000)
 
         page.goto(f"{dagster_dev}/assets/fruit_classifier", wait_until="networkidle")
         page.get_by_text("macro_f1").first.wait_for(timeout=30000)
         assert "raw_accuracy" in page.inner_text("body")
+
+        page.goto(f"{dagster_dev}/assets/quarantined_images", wait_until="networkidle")
+        page.get_by_text("quarantined_files").first.wait_for(timeout=30000)
+        quarantine_text = page.inner_text("body")
+        for path in _quarantined(expected_outcomes):
+            assert path in quarantine_text, quarantine_text
 
         page.goto(f"{dagster_dev}/assets/raw_images", wait_until="networkidle")
         page.get_by_text("image_count").first.wait_for(timeout=30000)

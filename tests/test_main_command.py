@@ -1,0 +1,109 @@
+"""The main command as a newcomer runs it: a line per asset, a summary, the detail in a log file, runs remembered."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.instance.ref import InstanceRef
+
+from fruits_assets.home import PROJECT_HOME, dagster_home
+from tests.conftest import CLASSES, FRUITS, REPO, first_images
+
+NOISE = ("DEBUG", "alembic", "WARN", "Setting default log level", "STEP_START", "py4j", "tensorflow")
+
+
+def _main_command(env: dict, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    process = subprocess.run(
+        [sys.executable, "-m", "fruits_assets", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return process, process.stdout + process.stderr
+
+
+@pytest.fixture(scope="module")
+def two_runs(training_root, weights_path, tmp_path_factory):
+    """Two main-command runs into one DAGSTER_HOME: 3 classes × 2 photos and a text file named .jpg, then 1 more."""
+    tmp = tmp_path_factory.mktemp("main-command")
+    root, home = tmp / "images", tmp / "home"
+    home.mkdir()
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for image in first_images(FRUITS / name, 2):
+            shutil.copy(image, root / name / image.name)
+    (root / CLASSES[1] / "notes.jpg").write_text("not an image\n")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "FRUITS_IMAGE_ROOT": str(root),
+        "FRUITS_TRAINING_ROOT": str(training_root),
+        "FRUITS_OUTPUT_URI": str(tmp / "out"),
+        "FRUITS_WEIGHTS": weights_path,
+    }
+    first = _main_command(env, "--progress-seconds", "1")
+    shutil.copy(first_images(FRUITS / CLASSES[0], 3)[2], root / CLASSES[0])
+    second = _main_command(env)
+    return first, second, home, tmp / "out"
+
+
+def test_main_command_prints_one_line_per_asset_and_a_summary(two_runs):
+    (process, output), _, home, out = two_runs
+    assert process.returncode == 0, output
+    for asset in ("raw_images", "cnn_features", "quarantined_images", "pca_features", "fruit_classifier"):
+        assert re.search(rf"^\S+ {asset}: done in [\d.]+ s", output, re.M), output
+    assert re.search(r"raw_images: done in [\d.]+ s — image_count 7, new 7, changed 0, deleted 0", output), output
+    assert "raw_images: started" in output and "cnn_features: 7 images to go through" in output
+    assert re.search(r"cnn_features: 7 images in \d+ s \([\d.]+ images/s\)", output), output
+    for line in ("images: 7 taken in this batch, 6 featurized", "quarantined: 1 (see them: .venv/bin/python -m"):
+        assert line in output
+    assert re.search(r"PCA: k = \d+, explained variance 0\.9\d+", output) and "classifier: accuracy 1.0000" in output
+    assert "checks: 7/7 passed" in output and f"output: {out}" in output
+    assert f"DAGSTER_HOME={home} .venv/bin/dagster dev, then open http://127.0.0.1:3000/runs/" in output
+
+
+def test_dagster_spark_and_alembic_detail_goes_to_the_log_file(two_runs):
+    (_, output), _, home, _ = two_runs
+    for noise in NOISE:
+        assert noise not in output, f"{noise!r} on the terminal:\n{output}"
+    log_file = Path(re.search(r"^\S+ log: (\S+)$", output, re.M).group(1))
+    assert log_file.parent == home / "logs"
+    detail = log_file.read_text()
+    assert "STEP_START" in detail and "alembic" in detail and "ASSET_MATERIALIZATION" in detail
+
+
+def test_second_run_takes_only_the_new_photo_and_both_runs_are_in_the_instance(two_runs):
+    _, (process, output), home, _ = two_runs
+    assert process.returncode == 0, output
+    assert re.search(r"raw_images: done in [\d.]+ s — image_count 1, new 1, changed 0, deleted 0", output), output
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:  # what `dagster dev` reads
+        runs = instance.get_runs()
+        assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2
+        assert len(instance.get_dynamic_partitions("ingest_batches")) == 2
+        for asset in ("cnn_features", "pca_features"):
+            records = instance.fetch_materializations(AssetKey(asset), limit=5).records
+            assert {record.run_id for record in records} == {run.run_id for run in runs}, asset
+
+
+def test_dagster_home_is_the_project_instance_unless_set(tmp_path):
+    assert dagster_home({}) == PROJECT_HOME and (PROJECT_HOME / "dagster.yaml").exists()
+    assert dagster_home({"DAGSTER_HOME": str(tmp_path)}) == tmp_path
+    with pytest.raises(ValueError, match="DAGSTER_HOME='relative/home' is not an absolute path"):
+        dagster_home({"DAGSTER_HOME": "relative/home"})
+
+
+def test_dagster_dev_finds_the_project_instance_through_env_file(monkeypatch):
+    from dagster._core.secrets.env_file import get_env_var_dict
+
+    assert (REPO / ".env").exists(), "no .env in the repository root: run ./install.sh"
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert get_env_var_dict(str(REPO))["DAGSTER_HOME"] == str(PROJECT_HOME)
+    monkeypatch.setenv("DAGSTER_HOME", "/somewhere/else")  # an exported DAGSTER_HOME stays in charge
+    assert get_env_var_dict(str(REPO))["DAGSTER_HOME"] == "/somewhere/else"
