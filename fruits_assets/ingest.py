@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)  # the runs, batches and materializations go to this instance
     key = batches.check_key(args.batch or batches.new_key())
-    log_path = home / "logs" / f"{key}.log"
+    log_path = home / "run-logs" / f"{key}.log"  # not logs/: Dagster rotates that folder (telemetry)
     progress.EVERY_S = args.progress_seconds
     started = time.monotonic()
     with console.terminal(log_path, args.verbose):
