@@ -61,22 +61,39 @@ def run_side(module: str, args: list[str], env: dict) -> dict:
 
 def report(result: dict) -> str:
     """The human-readable summary."""
-    base, pipe = result["baseline"], result["pipeline"]
+    sides = [("bare TF", result["baseline"]), ("bare ONNX", result["baseline_onnx"]), ("pipeline", result["pipeline"])]
+    pipe = result["pipeline"]
     lines = [
-        f"machine: {result['cores']} cores; images: {pipe['images']} (+{pipe['quarantined']} quarantined)",
+        f"machine: {result['cores']} cores; images: {pipe['images']} (+{pipe['quarantined']} quarantined); "
+        f"pipeline engine: {result['engine']}",
         f"{'':10}{'images':>8}{'seconds':>10}{'images/s':>10}{'peak RSS MiB':>14}",
-        f"{'baseline':10}{base['images']:>8}{base['seconds']:>10}{base['images_per_s']:>10}"
-        f"{base['peak_rss_mib']['total']:>14}",
-        f"{'pipeline':10}{pipe['images']:>8}{pipe['seconds']:>10}{pipe['images_per_s']:>10}"
-        f"{pipe['peak_rss_mib']['total']:>14}",
-        f"ratio pipeline/baseline: {result['ratio']:.2f}",
-        f"pipeline peak RSS by process (MiB): {pipe['peak_rss_mib']}",
+        *(
+            f"{name:10}{side['images']:>8}{side['seconds']:>10}{side['images_per_s']:>10}"
+            f"{side['peak_rss_mib']['total']:>14}"
+            for name, side in sides
+        ),
+        f"pipeline throughput / bare TF: {result['speedup_vs_tensorflow']:.2f}x (target >= 3)",
+        f"pipeline time / bare ONNX: {result['ratio_vs_onnx']:.2f} (target <= 1.3)",
+        f"ONNX conversion (cold cache, once per weights and size): {result['onnx_conversion_s']} s",
+        f"pipeline peak RSS by process (MiB): {pipe['peak_rss_mib']} (target total <= 4096)",
         f"pipeline steps (s): {pipe['steps_s']}",
         f"CNN images {pipe['counters']['cnn_images']} = featurized {pipe['images']}: {result['one_pass_per_image']}",
-        f"baseline split (s): load {base['startup_and_model_load_s']}, decode {base['read_decode_preprocess_s']}, "
-        f"inference {base['inference_s']}",
     ]
+    for name, side in sides[:2]:
+        lines.append(
+            f"{name} split (s): load {side['startup_and_model_load_s']}, decode {side['read_decode_preprocess_s']}, "
+            f"inference {side['inference_s']}"
+        )
     return "\n".join(lines)
+
+
+def convert_once(weights: str, image_size: int, cache: str) -> float:
+    """Convert the Keras model to ONNX into `cache` (cold); return the seconds it took."""
+    from spark_code.cnn import CnnEngine, CnnSpec, model_payload
+
+    started = time.perf_counter()
+    model_payload(CnnEngine("onnx", CnnSpec(input_size=image_size), onnx_cache=cache), weights)
+    return round(time.perf_counter() - started, 2)
 
 
 def write_json(result: dict, path: Path | None, kind: str) -> Path:
@@ -109,25 +126,30 @@ def main() -> None:
     parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", str(DEFAULT_WEIGHTS)))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
+    parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     selection = stratified(args.root, args.images)
     env = {**os.environ, "FRUITS_BATCH_SIZE": str(args.batch_size), "FRUITS_IMAGE_SIZE": str(args.image_size)}
+    if args.engine:
+        env["FRUITS_ENGINE"] = args.engine
     if args.incremental:
         main_incremental(args, selection, env)
         return
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
         root = link_tree(selection, Path(tmp) / "images") if args.images else args.root
         warm_cache(selection)
+        env["FRUITS_ONNX_CACHE"] = str(Path(tmp) / "onnx")
+        conversion_s = convert_once(args.weights, args.image_size, env["FRUITS_ONNX_CACHE"])
         common = ["--root", str(root), "--weights", args.weights]
-        logger.info("baseline on %s", root)
-        baseline = run_side(
-            "bench.baseline",
-            [*common, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size)],
-            env,
-        )
-        logger.info("pipeline on %s", root)
+        sizes = ["--batch-size", str(args.batch_size), "--image-size", str(args.image_size)]
+        baselines = {}
+        for engine in ("tensorflow", "onnx"):
+            logger.info("bare model (%s) on %s", engine, root)
+            baselines[engine] = run_side("bench.baseline", [*common, *sizes, "--engine", engine], env)
+        logger.info("pipeline (%s) on %s", env.get("FRUITS_ENGINE", "onnx"), root)
         pipeline = run_side("bench.pipeline", [*common, "--output", str(Path(tmp) / "out")], env)
+    tf_s, onnx_s = baselines["tensorflow"]["seconds"], baselines["onnx"]["seconds"]
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cores": os.cpu_count(),
@@ -135,10 +157,23 @@ def main() -> None:
         "requested_images": args.images,
         "batch_size": args.batch_size,
         "image_size": args.image_size,
-        "baseline": baseline,
+        "engine": env.get("FRUITS_ENGINE", "onnx"),
+        "onnx_conversion_s": conversion_s,
+        "baseline": baselines["tensorflow"],
+        "baseline_onnx": baselines["onnx"],
         "pipeline": pipeline,
-        "ratio": round(pipeline["seconds"] / baseline["seconds"], 3),
-        "one_pass_per_image": pipeline["counters"]["cnn_images"] == pipeline["images"] == baseline["images"],
+        "ratio": round(pipeline["seconds"] / tf_s, 3),
+        "speedup_vs_tensorflow": round(tf_s / pipeline["seconds"], 3),
+        "ratio_vs_onnx": round(pipeline["seconds"] / onnx_s, 3),
+        "targets_met": {
+            "throughput_3x_tensorflow": tf_s / pipeline["seconds"] >= 3.0,
+            "within_1.3x_onnx": pipeline["seconds"] <= 1.3 * onnx_s,
+            "peak_rss_4gib": pipeline["peak_rss_mib"]["total"] <= 4096,
+        },
+        "one_pass_per_image": pipeline["counters"]["cnn_images"]
+        == pipeline["images"]
+        == baselines["tensorflow"]["images"]
+        == baselines["onnx"]["images"],
     }
     out = write_json(result, args.json, "bench")
     print(report(result))
