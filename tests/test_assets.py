@@ -44,7 +44,7 @@ def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, ex
 def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcomes, training_root):
     result, _, counted = run
     featurized = sum(v == "featurized" for v in expected_outcomes.values())
-    undecodable = 3  # truncated, corrupt, text: decoded (and failed) once; empty/root files never reach the CNN
+    undecodable = 4  # truncated, corrupt, 2 texts: decoded (and failed) once; empty/root files never reach the CNN
     training = len(list(training_root.rglob("*.jpg")))  # the classifier's training photos, featurized once too
     assert counted["cnn_images"] == featurized + training
     assert counted["images_decoded"] == featurized + undecodable + training
