@@ -3,6 +3,7 @@
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,30 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
     models = {r.cnn_model for r in batches.read_current(spark, str(output), "cnn_features").collect()}
     assert models == {resources["cnn"].model_key()} and "96px" in next(iter(models))
     assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
+
+
+def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_numbers(
+    grown, spark, weights_path, tmp_path
+):
+    from spark_code import featurize
+    from spark_code.serving import FruitClassifier, ServingPipeline
+
+    output = tmp_path / "copy"
+    shutil.copytree(grown["output"], output)
+    onnx_rows = {r.path: r for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    resources = local_resources(str(grown["root"]), str(output), weights_path)
+    resources["cnn"] = CnnResource(weights_path=weights_path, engine="tensorflow")
+    before = featurize.process_totals()["cnn_images"]
+    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources)
+    assert result.success and featurize.process_totals()["cnn_images"] - before == 7  # rows never mix engines
+    tf_rows = {r.path: r for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    assert {r.cnn_model for r in tf_rows.values()} == {resources["cnn"].model_key()}
+    assert "tensorflow" in resources["cnn"].model_key() and all("onnx" in r.cnn_model for r in onnx_rows.values())
+    assert set(tf_rows) == set(onnx_rows)
+    pipeline = ServingPipeline(np.zeros(1280), np.ones(1280), None, np.zeros((1, 1280)), np.zeros(1), ["x"], 224)
+    serving = {name: FruitClassifier(pipeline, weights_path, engine=name) for name in ("onnx", "tensorflow")}
+    for path, row in tf_rows.items():
+        assert np.abs(np.array(row.features) - np.array(onnx_rows[path].features)).max() < 1e-4
+        data = Path(path.removeprefix("file:")).read_bytes()
+        for name, rows in (("tensorflow", tf_rows), ("onnx", onnx_rows)):  # classify makes the Spark path's features
+            assert np.abs(serving[name].features(data) - np.array(rows[path].features)).max() < 1e-4
