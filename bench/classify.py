@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="photos to classify (spread over the classes)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from spark_code.featurize import default_weights_path
+    from spark_code.cnn import default_weights_path
     from spark_code.serving import FruitClassifier, latest_version, load_pipeline
 
     engine = FruitClassifier(load_pipeline(latest_version(args.models)), default_weights_path())

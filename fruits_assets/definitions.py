@@ -22,7 +22,7 @@ from fruits_assets.resources import (
     local_spark_config,
 )
 from fruits_assets.validation import VALIDATION_ASSETS, VALIDATION_CHECKS
-from spark_code.featurize import default_weights_path
+from spark_code.cnn import default_weights_path
 
 FEATURE_ASSETS = [raw_images, cnn_features, scaled_features, pca_features]
 ASSETS = [*FEATURE_ASSETS, *VALIDATION_ASSETS]

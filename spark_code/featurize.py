@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,20 +17,12 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_code.cnn import DRIVER_PAYLOADS, WEIGHTS_FILE, CnnEngine, CnnSpec, Predict, WorkerModels, weights_fingerprint
+from spark_code.cnn import DRIVER_PAYLOADS, CnnEngine, CnnSpec, Predict, WorkerModels, weights_fingerprint
 from spark_code.images import try_decode
 
 logger = logging.getLogger(__name__)
 
 RESULT_TYPE = "struct<features: array<float>, error: string>"
-WORKSPACE_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / WEIGHTS_FILE
-
-
-def default_weights_path() -> str | None:
-    """FRUITS_WEIGHTS, else the workspace copy in ../shared if present, else None (Keras downloads them)."""
-    if "FRUITS_WEIGHTS" in os.environ:
-        return os.environ["FRUITS_WEIGHTS"] or None
-    return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
 
 
 _DRIVER_BROADCASTS: dict[tuple, object] = {}
