@@ -192,3 +192,17 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
     )
     after = featurize.process_totals()
     return result, output, {key: after[key] - before[key] for key in after}
+
+
+# The edit loop's fast subset, `pytest -m "not slow"`: no browser, no cluster, no moto server, no whole
+# materialization. The full suite (what CI runs) is plain `pytest`.
+SLOW_MODULES = {"test_ui", "test_cluster", "test_emr", "test_growth", "test_faults", "test_main_command"}
+SLOW_FIXTURES = {"run", "grown", "saved", "materialized"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that drive a browser, a cluster, moto or a whole materialization as `slow`."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
