@@ -104,6 +104,16 @@ def figures(metadata: dict) -> str:
     return ", ".join(shown)
 
 
+def root_cause(error) -> str:
+    """The first line of the innermost cause of a Dagster `SerializableErrorInfo` (the user code's own error)."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    return lines[0] if lines else error.cls_name or "unknown error"
+
+
 class StepLines(logging.Handler):
     """Turns a run's Dagster events into terminal lines: an asset step started, each asset done with its key
     figures, each check's outcome, a failed step. Every event also goes to the `dagster_events` logger (the log file).
@@ -137,8 +147,7 @@ class StepLines(logging.Handler):
         elif kind == "STEP_SUCCESS":
             self._step_done(step, data.duration_ms / 1000)
         elif kind == "STEP_FAILURE":
-            message = data.error.message.strip() if data.error else "see the log file"
-            run_log.error("%s: FAILED — %s", step, message)
+            run_log.error("%s: FAILED — %s (traceback in the log file)", step, root_cause(data.error))
 
     def _step_done(self, step: str, seconds: float) -> None:
         for asset, metadata in self.pending.pop(step, []):

@@ -106,3 +106,14 @@ def test_dagster_dev_finds_the_project_instance_through_env_file(monkeypatch):
     assert get_env_var_dict(str(REPO))["DAGSTER_HOME"] == str(PROJECT_HOME)
     monkeypatch.setenv("DAGSTER_HOME", "/somewhere/else")  # an exported DAGSTER_HOME stays in charge
     assert get_env_var_dict(str(REPO))["DAGSTER_HOME"] == "/somewhere/else"
+
+
+def test_quarantine_command_lists_what_the_summary_counted(two_runs):
+    _, _, _, out = two_runs
+    command = [sys.executable, "-m", "fruits_assets.quarantine", "--output", str(out)]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    [line] = process.stdout.splitlines()
+    path, reason, _batch = line.split("\t")
+    assert path.endswith(f"{CLASSES[1]}/notes.jpg") and reason.startswith("undecodable image"), line
+    assert f"1 quarantined image(s) under {out}" in process.stderr
