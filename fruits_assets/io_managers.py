@@ -1,5 +1,7 @@
 """A Parquet IO manager for Spark DataFrames: every materialization, of a table or of a batch, is a new version."""
 
+import os
+
 from dagster import (
     ConfigurableIOManager,
     InitResourceContext,
@@ -9,10 +11,10 @@ from dagster import (
     ResourceDependency,
 )
 from dagster_pyspark import PySparkResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pyspark.sql import DataFrame
 
-from spark_code import batches, io
+from spark_code import batches, io, run_lock
 
 
 class SparkParquetIOManager(ConfigurableIOManager):
@@ -25,9 +27,16 @@ class SparkParquetIOManager(ConfigurableIOManager):
     base_uri: str = Field(description="Local folder or s3:// URI holding the tables; env FRUITS_OUTPUT_URI.")
     keep_versions: int = Field(default=2, ge=1, description="Committed versions kept per asset.")
     pyspark: ResourceDependency[PySparkResource]
+    _lock: run_lock.RunLock | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         io.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
+        # One run at a time per output: a second run (the sensor's and a manual one) fails here, before any work.
+        self._lock = run_lock.acquire(self.base_uri, context.run_id or f"pid-{os.getpid()}")
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     @staticmethod
     def _name(context: InputContext | OutputContext) -> str:

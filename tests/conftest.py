@@ -196,7 +196,15 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
 
 # The edit loop's fast subset, `pytest -m "not slow"`: no browser, no cluster, no moto server, no whole
 # materialization. The full suite (what CI runs) is plain `pytest`.
-SLOW_MODULES = {"test_ui", "test_cluster", "test_emr", "test_growth", "test_faults", "test_main_command"}
+SLOW_MODULES = {
+    "test_ui",
+    "test_cluster",
+    "test_emr",
+    "test_growth",
+    "test_faults",
+    "test_main_command",
+    "test_concurrency",
+}
 SLOW_FIXTURES = {"run", "grown", "saved", "materialized"}
 
 

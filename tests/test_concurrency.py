@@ -1,0 +1,104 @@
+"""Two runs on one output: one at a time (a run lock), a clear error for the second, nothing lost or duplicated."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+from fruits_assets.ingest import materialize_batch
+from spark_code import batches, run_lock
+from tests.conftest import CLASSES, FRUITS, REPO, first_images
+
+
+def _root(tmp_path, n=2):
+    root = tmp_path / "images"
+    for name in CLASSES[:2]:
+        (root / name).mkdir(parents=True)
+        for image in first_images(FRUITS / name, n):
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+def _materialize(root, output, weights_path):
+    return materialize_batch(
+        [*FEATURE_ASSETS, *ALL_CHECKS],
+        local_resources(str(root), str(output), weights_path),
+        DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_a_held_output_fails_the_second_run_clearly_before_any_work(spark, weights_path, tmp_path):
+    root, output = _root(tmp_path), tmp_path / "out"
+    held = run_lock.acquire(str(output), "the-other-run")  # a live holder: this very process
+    try:
+        result = _materialize(root, output, weights_path)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_failure)
+        assert "is in use by run the-other-run" in str(failure.event_specific_data.error)
+        assert not (output / "raw_images").exists()  # nothing written, no listing, no CNN
+    finally:
+        held.release()
+    assert _materialize(root, output, weights_path).success  # released: the next run goes ahead
+    assert not (output / run_lock.LOCK_FILE).exists()  # and released its own lock
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_path):
+    root, output = _root(tmp_path), tmp_path / "out"
+    output.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"owner": "killed-run", "pid": int(dead.stdout), "host": os.uname().nodename, "since": 0}
+    (output / run_lock.LOCK_FILE).write_text(json.dumps(record))
+    assert _materialize(root, output, weights_path).success
+
+
+def test_the_same_owner_reenters_and_object_stores_are_not_locked(tmp_path):
+    lock = run_lock.acquire(str(tmp_path), "run-1")
+    assert run_lock.acquire(str(tmp_path), "run-1") == lock
+    with pytest.raises(run_lock.OutputInUseError, match="in use by run run-1"):
+        run_lock.acquire(f"file:{tmp_path}", "run-2")
+    lock.release()
+    assert run_lock.acquire("s3://bucket/out", "run-2") is None
+
+
+def test_two_main_commands_started_together_lose_and_duplicate_nothing(spark, training_root, weights_path, tmp_path):
+    root, output = _root(tmp_path, n=3), tmp_path / "out"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "FRUITS_IMAGE_ROOT": str(root),
+        "FRUITS_TRAINING_ROOT": str(training_root),
+        "FRUITS_OUTPUT_URI": str(output),
+        "FRUITS_WEIGHTS": weights_path,
+    }
+    (tmp_path / "home").mkdir()
+    command = [sys.executable, "-m", "fruits_assets"]
+    runs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    runs.append(
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    codes = [run.returncode for run in runs]
+    assert 0 in codes, outputs
+    for code, text in zip(codes, outputs, strict=True):  # a run that lost the race says why, and wrote nothing
+        assert code == 0 or "is in use by run" in text + _log(text), text
+    current = batches.read_current(spark, str(output), "cnn_features").collect()
+    paths = [row.path for row in current]
+    assert len(paths) == len(set(paths)) == 6  # every photo once, whatever the interleaving
+    assert not (output / run_lock.LOCK_FILE).exists()
+
+
+def _log(terminal: str) -> str:
+    """The run's detail log file, whose path the main command prints."""
+    for line in terminal.splitlines():
+        if " log: " in line:
+            path = line.rsplit(" log: ", 1)[1].strip()
+            return Path(path).read_text() if os.path.exists(path) else ""
+    return ""
