@@ -51,18 +51,29 @@ daily_refit = ScheduleDefinition(
 )
 def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> SensorResult:
     """One batch (partition) and run per distinct set of settled photos; files still being written wait."""
-    state = snapshot.State.decode(context.cursor)
-    state, changes = snapshot.advance(state, snapshot.list_root(image_source.root), image_source.settle_seconds)
+    before = snapshot.restore(context.cursor)
+    state, changes = snapshot.advance(before, snapshot.list_root(image_source.root), image_source.settle_seconds)
+    cursor = _cursor(context.cursor, before, state, image_source)
     counts = changes.counts()
     context.log.info("image root %s: %s", image_source.root, counts)
     if not changes:
         reason = f"no settled change ({counts['deferred']} file(s) still being written)"
-        return SensorResult(skip_reason=reason, cursor=state.encode())
+        return SensorResult(skip_reason=reason, cursor=cursor)
     key = batches.new_key()
     tags = {f"fruits/{kind}": str(n) for kind, n in counts.items()}
     request = RunRequest(run_key=snapshot.digest(state), partition_key=key, tags=tags)
     return SensorResult(
         run_requests=[request],
         dynamic_partitions_requests=[ingest_batches.build_add_request([key])],
-        cursor=state.encode(),
+        cursor=cursor,
     )
+
+
+def _cursor(previous: str | None, before: snapshot.State, state: snapshot.State, image_source: ImageSource) -> str:
+    """The next cursor: a pointer to the snapshot stored beside the tables (a few bytes, whatever the corpus size),
+    written only when the state changed; inline in the cursor when no `state_uri` is set."""
+    if image_source.state_uri is None:
+        return state.encode()
+    if previous and previous.startswith("{") and state == before:
+        return previous
+    return snapshot.store(state, image_source.state_uri)

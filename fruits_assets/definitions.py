@@ -51,7 +51,10 @@ def local_resources(
         "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
         "tables": TableStore(base_uri=output, pyspark=pyspark),
-        "image_source": ImageSource(root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT))),
+        "image_source": ImageSource(
+            root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT)),
+            state_uri=f"{output.rstrip('/')}/_sensor/new_images",
+        ),
         "cnn": CnnResource(
             weights_path=weights_path or default_weights_path(),
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),

@@ -410,7 +410,7 @@ def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] |
         "io_manager": SparkParquetIOManager(base_uri=settings.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{settings.output_uri}/models", pyspark=pyspark),
         "tables": TableStore(base_uri=settings.output_uri, pyspark=pyspark),
-        "image_source": ImageSource(root=settings.image_root),
+        "image_source": ImageSource(root=settings.image_root, state_uri=f"{settings.output_uri}/_sensor/new_images"),
         "cnn": ClusterCnnResource(
             weights_path=settings.weights_path,
             batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),

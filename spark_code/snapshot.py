@@ -104,3 +104,110 @@ def digest(state: State) -> str:
     import hashlib
 
     return hashlib.sha1(json.dumps(sorted(state.accepted.items())).encode()).hexdigest()[:16]
+
+
+# ---- a cursor that stays small: the snapshot itself lives as Parquet beside the tables --------------------------
+
+KEEP_SNAPSHOTS = 3
+
+
+def _state_table(state: State):
+    import pyarrow as pa
+
+    rows = [(path, *entry, False) for path, entry in state.accepted.items()]
+    rows += [(path, *entry, True) for path, entry in state.pending.items()]
+    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    schema = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("pending", pa.bool_())])
+    return pa.Table.from_arrays([pa.array(c, type=t.type) for c, t in zip(columns, schema, strict=True)], schema=schema)
+
+
+def _state_of(table) -> State:
+    state = State()
+    for path, size, mtime, pending in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        (state.pending if pending else state.accepted)[path] = (size, mtime)
+    return state
+
+
+def store(state: State, folder: str, client=None) -> str:
+    """Write the state as Parquet in `folder` (local or s3://) and return a cursor of a few bytes pointing at it.
+
+    The cursor's size does not grow with the corpus; the newest KEEP_SNAPSHOTS files are kept.
+    """
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(_state_table(state), sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    name = f"snapshot-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet"
+    uri = _files(folder, client).write(name, data)
+    return json.dumps({"snapshot": uri, "files": len(state.accepted), "pending": len(state.pending)})
+
+
+def restore(cursor: str | None, client=None) -> State:
+    """The state behind a cursor: a pointer written by `store`, or an inline cursor of `State.encode`."""
+    if not cursor or not cursor.startswith("{"):
+        return State.decode(cursor)
+    import pyarrow.parquet as pq
+
+    uri = json.loads(cursor)["snapshot"]
+    folder, name = uri.rsplit("/", 1)
+    try:
+        return _state_of(pq.read_table(_files(folder, client).open(name)))
+    except (OSError, ValueError) as error:  # removed by hand: the next batch's diff with the tables still holds
+        logger.warning("sensor snapshot %s unreadable (%s): starting from an empty snapshot", uri, error)
+        return State()
+
+
+class _LocalFolder:
+    def __init__(self, folder: str):
+        from pathlib import Path
+
+        self.folder = Path(folder.removeprefix("file:"))
+
+    def write(self, name: str, data: bytes) -> str:
+        import os
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f".{name}").write_bytes(data)
+        os.replace(self.folder / f".{name}", self.folder / name)
+        for old in sorted(self.folder.glob("snapshot-*.parquet"))[:-KEEP_SNAPSHOTS]:
+            old.unlink(missing_ok=True)
+        return str(self.folder / name)
+
+    def open(self, name: str):
+        return str(self.folder / name)
+
+
+class _S3Folder:
+    def __init__(self, folder: str, client=None):
+        from urllib.parse import urlparse
+
+        import boto3
+
+        parsed = urlparse(folder)
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self.client = client or boto3.client("s3")
+
+    def write(self, name: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}", Body=data)
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/snapshot-")
+        keys = sorted(item["Key"] for item in listed.get("Contents", []))
+        for key in keys[:-KEEP_SNAPSHOTS]:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return f"s3://{self.bucket}/{self.prefix}/{name}"
+
+    def open(self, name: str):
+        import io
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")["Body"].read()
+        except self.client.exceptions.NoSuchKey as error:
+            raise FileNotFoundError(f"s3://{self.bucket}/{self.prefix}/{name}") from error
+        return io.BytesIO(body)
+
+
+def _files(folder: str, client=None):
+    return _S3Folder(folder, client) if folder.startswith("s3://") else _LocalFolder(folder)
