@@ -61,6 +61,11 @@ class ImageSource(ConfigurableResource):
     settle_seconds: float = Field(
         default=30.0, ge=0.0, description="The sensor takes a new file once it has been unmodified this long."
     )
+    state_uri: str | None = Field(
+        default=None,
+        description="Where the sensor keeps its listing snapshots (Parquet; its cursor only points at the newest). "
+        "None keeps the snapshot inside the cursor.",
+    )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if _is_local(self.root) and not os.path.isdir(urlparse(self.root).path or self.root):
