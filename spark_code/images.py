@@ -173,16 +173,22 @@ def _read_on_driver(spark: SparkSession, paths: list[str]) -> DataFrame:
     return spark.createDataFrame(rows, "path string, content binary")
 
 
-def _can_scan(root: str, count: int) -> bool:
-    """Scanning the whole root beats naming each file for big listings, unless links could lead Spark in a loop."""
-    return count >= EXPLICIT_PATHS_BELOW and (root.startswith("s3://") or rootwalk.walk_local(root).linked_folders == 0)
+def _can_scan(root: str, count: int, unreadable: int, explicit_below: int) -> bool:
+    """Scanning the whole root beats naming each file for big listings, unless links could lead Spark in a loop or
+    the root holds a file the scan would fail on or read twice (one Spark cannot read by name)."""
+    if count < explicit_below or unreadable:
+        return False
+    return root.startswith("s3://") or rootwalk.walk_local(root).linked_folders == 0
 
 
-def attach_content(spark: SparkSession, listing: DataFrame, root: str) -> DataFrame:
+def attach_content(
+    spark: SparkSession, listing: DataFrame, root: str, explicit_below: int = EXPLICIT_PATHS_BELOW
+) -> DataFrame:
     """Join the listed files to their bytes without shuffling the bytes (the listing is broadcast).
 
-    A small listing (an incremental batch) reads only its own files; a large one scans the root once. Files whose
-    name Spark's file index hides are read on the driver; a listed file missing here has vanished since.
+    A listing of fewer than `explicit_below` files (an incremental batch) reads only its own files; a larger one
+    scans the root once when that is safe. Files Spark cannot read by name are read on the driver; a listed file
+    missing here has vanished since.
     """
     base = qualify_root(root) + "/"
     paths = [row.path for row in listing.select("path").collect()]
@@ -190,7 +196,8 @@ def attach_content(spark: SparkSession, listing: DataFrame, root: str) -> DataFr
     visible = [p for p in paths if p not in hidden]
     parts = [_read_on_driver(spark, sorted(hidden))] if hidden else []
     if visible:
-        parts.append(_scan(spark, root) if _can_scan(root, len(visible)) else _read_explicit(spark, visible))
+        scan = _can_scan(root, len(visible), len(hidden), explicit_below)
+        parts.append(_scan(spark, root) if scan else _read_explicit(spark, visible))
     if not parts:
         return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
     files = functools.reduce(DataFrame.unionByName, parts)

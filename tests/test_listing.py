@@ -79,6 +79,22 @@ def test_every_listed_file_gets_its_bytes_whatever_its_name(spark, tmp_path):
             assert data == file.read()
 
 
+def test_scanning_the_root_gives_the_same_bytes_when_it_is_safe(spark, tmp_path):
+    root = tmp_path / "root"
+    for name in ("Kiwi", "Lemon"):
+        (root / name).mkdir(parents=True)
+        for image in first_images(FRUITS / "Banana", 3):
+            shutil.copy(image, root / name / f"{name}-{image.name}")
+    (root / "Kiwi" / "Thumbs.db").write_bytes(b"x")  # scanned by Spark, not listed: must not appear
+    listed = images.list_images(spark, str(root))
+    scanned = images.attach_content(spark, listed, str(root), explicit_below=1)
+    named = images.attach_content(spark, listed, str(root))
+    assert scanned.count() == 6 and sorted(scanned.collect()) == sorted(named.collect())
+    (root / "Kiwi" / "_DSC0001.JPG").write_bytes(b"y")  # a scan would miss it: named paths and the driver instead
+    listed = images.list_images(spark, str(root))
+    assert images.attach_content(spark, listed, str(root), explicit_below=1).count() == 7
+
+
 def test_s3_keys_follow_the_same_rules():
     objects = [("Kiwi/a.JPG", 1, 1), ("Kiwi/.DS_Store", 1, 1), ("Kiwi/", 0, 1), ("__MACOSX/Kiwi/._a.JPG", 1, 1)]
     found = listing.listing_of_keys([*objects, ("Kiwi/2024/b.heic", 2, 2), ("at_root.jpg", 3, 3)])
