@@ -4,6 +4,8 @@ import os
 import shutil
 from datetime import datetime, timezone
 
+import pytest
+
 from spark_code import images, listing, snapshot
 from tests.conftest import FRUITS, first_images
 
@@ -102,6 +104,7 @@ def test_s3_keys_follow_the_same_rules():
     assert dict(found.skipped) == {listing.HIDDEN: 1, listing.CLUTTER: 1}
 
 
+@pytest.mark.slow  # a moto server
 def test_s3_listing_and_sensor_agree_over_a_real_s3_api(monkeypatch):
     import boto3
 
