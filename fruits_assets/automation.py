@@ -16,7 +16,7 @@ from dagster import (
 from fruits_assets.assets import PcaConfig, ScalerConfig
 from fruits_assets.partitions import ingest_batches
 from fruits_assets.resources import ImageSource
-from spark_code import batches, snapshot
+from spark_code import batches, s3_events, snapshot
 
 materialize_all = define_asset_job(
     "materialize_all",
@@ -46,14 +46,21 @@ daily_refit = ScheduleDefinition(
     job=materialize_all,
     minimum_interval_seconds=300,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Lists the image root (names, sizes, mtimes; no contents); when photos changed, adds an ingest "
-    "batch and runs the job for it.",
+    description="Lists the image root (names, sizes, mtimes; no contents), or drains its S3 event notifications "
+    "from SQS; when photos changed, adds an ingest batch and runs the job for it.",
 )
 def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> SensorResult:
     """One batch (partition) and run per distinct set of settled photos; files still being written wait."""
     before = snapshot.restore(context.cursor)
-    state, changes = snapshot.advance(before, snapshot.list_root(image_source.root), image_source.settle_seconds)
+    handles: list[str] = []
+    if image_source.events_queue:  # S3 event notifications: what changed, without listing the root
+        events, handles = s3_events.drain(image_source.events_queue, image_source.root)
+        state, changes = s3_events.apply(before, events)
+    else:
+        state, changes = snapshot.advance(before, snapshot.list_root(image_source.root), image_source.settle_seconds)
     cursor = _cursor(context.cursor, before, state, image_source)
+    if handles:
+        s3_events.acknowledge(image_source.events_queue, handles)  # only once the state they led to is stored
     counts = changes.counts()
     context.log.info("image root %s: %s", image_source.root, counts)
     if not changes:

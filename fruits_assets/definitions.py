@@ -54,6 +54,7 @@ def local_resources(
         "image_source": ImageSource(
             root=image_root or os.environ.get("FRUITS_IMAGE_ROOT", str(DEFAULT_IMAGE_ROOT)),
             state_uri=f"{output.rstrip('/')}/_sensor/new_images",
+            events_queue=os.environ.get("FRUITS_EVENTS_QUEUE") or None,
         ),
         "cnn": CnnResource(
             weights_path=weights_path or default_weights_path(),

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_pyspark import PySparkResource
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from spark_code import batches, io
 from spark_code.classifier import LogisticSettings
@@ -66,6 +66,22 @@ class ImageSource(ConfigurableResource):
         description="Where the sensor keeps its listing snapshots (Parquet; its cursor only points at the newest). "
         "None keeps the snapshot inside the cursor.",
     )
+    events_queue: str | None = Field(
+        default=None,
+        description="SQS queue URL receiving the S3 event notifications of an s3:// root (env FRUITS_EVENTS_QUEUE): "
+        "the sensor drains it instead of listing the root.",
+    )
+
+    @model_validator(mode="after")
+    def _events_need_s3(self):
+        if self.events_queue and not self.root.startswith("s3://"):
+            raise ValueError(
+                f"events_queue is set but the image root {self.root!r} is not an s3:// prefix: S3 event "
+                "notifications exist only for S3; unset FRUITS_EVENTS_QUEUE to list a local folder"
+            )
+        if self.events_queue and self.state_uri is None:
+            raise ValueError("events_queue needs state_uri: the sensor keeps the snapshot the events update there")
+        return self
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if _is_local(self.root) and not os.path.isdir(urlparse(self.root).path or self.root):
