@@ -12,6 +12,9 @@ from dagster import (
     MetadataValue,
     Output,
     ResourceParam,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
     multi_asset,
 )
@@ -25,8 +28,9 @@ from fruits_assets import plots
 from fruits_assets.metadata import class_table, quarantine_table, variance_markdown
 from fruits_assets.partitions import ingest_batches
 from fruits_assets.progress import SparkProgress
-from fruits_assets.resources import CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, reduce
+from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
+from spark_code import batches, io, reduce
+from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_root, require_images
 
@@ -156,7 +160,8 @@ def scaled_features(
     tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
-    """Features of every batch (current rows) standardised by a Spark ML StandardScaler saved with the asset."""
+    """Features of every batch (current rows) standardised by a Spark ML StandardScaler saved with the asset,
+    stored as float32 (the CNN's precision: 5 KB per photo)."""
     cnn_features, cnn_model = current_features(tables)
     saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", SCALER_JSON)
     if saved is not None and json.loads(saved[2] or "{}").get("cnn_model") != cnn_model:
@@ -172,11 +177,23 @@ def scaled_features(
     return Output(scaled, metadata=metadata)
 
 
-class PcaConfig(Config):
-    """Either a fixed number of components `k`, or the share of variance to keep; and the refit policy."""
+DEFAULT_VARIANCE = 0.95  # the largest k the accuracy curve considers reaches this share of the variance
 
-    k: int | None = Field(default=None, ge=1, description="Fixed number of components (overrides the target).")
-    variance_target: float = Field(default=0.95, gt=0.0, le=1.0, description="Cumulative explained variance.")
+
+class PcaConfig(Config):
+    """A fixed number of components `k`, or the share of variance to keep, or by default the smallest k whose
+    classifier accuracy is within `accuracy_tolerance` of the best k's; and the refit policy."""
+
+    k: int | None = Field(default=None, ge=1, description="Fixed number of components (overrides the others).")
+    variance_target: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Keep the smallest k reaching this cumulative explained variance."
+    )
+    accuracy_tolerance: float = Field(
+        default=0.003,
+        ge=0.0,
+        le=0.1,
+        description="Default choice: the smallest k whose validation accuracy is within this of the best k's.",
+    )
     refit: bool = Field(default=False, description="Fit a new PCA even if the saved one still fits (daily schedule).")
     max_drift: float = Field(
         default=0.03, ge=0.0, le=1.0, description="Refit when the saved basis explains this much less variance now."
@@ -190,19 +207,27 @@ def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
         return None
     model, uri, extra = saved
     fitted_with = json.loads(extra or "{}")
-    wanted = {"k": config.k, "variance_target": config.variance_target, "scaler": scaler_uri}
+    wanted = {
+        "k": config.k,
+        "variance_target": config.variance_target,
+        "accuracy_tolerance": config.accuracy_tolerance,
+        "scaler": scaler_uri,
+    }
     return (model, uri, fitted_with) if {key: fitted_with.get(key) for key in wanted} == wanted else None
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"})
+@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["training_features"])
 def pca_features(
     context: AssetExecutionContext,
     config: PcaConfig,
     scaled_features: DataFrame,
     models: ModelStore,
+    tables: TableStore,
+    classifier: ClassifierSettings,
     pyspark_step_launcher: ResourceParam[Any],
 ) -> Output[DataFrame]:
-    """PCA projection (path, label, pca_features, pca_model) with k fixed or chosen from one fit to reach the target.
+    """PCA projection (path, label, pca_features as float32, pca_model) from one fit, k fixed, reaching a variance
+    target, or by default the smallest k whose logistic-regression accuracy is within the tolerance of the best.
 
     The saved PCA projects new images unless `refit` is set, the scaler changed, or the data drifted: the share of
     variance the saved basis explains fell by more than `max_drift` since it was fitted.
@@ -214,9 +239,10 @@ def pca_features(
         drift = round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], scaled_features), 4)
     refit = saved is None or drift > config.max_drift
     if refit:
-        model, curve, model_uri = _fit_pca(config, scaled_features, models, scaler_uri)
+        model, model_uri, fitted_with = _fit_pca(config, scaled_features, models, tables, scaler_uri, classifier)
     else:
-        model, model_uri, curve = saved[0], saved[1], saved[2]["curve"]
+        model, model_uri, fitted_with = saved
+    curve, accuracy = fitted_with["curve"], {int(k): a for k, a in fitted_with.get("accuracy_curve", {}).items()}
     k = model.getK()
     context.log.info("PCA %s: k=%d, %s (drift %s)", model_uri, k, "refit" if refit else "reused", drift)
     projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
@@ -225,33 +251,85 @@ def pca_features(
         "k": k,
         "explained_variance": float(curve[k - 1]),
         "variance_target": config.variance_target if config.k is None else None,
+        "k_choice": fitted_with.get("k_choice"),
+        "accuracy_curve_on": fitted_with.get("accuracy_curve_on"),
         "input_dim": len(curve),
+        "bytes_per_photo_vector": 4 * k,
         "refit": refit,
         "drift": drift,
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
         "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
+        **_accuracy_metadata(accuracy, k),
         "pca_scatter": MetadataValue.md(plots.scatter_plot(*reduce.first_two(projected, "pca_features"))),
         "model_uri": MetadataValue.path(model_uri),
     }
     return Output(projected, metadata={key: value for key, value in metadata.items() if value is not None})
 
 
-def _fit_pca(config: PcaConfig, scaled_features: DataFrame, models: ModelStore, scaler_uri: str):
-    """Fit the PCA once (all components), keep k, save it with what it was fitted with; (model, curve, uri)."""
+def _accuracy_metadata(accuracy: dict[int, float], k: int) -> dict:
+    if not accuracy:
+        return {}
+    records = [{"k": key, "accuracy": round(value, 4)} for key, value in sorted(accuracy.items())]
+    return {
+        "accuracy_by_k": _table(records, [("k", "int"), ("accuracy", "float")]),
+        "accuracy_plot": MetadataValue.md(plots.accuracy_plot(accuracy, k)),
+    }
+
+
+def _table(records: list[dict], columns: list[tuple[str, str]]) -> MetadataValue:
+    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in columns])
+    return MetadataValue.table(records=[TableRecord(r) for r in records], schema=schema)
+
+
+def _curve_rows(scaled_features: DataFrame, models: ModelStore, tables: TableStore) -> tuple[DataFrame, DataFrame, str]:
+    """(fit rows, validation rows, where they come from) for the accuracy curve: the classifier's training photos
+    scaled like the corpus, validated on the corpus, as the classifier is; without a training table yet, a split
+    of the corpus (up to 40 photos per class fit, the others validate)."""
+    try:
+        training = io.read_table(tables.pyspark.spark_session, tables.base_uri, "training_features")
+    except io.TableNotFoundError:
+        return (*clf.split_per_class(scaled_features), "corpus split")
+    scaler = models.load(StandardScalerModel, "scaled_features")
+    return reduce.scale(scaler, training.select("path", "label", "features")), scaled_features, "training photos"
+
+
+def _fit_pca(
+    config: PcaConfig,
+    scaled_features: DataFrame,
+    models: ModelStore,
+    tables: TableStore,
+    scaler_uri: str,
+    classifier: ClassifierSettings,
+):
+    """Fit the PCA once (all components), choose k, save it with what it was fitted with; (model, uri, fitted_with)."""
     estimator = reduce.VariancePCA(
         inputCol="scaled_features",
         outputCol="pca_features",
         k=config.k or 0,
-        varianceTarget=config.variance_target,
+        varianceTarget=config.variance_target or DEFAULT_VARIANCE,
     )
     model = estimator.fit(scaled_features)
     curve = reduce.variance_curve(estimator.fullExplainedVariance)
+    accuracy, choice, curve_on = {}, "fixed" if config.k else "variance", None
+    if config.k is None and config.variance_target is None:
+        ks = reduce.candidate_ks(estimator.fullExplainedVariance, DEFAULT_VARIANCE)
+        fit_rows, valid_rows, curve_on = _curve_rows(scaled_features, models, tables)
+        accuracy = clf.accuracy_curve(fit_rows, valid_rows, reduce.truncate(model, max(ks)), ks, classifier.logistic())
+        if accuracy:
+            model, choice = (
+                reduce.truncate(model, reduce.smallest_accurate_k(accuracy, config.accuracy_tolerance)),
+                "accuracy",
+            )
     fitted_with = {
         "k": config.k,
         "variance_target": config.variance_target,
+        "accuracy_tolerance": config.accuracy_tolerance,
         "scaler": scaler_uri,
         "explained_variance": curve[model.getK() - 1],
         "curve": curve,
+        "accuracy_curve": {str(k): a for k, a in accuracy.items()},
+        "k_choice": choice,
+        "accuracy_curve_on": curve_on,
     }
     uri = models.save(model, "pca_features", extras={"pca.json": json.dumps(fitted_with)})
-    return model, curve, uri
+    return model, uri, fitted_with

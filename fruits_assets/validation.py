@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+import numpy as np
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -25,6 +26,7 @@ from pyspark.sql import DataFrame
 from fruits_assets.assets import GROUP, current_features, pca_features
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import classifier as clf
+from spark_code import openset
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
 from spark_code.serving import CNN_SETTINGS
@@ -92,22 +94,31 @@ def fruit_classifier(
     cnn: CnnResource,
     pyspark_step_launcher: ResourceParam[Any],
 ) -> MaterializeResult:
-    """Multinomial logistic regression on the PCA features of the training set, scored on the corpus.
+    """Multinomial logistic regression on the PCA features of the training set, scored on the corpus, with its
+    open-set rejection (`unknown`): feature-space scores fitted on the training photos, measured by the
+    held-out-classes protocol, the threshold calibrated to accept `known_accept_rate` of the corpus's known photos.
 
-    Saves scaler + PCA + classifier + label index as one Spark ML pipeline; also scores the same classifier on
-    the raw (scaled) 1280-d features, so the cost of the dimension reduction shows.
+    Saves scaler + PCA + classifier + label index as one Spark ML pipeline (plus `openset.json`); also scores the
+    same classifier on the raw (scaled) 1280-d features, so the cost of the dimension reduction shows.
     """
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
     cnn_features, _ = current_features(tables)  # every batch's current rows
     model = clf.train_classifier(training_features, scaler, pca, classifier.logistic())
-    evaluation = clf.evaluate_model(model, cnn_features)
+    scores = clf.fit_feature_scores(model, training_features)
+    scored = clf.collect_scores(model, scores, cnn_features)
+    evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
     raw = clf.evaluate_model(clf.train_classifier(training_features, scaler, None, classifier.logistic()), cnn_features)
-    uri = models.save(model, "fruit_classifier", extras={CNN_SETTINGS: json.dumps({"image_size": cnn.image_size})})
+    accept = classifier.known_accept_rate
+    protocol = clf.openset_protocol(training_features, cnn_features, scaler, pca, classifier.logistic(), accept)
+    rejection = _open_set_model(scored, clf.class_labels(model), scores, classifier, protocol)
+    extras = {CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}), openset.OPENSET_JSON: rejection.to_json()}
+    uri = models.save(model, "fruit_classifier", extras=extras)
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())
     return MaterializeResult(
         metadata={
             **_evaluation_metadata(evaluation),
+            **_openset_metadata(rejection, protocol, scored, clf.class_labels(model)),
             "k": pca.getK(),
             "classes": len(clf.class_labels(model)),
             "raw_accuracy": round(raw.accuracy, 4),
@@ -115,6 +126,54 @@ def fruit_classifier(
             "model_uri": MetadataValue.path(uri),
         }
     )
+
+
+def _open_set_model(
+    scored: clf.ScoredRows,
+    known: list[str],
+    scores: openset.FeatureScores,
+    classifier: ClassifierSettings,
+    protocol: clf.OpenSetProtocol | None,
+) -> openset.OpenSetModel:
+    """The configured score (or, for `auto`, the protocol's best), calibrated on the corpus's known-class rows."""
+    score = classifier.unknown_score
+    if score == "auto":
+        score = openset.best(protocol.reports).score if protocol else openset.KNN
+    is_known = np.isin(scored.labels, known)
+    values = {name: scored.values(name)[is_known] for name in openset.SCORES}
+    return openset.calibrated(score, values, scores, classifier.known_accept_rate)
+
+
+def _openset_metadata(
+    rejection: openset.OpenSetModel, protocol: clf.OpenSetProtocol | None, scored: clf.ScoredRows, known: list[str]
+) -> dict:
+    decision = rejection.decision
+    accepted = decision.known(scored.values(decision.score))
+    is_known = np.isin(scored.labels, known)
+    metadata = {
+        "unknown_score": decision.score,
+        "unknown_threshold": round(decision.threshold, 6),
+        "known_accepted": round(float(accepted[is_known].mean()), 4),
+    }
+    if (~is_known).any():
+        metadata["unknown_class_rows_rejected"] = round(float(1 - accepted[~is_known].mean()), 4)
+    if protocol is not None:
+        metadata.update(protocol.summary())
+        metadata["openset_protocol"] = MetadataValue.md(_protocol_markdown(protocol, rejection.accept_rate))
+    return metadata
+
+
+def _protocol_markdown(protocol: clf.OpenSetProtocol, accept_rate: float) -> str:
+    lines = [
+        f"Held out {len(protocol.held_out)} of {len(protocol.held_out) + len(protocol.known_classes)} training classes "
+        f"(sorted positions {openset.HELD_OUT_OFFSET} mod {openset.HELD_OUT_EVERY}); knowns: "
+        f"{protocol.known_rows} test photos, unknowns: {protocol.unknown_rows}.",
+        "",
+        f"| score | AUROC | unknowns rejected at {accept_rate:.0%} knowns accepted |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {r.score} | {r.auroc:.4f} | {r.rejected_at_accept:.4f} |" for r in protocol.reports]
+    return "\n".join(lines)
 
 
 def _latest_metadata(context: AssetCheckExecutionContext) -> dict:

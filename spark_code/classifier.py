@@ -126,7 +126,7 @@ def evaluate_model(model: PipelineModel, test_features: DataFrame) -> Evaluation
     return evaluate([(r["label"], r[PREDICTED]) for r in rows], class_labels(model))
 
 
-def _split_per_class(labelled: DataFrame, per_class: int) -> tuple[DataFrame, DataFrame]:
+def split_per_class(labelled: DataFrame, per_class: int = 40) -> tuple[DataFrame, DataFrame]:
     """(fit rows, validation rows): up to `per_class` rows of each class, at most half of it, chosen by path hash."""
     by_class = Window.partitionBy("label")
     ranked = labelled.filter(F.col("label").isNotNull()).select(
@@ -139,20 +139,25 @@ def _split_per_class(labelled: DataFrame, per_class: int) -> tuple[DataFrame, Da
     return usable.filter(fit).drop("_rank", "_count"), usable.filter(~fit).drop("_rank", "_count")
 
 
-def accuracy_curve(
-    labelled: DataFrame, pca: PCAModel, ks: list[int], settings: LogisticSettings, per_class: int = 40
-) -> dict[int, float]:
-    """Validation accuracy of the logistic regression on the first k components, for each k in `ks`.
+def _projected(pca: PCAModel, rows: DataFrame) -> DataFrame:
+    projected = pca.transform(as_vectors(rows.filter(F.col("label").isNotNull()), pca.getInputCol()))
+    return projected.select("label", vector_to_array(pca.getOutputCol()).alias("_pca")).cache()
 
-    `labelled` holds `path`, `label` and the PCA's input column (scaled features). Up to `per_class` photos per class
-    (at most half of each class) train, the others validate; `pca` must keep at least max(ks) components.
-    Empty when the labels do not allow it (fewer than 2 classes with 2 photos or more).
+
+def accuracy_curve(
+    fit: DataFrame, validate: DataFrame, pca: PCAModel, ks: list[int], settings: LogisticSettings
+) -> dict[int, float]:
+    """Accuracy of the logistic regression on the first k components, for each k in `ks`: trained on `fit`,
+    scored on the rows of `validate` whose class it knows.
+
+    Both hold `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks) components.
+    Empty when the labels do not allow it (fewer than 2 classes, or nothing to validate).
     """
-    projected = pca.transform(as_vectors(labelled, pca.getInputCol()))
-    projected = projected.select("path", "label", vector_to_array(pca.getOutputCol()).alias("_pca"))
-    fit_rows, valid_rows = (part.cache() for part in _split_per_class(projected, per_class))
+    fit_rows, valid_rows = _projected(pca, fit), _projected(pca, validate)
+    known = [row.label for row in fit_rows.select("label").distinct().collect()]
+    valid_rows = valid_rows.filter(F.col("label").isin(known))
     curve = {}
-    if fit_rows.select("label").distinct().count() < 2 or valid_rows.isEmpty():
+    if len(known) < 2 or valid_rows.isEmpty():
         logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
         ks = []
     for k in sorted(ks):

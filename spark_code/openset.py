@@ -72,30 +72,50 @@ def fit_mahalanobis(features: np.ndarray, labels: list[str] | np.ndarray, shrink
 
 @dataclass(frozen=True)
 class NearestNeighbourScore:
-    """Cosine distance of L2-normalised PCA features to the nearest training photo (any class): 1 − best cosine."""
+    """Distance of PCA features to the nearest training photo (any class), by direction and by length.
 
-    bank: np.ndarray  # (training photos, k) float32, unit rows
+    d² = 2 (1 − cos) + (log |x| − log |b|)²: the cosine distance of L2-normalised features, plus how far the vector's
+    length is from the neighbour's. The length matters: a flat colour, noise or text projects to a vector tens of
+    times longer than any fruit photo's, which normalising alone would hide.
+    """
+
+    directions: np.ndarray  # (training photos, k) float32, unit rows
+    log_norms: np.ndarray  # (training photos,) float32
 
     def distances(self, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """Distance of each row to its nearest training photo (0 for a training photo itself)."""
-        x = l2_normalise(np.atleast_2d(np.asarray(features, dtype=np.float64))).astype(np.float32)
-        best = [(x[i : i + chunk] @ self.bank.T).max(axis=1) for i in range(0, len(x), chunk)]
-        return 1.0 - np.concatenate(best).astype(np.float64) if best else np.zeros(0)
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        units, logs = l2_normalise(x).astype(np.float32), _log_norms(x).astype(np.float32)
+        best = []
+        for i in range(0, len(x), chunk):
+            squared = 2 * (1 - units[i : i + chunk] @ self.directions.T)
+            squared += (logs[i : i + chunk, np.newaxis] - self.log_norms[np.newaxis]) ** 2
+            best.append(squared.min(axis=1))
+        return np.sqrt(np.maximum(np.concatenate(best).astype(np.float64), 0.0)) if best else np.zeros(0)
 
     def to_dict(self) -> dict:
         """The bank as base64 float32 bytes (compact JSON)."""
-        return {"shape": list(self.bank.shape), "bank": base64.b64encode(self.bank.tobytes()).decode()}
+        return {
+            "shape": list(self.directions.shape),
+            "directions": base64.b64encode(self.directions.tobytes()).decode(),
+            "log_norms": base64.b64encode(self.log_norms.tobytes()).decode(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> NearestNeighbourScore:
         """The inverse of `to_dict`."""
-        bank = np.frombuffer(base64.b64decode(data["bank"]), dtype=np.float32).reshape(data["shape"])
-        return cls(bank)
+        directions = np.frombuffer(base64.b64decode(data["directions"]), dtype=np.float32).reshape(data["shape"])
+        return cls(directions, np.frombuffer(base64.b64decode(data["log_norms"]), dtype=np.float32))
+
+
+def _log_norms(x: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(np.linalg.norm(x, axis=1), 1e-12))
 
 
 def fit_knn(features: np.ndarray) -> NearestNeighbourScore:
-    """The bank of L2-normalised training features."""
-    return NearestNeighbourScore(l2_normalise(np.asarray(features, dtype=np.float64)).astype(np.float32))
+    """The bank of training features: their directions and log lengths."""
+    x = np.asarray(features, dtype=np.float64)
+    return NearestNeighbourScore(l2_normalise(x).astype(np.float32), _log_norms(x).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -148,20 +168,39 @@ class Decision:
 class OpenSetModel:
     """What the classifier saves to reject unknowns: the default decision (calibrated) and the feature scores."""
 
-    decision: Decision
+    score: str  # the default score
+    thresholds: dict[str, float]  # every score's threshold, calibrated to accept `accept_rate` of known photos
     scores: FeatureScores
-    accept_rate: float  # share of known-class photos the threshold was calibrated to accept
+    accept_rate: float
+
+    @property
+    def decision(self) -> Decision:
+        """The default decision."""
+        return self.decision_for(self.score)
+
+    def decision_for(self, score: str, threshold: float | None = None) -> Decision:
+        """The decision by `score`, at its calibrated threshold unless `threshold` is given."""
+        return Decision(score, self.thresholds[score] if threshold is None else threshold)
 
     def to_json(self) -> str:
         """Saved as `openset.json` beside the pipeline."""
-        decision = {"score": self.decision.score, "threshold": self.decision.threshold}
-        return json.dumps({"decision": decision, "accept_rate": self.accept_rate, **self.scores.to_dict()})
+        head = {"score": self.score, "thresholds": self.thresholds, "accept_rate": self.accept_rate}
+        return json.dumps({**head, **self.scores.to_dict()})
 
     @classmethod
     def from_json(cls, text: str) -> OpenSetModel:
         """The inverse of `to_json`."""
         data = json.loads(text)
-        return cls(Decision(**data["decision"]), FeatureScores.from_dict(data), float(data["accept_rate"]))
+        thresholds = {name: float(value) for name, value in data["thresholds"].items()}
+        return cls(data["score"], thresholds, FeatureScores.from_dict(data), float(data["accept_rate"]))
+
+
+def calibrated(
+    score: str, values: dict[str, np.ndarray], scores: FeatureScores, accept_rate: float = 0.95
+) -> OpenSetModel:
+    """An open-set model whose every score accepts `accept_rate` of the given known-class values."""
+    thresholds = {name: calibrate(name, values[name], accept_rate).threshold for name in SCORES}
+    return OpenSetModel(score, thresholds, scores, accept_rate)
 
 
 def calibrate(score: str, known_values: np.ndarray, accept_rate: float = 0.95) -> Decision:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 
-from spark_code import reduce
+from spark_code import io, reduce
+from spark_code.classifier import LogisticSettings, accuracy_curve, split_per_class
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_smallest_k():
 
 def test_scaler_centres_and_scales(synthetic):
     model = reduce.fit_scaler(synthetic, "features", "scaled")
-    values = np.array([r.scaled for r in reduce.scale(model, synthetic).collect()])
+    values = np.array([r.scaled for r in reduce.scale(model, synthetic, dtype="float64").collect()])
     assert np.allclose(values.mean(axis=0), 0, atol=1e-9)
     assert np.allclose(values.std(axis=0, ddof=1), 1, atol=1e-9)
 
@@ -41,7 +42,7 @@ def test_variance_target_picks_k_from_one_fit(synthetic):
 def test_fit_projects_like_spark_pca(synthetic):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
     refit = PCA(k=3, inputCol="features", outputCol="pca").fit(reduce.as_vectors(synthetic, "features"))
-    ours = np.array([r.pca for r in reduce.project(model, synthetic).collect()])
+    ours = np.array([r.pca for r in reduce.project(model, synthetic, dtype="float64").collect()])
     theirs = np.array([r.pca.toArray() for r in refit.transform(reduce.as_vectors(synthetic, "features")).collect()])
     signs = np.sign((ours * theirs).sum(axis=0))  # principal axes are defined up to sign
     assert np.allclose(ours, theirs * signs, atol=1e-6)
@@ -83,3 +84,57 @@ def test_gram_stats_match_numpy(synthetic):
     x = np.array([r.features for r in synthetic.collect()])
     n, total, gram = reduce.gram_stats(synthetic, "features")
     assert n == len(x) and np.allclose(total, x.sum(axis=0)) and np.allclose(gram, x.T @ x)
+
+
+def test_tables_hold_float32(synthetic):
+    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
+    assert reduce.project(model, synthetic).schema["pca"].dataType.simpleString() == "array<float>"
+    scaler = reduce.fit_scaler(synthetic, "features", "scaled")
+    assert reduce.scale(scaler, synthetic).schema["scaled"].dataType.simpleString() == "array<float>"
+
+
+def test_float32_round_trip_within_1e_5_of_double_projection(synthetic, spark, tmp_path):
+    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
+    double = {r.path: np.array(r.pca) for r in reduce.project(model, synthetic, dtype="float64").collect()}
+    io.write_table(reduce.project(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
+    stored = {r.path: np.array(r.pca) for r in io.read_table(spark, str(tmp_path), "pca").collect()}
+    assert stored.keys() == double.keys()
+    assert max(np.abs(stored[p] - double[p]).max() for p in stored) < 1e-5
+    assert max(np.abs(double[p]).max() for p in double) > 1.0  # values large enough for float32 rounding to show
+
+
+def test_truncate_keeps_the_first_components(synthetic):
+    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
+    short = reduce.truncate(model, 2)
+    assert short.getK() == 2 and np.allclose(short.pc.toArray(), model.pc.toArray()[:, :2])
+    with pytest.raises(ValueError, match="k=6"):
+        reduce.truncate(model, 6)
+
+
+def test_candidate_ks_and_smallest_accurate_k():
+    explained = np.r_[np.full(600, 0.95 / 600), np.full(680, 0.05 / 680)]
+    assert reduce.candidate_ks(explained, 0.95) == [8, 16, 32, 64, 128, 256, 512, 600]
+    assert reduce.candidate_ks(np.r_[np.full(10, 0.1), np.zeros(5)], 0.95) == [8, 10]  # never beyond the rank
+    curve = {64: 0.953, 128: 0.965, 256: 0.972, 560: 0.9721}  # the issue's measurements
+    assert reduce.smallest_accurate_k(curve, 0.003) == 256
+    assert reduce.smallest_accurate_k(curve, 0.01) == 128
+    with pytest.raises(ValueError, match="empty"):
+        reduce.smallest_accurate_k({}, 0.003)
+
+
+def test_accuracy_curve_grows_with_the_informative_components(spark):
+    """Classes differ only along the 3rd principal direction: k = 2 is near chance, k = 3 separates them."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(["a", "b", "c"], 30)
+    centre = {"a": -1.0, "b": 0.0, "c": 1.0}
+    x = rng.normal(size=(90, 6)) * np.array([8.0, 6.0, 0.1, 0.05, 0.05, 0.05])
+    x[:, 2] += [4.0 * centre[label] for label in labels]
+    rows = [(f"img{i}", str(label), row.tolist()) for i, (label, row) in enumerate(zip(labels, x, strict=True))]
+    df = spark.createDataFrame(rows, "path string, label string, scaled array<double>")
+    pca = reduce.VariancePCA(inputCol="scaled", outputCol="pca", k=4).fit(df)
+    fit, validate = split_per_class(df, per_class=15)
+    assert fit.count() == 45 and validate.count() == 45
+    curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100))
+    assert sorted(curve) == [1, 2, 3]
+    assert curve[3] >= 0.95 and curve[1] < 0.7
+    assert reduce.smallest_accurate_k(curve, 0.003) == 3

@@ -1,17 +1,19 @@
 """The fruit classifier: metrics, its checks, the saved pipeline read without Spark, and `fruits classify`."""
 
+import io as bytes_io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from pyspark.ml import PipelineModel
 
 from fruits_assets.resources import ClassifierSettings
-from spark_code import batches, io
+from spark_code import batches, io, openset, reduce
 from spark_code import classifier as clf
 from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
-from tests.conftest import CLASSES, REPO
+from tests.conftest import CLASSES, REPO, TRAINING, first_images
 
 
 def _metadata(result, asset):
@@ -43,6 +45,29 @@ def test_classifier_materialized_with_metrics_and_passing_checks(run):
     assert checks["accuracy_above_floor"] and checks["pca_costs_little_accuracy"]
 
 
+def test_classifier_metadata_reports_open_set_rejection(run):
+    result, _, _ = run
+    meta = _metadata(result, "fruit_classifier")
+    assert meta["unknown_score"] == openset.KNN and meta["unknown_threshold"] > 0
+    assert meta["known_accepted"] >= 0.9  # calibrated to accept 95 % of the corpus's known-class photos
+    assert meta["openset_held_out_classes"] == 1  # of the sample's 3 training classes, "Cherry 1" is held out
+    for score in openset.SCORES:
+        assert 0.0 <= meta[f"openset_auroc_{score}"] <= 1.0 and 0.0 <= meta[f"openset_rejected_{score}"] <= 1.0
+    assert "| knn |" in meta["openset_protocol"]
+
+
+def test_pca_k_chosen_by_accuracy_and_stored_as_float32(run, spark):
+    result, output, _ = run
+    meta = _metadata(result, "pca_features")
+    assert meta["k_choice"] == "accuracy" and "variance_target" not in meta
+    accuracy = {row.data["k"]: row.data["accuracy"] for row in meta["accuracy_by_k"].records}
+    assert meta["k"] in accuracy and accuracy[meta["k"]] >= max(accuracy.values()) - 0.003
+    assert all(accuracy[k] < max(accuracy.values()) - 0.003 for k in accuracy if k < meta["k"])
+    assert meta["bytes_per_photo_vector"] == 4 * meta["k"] and meta["accuracy_plot"].startswith("![")
+    for table, column in (("pca_features", "pca_features"), ("scaled_features", "scaled_features")):
+        assert io.read_table(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
+
+
 def test_accuracy_floor_cannot_be_set_below_090():
     with pytest.raises(Exception, match="accuracy_floor"):
         ClassifierSettings(accuracy_floor=0.5)
@@ -58,7 +83,8 @@ def saved(run, spark):
 
 @pytest.fixture(scope="module")
 def engine(saved, weights_path):
-    return FruitClassifier(saved[1], weights_path, threshold=0.0)
+    """The engine with its saved (default) open-set decision."""
+    return FruitClassifier(saved[1], weights_path)
 
 
 def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
@@ -82,24 +108,97 @@ def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
         assert prediction.top[0][0] == spark_labels[f"file:{photo}"]
 
 
-def test_unknown_below_threshold_and_clear_errors(saved, engine, weights_path, sample_root):
-    photo = next((sample_root / CLASSES[1]).glob("*.jpg"))
+def test_classify_and_spark_path_agree_on_score_and_decision(saved, engine, spark, sample_root):
+    model, pipeline, output = saved
+    decision = pipeline.openset.decision
+    assert engine.decision == decision and decision.score == openset.KNN
+    features = batches.read_current(spark, output, "cnn_features")
+    rows = {r.path: r for r in clf.score_rows(model, pipeline.openset.scores, features, decision).collect()}
+    photos = [p for p in sorted(sample_root.rglob("*.*")) if f"file:{p}" in rows]
+    assert len(photos) >= 15
+    for photo in photos:
+        prediction, row = engine.classify(photo), rows[f"file:{photo}"]
+        assert prediction.score == pytest.approx(row[openset.KNN], rel=1e-3, abs=1e-4)
+        assert (prediction.label != "unknown") == row[clf.KNOWN]
+        assert prediction.label in ("unknown", row[clf.PREDICTED])
+    assert 0 < sum(row[clf.KNOWN] for row in rows.values()) < len(rows)  # some accepted, some rejected
+
+
+def _synthetic_non_fruit() -> dict[str, bytes]:
+    """Flat colours, noise and text: what a fruit app must not name."""
+    rng = np.random.default_rng(5)
+    images = {f"flat {c}": Image.new("RGB", (120, 120), c) for c in ("white", "black", "#3060d0", "#d04040")}
+    images["noise"] = Image.fromarray(rng.integers(0, 256, size=(160, 160, 3), dtype=np.uint8))
+    text = Image.new("RGB", (200, 120), "white")
+    ImageDraw.Draw(text).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR\nThank you!", fill="black")
+    images["text"] = text
+    encoded = {}
+    for name, image in images.items():
+        buffer = bytes_io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded[name] = buffer.getvalue()
+    return encoded
+
+
+@pytest.fixture(scope="module")
+def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
+    """A classifier built as the asset builds it, on 30 classes: 10 Training photos each; scaler, PCA (95 % of the
+    variance) and the calibration on 8 Test photos each. The run's 3-class sample is too small for distances to mean
+    much; this is the smallest world in which they do. Returns (engine, held-back Test photos of its classes)."""
+    classes = sorted(p.name for p in fruits_dir.iterdir() if p.is_dir())[::4][:30]
+
+    def table(root, first: int, last: int):
+        photos = [(c, p) for c in classes for p in first_images(root / c, last)[first:]]
+        rows = [(str(p), c, engine.features(p.read_bytes())[0].tolist()) for c, p in photos]
+        return spark.createDataFrame(rows, "path string, label string, features array<float>")
+
+    train, corpus = table(TRAINING, 0, 10), table(fruits_dir, 0, 8)
+    scaler = reduce.fit_scaler(corpus, "features", "scaled_features")
+    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    model = clf.train_classifier(train, scaler, pca.fit(reduce.scale(scaler, corpus)), clf.LogisticSettings())
+    scores = clf.fit_feature_scores(model, train)
+    scored = clf.collect_scores(model, scores, corpus)
+    rejection = openset.calibrated(openset.KNN, {n: scored.values(n) for n in openset.SCORES}, scores)
+    base = str(tmp_path_factory.mktemp("app_models"))
+    uri = io.save_model(spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()})
+    held_back = [p for c in classes for p in first_images(fruits_dir / c, 9)[8:]]
+    return FruitClassifier(load_pipeline(uri), weights_path), held_back
+
+
+def test_non_fruit_images_are_unknown(fruit_app):
+    app, held_back = fruit_app
+    assert app.decision.score == openset.KNN
+    for name, data in _synthetic_non_fruit().items():
+        prediction = app.classify_bytes(data, name)
+        assert prediction.label == "unknown", (name, prediction.score, app.decision)
+    named = [app.classify(photo).label for photo in held_back]  # unseen photos of its classes
+    assert np.mean([label != "unknown" for label in named]) >= 0.8
+
+
+def test_unknown_by_probability_threshold_and_clear_errors(saved, engine, weights_path, training_root, sample_root):
+    photo = next((training_root / CLASSES[1]).glob("*.jpg"))  # a training photo: distance 0 to the bank
     assert engine.classify(photo).label == CLASSES[1]
-    strict = FruitClassifier(saved[1], weights_path, threshold=1.0)
+    lenient = FruitClassifier(saved[1], weights_path, threshold=0.0, score=openset.MAX_PROBABILITY)
+    assert lenient.classify(photo).label == CLASSES[1]
+    strict = FruitClassifier(saved[1], weights_path, threshold=1.0, score=openset.MAX_PROBABILITY)
     assert strict.classify(photo).label == "unknown"
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        FruitClassifier(saved[1], weights_path, threshold=2.0, score=openset.MAX_PROBABILITY)
     with pytest.raises(NotAnImageError, match="notes.jpg"):
         engine.classify(sample_root / "Broken Fruit" / "notes.jpg")
     with pytest.raises(ModelNotFoundError, match="materialize the fruit_classifier"):
         latest_version(str(sample_root))
 
 
-def test_fruits_classify_command(saved, weights_path, sample_root, original_dir):
+def test_fruits_classify_command(saved, weights_path, sample_root, training_root, original_dir, tmp_path):
     _, _, output = saved
-    banana = next((sample_root / "Banana").glob("*.jpg"))
+    banana = next((training_root / "Banana").glob("*.jpg"))
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
+    flat = tmp_path / "flat.png"
+    flat.write_bytes(_synthetic_non_fruit()["flat white"])
     cmd = [sys.executable, "-m", "spark_code.cli", "classify", "--models", f"{output}/models", "--weights"]
     done = subprocess.run(
-        [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg")],
+        [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg"), str(flat)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -109,6 +208,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, original_dir)
     assert done.returncode == 1, done.stderr  # one photo could not be read
     assert lines[0].startswith(f"{banana}: Banana") and lines[0].count(",") == 2  # top-3
     assert lines[1].startswith(f"{large}: ")
+    assert lines[2].startswith(f"{flat}: unknown")
     assert "cannot classify" in done.stderr and "notes.jpg" in done.stderr and "Traceback" not in done.stderr
     no_model = [sys.executable, "-m", "spark_code.cli", "classify", "--models", str(sample_root), str(banana)]
     missing = subprocess.run(no_model, cwd=REPO, capture_output=True, text=True, timeout=300)

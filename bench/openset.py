@@ -1,0 +1,209 @@
+"""Open-set rejection and compact PCA, measured on the tables of a finished run (no CNN pass): JSON out.
+
+Reads the current `cnn_features` (the corpus, e.g. the 22,688 Test photos) and `training_features` of an output
+folder, then measures, with the product's own code:
+- accuracy against k on every class (logistic regression trained on the training photos, scored on the corpus);
+- the held-out-classes protocol (`spark_code.openset.held_out_classes`: the classes at sorted positions 2, 7, 12, …
+  are unknown) for each score, with the run's saved scaler and PCA, and again with a scaler and PCA refitted on the
+  knowns' photos only (the unknown classes then reach no fitted part at all);
+- what the saved classifier answers for non-fruit images (matplotlib's sample images, flat colours, noise, text);
+- bytes per photo of each table.
+
+    .venv/bin/python -m bench.openset --features-from data
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as bytes_io
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
+from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from fruits_assets.resources import local_spark_config
+from spark_code import batches, io, openset, reduce
+from spark_code import classifier as clf
+
+TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")
+
+
+def session() -> SparkSession:
+    """A local Spark session with the project's settings."""
+    builder = SparkSession.builder.appName("bench-openset")
+    for key, value in local_spark_config("local[*]").items():
+        builder = builder.config(key, value)
+    spark = builder.config("spark.driver.memory", "4g").getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel) -> dict[int, dict]:
+    """Accuracy and macro-F1 on every corpus class for each candidate k (the issue's measure)."""
+    curve = {}
+    for k in reduce.candidate_ks(explained):
+        started = time.perf_counter()
+        model = clf.train_classifier(train, scaler, reduce.truncate(full_pca, k), clf.LogisticSettings())
+        evaluation = clf.evaluate_model(model, test)
+        curve[k] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4)}
+        print(f"k={k}: {curve[k]} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return curve
+
+
+def protocol(train, test, scaler, pca, accept: float) -> dict:
+    """The held-out-classes protocol with the given scaler and PCA."""
+    result = clf.openset_protocol(train, test, scaler, pca, clf.LogisticSettings(), accept)
+    if result is None:
+        raise SystemExit("the protocol needs at least 3 training classes and test photos of both kinds")
+    reports = {
+        r.score: {"auroc": round(r.auroc, 4), "rejected_at_accept": round(r.rejected_at_accept, 4)}
+        for r in result.reports
+    }
+    print(json.dumps(reports), flush=True)
+    return {
+        "k": pca.getK(),
+        "known_classes": len(result.known_classes),
+        "held_out_classes": result.held_out,
+        "known_photos": result.known_rows,
+        "unknown_photos": result.unknown_rows,
+        "scores": reports,
+        "best": openset.best(result.reports).score,
+    }
+
+
+def strict_protocol(train, test, k: int, accept: float) -> dict:
+    """The protocol with scaler and PCA refitted on the known classes' corpus photos only."""
+    classes = sorted(r.label for r in train.select("label").distinct().collect())
+    known_test = test.filter(~F.col("label").isin(openset.held_out_classes(classes)))
+    scaler = reduce.fit_scaler(known_test, "features", "scaled_features")
+    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=k)
+    return protocol(train, test, scaler, pca.fit(reduce.scale(scaler, known_test, "float64")), accept)
+
+
+def non_fruit_images() -> dict[str, bytes]:
+    """matplotlib's sample photos and drawings, flat colours, noise and text."""
+    sample = Path(matplotlib.get_data_path()) / "sample_data"
+    images = {name: (sample / name).read_bytes() for name in ("logo2.png", "Minduka_Present_Blue_Pack.png")}
+    images["grace_hopper.jpg"] = (sample / "grace_hopper.jpg").read_bytes()
+    drawn = {f"flat {c}": Image.new("RGB", (120, 120), c) for c in ("white", "black", "#3060d0", "#d04040", "#e0c020")}
+    drawn["noise"] = Image.fromarray(np.random.default_rng(5).integers(0, 256, (160, 160, 3), dtype=np.uint8))
+    drawn["text"] = Image.new("RGB", (200, 120), "white")
+    ImageDraw.Draw(drawn["text"]).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR", fill="black")
+    for name, image in drawn.items():
+        buffer = bytes_io.BytesIO()
+        image.save(buffer, format="PNG")
+        images[name] = buffer.getvalue()
+    return images
+
+
+def classify_non_fruit(models: str) -> dict:
+    """What `fruits classify` answers for each non-fruit image, with the saved default decision."""
+    from spark_code.cnn import default_weights_path
+    from spark_code.serving import FruitClassifier, latest_version, load_pipeline
+
+    engine = FruitClassifier(load_pipeline(latest_version(models)), default_weights_path())
+    answers = {}
+    for name, data in non_fruit_images().items():
+        prediction = engine.classify_bytes(data, name)
+        answers[name] = {"label": prediction.label, "score": round(prediction.score, 4), "top": prediction.top[0]}
+    print(json.dumps(answers), flush=True)
+    return {"decision": vars(engine.decision), "answers": answers}
+
+
+def _local(uri: str) -> Path:
+    return Path(uri.removeprefix("file:"))
+
+
+def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
+    """Parquet bytes on disk, rows and bytes per photo of each table's current version(s)."""
+    sizes = {}
+    for name in TABLES:
+        uris = list(io.partition_uris(spark, base, name).values()) if name in batches.BATCH_TABLES else []
+        if not uris:
+            try:
+                uris = [io.latest_uri(spark, base, name)]
+            except io.TableNotFoundError:
+                continue
+        files = [p for uri in uris for p in _local(uri).rglob("*.parquet")]
+        total, rows = sum(p.stat().st_size for p in files), spark.read.parquet(*uris).count()
+        sizes[name] = {"bytes": total, "rows": rows, "bytes_per_photo": round(total / max(rows, 1), 1)}
+    return sizes
+
+
+def saved_classifier(spark: SparkSession, models: str, test) -> dict:
+    """The saved classifier's own figures on the corpus: default score, threshold, known photos accepted."""
+    from pyspark.ml import PipelineModel
+
+    uri = io.latest_uri(spark, models, "fruit_classifier")
+    model, rejection = (
+        PipelineModel.load(uri),
+        openset.OpenSetModel.from_json(io.read_text(spark, f"{uri}/openset.json")),
+    )
+    scored = clf.collect_scores(model, rejection.scores, test)
+    known = np.isin(scored.labels, clf.class_labels(model))
+    evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
+    accepted = {
+        name: round(float(rejection.decision_for(name).known(scored.values(name))[known].mean()), 4)
+        for name in openset.SCORES
+    }
+    return {
+        "uri": uri,
+        "k": model.stages[1].getK() if isinstance(model.stages[1], PCAModel) else None,
+        "accuracy": round(evaluation.accuracy, 4),
+        "macro_f1": round(evaluation.macro_f1, 4),
+        "default_score": rejection.score,
+        "thresholds": rejection.thresholds,
+        "known_accepted": accepted,
+    }
+
+
+def run(base: str, accept: float) -> dict:
+    """Every measurement on the tables under `base`."""
+    spark, started, models = session(), time.perf_counter(), f"{base}/models"
+    test = batches.read_current(spark, base, "cnn_features").select("path", "label", "features").cache()
+    train = io.read_table(spark, base, "training_features").select("path", "label", "features").cache()
+    print(f"{test.count()} corpus photos, {train.count()} training photos", flush=True)
+    result = {"features_from": base, "accept_rate": accept, "tables": table_bytes(spark, base)}
+    result["saved_classifier"] = saved_classifier(spark, models, test)
+    scaler = io.load_model(spark, StandardScalerModel, models, "scaled_features")
+    pca = io.load_model(spark, PCAModel, models, "pca_features")
+    result["protocol"] = protocol(train, test, scaler, pca, accept)
+    result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
+    estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    full = estimator.fit(reduce.scale(scaler, test, "float64"))
+    curve = accuracy_by_k(train, test, scaler, estimator.fullExplainedVariance, full)
+    best = max(v["accuracy"] for v in curve.values())
+    chosen = min(k for k, v in curve.items() if v["accuracy"] >= best - 0.003)
+    result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}
+    pca_json = io.read_text(spark, f"{io.latest_uri(spark, models, 'pca_features')}/pca.json")
+    result["asset_accuracy_curve"] = json.loads(pca_json or "{}").get("accuracy_curve")
+    result["non_fruit"] = classify_non_fruit(models)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    spark.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features-from", required=True, help="output folder of a finished run (FRUITS_OUTPUT_URI)")
+    parser.add_argument("--accept", type=float, default=0.95, help="share of known photos accepted (default 0.95)")
+    parser.add_argument("--json", default="bench/results/openset.json", help="where to write the results")
+    args = parser.parse_args()
+    base = os.path.abspath(args.features_from)
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **run(base, args.accept)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({key: result[key] for key in ("protocol", "saved_classifier", "tables")}, indent=2))
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Open-set scores, calibration and metrics on synthetic features: unknown classes are rejected."""
+
+import numpy as np
+import pytest
+
+from spark_code import openset
+
+
+def _clusters(rng, centres: np.ndarray, per_class: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([c + spread * rng.normal(size=(per_class, centres.shape[1])) for c in centres])
+    return x, np.repeat([f"class {i:02d}" for i in range(len(centres))], per_class)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """20 classes in 16-d (unit-ish centres, small spread); classes 00-15 known, 16-19 unknown."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(20, 16))
+    train_x, train_y = _clusters(rng, centres[:16], 40, 0.15)
+    test_x, test_y = _clusters(rng, centres, 30, 0.15)
+    return train_x, train_y, test_x, test_y, np.isin(test_y, train_y)
+
+
+def test_auroc_and_rejection_metrics():
+    assert openset.auroc([0, 1, 2], [3, 4]) == 1.0
+    assert openset.auroc([3, 4], [0, 1, 2]) == 0.0
+    assert openset.auroc([1, 1], [1, 1]) == 0.5  # ties count one half
+    assert openset.auroc([0, 2], [1, 3]) == pytest.approx(0.75)
+    known = np.arange(100.0)
+    assert openset.rejected_at(known, np.array([50.0, 99.5, 200.0]), 0.95) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="both known and unknown"):
+        openset.auroc([], [1.0])
+
+
+def test_mahalanobis_equals_the_textbook_formula(world):
+    train_x, train_y, test_x, _, _ = world
+    score = openset.fit_mahalanobis(train_x, train_y, shrinkage=0.0)
+    x = openset.l2_normalise(train_x)
+    classes = sorted(set(train_y))
+    means = np.stack([x[train_y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, train_y)]
+    precision = np.linalg.inv(centred.T @ centred / (len(x) - len(classes)))
+    z = openset.l2_normalise(test_x[:25])
+    expected = np.array([min((r - m) @ precision @ (r - m) for m in means) for r in z])
+    assert np.allclose(score.distances(test_x[:25]), expected, rtol=1e-6)
+
+
+def test_knn_is_the_distance_to_the_nearest_training_photo_by_direction_and_length(world):
+    train_x, _, test_x, _, _ = world
+    score = openset.fit_knn(train_x)
+    x, bank = test_x[:10], train_x
+    cosine = openset.l2_normalise(x) @ openset.l2_normalise(bank).T
+    logs = np.log(np.linalg.norm(x, axis=1))[:, None] - np.log(np.linalg.norm(bank, axis=1))[None]
+    assert np.allclose(score.distances(x), np.sqrt((2 * (1 - cosine) + logs**2).min(axis=1)), atol=1e-3)
+    assert np.allclose(score.distances(train_x[:5]), 0, atol=1e-3)
+    assert (score.distances(30 * train_x[:5]) > 3).all()  # same direction, 30 times longer: far
+
+
+@pytest.mark.parametrize("name", [openset.KNN, openset.MAHALANOBIS])
+def test_feature_scores_reject_unknown_classes(world, name):
+    train_x, train_y, test_x, _, is_known = world
+    scores = openset.fit_feature_scores(train_x, train_y)
+    values = scores.values(name, test_x, np.zeros((len(test_x), 0)))
+    report = openset.report(name, values, is_known, 0.95)
+    assert report.auroc >= 0.95 and report.rejected_at_accept >= 0.9
+    decision = openset.calibrate(name, values[is_known], 0.95)
+    assert decision.known(values[is_known]).mean() == pytest.approx(0.95, abs=0.01)
+    assert decision.known(values[~is_known]).mean() < 0.1
+
+
+def test_calibrated_model_round_trips_through_json(world):
+    train_x, train_y, test_x, _, is_known = world
+    scores = openset.fit_feature_scores(train_x, train_y)
+    probabilities = np.full((len(test_x), 4), 0.25)
+    probabilities[:, 0] = np.where(is_known, 0.9, 0.4)
+    values = {n: scores.values(n, test_x, probabilities)[is_known] for n in openset.SCORES}
+    model = openset.calibrated(openset.KNN, values, scores, 0.95)
+    loaded = openset.OpenSetModel.from_json(model.to_json())
+    assert loaded.decision == model.decision and loaded.thresholds == model.thresholds
+    assert np.array_equal(loaded.scores.knn.directions, model.scores.knn.directions)
+    assert np.array_equal(loaded.scores.knn.log_norms, model.scores.knn.log_norms)
+    mahalanobis = scores.mahalanobis.distances(test_x)
+    assert np.allclose(loaded.scores.values(openset.MAHALANOBIS, test_x, probabilities), mahalanobis)
+    assert loaded.decision_for(openset.MAX_PROBABILITY).known(0.9) and not loaded.decision_for("max_probability").known(
+        0.4
+    )
+
+
+def test_decisions_validate_their_settings():
+    with pytest.raises(ValueError, match="score='cosine'"):
+        openset.Decision("cosine", 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        openset.Decision(openset.MAX_PROBABILITY, 3.0)
+    with pytest.raises(ValueError, match="accept_rate"):
+        openset.calibrate(openset.KNN, np.ones(10), 1.0)
+    with pytest.raises(ValueError, match="shrinkage"):
+        openset.fit_mahalanobis(np.ones((4, 2)), ["a", "a", "b", "b"], shrinkage=2.0)
+
+
+def test_held_out_classes_are_a_fixed_fifth():
+    classes = [f"fruit {i:03d}" for i in range(131)]
+    held_out = openset.held_out_classes(list(reversed(classes)))
+    assert len(held_out) == 26 and held_out[:2] == ["fruit 002", "fruit 007"]
+    assert (
+        openset.best([openset.ScoreReport("max_probability", 0.9, 0.5), openset.ScoreReport("knn", 0.9, 0.4)]).score
+        == "knn"
+    )
