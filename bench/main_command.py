@@ -1,0 +1,63 @@
+"""The README's main command (`python -m fruits_assets`) run as a user runs it, metered: time, steps, counts, RSS."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.memory import PeakRss
+from bench.pipeline import step_seconds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def materializations(instance, run_id: str) -> dict[str, dict]:
+    """Each asset's materialization metadata in a run, as plain values."""
+    found = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            values = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            found[materialization.asset_key.to_user_string()] = {
+                k: v for k, v in values.items() if isinstance(v, int | float | str | bool)
+            }
+    return found
+
+
+def run(env: dict, home: Path) -> dict:
+    """Run the main command with DAGSTER_HOME=`home`; return its wall seconds, step seconds, counts and peak RSS."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    home.mkdir(parents=True, exist_ok=True)
+    with PeakRss() as memory:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "fruits_assets"],
+            cwd=REPO,
+            env={**env, "DAGSTER_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"main command failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        record = instance.get_run_records(limit=1)[0]
+        steps = step_seconds(instance, record.dagster_run.run_id)
+        meta = materializations(instance, record.dagster_run.run_id)
+    cnn = meta.get("cnn_features", {})
+    training = meta.get("training_features", {})
+    return {
+        "seconds": round(seconds, 2),
+        "steps_s": steps,
+        "raw": cnn.get("raw", 0),
+        "cnn_images": cnn.get("cnn_images", 0),
+        "training_cnn_images": training.get("cnn_images", training.get("featurized", 0)),
+        "materialized": sorted(meta),
+        "metadata": meta,
+        "terminal": done.stdout[-3000:],
+        "peak_rss_mib": memory.peak_mib(),
+    }
