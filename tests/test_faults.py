@@ -1,6 +1,7 @@
 """Faults that must lose nothing: a run killed during cnn_features, an unwritable output, a write that fails."""
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -96,3 +97,33 @@ def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
     committed, pending = io.list_versions(spark, base, "t")
     assert len(committed) == 1 and pending == []  # the failed version is gone, its space given back
     assert io.read_table(spark, base, "t").count() == 10
+
+
+FULL_DISK_WRITE = """
+import sys
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from spark_code import io
+spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+io.write_table(spark.range(10), sys.argv[1], "t")  # small: fits under the file size limit
+big = spark.range(200_000).select(F.sha2(F.col("id").cast("string"), 512).alias("hash"))  # ~13 MB of Parquet
+try:
+    io.write_table(big, sys.argv[1], "t")
+except Exception as error:
+    print("WRITE FAILED:", "File too large" in str(error) or "EFBIG" in str(error))
+spark.stop()
+"""
+
+
+def _file_size_limit():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))  # no file over 2 MiB: a disk that fills
+
+
+def test_disk_filling_during_a_write_keeps_the_previous_version(spark, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_WRITE, str(tmp_path)], capture_output=True, preexec_fn=_file_size_limit
+    )
+    assert b"WRITE FAILED: True" in out.stdout, out.stderr.decode()[-3000:]
+    committed, pending = io.list_versions(spark, str(tmp_path), "t")
+    assert len(committed) == 1 and pending == []  # the half-written version was deleted
+    assert io.read_table(spark, str(tmp_path), "t").count() == 10
