@@ -115,5 +115,5 @@ def test_quarantine_command_lists_what_the_summary_counted(two_runs):
     assert process.returncode == 0, process.stderr
     [line] = process.stdout.splitlines()
     path, reason, _batch = line.split("\t")
-    assert path.endswith(f"{CLASSES[1]}/notes.jpg") and reason.startswith("undecodable image"), line
+    assert path.endswith(f"{CLASSES[1]}/notes.jpg") and "image" in reason, line  # "not an image (…)"
     assert f"1 quarantined image(s) under {out}" in process.stderr
