@@ -58,7 +58,8 @@ def test_pca_output_and_metadata(run, spark):
     meta = _metadata(result, "pca_features")
     assert pca.columns == ["path", "label", "pca_features", "pca_model"]
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
-    assert meta["explained_variance"] >= meta["variance_target"] == 0.95
+    assert meta["k_choice"] == "accuracy" and "variance_target" not in meta  # by default k is chosen by accuracy
+    assert 0 < meta["explained_variance"] <= 1 and pca.schema["pca_features"].dataType.simpleString() == "array<float>"
     assert "cumulative explained variance" in meta["cumulative_variance"]
     for plot in ("variance_plot", "pca_scatter"):  # inline PNGs the UI renders
         assert meta[plot].startswith("![") and "(data:image/png;base64," in meta[plot]
