@@ -3,7 +3,10 @@
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from fruits_assets import console
 from fruits_assets.definitions import DEFAULT_OUTPUT
 
 
@@ -24,15 +27,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from fruits_assets.resources import local_spark_config
 
-    builder = SparkSession.builder
+    builder = SparkSession.builder.config("spark.ui.enabled", "false")
     for key, value in local_spark_config().items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    try:
-        rows = quarantined_rows(spark, args.output)
-    finally:
-        spark.stop()
+    with console.terminal(Path(tempfile.gettempdir()) / "fruits-quarantine.log"):  # Spark's start-up lines
+        spark = builder.getOrCreate()
+        try:
+            rows = quarantined_rows(spark, args.output)
+        finally:
+            spark.stop()
     for row in rows:
         print(f"{row.path}\t{row.reason}\t{row.batch}")
     print(f"{len(rows)} quarantined image(s) under {args.output}", file=sys.stderr)
