@@ -46,8 +46,9 @@ def test_features_equal_direct_keras_predict(featurized, weights_path):
 def test_undecodable_rows_carry_a_reason(featurized):
     rows, _ = featurized
     errors = {r.path.rsplit("/", 1)[1]: r.error for r in rows if r.error is not None}
-    assert set(errors) == {"truncated.jpg", "corrupt.jpg", "notes.jpg"}
-    assert all(e.startswith("undecodable image") for e in errors.values())
+    assert set(errors) == {"truncated.jpg", "corrupt.jpg", "notes.jpg", "notes.txt"}
+    assert all(errors[name].startswith("not an image (") for name in ("notes.jpg", "notes.txt"))
+    assert all(errors[name].startswith("undecodable image") for name in ("truncated.jpg", "corrupt.jpg"))
     assert all(r.features is None for r in rows if r.error is not None)
 
 
