@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from spark_code.featurize import WeightsError, default_weights_path
+from spark_code.cnn import ENGINES, WeightsError, default_weights_path
 from spark_code.openset import SCORES
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         "mahalanobis (default: the one calibrated with the classifier to accept 95%% of known-class photos)",
     )
     classify.add_argument("--top", type=int, default=3)
+    classify.add_argument(
+        "--engine", choices=ENGINES, default=os.environ.get("FRUITS_ENGINE", "onnx"), help="CNN runtime (default onnx)"
+    )
     classify.add_argument("--json", action="store_true", help="one JSON object per photo")
     return parser
 
@@ -59,7 +62,15 @@ def classify(args: argparse.Namespace) -> int:
     try:
         folder = latest_version(args.models)
         weights = args.weights or default_weights_path()
-        engine = FruitClassifier(load_pipeline(folder), weights, args.threshold, score=args.unknown_score)
+        cache = os.environ.get("FRUITS_ONNX_CACHE") or None
+        engine = FruitClassifier(
+            load_pipeline(folder),
+            weights,
+            args.threshold,
+            engine=args.engine,
+            onnx_cache=cache,
+            score=args.unknown_score,
+        )
     except (ModelNotFoundError, WeightsError, ValueError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 2

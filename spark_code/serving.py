@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from spark_code.featurize import CnnSpec, build_predict, load_weights
+from spark_code.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.images import try_decode
 from spark_code.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
 
@@ -167,21 +167,23 @@ class FruitClassifier:
         weights_path: str | None,
         threshold: float | None = None,
         top: int = 3,
+        engine: str = "onnx",
+        onnx_cache: str | None = None,
         score: str | None = None,
     ):
         self.pipeline, self.top = pipeline, top
         self.decision = pipeline.decision(score, threshold)  # the saved score and threshold unless given
         self.spec = CnnSpec(input_size=pipeline.image_size)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.predict = build_predict(self.spec, load_weights(self.spec, weights_path), tf_threads=0)  # as in Spark
+        cnn = CnnEngine(engine, self.spec, threads=0, onnx_cache=onnx_cache)  # all cores: one photo at a time
+        self.predict = build_predict(cnn, model_payload(cnn, weights_path))  # the Spark path's model and payload
 
     def features(self, data: bytes, name: str = "photo") -> np.ndarray:
         """The 1280-d CNN features of one encoded image, decoded and preprocessed as the Spark pipeline does."""
         pixels, error = try_decode(data, self.spec.input_size)
         if error is not None:
             raise NotAnImageError(f"{name}: {error}")
-        batch = self.spec.preprocess(pixels[np.newaxis])
-        return self.predict(batch).numpy().astype(np.float32)
+        return self.predict(pixels[np.newaxis]).astype(np.float32)
 
     def classify_bytes(self, data: bytes, name: str = "photo") -> Prediction:
         """Top classes of one encoded image, or `unknown` when the open-set decision rejects it."""
