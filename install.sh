@@ -22,14 +22,18 @@ py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # --- System packages, only the missing ones (apt-get) --------------------------------------------------------
 packages=()
-command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)  # Spark's JVM (Spark 3.5: Java 8/11/17)
+command -v java >/dev/null 2>&1 || packages+=(JAVA)  # Spark's JVM (Spark 3.5: Java 8/11/17/21), chosen below
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)              # tests/test_ui.py drives it headless
 [ -d .venv ] || "$PYTHON" -c 'import ensurepip' 2>/dev/null || packages+=("python${py_version}-venv")  # python -m venv
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  say "installing with apt-get: ${packages[*]} (Java for Spark, Chromium for the UI test, venv support)"
+  say "installing with apt-get: ${packages[*]/#JAVA/a Java runtime} (Java for Spark, Chromium for the UI test, venv)"
   $sudo apt-get update -q
+  # Java 17 where the distribution has it (Debian 12, Ubuntu 22.04/24.04), else its default JRE (Debian 13: 21).
+  java=openjdk-17-jre-headless
+  apt-cache show "$java" >/dev/null 2>&1 || java=default-jre-headless
+  packages=("${packages[@]/#JAVA/$java}")
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
   say "java and chromium present: nothing to install with apt-get"
