@@ -1,5 +1,6 @@
 """The asset graph: raw_images → cnn_features (+ quarantined_images) per ingest batch → scaled → pca_features."""
 
+import dataclasses
 import json
 import time
 from datetime import datetime, timezone
@@ -314,7 +315,9 @@ def _fit_pca(
     if config.k is None and config.variance_target is None:
         ks = reduce.candidate_ks(estimator.fullExplainedVariance, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = _curve_rows(scaled_features, models, tables)
-        accuracy = clf.accuracy_curve(fit_rows, valid_rows, reduce.truncate(model, max(ks)), ks, classifier.logistic())
+        # The curve only compares k values: at most 100 iterations per fit (the classifier itself uses max_iter).
+        quick = dataclasses.replace(classifier.logistic(), max_iter=min(100, classifier.max_iter))
+        accuracy = clf.accuracy_curve(fit_rows, valid_rows, reduce.truncate(model, max(ks)), ks, quick)
         if accuracy:
             model, choice = (
                 reduce.truncate(model, reduce.smallest_accurate_k(accuracy, config.accuracy_tolerance)),

@@ -182,6 +182,20 @@ class TableStore(ConfigurableResource):
     base_uri: str = Field(description="Where the IO manager writes the tables; env FRUITS_OUTPUT_URI.")
     pyspark: ResourceDependency[PySparkResource]
 
+    def table(self, name: str):
+        """The newest committed version of the unpartitioned table `name`; None if it has none yet."""
+        try:
+            return io.read_table(self.pyspark.spark_session, self.base_uri, name)
+        except io.TableNotFoundError:
+            return None
+
+    def require_table(self, name: str):
+        """`table(name)`, or a TableNotFoundError naming it when it was never materialized."""
+        rows = self.table(name)
+        if rows is None:
+            raise io.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
+        return rows
+
     def batches(self) -> list[str]:
         """Keys of every committed ingest batch."""
         return batches.committed_keys(self.pyspark.spark_session, self.base_uri)

@@ -20,13 +20,14 @@ from dagster import (
     asset_check,
 )
 from dagster_pyspark import PySparkResource
+from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
-from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from fruits_assets.assets import GROUP, current_features, pca_features
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
+from spark_code import batches, io, openset
 from spark_code import classifier as clf
-from spark_code import openset
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
 from spark_code.serving import CNN_SETTINGS
@@ -39,29 +40,49 @@ def _table(records: list[dict], columns: list[tuple[str, str]]) -> MetadataValue
     return MetadataValue.table(records=[TableRecord(r) for r in records], schema=schema)
 
 
-@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"})
+@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"}, output_required=False)
 def training_features(
     context: AssetExecutionContext,
     pyspark: PySparkResource,
     training_source: ImageSource,
     cnn: CnnResource,
+    tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ):
-    """CNN features of the labelled training photos (same model and settings as `cnn_features`)."""
+    """CNN features of the labelled training photos (same model and settings as `cnn_features`), made once per
+    photo: a run featurizes only training photos that are new, changed or made with other CNN settings, and writes
+    nothing when none is (the saved table stays current; downstream assets read it from storage).
+    """
     spark = pyspark.spark_session
     listing = list_images(spark, training_source.root).cache()
     listed = listing.count()
     require_images(listed, training_source.root)
-    run = featurize_listing(spark, listing, training_source.root, cnn.featurizer())
+    previous = tables.table("training_features")
+    kept, todo = batches.reusable(previous, listing, cnn.model_key())
+    run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
+    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
     featurized, quarantined = run.features.count(), run.quarantined.orderBy("path").collect()
-    context.log.info("training set: %d listed, %d featurized, %d quarantined", listed, featurized, len(quarantined))
+    reused = 0 if kept is None else kept.count()
+    context.log.info(
+        "training set: %d listed, %d reused, %d featurized, %d quarantined",
+        listed,
+        reused,
+        featurized,
+        len(quarantined),
+    )
+    if previous is not None and featurized == 0 and reused == previous.count():
+        context.log.info("training set unchanged: %s stays current", tables.base_uri)
+        run.release()
+        return
     shown = [{"path": r.path, "reason": r.reason} for r in quarantined[:QUARANTINE_ROWS_SHOWN]]
     yield Output(
-        run.features,
+        new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows),
         metadata={
             "root": training_source.root,
             "listed": listed,
+            "reused": reused,
             "featurized": featurized,
+            "cnn_images": run.counters.values()["cnn_images"],
             "quarantined": len(quarantined),
             "quarantined_files": _table(shown, [("path", "string"), ("reason", "string")]),
         },
@@ -84,10 +105,9 @@ def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
     }
 
 
-@asset(group_name=GROUP, deps=[pca_features, "cnn_features"], kinds={"spark"})
+@asset(group_name=GROUP, deps=[pca_features, "cnn_features", training_features], kinds={"spark"})
 def fruit_classifier(
     context: AssetExecutionContext,
-    training_features: DataFrame,
     tables: TableStore,
     models: ModelStore,
     classifier: ClassifierSettings,
@@ -101,28 +121,97 @@ def fruit_classifier(
     Saves scaler + PCA + classifier + label index as one Spark ML pipeline (plus `openset.json`); also scores the
     same classifier on the raw (scaled) 1280-d features, so the cost of the dimension reduction shows.
     """
+    training = tables.require_table("training_features")  # from storage: a run may have written none
+    inputs = _classifier_inputs(tables, models, classifier, cnn)
+    saved = models.latest(PipelineModel, "fruit_classifier", FITTED_JSON)
+    record = json.loads(saved[2] or "{}") if saved else {}
+    if record.get("inputs") == inputs:  # same training rows, scaler, PCA and settings: the saved model stands
+        return _reuse_classifier(context, saved[0], saved[1], record, tables)
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
     cnn_features, _ = current_features(tables)  # every batch's current rows
-    model = clf.train_classifier(training_features, scaler, pca, classifier.logistic())
-    scores = clf.fit_feature_scores(model, training_features)
+    model = clf.train_classifier(training, scaler, pca, classifier.logistic())
+    scores = clf.fit_feature_scores(model, training)
     scored = clf.collect_scores(model, scores, cnn_features)
     evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
-    raw = clf.evaluate_model(clf.train_classifier(training_features, scaler, None, classifier.logistic()), cnn_features)
+    raw = clf.evaluate_model(clf.train_classifier(training, scaler, None, classifier.logistic()), cnn_features)
     accept = classifier.known_accept_rate
-    protocol = clf.openset_protocol(training_features, cnn_features, scaler, pca, classifier.logistic(), accept)
+    protocol = clf.openset_protocol(training, cnn_features, scaler, pca, classifier.logistic(), accept)
     rejection = _open_set_model(scored, clf.class_labels(model), scores, classifier, protocol)
-    extras = {CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}), openset.OPENSET_JSON: rejection.to_json()}
+    metadata = {
+        **_evaluation_metadata(evaluation),
+        **_openset_metadata(rejection, protocol, scored, clf.class_labels(model)),
+        "k": pca.getK(),
+        "classes": len(clf.class_labels(model)),
+        "raw_accuracy": round(raw.accuracy, 4),
+        "raw_macro_f1": round(raw.macro_f1, 4),
+    }
+    record = _fit_record(inputs, tables.batches(), evaluation, metadata)
+    extras = {
+        CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
+        openset.OPENSET_JSON: rejection.to_json(),
+        FITTED_JSON: json.dumps(record),
+    }
     uri = models.save(model, "fruit_classifier", extras=extras)
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())
+    return MaterializeResult(metadata={**metadata, "retrained": True, "model_uri": MetadataValue.path(uri)})
+
+
+FITTED_JSON = "fitted_with.json"  # what the classifier was trained on, and its running evaluation
+RUNNING_JSON = "running.json"  # the running evaluation after later batches (rewritten beside the model)
+
+
+def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: ClassifierSettings, cnn: CnnResource):
+    """Everything the trained classifier depends on: when all are unchanged, it is reused, not retrained."""
+    spark = tables.pyspark.spark_session
+    return {
+        "training_features": io.latest_uri(spark, tables.base_uri, "training_features"),
+        "scaler": models.latest_uri("scaled_features"),
+        "pca": models.latest_uri("pca_features"),
+        "cnn_model": cnn.model_key(),
+        "settings": classifier.model_dump(include={"max_iter", "reg_param", "unknown_score", "known_accept_rate"}),
+    }
+
+
+def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:
+    """The fit's inputs, the batches its evaluation covered, the hit counts, and its plain-number metadata."""
+    numbers = {k: v for k, v in metadata.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    hits = round(evaluation.accuracy * evaluation.rows)
+    return {"inputs": inputs, "evaluated_batches": evaluated, "rows": evaluation.rows, "hits": hits, "fit": numbers}
+
+
+def _reuse_classifier(context, model, uri: str, record: dict, tables: TableStore) -> MaterializeResult:
+    """Keep the saved classifier; score only the batches its evaluation has not covered and add them to the
+    running totals (accuracy over every evaluated row). The fit-time figures (macro-F1, open set, raw) are kept."""
+    spark = tables.pyspark.spark_session
+    running = io.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
+    record = json.loads(running) if running else record
+    new = [key for key in tables.batches() if key not in set(record["evaluated_batches"])]
+    rows = io.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
+    batch_rows = batch_hits = 0
+    if rows is not None and not rows.isEmpty():
+        try:
+            batch = clf.evaluate_model(model, rows)
+            batch_rows, batch_hits = batch.rows, round(batch.accuracy * batch.rows)
+        except ValueError:  # only classes the model does not know: nothing to add
+            pass
+    record = {
+        **record,
+        "evaluated_batches": [*record["evaluated_batches"], *new],
+        "rows": record["rows"] + batch_rows,
+        "hits": record["hits"] + batch_hits,
+    }
+    io.write_text(spark, f"{uri}/{RUNNING_JSON}", json.dumps(record))
+    accuracy = record["hits"] / record["rows"] if record["rows"] else 0.0
+    context.log.info("classifier reused (%s): %d new rows scored, running accuracy %.4f", uri, batch_rows, accuracy)
     return MaterializeResult(
         metadata={
-            **_evaluation_metadata(evaluation),
-            **_openset_metadata(rejection, protocol, scored, clf.class_labels(model)),
-            "k": pca.getK(),
-            "classes": len(clf.class_labels(model)),
-            "raw_accuracy": round(raw.accuracy, 4),
-            "raw_macro_f1": round(raw.macro_f1, 4),
+            **record["fit"],
+            "accuracy": round(accuracy, 4),
+            "test_rows": record["rows"],
+            "retrained": False,
+            "batch_rows": batch_rows,
+            "batch_accuracy": round(batch_hits / batch_rows, 4) if batch_rows else None,
             "model_uri": MetadataValue.path(uri),
         }
     )

@@ -134,3 +134,18 @@ def committed_keys(spark: SparkSession, base_uri: str, ledger: str = LEDGER) -> 
         incomplete = sorted(set(keys) - set(complete))
         logger.warning("incomplete batches ignored (their files are taken again): %s", incomplete)
     return complete
+
+
+def reusable(previous: DataFrame | None, listing: DataFrame, model_key: str) -> tuple[DataFrame | None, DataFrame]:
+    """Split a listing against an earlier feature table of the same files (e.g. the training set).
+
+    Returns `(kept, todo)`: the earlier rows whose file is still listed unchanged and whose features were made with
+    `model_key`, and the listing rows to featurize (new, changed, or made with other settings). Files gone from the
+    listing are in neither.
+    """
+    if previous is None or MODEL_COLUMN not in previous.columns:
+        return None, listing
+    valid = previous.filter(F.col(MODEL_COLUMN) == model_key)
+    kept = valid.join(F.broadcast(listing.select(*IDENTITY)), IDENTITY, "left_semi")
+    todo = listing.join(kept.select(*IDENTITY), IDENTITY, "left_anti")
+    return kept, todo

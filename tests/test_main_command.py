@@ -117,3 +117,24 @@ def test_quarantine_command_lists_what_the_summary_counted(two_runs):
     path, reason, _batch = line.split("\t")
     assert path.endswith(f"{CLASSES[1]}/notes.jpg") and "image" in reason, line  # "not an image (…)"
     assert f"1 quarantined image(s) under {out}" in process.stderr
+
+
+def test_a_second_run_with_nothing_new_featurizes_nothing(two_runs, training_root):
+    _, (_, output), home, _ = two_runs
+    training_photos = len(list(training_root.rglob("*.jpg")))
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        second, first = instance.get_runs()  # newest first
+
+        def metadata(asset, run):
+            records = instance.fetch_materializations(AssetKey(asset), limit=5).records
+            found = [r.asset_materialization.metadata for r in records if r.run_id == run.run_id]
+            return {k: v.value for k, v in found[0].items()} if found else None
+
+        assert metadata("training_features", first)["cnn_images"] == training_photos
+        assert metadata("training_features", second) is None  # unchanged training set: nothing written, no CNN
+        assert metadata("cnn_features", second)["cnn_images"] == 0
+        assert metadata("fruit_classifier", first)["retrained"] is True
+        reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
+        assert reused["retrained"] is False and reused["batch_rows"] == 0
+        assert reused["accuracy"] == metadata("fruit_classifier", first)["accuracy"]
+    assert "training_features: done" not in output or "featurized 0" in output
