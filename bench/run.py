@@ -108,8 +108,12 @@ def main_incremental(args, selection: dict, env: dict) -> None:
     """The --incremental mode (see bench/incremental.py)."""
     from bench import incremental
 
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
-        result = incremental.run_incremental(selection, Path(tmp), args.weights, env)
+    if args.workdir:  # kept afterwards: e.g. `python -m bench.openset --features-from <workdir>/out`
+        args.workdir.mkdir(parents=True, exist_ok=False)
+        result = incremental.run_incremental(selection, args.workdir, args.weights, env)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
+            result = incremental.run_incremental(selection, Path(tmp), args.weights, env)
     out = write_json(result, args.json, "incremental")
     print(incremental.report(result))
     print(f"JSON: {out}")
@@ -127,6 +131,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
+    parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     selection = stratified(args.root, args.images)
