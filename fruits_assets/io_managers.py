@@ -16,6 +16,8 @@ from pyspark.sql import DataFrame
 
 from spark_code import batches, io, run_lock
 
+UNCHANGED = None  # an asset's output value meaning "my saved version is still current": recorded, not rewritten
+
 
 class SparkParquetIOManager(ConfigurableIOManager):
     """Stores each asset at `<base_uri>/<asset>/v-<time>-<id>/`, each batch of a partitioned one at
@@ -42,10 +44,14 @@ class SparkParquetIOManager(ConfigurableIOManager):
     def _name(context: InputContext | OutputContext) -> str:
         return "/".join(context.asset_key.path)
 
-    def handle_output(self, context: OutputContext, obj: DataFrame) -> None:
+    def handle_output(self, context: OutputContext, obj: DataFrame | None) -> None:
         name = self._name(context)
         if context.has_asset_partitions:
             name = f"{name}/{batches.check_key(context.asset_partition_key)}"
+        if obj is UNCHANGED:  # nothing changed: the newest committed version stands, as it is
+            uri = io.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+            context.add_output_metadata({"uri": MetadataValue.path(uri), "rewritten": False})
+            return
         uri = io.write_table(obj, self.base_uri, name, self.keep_versions)
         rows = obj.sparkSession.read.parquet(uri).count()
         context.add_output_metadata({"uri": MetadataValue.path(uri), "row_count": rows})

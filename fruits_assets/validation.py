@@ -25,6 +25,7 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import GROUP, current_features, pca_features
+from fruits_assets.io_managers import UNCHANGED
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, io, openset
 from spark_code import classifier as clf
@@ -40,7 +41,7 @@ def _table(records: list[dict], columns: list[tuple[str, str]]) -> MetadataValue
     return MetadataValue.table(records=[TableRecord(r) for r in records], schema=schema)
 
 
-@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"}, output_required=False)
+@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"})
 def training_features(
     context: AssetExecutionContext,
     pyspark: PySparkResource,
@@ -51,7 +52,7 @@ def training_features(
 ):
     """CNN features of the labelled training photos (same model and settings as `cnn_features`), made once per
     photo: a run featurizes only training photos that are new, changed or made with other CNN settings, and writes
-    nothing when none is (the saved table stays current; downstream assets read it from storage).
+    nothing when none is (the saved version stays current: the IO manager records it without a rewrite).
     """
     spark = pyspark.spark_session
     listing = list_images(spark, training_source.root).cache()
@@ -70,14 +71,15 @@ def training_features(
         featurized,
         len(quarantined),
     )
-    if previous is not None and featurized == 0 and reused == previous.count():
-        context.log.info("training set unchanged: %s stays current", tables.base_uri)
-        run.release()
-        return
+    unchanged = previous is not None and featurized == 0 and reused == previous.count()
+    if unchanged:
+        context.log.info("training set unchanged: its saved version stays current")
     shown = [{"path": r.path, "reason": r.reason} for r in quarantined[:QUARANTINE_ROWS_SHOWN]]
+    rows = new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows)
     yield Output(
-        new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows),
+        UNCHANGED if unchanged else rows,
         metadata={
+            "unchanged": unchanged,
             "root": training_source.root,
             "listed": listed,
             "reused": reused,

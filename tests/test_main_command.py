@@ -131,7 +131,8 @@ def test_a_second_run_with_nothing_new_featurizes_nothing(two_runs, training_roo
             return {k: v.value for k, v in found[0].items()} if found else None
 
         assert metadata("training_features", first)["cnn_images"] == training_photos
-        assert metadata("training_features", second) is None  # unchanged training set: nothing written, no CNN
+        unchanged = metadata("training_features", second)  # an unchanged training set: no CNN, nothing rewritten
+        assert unchanged["unchanged"] is True and unchanged["cnn_images"] == 0 and unchanged["rewritten"] is False
         assert metadata("cnn_features", second)["cnn_images"] == 0
         assert metadata("fruit_classifier", first)["retrained"] is True
         reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
