@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from fruits_assets.assets import GROUP, current_features, pca_features
 from fruits_assets.io_managers import UNCHANGED
+from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, io, openset
 from spark_code import classifier as clf
@@ -62,7 +63,9 @@ def training_features(
     kept, todo = batches.reusable(previous, listing, cnn.model_key())
     run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
     new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
-    featurized, quarantined = run.features.count(), run.quarantined.orderBy("path").collect()
+    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded):
+        featurized = run.features.count()  # the CNN pass over new or changed training photos only
+    quarantined = run.quarantined.orderBy("path").collect()
     reused = 0 if kept is None else kept.count()
     context.log.info(
         "training set: %d listed, %d reused, %d featurized, %d quarantined",
