@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--images", type=int, default=None, help="stratified subset of about N images")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", str(DEFAULT_WEIGHTS)))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")

@@ -58,7 +58,7 @@ def local_resources(
         ),
         "cnn": CnnResource(
             weights_path=weights_path or default_weights_path(),
-            batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
+            batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "16")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
             engine=os.environ.get("FRUITS_ENGINE", "onnx"),
             onnx_cache=os.environ.get("FRUITS_ONNX_CACHE") or None,

@@ -413,7 +413,7 @@ def emr_resources(settings: EmrSettings | None = None, base: Mapping[str, Any] |
         "image_source": ImageSource(root=settings.image_root, state_uri=f"{settings.output_uri}/_sensor/new_images"),
         "cnn": ClusterCnnResource(
             weights_path=settings.weights_path,
-            batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "64")),
+            batch_size=int(os.environ.get("FRUITS_BATCH_SIZE", "16")),
             image_size=int(os.environ.get("FRUITS_IMAGE_SIZE", "224")),
             engine=os.environ.get("FRUITS_ENGINE", "onnx"),
         ),

@@ -97,7 +97,9 @@ class CnnResource(ConfigurableResource):
     weights_path: str | None = Field(
         default=None, description="Keras weights file (env FRUITS_WEIGHTS); None lets Keras download them."
     )
-    batch_size: int = Field(default=64, gt=0, le=4096, description="Images per model call.")
+    batch_size: int = Field(
+        default=16, gt=0, le=4096, description="Images per model call (16: as fast as 64 in ONNX Runtime, less memory)."
+    )
     image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
     engine: Literal["onnx", "tensorflow"] = Field(
         default="onnx", description="CNN runtime (env FRUITS_ENGINE): ONNX Runtime on the converted Keras model, or TF."

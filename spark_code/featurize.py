@@ -146,7 +146,7 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         outputCol: str = "features",
         errorCol: str = "error",
         weightsPath: str | None = None,
-        batchSize: int = 64,
+        batchSize: int = 16,
         imageSize: int = 224,
         threads: int = 0,
         engine: str = "onnx",
@@ -154,7 +154,7 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
     ):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="features", errorCol="error")
-        self._setDefault(batchSize=64, imageSize=224, threads=0, engine="onnx")
+        self._setDefault(batchSize=16, imageSize=224, threads=0, engine="onnx")
         self._set(**self._input_kwargs)
         self.counters: FeaturizeCounters | None = None
 
