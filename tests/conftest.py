@@ -194,6 +194,25 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
     return result, output, {key: after[key] - before[key] for key in after}
 
 
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A moto server on loopback with bucket `fruits` (eu-west-3); boto3 reaches it through AWS_* variables.
+
+    Yields (server URL, S3 client).
+    """
+    import boto3
+
+    from tests.moto_server import moto_server
+
+    with moto_server() as url:
+        settings = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "eu-west-3"}
+        for name, value in {**settings, "AWS_ENDPOINT_URL": url}.items():
+            monkeypatch.setenv(name, value)
+        client = boto3.client("s3", endpoint_url=url, region_name="eu-west-3")
+        client.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        yield url, client
+
+
 # The edit loop's fast subset, `pytest -m "not slow"`: no browser, no cluster, no moto server, no whole
 # materialization. The full suite (what CI runs) is plain `pytest`.
 SLOW_MODULES = {

@@ -105,24 +105,16 @@ def test_s3_keys_follow_the_same_rules():
 
 
 @pytest.mark.slow  # a moto server
-def test_s3_listing_and_sensor_agree_over_a_real_s3_api(monkeypatch):
-    import boto3
-
-    from tests.moto_server import moto_server
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")):
-        monkeypatch.setenv(name, value)
-    with moto_server() as url:
-        client = boto3.client("s3", endpoint_url=url, region_name="eu-west-3")
-        client.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        keys = ["img/Kiwi/a.JPG", "img/Kiwi/2024/b.heic", "img/Kiwi/.DS_Store", "img/.git/x", "img/z.jfif"]
-        for key in [*keys, "img/Kiwi/"]:
-            client.put_object(Bucket="fruits", Key=key, Body=b"x")
-        client.put_object(Bucket="fruits", Key="other/c.jpg", Body=b"x")
-        found = listing.walk_s3("s3://fruits/img", client)
-        assert (
-            set(found.files)
-            == {"Kiwi/a.JPG", "Kiwi/2024/b.heic", "z.jfif"}
-            == set(snapshot.list_s3("s3://fruits/img/", client))
-        )
-        assert dict(found.skipped) == {listing.HIDDEN: 2} and found.files["z.jfif"][0] == 1
+def test_s3_listing_and_sensor_agree_over_a_real_s3_api(s3_bucket):
+    _, client = s3_bucket
+    keys = ["img/Kiwi/a.JPG", "img/Kiwi/2024/b.heic", "img/Kiwi/.DS_Store", "img/.git/x", "img/z.jfif"]
+    for key in [*keys, "img/Kiwi/"]:
+        client.put_object(Bucket="fruits", Key=key, Body=b"x")
+    client.put_object(Bucket="fruits", Key="other/c.jpg", Body=b"x")
+    found = listing.walk_s3("s3://fruits/img", client)
+    assert (
+        set(found.files)
+        == {"Kiwi/a.JPG", "Kiwi/2024/b.heic", "z.jfif"}
+        == set(snapshot.list_s3("s3://fruits/img/", client))
+    )
+    assert dict(found.skipped) == {listing.HIDDEN: 2} and found.files["z.jfif"][0] == 1

@@ -57,74 +57,58 @@ def test_pointer_cursor_sees_only_changes_and_keeps_few_snapshot_files(tmp_path)
 
 
 @pytest.mark.slow  # a moto server
-def test_snapshot_store_and_restore_over_a_real_s3_api(monkeypatch):
-    from tests.moto_server import moto_server
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")):
-        monkeypatch.setenv(name, value)
-    with moto_server() as url:
-        client = boto3.client("s3", endpoint_url=url, region_name="eu-west-3")
-        client.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        state = snapshot.State({"a/b.jpg": (3, 10), "c/d é.jpg": (4, 11)}, {"c/new.jpg": (1, 12)})
-        cursors = [snapshot.store(state, "s3://fruits/out/_sensor/new_images", client) for _ in range(5)]
-        assert snapshot.restore(cursors[-1], client) == state
-        listed = client.list_objects_v2(Bucket="fruits", Prefix="out/_sensor/new_images/")["Contents"]
-        assert len(listed) == snapshot.KEEP_SNAPSHOTS
-        assert snapshot.restore(cursors[0], client) == snapshot.State()  # pruned: an empty start, not a crash
+def test_snapshot_store_and_restore_over_a_real_s3_api(s3_bucket):
+    _, client = s3_bucket
+    state = snapshot.State({"a/b.jpg": (3, 10), "c/d é.jpg": (4, 11)}, {"c/new.jpg": (1, 12)})
+    cursors = [snapshot.store(state, "s3://fruits/out/_sensor/new_images", client) for _ in range(5)]
+    assert snapshot.restore(cursors[-1], client) == state
+    listed = client.list_objects_v2(Bucket="fruits", Prefix="out/_sensor/new_images/")["Contents"]
+    assert len(listed) == snapshot.KEEP_SNAPSHOTS
+    assert snapshot.restore(cursors[0], client) == snapshot.State()  # pruned: an empty start, not a crash
 
 
 @pytest.mark.slow  # a moto server
-def test_sensor_drains_s3_event_notifications_from_sqs_instead_of_listing(monkeypatch):
-    from tests.moto_server import moto_server
+def test_sensor_drains_s3_event_notifications_from_sqs_instead_of_listing(s3_bucket):
+    _, s3 = s3_bucket
+    sqs = boto3.client("sqs", region_name="eu-west-3")
+    queue = sqs.create_queue(QueueName="fruits-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    only_images = {"Key": {"FilterRules": [{"Name": "prefix", "Value": "img/"}]}}  # not the sensor's own files
+    config = {"QueueConfigurations": [{"QueueArn": arn, "Events": events, "Filter": only_images}]}
+    s3.put_bucket_notification_configuration(Bucket="fruits", NotificationConfiguration=config)
+    source = ImageSource(root="s3://fruits/img", state_uri="s3://fruits/out/_sensor/new_images", events_queue=queue)
 
-    with moto_server() as url:
-        for name, value in (
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_ENDPOINT_URL", url),
-            ("AWS_DEFAULT_REGION", "eu-west-3"),
-        ):
-            monkeypatch.setenv(name, value)
-        s3, sqs = (boto3.client(kind, region_name="eu-west-3") for kind in ("s3", "sqs"))
-        s3.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        queue = sqs.create_queue(QueueName="fruits-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
-        only_images = {"Key": {"FilterRules": [{"Name": "prefix", "Value": "img/"}]}}  # not the sensor's own files
-        config = {"QueueConfigurations": [{"QueueArn": arn, "Events": events, "Filter": only_images}]}
-        s3.put_bucket_notification_configuration(Bucket="fruits", NotificationConfiguration=config)
-        source = ImageSource(root="s3://fruits/img", state_uri="s3://fruits/out/_sensor/new_images", events_queue=queue)
+    def tick(cursor):
+        context = build_sensor_context(cursor=cursor, resources={"image_source": source})
+        result = new_images(context)
+        return result, context.cursor if result.cursor is None else result.cursor
 
-        def tick(cursor):
-            context = build_sensor_context(cursor=cursor, resources={"image_source": source})
-            result = new_images(context)
-            return result, context.cursor if result.cursor is None else result.cursor
-
-        for key in ("img/Kiwi/a b.jpg", "img/Kiwi/c+d.JPG", "img/Kiwi/.DS_Store", "other/x.jpg"):
-            s3.put_object(Bucket="fruits", Key=key, Body=b"xyz")
-        first, cursor = tick(None)
-        assert {k: first.run_requests[0].tags[f"fruits/{k}"] for k in ("new", "changed", "deleted")} == {
-            "new": "2",
-            "changed": "0",
-            "deleted": "0",
+    for key in ("img/Kiwi/a b.jpg", "img/Kiwi/c+d.JPG", "img/Kiwi/.DS_Store", "other/x.jpg"):
+        s3.put_object(Bucket="fruits", Key=key, Body=b"xyz")
+    first, cursor = tick(None)
+    assert {k: first.run_requests[0].tags[f"fruits/{k}"] for k in ("new", "changed", "deleted")} == {
+        "new": "2",
+        "changed": "0",
+        "deleted": "0",
+    }
+    quiet, cursor = tick(cursor)
+    assert not quiet.run_requests
+    s3.put_object(Bucket="fruits", Key="img/Kiwi/a b.jpg", Body=b"longer")
+    s3.delete_object(Bucket="fruits", Key="img/Kiwi/c+d.JPG")
+    s3.put_object(Bucket="fruits", Key="img/Lemon/e.heic", Body=b"x")
+    third, cursor = tick(cursor)
+    tags = third.run_requests[0].tags
+    assert (tags["fruits/new"], tags["fruits/changed"], tags["fruits/deleted"]) == ("1", "1", "1")
+    assert (
+        set(snapshot.restore(cursor).accepted)
+        == set(snapshot.list_s3("s3://fruits/img"))
+        == {
+            "Kiwi/a b.jpg",
+            "Lemon/e.heic",
         }
-        quiet, cursor = tick(cursor)
-        assert not quiet.run_requests
-        s3.put_object(Bucket="fruits", Key="img/Kiwi/a b.jpg", Body=b"longer")
-        s3.delete_object(Bucket="fruits", Key="img/Kiwi/c+d.JPG")
-        s3.put_object(Bucket="fruits", Key="img/Lemon/e.heic", Body=b"x")
-        third, cursor = tick(cursor)
-        tags = third.run_requests[0].tags
-        assert (tags["fruits/new"], tags["fruits/changed"], tags["fruits/deleted"]) == ("1", "1", "1")
-        assert (
-            set(snapshot.restore(cursor).accepted)
-            == set(snapshot.list_s3("s3://fruits/img"))
-            == {
-                "Kiwi/a b.jpg",
-                "Lemon/e.heic",
-            }
-        )  # the events path and the listing path agree
-        assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)  # every message deleted
+    )  # the events path and the listing path agree
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)  # every message deleted
 
 
 def test_events_queue_needs_an_s3_root():
