@@ -1,8 +1,12 @@
 """The project-local Dagster instance (`.dagster/`) that the main command, `dagster dev` and its daemon share."""
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from dagster import DagsterInstance
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PROJECT_HOME = PROJECT_DIR / ".dagster"
@@ -40,3 +44,15 @@ def ui_command(home: Path) -> str:
 def _env_file_points_here() -> bool:
     env_file = PROJECT_DIR / ".env"
     return env_file.exists() and f"DAGSTER_HOME=${{DAGSTER_HOME:-{PROJECT_HOME}}}" in env_file.read_text()
+
+
+@contextlib.contextmanager
+def instance_at(home: Path) -> Iterator[DagsterInstance]:
+    """The Dagster instance of `home`, opened under a file lock: two commands started at once on a new instance
+    would otherwise both create its SQLite tables, and one would fail ("table snapshots already exists")."""
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = DagsterInstance.get()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    with instance:
+        yield instance

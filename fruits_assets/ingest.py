@@ -9,7 +9,7 @@ import time
 from dagster import DagsterInstance, Definitions, define_asset_job, materialize
 
 from fruits_assets import console, progress
-from fruits_assets.home import dagster_home, ui_command
+from fruits_assets.home import dagster_home, instance_at, ui_command
 from fruits_assets.partitions import ingest_batches
 from spark_code import batches
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from fruits_assets.definitions import ASSETS, CHECKS, resources_for
 
         resources = resources_for()
-        with DagsterInstance.get() as instance:
+        with instance_at(home) as instance:
             result = materialize_batch(
                 [*ASSETS, *CHECKS],
                 resources,
