@@ -56,9 +56,9 @@ def cached_onnx(spec, weights_path: str | None, cache_dir: str | None, weights: 
     digest = file_digest(weights_path)
     model_path, sidecar = cache_paths(cache_dir, spec.input_size, digest)
     expected = {"input_size": spec.input_size, "weights_sha256": digest, "feature_dim": spec.feature_dim}
-    problem = _cache_problem(model_path, sidecar, expected)
+    problem, cached = _cache_problem(model_path, sidecar, expected)
     if problem is None:
-        return model_path.read_bytes()
+        return cached
     logger.info("converting the Keras model to ONNX (%s)", problem)
     data = export(spec, weights())
     _write_atomic(model_path, data)
@@ -67,24 +67,24 @@ def cached_onnx(spec, weights_path: str | None, cache_dir: str | None, weights: 
     return data
 
 
-def _cache_problem(model_path: Path, sidecar: Path, expected: dict) -> str | None:
-    """Why the cached model cannot be used (missing, corrupt, another model), or None when it is intact."""
+def _cache_problem(model_path: Path, sidecar: Path, expected: dict) -> tuple[str | None, bytes]:
+    """(why the cached model cannot be used — missing, corrupt, another model — or None, the bytes read)."""
     if not model_path.is_file() or not sidecar.is_file():
-        return f"no cached model at {model_path}"
+        return f"no cached model at {model_path}", b""
     try:
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError) as error:
-        return f"unreadable sidecar {sidecar}: {error}"
+        return f"unreadable sidecar {sidecar}: {error}", b""
     data = model_path.read_bytes()
     if record.get("sha256") != hashlib.sha256(data).hexdigest():
-        return f"{model_path} does not match its recorded checksum"
+        return f"{model_path} does not match its recorded checksum", data
     if {key: record.get(key) for key in expected} != expected or record.get("opset") != OPSET:
-        return f"{model_path} was made for other settings"
+        return f"{model_path} was made for other settings", data
     shape = _io_shape(data)
     size, dim = expected["input_size"], expected["feature_dim"]
     if shape != ([size, size, 3], dim):
-        return f"{model_path} takes {shape[0]} → {shape[1]}, not [{size}, {size}, 3] → {dim}"
-    return None
+        return f"{model_path} takes {shape[0]} → {shape[1]}, not [{size}, {size}, 3] → {dim}", data
+    return None, data
 
 
 def _io_shape(data: bytes) -> tuple[list, object]:
