@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 COMMITTED = "_COMMITTED"
 VERSION_PREFIX = "v-"
+JOB_GROUP = "spark.jobGroup.id"  # SparkContext.setJobGroup's local property
 
 
 class TableNotFoundError(LookupError):
@@ -104,14 +106,33 @@ def prune(spark: SparkSession, base_uri: str, name: str, keep: int) -> None:
 def write_table(df: DataFrame, base_uri: str, name: str, keep: int = 2) -> str:
     """Write `df` as a new Parquet version of `name`, publish it atomically, prune old versions; return its URI."""
     uri = new_version_uri(base_uri, name)
+    spark = df.sparkSession
+    group = spark.sparkContext.getLocalProperty(JOB_GROUP)
+    spark.sparkContext.setLocalProperty(JOB_GROUP, f"fruits-write-{uri.rsplit('/', 1)[-1]}")
     try:
         df.write.mode("errorifexists").parquet(uri)
     except Exception:
-        _discard(df.sparkSession, uri)  # a full disk gets its space back; readers keep the previous version
+        _wait_for_tasks(spark, spark.sparkContext.getLocalProperty(JOB_GROUP))
+        _discard(spark, uri)  # a full disk gets its space back; readers keep the previous version
         raise
+    finally:
+        spark.sparkContext.setLocalProperty(JOB_GROUP, group)
     commit(df.sparkSession, uri)
     prune(df.sparkSession, base_uri, name, keep)
     return uri
+
+
+def _wait_for_tasks(spark: SparkSession, group: str, timeout_s: float = 60.0) -> None:
+    """Wait until the tasks of a failed write have stopped: Spark fails the job at the first task error while
+    the other tasks are still being killed, and one of them could write a file after the version is deleted."""
+    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
+        stages = [tracker.getStageInfo(s) for job in jobs if job is not None for s in job.stageIds]
+        if not any(stage is not None and stage.numActiveTasks > 0 for stage in stages):
+            return
+        time.sleep(0.2)
+    logger.warning("tasks of the failed write %s still running after %.0f s", group, timeout_s)
 
 
 def _discard(spark: SparkSession, uri: str) -> None:

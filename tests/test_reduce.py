@@ -138,3 +138,26 @@ def test_accuracy_curve_grows_with_the_informative_components(spark):
     assert sorted(curve) == [1, 2, 3]
     assert curve[3] >= 0.95 and curve[1] < 0.7
     assert reduce.smallest_accurate_k(curve, 0.003) == 3
+
+
+def test_driver_softmax_regression_matches_spark_ml(spark):
+    """The accuracy curve's driver fits minimise Spark ML's multinomial objective: same coefficients, same labels."""
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.linalg import Vectors
+
+    from spark_code.logistic import fit_softmax
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 4)) + np.eye(3, 4)[y] * 1.5
+    ours = fit_softmax(x, y.astype(str), reg_param=1e-2, max_iter=200)
+    df = spark.createDataFrame([(Vectors.dense(r), float(c)) for r, c in zip(x, y, strict=True)], ["f", "label"])
+    theirs = LogisticRegression(
+        featuresCol="f", family="multinomial", regParam=1e-2, maxIter=200, standardization=False, tol=1e-10
+    ).fit(df)
+    # Softmax weights are defined up to a shift shared by the classes: compare centred weights.
+    centred = ours.weights - ours.weights.mean(axis=1, keepdims=True)
+    spark_w = theirs.coefficientMatrix.toArray().T
+    assert np.abs(centred - (spark_w - spark_w.mean(axis=1, keepdims=True))).max() < 1e-3
+    predicted = theirs.transform(df).select("prediction").toPandas()["prediction"].to_numpy().astype(int).astype(str)
+    assert (ours.predict(x) == predicted).mean() >= 0.99
