@@ -1,6 +1,7 @@
 """The asset graph: raw_images → cnn_features (+ quarantined_images) per ingest batch → scaled → pca_features."""
 
 import dataclasses
+import functools
 import json
 import time
 from datetime import datetime, timezone
@@ -160,22 +161,41 @@ def scaled_features(
     models: ModelStore,
     tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
-) -> Output[DataFrame]:
-    """Features of every batch (current rows) standardised by a Spark ML StandardScaler saved with the asset,
-    stored as float32 (the CNN's precision: 5 KB per photo)."""
-    cnn_features, cnn_model = current_features(tables)
+) -> Output[batches.DerivedParts]:
+    """Features standardised by a Spark ML StandardScaler saved with the asset, stored as float32 (the CNN's
+    precision: 5 KB per photo), one part per ingest batch: a run scales only the batches the saved scaler has
+    not scaled yet. A refit (config, or features of other CNN settings) scales every batch again."""
+    keys = tables.batches()
     saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", SCALER_JSON)
-    if saved is not None and json.loads(saved[2] or "{}").get("cnn_model") != cnn_model:
-        saved = None  # fitted on features of other CNN settings
+    done = set() if saved is None else models.derived_batches(saved[1]) & set(keys)
+    todo = [key for key in keys if key not in done]
+    new = tables.parts("cnn_features", todo)
+    if saved is not None and new is not None:
+        fitted_on = json.loads(saved[2] or "{}").get("cnn_model")
+        if {row[0] for row in new.select(batches.MODEL_COLUMN).distinct().collect()} - {fitted_on}:
+            saved = None  # new features of other CNN settings: they cannot be scaled like the old ones
     if saved is None:
+        cnn_features, cnn_model = current_features(tables)
         model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
         model_uri = models.save(model, "scaled_features", extras={SCALER_JSON: json.dumps({"cnn_model": cnn_model})})
+        done, todo = set(), keys
     else:
         model, model_uri, _ = saved
-    context.log.info("scaler %s (%s)", model_uri, "refit" if saved is None else "reused")
-    scaled = reduce.scale(model, cnn_features).select("path", "label", "scaled_features")
-    metadata = {"model_uri": MetadataValue.path(model_uri), "refit": saved is None}
-    return Output(scaled, metadata=metadata)
+    context.log.info(
+        "scaler %s (%s): %d batch(es) to scale", model_uri, "refit" if saved is None else "reused", len(todo)
+    )
+    parts = {key: _scaled_part(model, tables.parts("cnn_features", [key])) for key in todo}
+    metadata = {
+        "model_uri": MetadataValue.path(model_uri),
+        "refit": saved is None,
+        "batches_scaled": len(todo),
+        "batches": len(keys),
+    }
+    return Output(batches.DerivedParts(parts, sorted(done), batches.manifest_uri(model_uri)), metadata=metadata)
+
+
+def _scaled_part(model: StandardScalerModel, features: DataFrame) -> DataFrame:
+    return reduce.scale(model, features).select(*batches.PART_COLUMNS, "scaled_features")
 
 
 DEFAULT_VARIANCE = 0.95  # the largest k the accuracy curve considers reaches this share of the variance
@@ -217,37 +237,42 @@ def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
     return (model, uri, fitted_with) if {key: fitted_with.get(key) for key in wanted} == wanted else None
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["training_features"])
+MIN_DRIFT_ROWS = 100  # fewer new rows than this say too little about drift: the saved PCA projects them
+
+
+@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["scaled_features", "training_features"])
 def pca_features(
     context: AssetExecutionContext,
     config: PcaConfig,
-    scaled_features: DataFrame,
     models: ModelStore,
     tables: TableStore,
     classifier: ClassifierSettings,
     pyspark_step_launcher: ResourceParam[Any],
-) -> Output[DataFrame]:
+) -> Output[batches.DerivedParts]:
     """PCA projection (path, label, pca_features as float32, pca_model) from one fit, k fixed, reaching a variance
     target, or by default the smallest k whose logistic-regression accuracy is within the tolerance of the best.
 
-    The saved PCA projects new images unless `refit` is set, the scaler changed, or the data drifted: the share of
-    variance the saved basis explains fell by more than `max_drift` since it was fitted.
+    One part per ingest batch: the saved PCA projects only the batches it has not projected yet. It is refit, and
+    every batch projected again, when `refit` is set, the scaler changed, or the data drifted: the share of the
+    new rows' variance the saved basis explains is more than `max_drift` below its share at fit time.
     """
+    keys = tables.batches()
     scaler_uri = models.latest_uri("scaled_features")
     saved = _saved_pca(config, models, scaler_uri)
-    drift = None
-    if saved is not None:
-        drift = round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], scaled_features), 4)
-    refit = saved is None or drift > config.max_drift
+    done = set() if saved is None else models.derived_batches(saved[1]) & set(keys)
+    todo = [key for key in keys if key not in done]
+    drift = None if saved is None else _drift(saved, tables.parts("scaled_features", todo))
+    refit = saved is None or (drift is not None and drift > config.max_drift)
     if refit:
-        model, model_uri, fitted_with = _fit_pca(config, scaled_features, models, tables, scaler_uri, classifier)
+        scaled = tables.require_current("scaled_features")
+        model, model_uri, fitted_with = _fit_pca(config, scaled, models, tables, scaler_uri, classifier)
+        done, todo = set(), keys
     else:
         model, model_uri, fitted_with = saved
     curve, accuracy = fitted_with["curve"], {int(k): a for k, a in fitted_with.get("accuracy_curve", {}).items()}
     k = model.getK()
-    context.log.info("PCA %s: k=%d, %s (drift %s)", model_uri, k, "refit" if refit else "reused", drift)
-    projected = reduce.project(model, scaled_features).select("path", "label", "pca_features")
-    projected = projected.withColumn("pca_model", reduce.version_literal(model_uri))
+    context.log.info("PCA %s: k=%d, %s (drift %s), %d batch(es) to project", model_uri, k, refit, drift, len(todo))
+    parts = {key: _pca_part(model, model_uri, tables.parts("scaled_features", [key])) for key in todo}
     metadata = {
         "k": k,
         "explained_variance": float(curve[k - 1]),
@@ -258,13 +283,37 @@ def pca_features(
         "bytes_per_photo_vector": 4 * k,
         "refit": refit,
         "drift": drift,
+        "batches_projected": len(todo),
+        "batches": len(keys),
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
         "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
         **_accuracy_metadata(accuracy, k),
-        "pca_scatter": MetadataValue.md(plots.scatter_plot(*reduce.first_two(projected, "pca_features"))),
+        **_scatter(parts),
         "model_uri": MetadataValue.path(model_uri),
     }
-    return Output(projected, metadata={key: value for key, value in metadata.items() if value is not None})
+    derived = batches.DerivedParts(parts, sorted(done), batches.manifest_uri(model_uri))
+    return Output(derived, metadata={key: value for key, value in metadata.items() if value is not None})
+
+
+def _drift(saved, new_rows: DataFrame | None) -> float | None:
+    """How much less of the new rows' variance the saved PCA explains than of the rows it was fitted on (None
+    when there are fewer than MIN_DRIFT_ROWS new rows)."""
+    if new_rows is None or new_rows.count() < MIN_DRIFT_ROWS:
+        return None
+    return round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], new_rows), 4)
+
+
+def _pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
+    projected = reduce.project(model, scaled).select(*batches.PART_COLUMNS, "pca_features")
+    return projected.withColumn("pca_model", reduce.version_literal(model_uri))
+
+
+def _scatter(parts: dict[str, DataFrame]) -> dict:
+    """The first two components of (a sample of) the rows projected in this run, as a plot; {} if none."""
+    if not parts:
+        return {}
+    rows = functools.reduce(DataFrame.unionByName, parts.values())
+    return {"pca_scatter": MetadataValue.md(plots.scatter_plot(*reduce.first_two(rows, "pca_features")))}
 
 
 def _accuracy_metadata(accuracy: dict[int, float], k: int) -> dict:

@@ -3,13 +3,10 @@
 from typing import Any
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, ResourceParam, asset_check
-from pyspark.sql import DataFrame
 
-from fruits_assets.resources import TableStore
+from fruits_assets.resources import ModelStore, TableStore
 from spark_code import quality
 from spark_code.cnn import FEATURE_DIM
-
-STEP_LAUNCHER = "pyspark_step_launcher"  # Spark checks run where the Spark assets run (on EMR: on the cluster)
 
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
@@ -33,20 +30,27 @@ def counts_reconcile(
 
 @asset_check(asset="cnn_features")
 def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
-    """Each current feature vector holds exactly 1280 finite floats."""
-    bad = quality.bad_vectors(tables.require_current("cnn_features"), "features", FEATURE_DIM)
-    return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad})
+    """Each feature vector of the newest batch holds exactly 1280 finite floats (each batch is checked when it
+    is made: the check costs what the batch costs)."""
+    newest = tables.batches()[-1:]
+    bad = quality.bad_vectors(tables.require_parts("cnn_features", newest), "features", FEATURE_DIM)
+    return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": ",".join(newest)})
 
 
 @asset_check(asset="pca_features")
 def pca_rows_match_features(
-    pca_features: DataFrame, tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
+    tables: TableStore, models: ModelStore, pyspark_step_launcher: ResourceParam[Any]
 ) -> AssetCheckResult:
-    """The PCA table has one row per current featurized image."""
-    pca_rows, feature_rows = pca_features.count(), tables.require_current("cnn_features").count()
-    return AssetCheckResult(
-        passed=pca_rows == feature_rows, metadata={"pca_rows": pca_rows, "feature_rows": feature_rows}
-    )
+    """Every batch has a PCA part made by the current PCA model, and the newest batch's part has one row per
+    feature row of that batch."""
+    keys = tables.batches()
+    missing = sorted(set(keys) - models.derived_batches(models.latest_uri("pca_features")))
+    newest = keys[-1:]
+    pca_rows = tables.require_parts("pca_features", newest).count()
+    feature_rows = tables.require_parts("cnn_features", newest).count()
+    metadata = {"pca_rows": pca_rows, "feature_rows": feature_rows, "batch": ",".join(newest)}
+    metadata["batches_without_part"] = len(missing)
+    return AssetCheckResult(passed=pca_rows == feature_rows and not missing, metadata=metadata)
 
 
 @asset_check(asset="pca_features")
@@ -65,11 +69,12 @@ def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> As
     return AssetCheckResult(passed=reached >= target, metadata={"reached": reached, "target": target})
 
 
-@asset_check(asset="pca_features", required_resource_keys={STEP_LAUNCHER})
-def labels_not_empty(pca_features: DataFrame) -> AssetCheckResult:
-    """Every PCA row carries a non-blank class label."""
-    empty = quality.empty_labels(pca_features)
-    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty})
+@asset_check(asset="pca_features")
+def labels_not_empty(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
+    """Every PCA row of the newest batch carries a non-blank class label."""
+    newest = tables.batches()[-1:]
+    empty = quality.empty_labels(tables.require_parts("pca_features", newest))
+    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty, "batch": ",".join(newest)})
 
 
 ALL_CHECKS = [

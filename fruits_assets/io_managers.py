@@ -23,7 +23,9 @@ class SparkParquetIOManager(ConfigurableIOManager):
     """Stores each asset at `<base_uri>/<asset>/v-<time>-<id>/`, each batch of a partitioned one at
     `<base_uri>/<asset>/<batch>/v-<time>-<id>/`; readers see only committed versions.
 
-    Loading batches gives their current rows: a path's newest batch wins, deleted paths are left out.
+    A table derived batch by batch (`DerivedParts`: scaled, PCA) is stored like the batches, one part per batch,
+    and only the parts it names are written. Loading batches or such a table gives the current rows: a path's
+    newest batch wins, deleted paths are left out.
     """
 
     base_uri: str = Field(description="Local folder or s3:// URI holding the tables; env FRUITS_OUTPUT_URI.")
@@ -44,8 +46,11 @@ class SparkParquetIOManager(ConfigurableIOManager):
     def _name(context: InputContext | OutputContext) -> str:
         return "/".join(context.asset_key.path)
 
-    def handle_output(self, context: OutputContext, obj: DataFrame | None) -> None:
+    def handle_output(self, context: OutputContext, obj: DataFrame | batches.DerivedParts | None) -> None:
         name = self._name(context)
+        if isinstance(obj, batches.DerivedParts):
+            self._write_parts(context, name, obj)
+            return
         if context.has_asset_partitions:
             name = f"{name}/{batches.check_key(context.asset_partition_key)}"
         if obj is UNCHANGED:  # nothing changed: the newest committed version stands, as it is
@@ -56,10 +61,24 @@ class SparkParquetIOManager(ConfigurableIOManager):
         rows = obj.sparkSession.read.parquet(uri).count()
         context.add_output_metadata({"uri": MetadataValue.path(uri), "row_count": rows})
 
+    def _write_parts(self, context: OutputContext, name: str, obj: batches.DerivedParts) -> None:
+        """Write only the parts to (re)make, one version per batch, then the manifest naming every current part."""
+        spark, rows = self.pyspark.spark_session, 0
+        for key, part in sorted(obj.parts.items()):
+            uri = io.write_table(part, self.base_uri, f"{name}/{batches.check_key(key)}", self.keep_versions)
+            rows += spark.read.parquet(uri).count()
+        batches.write_manifest(spark, obj)
+        uri = f"{io.qualify(self.base_uri)}/{name}"
+        context.add_output_metadata(
+            {"uri": MetadataValue.path(uri), "parts_written": len(obj.parts), "rows_written": rows}
+        )
+
     def load_input(self, context: InputContext) -> DataFrame:
         spark, name = self.pyspark.spark_session, self._name(context)
-        if not context.has_asset_partitions:
+        if not context.has_asset_partitions and not io.partition_uris(spark, self.base_uri, name):
             return io.read_table(spark, self.base_uri, name)
+        if not context.has_asset_partitions:  # a table derived batch by batch: its current rows
+            return batches.read_current(spark, self.base_uri, name)
         rows = batches.read_current(spark, self.base_uri, name, context.asset_partition_keys)
         if rows is None:
             raise io.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")

@@ -168,6 +168,10 @@ class ModelStore(ConfigurableResource):
         """URI of the newest committed version of model `name`."""
         return io.latest_uri(self.pyspark.spark_session, self.base_uri, name)
 
+    def derived_batches(self, uri: str) -> set[str]:
+        """The ingest batches whose part of a derived table the model version `uri` has made."""
+        return batches.derived_batches(self.pyspark.spark_session, uri)
+
     def latest(self, model_class, name: str, extra: str | None = None) -> tuple[object, str, str] | None:
         """(model, version URI, text of its `extra` file or "") of the newest version of `name`; None if none."""
         spark = self.pyspark.spark_session
@@ -206,6 +210,17 @@ class TableStore(ConfigurableResource):
         """Rows of batch table `name` as written, over every committed batch except `without`; None if none."""
         keys = [key for key in self.batches() if key != without]
         return io.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+
+    def parts(self, name: str, keys: list[str]):
+        """Rows of batch table `name` as written by the batches `keys` (current or not); None if there are none."""
+        return io.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+
+    def require_parts(self, name: str, keys: list[str]):
+        """`parts(name, keys)`, or a TableNotFoundError naming the table when none of them is committed."""
+        rows = self.parts(name, keys)
+        if rows is None:
+            raise io.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
+        return rows
 
     def current(self, name: str, without: str | None = None):
         """Current rows of batch table `name` over every committed batch except `without`; None if there are none."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -149,3 +151,41 @@ def reusable(previous: DataFrame | None, listing: DataFrame, model_key: str) -> 
     kept = valid.join(F.broadcast(listing.select(*IDENTITY)), IDENTITY, "left_semi")
     todo = listing.join(kept.select(*IDENTITY), IDENTITY, "left_anti")
     return kept, todo
+
+
+PARTS_JSON = "parts.json"  # beside a model version: the batches whose derived part that model made
+PART_COLUMNS = [*IDENTITY, "label", BATCH]  # what a derived part keeps of its batch: enough to find current rows
+
+
+@dataclass
+class DerivedParts:
+    """A table derived batch by batch with one saved model (scaled, PCA): `parts` ({batch: rows}) are to be
+    written; the parts of the `kept` batches stand. `manifest` (beside the model) then lists both."""
+
+    parts: dict[str, DataFrame]
+    kept: list[str]
+    manifest: str
+
+    def batches(self) -> list[str]:
+        """Every batch whose part is current once `parts` are written."""
+        return sorted({*self.kept, *self.parts})
+
+
+def manifest_uri(model_uri: str) -> str:
+    """Where the list of batches a model version has derived is kept."""
+    return f"{model_uri}/{PARTS_JSON}"
+
+
+def derived_batches(spark: SparkSession, model_uri: str) -> set[str]:
+    """The batches whose part `model_uri` has made (empty for a new model)."""
+    text = io.read_text(spark, manifest_uri(model_uri))
+    try:
+        return set(json.loads(text)["batches"]) if text else set()
+    except (ValueError, KeyError, TypeError):  # a torn write: derive every part again
+        logger.warning("unreadable %s: every batch's part is derived again", manifest_uri(model_uri))
+        return set()
+
+
+def write_manifest(spark: SparkSession, parts: DerivedParts) -> None:
+    """Record which batches' parts are current; written after the parts, so a crash only means redoing some."""
+    io.write_text(spark, parts.manifest, json.dumps({"batches": parts.batches()}))

@@ -54,9 +54,9 @@ def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcome
 
 def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
-    pca = io.read_table(spark, output, "pca_features")
+    pca = batches.read_current(spark, output, "pca_features")
     meta = _metadata(result, "pca_features")
-    assert pca.columns == ["path", "label", "pca_features", "pca_model"]
+    assert pca.columns == ["path", "length", "modification_time", "label", "batch", "pca_features", "pca_model"]
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["k_choice"] == "accuracy" and "variance_target" not in meta  # by default k is chosen by accuracy
     assert 0 < meta["explained_variance"] <= 1 and pca.schema["pca_features"].dataType.simpleString() == "array<float>"
@@ -93,7 +93,7 @@ def test_models_saved_and_reloadable(run, spark):
 def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, tmp_path):
     output = str(tmp_path / "copy")
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
-    before = io.latest_uri(spark, output, "pca_features")
+    before = io.latest_uri(spark, f"{output}/models", "pca_features")
     result = materialize(  # no batch: an unpartitioned asset alone
         [*FEATURE_ASSETS, *ALL_CHECKS],
         selection=["pca_features"],
@@ -102,9 +102,11 @@ def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, t
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success and _metadata(result, "pca_features")["k"] == 4
-    after = io.latest_uri(spark, output, "pca_features")
-    assert after != before and io.list_versions(spark, output, "pca_features")[0] == [before, after]
-    assert len(io.read_table(spark, output, "pca_features").first().pca_features) == 4
+    after = io.latest_uri(spark, f"{output}/models", "pca_features")
+    assert after != before and io.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
+    rows = batches.read_current(spark, output, "pca_features").collect()
+    assert {len(r.pca_features) for r in rows} == {4} and {r.pca_model for r in rows} == {after.rsplit("/", 1)[-1]}
+    assert _metadata(result, "pca_features")["batches_projected"] == len(io.partition_uris(spark, output, "raw_images"))
 
 
 def test_missing_root_fails_fast_naming_it(spark, tmp_path, weights_path):

@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from spark_code import batches, io
+from spark_code import batches
 from tests.cluster import standalone_cluster, stop
 from tests.conftest import REPO
 
@@ -46,7 +46,9 @@ def _features(spark, output) -> dict[str, np.ndarray]:
 
 
 def _pca(spark, output) -> dict[str, np.ndarray]:
-    return {r.path: np.array(r.pca_features) for r in io.read_table(spark, str(output), "pca_features").collect()}
+    return {
+        r.path: np.array(r.pca_features) for r in batches.read_current(spark, str(output), "pca_features").collect()
+    }
 
 
 def _assert_same_outputs(spark, output, reference) -> None:

@@ -129,7 +129,7 @@ def grown(spark, weights_path, tmp_path_factory):
     instance = DagsterInstance.ephemeral()
     first, first_counts = _materialize(root, output, weights_path, instance=instance)
     first_batch = io.partition_uris(spark, str(output), "cnn_features")
-    first_pca = {r.path: r for r in io.read_table(spark, str(output), "pca_features").collect()}
+    first_pca = {r.path: r for r in batches.read_current(spark, str(output), "pca_features").collect()}
     new = first_images(FRUITS / CLASSES[2], 2)
     (root / CLASSES[2]).mkdir()
     for image in new:
@@ -198,7 +198,7 @@ def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, 
 def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     output = str(grown["output"])
     _, _, first_pca = grown["first"]
-    pca = {r.path: r for r in io.read_table(spark, output, "pca_features").collect()}
+    pca = {r.path: r for r in batches.read_current(spark, output, "pca_features").collect()}
     assert {r.pca_model for r in pca.values()} == {next(iter(first_pca.values())).pca_model}
     assert _meta(grown["second"][0], "pca_features")["refit"] is False
     unchanged = [p for p in pca if p in first_pca and p != f"file:{grown['changed']}"]
@@ -211,11 +211,22 @@ def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 
 
+def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
+    first, second = _meta(grown["first"][0], "scaled_features"), _meta(grown["second"][0], "scaled_features")
+    assert (first["parts_written"], first["rows_written"]) == (1, 6)  # the first batch: every featurized photo
+    assert (second["refit"], second["parts_written"], second["rows_written"]) == (False, 1, 3)  # 2 new + 1 changed
+    projected = _meta(grown["second"][0], "pca_features")
+    assert (projected["batches_projected"], projected["rows_written"]) == (1, 3)
+    first_key = next(iter(grown["first_batch"]))
+    for name in ("scaled_features", "pca_features"):  # the first batch's parts were not written again
+        assert len(io.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
+
+
 def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
     from spark_code import featurize
 
     output = str(grown["output"])
-    before = io.latest_uri(spark, output, "pca_features")
+    before = io.latest_uri(spark, f"{output}/models", "pca_features")
     defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
     request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
     totals = featurize.process_totals()
@@ -227,7 +238,7 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     )
     assert featurize.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
     assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
-    versions = {r.pca_model for r in io.read_table(spark, output, "pca_features").collect()}
+    versions = {r.pca_model for r in batches.read_current(spark, output, "pca_features").collect()}
     assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
 
 

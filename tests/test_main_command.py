@@ -134,6 +134,9 @@ def test_a_second_run_with_nothing_new_featurizes_nothing(two_runs, training_roo
         unchanged = metadata("training_features", second)  # an unchanged training set: no CNN, nothing rewritten
         assert unchanged["unchanged"] is True and unchanged["cnn_images"] == 0 and unchanged["rewritten"] is False
         assert metadata("cnn_features", second)["cnn_images"] == 0
+        for derived in ("scaled_features", "pca_features"):  # only the (empty) new batch is scaled and projected
+            again = metadata(derived, second)
+            assert (again["refit"], again["parts_written"], again["rows_written"]) == (False, 1, 0), again
         assert metadata("fruit_classifier", first)["retrained"] is True
         reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
         assert reused["retrained"] is False and reused["batch_rows"] == 0

@@ -65,7 +65,7 @@ def test_pca_k_chosen_by_accuracy_and_stored_as_float32(run, spark):
     assert all(accuracy[k] < max(accuracy.values()) - 0.003 for k in accuracy if k < meta["k"])
     assert meta["bytes_per_photo_vector"] == 4 * meta["k"] and meta["accuracy_plot"].startswith("![")
     for table, column in (("pca_features", "pca_features"), ("scaled_features", "scaled_features")):
-        assert io.read_table(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
+        assert batches.read_current(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
 
 
 def test_accuracy_floor_cannot_be_set_below_090():
@@ -97,7 +97,7 @@ def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
 
 def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
     model, _, output = saved
-    pca = {r.path: np.array(r.pca_features) for r in io.read_table(spark, output, "pca_features").collect()}
+    pca = {r.path: np.array(r.pca_features) for r in batches.read_current(spark, output, "pca_features").collect()}
     features = batches.read_current(spark, output, "cnn_features")
     spark_labels = {r.path: r[clf.PREDICTED] for r in clf.predict(model, features).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.jpg")) if f"file:{p}" in pca][:6]
