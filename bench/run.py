@@ -121,6 +121,22 @@ def main_incremental(args, selection: dict, env: dict) -> None:
         raise SystemExit("benchmark invariant failed: the CNN ran on more than the new photos")
 
 
+def main_scale(args, env: dict) -> None:
+    """The --scale mode (see bench/scale.py)."""
+    from bench import scale
+
+    if not (args.reference / "out").is_dir() or not (args.reference / "images").is_dir():
+        raise SystemExit(
+            f"--reference {args.reference}: needs images/ and out/ of a full main-command run, e.g. the --workdir "
+            "of `python -m bench.run --incremental --workdir DIR`"
+        )
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fruits-scale-"))
+    result = scale.run_scale(args.scale, args.reference, workdir, args.weights, env)
+    out = write_json(result, args.json, "scale")
+    print(scale.report(result))
+    print(f"JSON: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -132,6 +148,8 @@ def main() -> None:
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
     parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
+    parser.add_argument("--scale", type=int, nargs="+", default=None, help="corpus sizes N: time one batch at each")
+    parser.add_argument("--reference", type=Path, default=None, help="--scale: the --workdir of an --incremental run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     selection = stratified(args.root, args.images)
@@ -140,6 +158,9 @@ def main() -> None:
         env["FRUITS_ENGINE"] = args.engine
     if args.incremental:
         main_incremental(args, selection, env)
+        return
+    if args.scale:
+        main_scale(args, env)
         return
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
         root = link_tree(selection, Path(tmp) / "images") if args.images else args.root

@@ -28,13 +28,13 @@ from pyspark.sql import functions as F
 
 from fruits_assets import plots
 from fruits_assets.metadata import class_table, quarantine_table, variance_markdown
-from fruits_assets.partitions import ingest_batches
+from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, io, reduce
+from spark_code import batches, io, reduce, snapshot
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
-from spark_code.images import list_root, require_images
+from spark_code.images import LISTING_SCHEMA, list_root, listing_rows, require_images
 
 GROUP = "fruits"
 
@@ -60,15 +60,19 @@ def raw_images(
     """One ingest batch: image files new or changed since the other batches (path, label, length,
     modification_time, change), plus a `deleted` row for each file gone from the image root. Images whose
     features were made with other CNN settings count as changed.
+
+    A run the `new_images` sensor requested takes the batch the sensor found (tag `fruits/changes`) and lists
+    nothing: its cost follows the batch, not the corpus. Other runs list the root and compare it with the tables.
     """
     key = batches.check_key(context.partition_key)
-    found = list_root(pyspark.spark_session, image_source.root)
-    listing = found.frame.cache()
-    listed = listing.count()
-    require_images(listed, image_source.root)
-    before = None if config.full_refresh else tables.current("raw_images", without=key)
-    redo = None if before is None else batches.stale(before, tables.rows("cnn_features", without=key), cnn.model_key())
-    batch = batches.plan(listing, before, key, datetime.now(timezone.utc), redo).cache()
+    now = datetime.now(timezone.utc)
+    changes_uri = None if config.full_refresh else context.run.tags.get(CHANGES_TAG)
+    sensed = None if changes_uri is None else snapshot.load_changes(changes_uri)
+    if sensed is not None:  # the sensor's run: the batch it found, without listing the root again
+        batch, listing_counts = _sensed_batch(pyspark.spark_session, image_source.root, sensed, key, now), {}
+    else:
+        batch, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key, now)
+    batch = batch.cache()
     changes = batches.tally(batch)
     taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
     per_class = {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
@@ -76,14 +80,38 @@ def raw_images(
         "batch": key,
         "image_count": changes[batches.NEW] + changes[batches.CHANGED],
         **changes,
-        **found.counts(),  # files_found = listed + skipped (hidden files, OS clutter, links to what is listed)
+        **listing_counts,  # files_found = listed + skipped (hidden files, OS clutter, links to what is listed)
+        "listing": "root" if sensed is None else "sensor",
         "class_count": len([label for label in per_class if label is not None]),
         "root": image_source.root,
         "per_class": class_table(per_class),
     }
     context.log.info("batch %s of %s: %s", key, image_source.root, metadata)
-    listing.unpersist()
     return Output(batch, metadata=metadata)
+
+
+def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key, now):
+    """(batch, listing counts): the root listed and compared with the current rows of the other batches."""
+    found = list_root(spark, image_source.root)
+    listing = found.frame.cache()
+    require_images(listing.count(), image_source.root)
+    before = None if config.full_refresh else tables.current("raw_images", without=key)
+    redo = None if before is None else batches.stale(before, tables.rows("cnn_features", without=key), cnn.model_key())
+    batch = batches.plan(listing, before, key, now, redo).cache()
+    batch.count()  # made while the listing is cached; then the listing's cache can go
+    listing.unpersist()
+    return batch, found.counts()
+
+
+def _sensed_batch(spark, root: str, sensed: list[tuple[str, int, int, str]], key: str, now) -> DataFrame:
+    """The batch the sensor found (new, changed, deleted files with their entries) as raw rows."""
+    rows = [(*row, change) for row, (*_, change) in zip(listing_rows(root, _entries(sensed)), sensed, strict=True)]
+    listed = spark.createDataFrame(rows, f"{LISTING_SCHEMA}, {batches.CHANGE} string")
+    return batches.from_changes(listed, key, now)
+
+
+def _entries(sensed):
+    return [(rel, (size, mtime_ns)) for rel, size, mtime_ns, _ in sensed]
 
 
 @multi_asset(
@@ -234,7 +262,10 @@ def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
         "accuracy_tolerance": config.accuracy_tolerance,
         "scaler": scaler_uri,
     }
-    return (model, uri, fitted_with) if {key: fitted_with.get(key) for key in wanted} == wanted else None
+    found = {key: fitted_with.get(key) for key in wanted}
+    found["scaler"] = io.version_name(found["scaler"])  # by version name: a copied or moved output still matches
+    wanted["scaler"] = io.version_name(scaler_uri)
+    return (model, uri, fitted_with) if found == wanted else None
 
 
 MIN_DRIFT_ROWS = 100  # fewer new rows than this say too little about drift: the saved PCA projects them

@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from fruits_assets.assets import PcaConfig, ScalerConfig
-from fruits_assets.partitions import ingest_batches
+from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.resources import ImageSource
 from spark_code import batches, s3_events, snapshot
 
@@ -68,6 +68,8 @@ def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> S
         return SensorResult(skip_reason=reason, cursor=cursor)
     key = batches.new_key()
     tags = {f"fruits/{kind}": str(n) for kind, n in counts.items()}
+    if image_source.state_uri is not None:  # the run ingests exactly these files: it lists nothing again
+        tags[CHANGES_TAG] = snapshot.store_changes(changes, before, state, image_source.state_uri)
     request = RunRequest(run_key=snapshot.digest(state), partition_key=key, tags=tags)
     return SensorResult(
         run_requests=[request],

@@ -3,3 +3,4 @@
 from dagster import DynamicPartitionsDefinition
 
 ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
+CHANGES_TAG = "fruits/changes"  # a sensor run's tag: where the sensor stored the batch it found (raw_images reads it)

@@ -130,7 +130,9 @@ def fruit_classifier(
     inputs = _classifier_inputs(tables, models, classifier, cnn)
     saved = models.latest(PipelineModel, "fruit_classifier", FITTED_JSON)
     record = json.loads(saved[2] or "{}") if saved else {}
-    if record.get("inputs") == inputs:  # same training rows, scaler, PCA and settings: the saved model stands
+    if _portable(record.get("inputs")) == _portable(
+        inputs
+    ):  # same training rows, scaler, PCA and settings: the saved model stands
         return _reuse_classifier(context, saved[0], saved[1], record, tables)
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
@@ -176,6 +178,13 @@ def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: Class
         "cnn_model": cnn.model_key(),
         "settings": classifier.model_dump(include={"max_iter", "reg_param", "unknown_score", "known_accept_rate"}),
     }
+
+
+def _portable(inputs: dict | None) -> dict | None:
+    """The inputs with versions by name, not URI: a copied or moved output still matches its saved classifier."""
+    if inputs is None:
+        return None
+    return {k: io.version_name(v) if k in ("training_features", "scaler", "pca") else v for k, v in inputs.items()}
 
 
 def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:

@@ -69,6 +69,16 @@ def plan(
     return rows.withColumn(BATCH, F.lit(key)).withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
 
 
+def from_changes(listed: DataFrame, key: str, ingested_at: datetime) -> DataFrame:
+    """The batch `key` from a change list already made (the sensor's): listing rows plus their `change` column."""
+    columns = [*LISTING_COLUMNS, CHANGE]
+    return (
+        listed.select(*columns)
+        .withColumn(BATCH, F.lit(key))
+        .withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
+    )
+
+
 def owners(raw: DataFrame) -> DataFrame:
     """For each path, the raw row of its newest batch (deleted paths included, as `deleted` rows)."""
     newest = Window.partitionBy("path").orderBy(F.col(INGESTED_AT).desc(), F.col(BATCH).desc())

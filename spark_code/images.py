@@ -87,13 +87,15 @@ def list_root(spark: SparkSession, root: str) -> Listed:
     """
     check_root_exists(spark, root)
     found = rootwalk.walk(root)
-    base = qualify_root(root)
-    rows = [
-        (f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns))
-        for rel, (size, mtime_ns) in sorted(found.files.items())
-    ]
+    rows = listing_rows(root, sorted(found.files.items()))
     logger.info("listed %d files under %s, skipped %s", len(rows), root, dict(found.skipped))
     return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
+
+
+def listing_rows(root: str, entries) -> list[tuple]:
+    """Listing rows (path, label, length, modification_time) of (path relative to `root`, (size, mtime_ns)) pairs."""
+    base = qualify_root(root)
+    return [(f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns)) for rel, (size, mtime_ns) in entries]
 
 
 def list_images(spark: SparkSession, root: str) -> DataFrame:

@@ -64,6 +64,11 @@ def new_version_uri(base_uri: str, name: str) -> str:
     return f"{qualify(base_uri)}/{name}/{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+def version_name(uri: str | None) -> str | None:
+    """The version folder's name (`v-<time>-<id>`) of a version URI: what identifies it wherever the output moves."""
+    return None if uri is None else uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def commit(spark: SparkSession, version_uri: str) -> None:
     """Publish a fully written version: readers only ever see versions carrying the marker."""
     fs, path = _fs(spark, f"{version_uri}/{COMMITTED}")

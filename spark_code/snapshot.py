@@ -161,6 +161,51 @@ def restore(cursor: str | None, client=None) -> State:
         return State()
 
 
+# ---- the batch a tick found, handed to the run it requests (raw_images then lists nothing) ------------------------
+
+KEEP_FILES = 20  # per kind (snapshot-, changes-): a run queued behind more ticks than this lists the root itself
+
+
+def store_changes(changes: Changes, before: State, state: State, folder: str, client=None) -> str:
+    """Write what a tick found as Parquet in `folder` (rel path, size, mtime, new/changed/deleted; a deleted file
+    with its last entry); return its URI, for the run that ingests exactly this batch."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(path, *state.accepted[path], kind) for kind in ("new", "changed") for path in getattr(changes, kind)]
+    rows += [(path, *before.accepted[path], "deleted") for path in changes.deleted]
+    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    types = (pa.string(), pa.int64(), pa.int64(), pa.string())
+    table = pa.table(
+        [pa.array(c, type=t) for c, t in zip(columns, types, strict=True)], names=["path", "size", "mtime_ns", "change"]
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    return _files(folder, client).write(
+        f"changes-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet", data
+    )
+
+
+def load_changes(uri: str, client=None) -> list[tuple[str, int, int, str]] | None:
+    """The (rel path, size, mtime_ns, change) rows `store_changes` wrote; None if the file is gone or unreadable."""
+    import pyarrow.parquet as pq
+
+    folder, name = uri.rsplit("/", 1)
+    try:
+        table = pq.read_table(_files(folder, client).open(name))
+    except (OSError, ValueError) as error:
+        logger.warning("sensor changes %s unreadable (%s): the batch lists the root instead", uri, error)
+        return None
+    return list(zip(*(table.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "change")), strict=True))
+
+
+def _kind(name: str) -> str:
+    return name.split("-", 1)[0] + "-"
+
+
 class _LocalFolder:
     def __init__(self, folder: str):
         from pathlib import Path
@@ -173,7 +218,8 @@ class _LocalFolder:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f".{name}").write_bytes(data)
         os.replace(self.folder / f".{name}", self.folder / name)
-        for old in sorted(self.folder.glob("snapshot-*.parquet"))[:-KEEP_SNAPSHOTS]:
+        keep = KEEP_SNAPSHOTS if name.startswith("snapshot-") else KEEP_FILES
+        for old in sorted(self.folder.glob(f"{_kind(name)}*.parquet"))[:-keep]:
             old.unlink(missing_ok=True)
         return str(self.folder / name)
 
@@ -193,9 +239,9 @@ class _S3Folder:
 
     def write(self, name: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}", Body=data)
-        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/snapshot-")
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{_kind(name)}")
         keys = sorted(item["Key"] for item in listed.get("Contents", []))
-        for key in keys[:-KEEP_SNAPSHOTS]:
+        for key in keys[: -(KEEP_SNAPSHOTS if name.startswith("snapshot-") else KEEP_FILES)]:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         return f"s3://{self.bucket}/{self.prefix}/{name}"
 

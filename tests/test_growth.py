@@ -14,7 +14,7 @@ from fruits_assets.automation import daily_refit, new_images
 from fruits_assets.checks import ALL_CHECKS
 from fruits_assets.definitions import FEATURE_ASSETS, build_defs, local_resources
 from fruits_assets.ingest import materialize_batch
-from fruits_assets.partitions import ingest_batches
+from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.resources import CnnResource, ImageSource
 from spark_code import batches, io, reduce, snapshot
 from tests.conftest import CLASSES, FRUITS, first_images
@@ -284,3 +284,38 @@ def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_num
         data = Path(path.removeprefix("file:")).read_bytes()
         for name, rows in (("tensorflow", tf_rows), ("onnx", onnx_rows)):  # classify makes the Spark path's features
             assert np.abs(serving[name].features(data) - np.array(rows[path].features)).max() < 1e-4
+
+
+def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, weights_path, tmp_path):
+    from spark_code import featurize
+
+    root, output = tmp_path / "root", tmp_path / "out"
+    _seed(root, n=2)
+    resources = local_resources(str(root), str(output), weights_path)
+    state = resources["image_source"].state_uri  # the sensor keeps its snapshots beside the tables
+    source = ImageSource(root=str(root), state_uri=state, settle_seconds=0.0)  # a photo counts once copied
+    instance, cursor = DagsterInstance.ephemeral(), None
+
+    def tick_and_run():
+        nonlocal cursor
+        ticked = new_images(build_sensor_context(cursor=cursor, resources={"image_source": source}))
+        request, cursor = ticked.run_requests[0], ticked.cursor
+        before = featurize.process_totals()["cnn_images"]
+        result = materialize_batch(
+            [*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, key=request.partition_key, tags=request.tags
+        )
+        return request, result, featurize.process_totals()["cnn_images"] - before
+
+    request, result, cnn_images = tick_and_run()
+    assert CHANGES_TAG in request.tags and cnn_images == 4 and _meta(result, "raw_images")["listing"] == "sensor"
+    new = first_images(FRUITS / CLASSES[2], 1)[0]
+    (root / CLASSES[2]).mkdir()
+    shutil.copy(new, root / CLASSES[2] / new.name)
+    gone = sorted((root / CLASSES[0]).glob("*.jpg"))[0]
+    gone.unlink()
+    request, result, cnn_images = tick_and_run()
+    raw = _meta(result, "raw_images")
+    assert (raw["listing"], raw["new"], raw["changed"], raw["deleted"], cnn_images) == ("sensor", 1, 0, 1, 1)
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    current = {r.path for r in batches.read_current(spark, str(output), "pca_features").collect()}
+    assert current == {f"file:{p}" for p in root.rglob("*.jpg")}  # the union of the batches: the root as it is now

@@ -1,0 +1,193 @@
+"""`bench.run --scale N ...`: the cost of one real batch of new photos on a simulated corpus of N photos.
+
+For each N: the image root holds the reference corpus (a real main-command output on the Test photos) plus
+hard links of the Test photos under new names up to N files; their batches are synthetic but in the real table
+layout (raw listing rows from the real listing code, feature rows = the source photo's real features plus noise,
+empty quarantine). An untimed catch-up (a sensor tick, then the main command) lets the real code derive what it
+derives (scaled and PCA parts). Then BATCH new photos arrive and are timed: the sensor's tick and the run it
+requests (every asset and check), then the README's main command with nothing new (it lists the root itself).
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench import main_command
+from bench.incremental import add_new_photos
+from bench.run import REPO
+
+logger = logging.getLogger("bench")
+BATCH_ROWS = 10_000  # rows per synthetic batch: 100 batches at a million photos
+SIM_PREFIX = "sim"
+
+
+def link_corpus(reference_images: Path, images: Path, n: int) -> int:
+    """Copy the reference root (links), then hard-link its photos under new names up to `n` files; the count."""
+    shutil.copytree(reference_images, images, symlinks=True)
+    sources = sorted(p for p in images.rglob("*") if p.is_symlink())
+    have = len(sources)
+    for i in range(max(0, n - have)):
+        source = sources[i % have]
+        os.link(source.resolve(), source.parent / f"{SIM_PREFIX}{i:07d}_{source.name}")
+    return max(n, have)
+
+
+def _commit_dir(staged: Path, table: Path, key: str) -> None:
+    version = table / key / f"v-{time.strftime('%Y%m%dT%H%M%S000000Z', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    version.parent.mkdir(parents=True, exist_ok=True)
+    staged.rename(version)
+    (version / "_COMMITTED").touch()
+
+
+def synthesize_batches(spark, images: Path, out: Path) -> dict:
+    """Committed raw/feature/quarantine batches for every hard-linked photo, in the real layout; their keys."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from spark_code import batches
+    from spark_code.images import list_root
+
+    listing = list_root(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
+    total = listing.count()
+    if total == 0:
+        return {"synthetic_rows": 0, "synthetic_batches": 0}
+    groups = max(1, -(-total // BATCH_ROWS))
+    real = batches.read_current(spark, str(out), "cnn_features").select(
+        F.col("path").alias("source"), "features", batches.MODEL_COLUMN
+    )
+    source = F.regexp_replace("path", f"/{SIM_PREFIX}[0-9]+_", "/")
+    key = F.format_string("20261115T000000.%03dZ", F.pmod(F.xxhash64("path"), F.lit(groups)))
+    rows = listing.withColumn("source", source).join(real, "source").drop("source").withColumn("_key", key)
+    noisy = F.transform(
+        "features", lambda x, i: F.greatest(x + (F.pmod(F.xxhash64("path", i), 1001) - 500) / 25000, F.lit(0.0))
+    )
+    features = rows.select(
+        "path",
+        "label",
+        "length",
+        "modification_time",
+        noisy.cast("array<float>").alias("features"),
+        batches.MODEL_COLUMN,
+        F.col("_key").alias(batches.BATCH),
+        "_key",
+    )
+    raw = rows.select(
+        "path",
+        "label",
+        "length",
+        "modification_time",
+        F.lit(batches.NEW).alias(batches.CHANGE),
+        F.col("_key").alias(batches.BATCH),
+        F.to_timestamp(F.lit("2026-11-15 00:00:00")).alias(batches.INGESTED_AT),
+        "_key",
+    )
+    staging = out / "_staging"
+    for name, frame in (("raw_images", raw), ("cnn_features", features)):
+        frame.write.partitionBy("_key").parquet(str(staging / name))
+        for part in sorted((staging / name).glob("_key=*")):
+            _commit_dir(part, out / name, part.name.split("=", 1)[1])
+    keys = sorted(p.name for p in (out / "raw_images").iterdir() if p.name.startswith("20261115"))
+    empty = pq.read_table(next((out / "quarantined_images").rglob("*.parquet"))).schema.empty_table()
+    for k in keys:
+        folder = staging / "quarantined_images" / k
+        folder.mkdir(parents=True)
+        pq.write_table(empty, folder / "part-00000.parquet")
+        _commit_dir(folder, out / "quarantined_images", k)
+    shutil.rmtree(staging)
+    return {"synthetic_rows": total, "synthetic_batches": len(keys)}
+
+
+def sensor_job(env: dict, cursor: Path, tick_only: bool = False) -> dict:
+    """bench.sensor_job in its own process (its own Spark, as a daemon's run would have)."""
+    cmd = [sys.executable, "-m", "bench.sensor_job", "--cursor-file", str(cursor)] + (
+        ["--tick-only"] if tick_only else []
+    )
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"sensor job failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_scale(spark, n: int, reference: Path, work: Path, weights: str, env: dict, batch: int) -> dict:
+    """Build the corpus of `n` photos in `work`, catch up, then time one batch of `batch` new photos."""
+    started = time.perf_counter()
+    files = link_corpus(reference / "images", work / "images", n)
+    shutil.copytree(reference / "out", work / "out")
+    synthetic = synthesize_batches(spark, work / "images", work / "out")
+    build_s = round(time.perf_counter() - started, 1)
+    env = {
+        **env,
+        "FRUITS_IMAGE_ROOT": str(work / "images"),
+        "FRUITS_OUTPUT_URI": str(work / "out"),
+        "FRUITS_WEIGHTS": weights,
+        "DAGSTER_HOME": str(work / "dagster_home"),
+    }
+    (work / "dagster_home").mkdir()
+    cursor = work / "cursor.txt"
+    logger.info("N=%d: %s built in %s s; catching up (sensor tick, main command)", n, synthetic, build_s)
+    first_tick = sensor_job(env, cursor, tick_only=True)
+    catch_up = main_command.run(env, work / "dagster_home")
+    added = add_new_photos(work / "images", batch / files, files, prefix="batch_")
+    logger.info("N=%d: %d new photos; sensor tick + its run", n, added)
+    timed = sensor_job(env, cursor)
+    logger.info("N=%d: the main command with nothing new", n)
+    nothing = main_command.run(env, work / "dagster_home")
+    return {
+        "n": files,
+        "build_s": build_s,
+        **synthetic,
+        "first_tick": first_tick,
+        "catch_up_s": catch_up["seconds"],
+        "added": added,
+        "batch": timed,
+        "batch_total_s": round(timed["tick_s"] + timed["job_s"], 2),
+        "main_command_nothing_new": {k: nothing[k] for k in ("seconds", "steps_s", "cnn_images", "peak_rss_mib")},
+    }
+
+
+def run_scale(ns: list[int], reference: Path, workdir: Path, weights: str, env: dict, batch: int = 230) -> dict:
+    """Every N in turn (each in its own folder under `workdir`, removed after); the figures and ratios."""
+    from bench.openset import session
+
+    spark = session()
+    results = []
+    for n in ns:
+        work = workdir / f"n{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        results.append(one_scale(spark, n, reference, work, weights, env, batch))
+        logger.info("N=%d: %s", n, json.dumps({k: v for k, v in results[-1].items() if k != "batch"}))
+        shutil.rmtree(work, ignore_errors=True)
+    spark.stop()
+    base = results[0]["batch_total_s"]
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "batch_rows_per_synthetic_batch": BATCH_ROWS,
+        "reference": str(reference),
+        "results": results,
+        "growth_vs_smallest": {r["n"]: round(r["batch_total_s"] / base, 3) for r in results},
+        "within_target": all(r["batch_total_s"] <= 1.5 * base for r in results),
+        "peak_rss_mib_max": max(r["batch"]["peak_rss_mib"]["total"] for r in results),
+    }
+
+
+def report(result: dict) -> str:
+    """The human-readable summary."""
+    lines = [f"{'N':>9}{'tick s':>8}{'cursor B':>10}{'run s':>8}{'total s':>9}{'x smallest':>11}{'main +0 s':>10}"]
+    for r in result["results"]:
+        b = r["batch"]
+        lines.append(
+            f"{r['n']:>9}{b['tick_s']:>8}{b['cursor_bytes']:>10}{b['job_s']:>8}{r['batch_total_s']:>9}"
+            f"{result['growth_vs_smallest'][r['n']]:>11}{r['main_command_nothing_new']['seconds']:>10}"
+        )
+        lines.append(f"   steps: {b['steps_s']}")
+    lines.append(f"target (total grows <= 1.5x to the largest N): {result['within_target']}")
+    lines.append(f"peak RSS of the timed runs (MiB): {result['peak_rss_mib_max']} (target < 8192)")
+    return "\n".join(lines)
