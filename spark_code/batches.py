@@ -93,7 +93,7 @@ def current_raw(raw: DataFrame) -> DataFrame:
 def current(table: DataFrame, raw: DataFrame) -> DataFrame:
     """Rows of a batch table (features, quarantine) that belong to their path's newest batch, for the same file."""
     live = current_raw(raw).select(*IDENTITY, BATCH)
-    return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi")
+    return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi").select(*table.columns)
 
 
 def stale(current_raw_rows: DataFrame, features: DataFrame | None, model_key: str) -> DataFrame | None:

@@ -56,7 +56,7 @@ def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
     pca = batches.read_current(spark, output, "pca_features")
     meta = _metadata(result, "pca_features")
-    assert pca.columns == ["path", "length", "modification_time", "label", "batch", "pca_features", "pca_model"]
+    assert pca.columns == [*batches.PART_COLUMNS, "pca_features", "pca_model"]  # identity and batch: per-batch parts
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["k_choice"] == "accuracy" and "variance_target" not in meta  # by default k is chosen by accuracy
     assert 0 < meta["explained_variance"] <= 1 and pca.schema["pca_features"].dataType.simpleString() == "array<float>"
