@@ -130,8 +130,7 @@ def main_scale(args, env: dict) -> None:
             f"--reference {args.reference}: needs images/ and out/ of a full main-command run, e.g. the --workdir "
             "of `python -m bench.run --incremental --workdir DIR`"
         )
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fruits-scale-"))
-    result = scale.run_scale(args.scale, args.reference, workdir, args.weights, env)
+    result = scale.run_scale(args.scale, args.reference, args.weights, env)
     out = write_json(result, args.json, "scale")
     print(scale.report(result))
     print(f"JSON: {out}")
@@ -149,7 +148,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
     parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
     parser.add_argument("--scale", type=int, nargs="+", default=None, help="corpus sizes N: time one batch at each")
-    parser.add_argument("--reference", type=Path, default=None, help="--scale: the --workdir of an --incremental run")
+    parser.add_argument(
+        "--reference", type=Path, default=None, help="--scale: the --workdir of an --incremental run (grown in place)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     selection = stratified(args.root, args.images)

@@ -1,11 +1,13 @@
 """`bench.run --scale N ...`: the cost of one real batch of new photos on a simulated corpus of N photos.
 
-For each N: the image root holds the reference corpus (a real main-command output on the Test photos) plus
-hard links of the Test photos under new names up to N files; their batches are synthetic but in the real table
-layout (raw listing rows from the real listing code, feature rows = the source photo's real features plus noise,
-empty quarantine). An untimed catch-up (a sensor tick, then the main command) lets the real code derive what it
-derives (scaled and PCA parts). Then BATCH new photos arrive and are timed: the sensor's tick and the run it
-requests (every asset and check), then the README's main command with nothing new (it lists the root itself).
+The corpus grows in place from a reference (the --workdir of `bench.run --incremental`: a real main-command output on
+the Test photos), N after N, because tables name images by absolute path. For each N: hard links of the reference's
+photos under new names bring the root to N files; their batches are synthetic but in the real table layout (raw
+rows from the real listing code, feature rows = the source photo's real features plus a little noise, empty
+quarantine). An untimed catch-up (a sensor tick, then the main command) lets the real code derive what it derives
+(scaled and PCA parts, the classifier's evaluation). Then BATCH new photos arrive and are timed: the sensor's tick
+and the run it requests (every asset and check); then the README's main command with nothing new (it lists the
+root itself). The new photos stay: the next N includes them.
 """
 
 import json
@@ -19,7 +21,6 @@ import uuid
 from pathlib import Path
 
 from bench import main_command
-from bench.incremental import add_new_photos
 from bench.run import REPO
 
 logger = logging.getLogger("bench")
@@ -27,15 +28,29 @@ BATCH_ROWS = 10_000  # rows per synthetic batch: 100 batches at a million photos
 SIM_PREFIX = "sim"
 
 
-def link_corpus(reference_images: Path, images: Path, n: int) -> int:
-    """Copy the reference root (links), then hard-link its photos under new names up to `n` files; the count."""
-    shutil.copytree(reference_images, images, symlinks=True)
+def link_corpus(images: Path, n: int) -> int:
+    """Hard-link the root's linked photos under new names until it holds `n` files (or more); the file count."""
     sources = sorted(p for p in images.rglob("*") if p.is_symlink())
-    have = len(sources)
-    for i in range(max(0, n - have)):
-        source = sources[i % have]
+    have = sum(1 for p in images.rglob("*") if p.is_file())
+    start = sum(1 for p in images.rglob(f"{SIM_PREFIX}*"))
+    for i in range(start, start + max(0, n - have)):
+        source = sources[i % len(sources)]
         os.link(source.resolve(), source.parent / f"{SIM_PREFIX}{i:07d}_{source.name}")
     return max(n, have)
+
+
+def add_photos(images: Path, count: int, prefix: str) -> int:
+    """Link exactly `count` Training photos into the root's class folders, one class after the other."""
+    from bench.incremental import NEW_PHOTOS
+    from bench.run import stratified
+
+    by_class = sorted(stratified(NEW_PHOTOS, None).items())
+    picked = [(label, files[r]) for r in range(40) for label, files in by_class if r < len(files)][:count]
+    for label, path in picked:
+        (images / label).mkdir(parents=True, exist_ok=True)
+        (images / label / f"{prefix}{path.name}").symlink_to(path)
+        path.read_bytes()  # a warm page cache, as for the corpus
+    return len(picked)
 
 
 def _commit_dir(staged: Path, table: Path, key: str) -> None:
@@ -45,8 +60,8 @@ def _commit_dir(staged: Path, table: Path, key: str) -> None:
     (version / "_COMMITTED").touch()
 
 
-def synthesize_batches(spark, images: Path, out: Path) -> dict:
-    """Committed raw/feature/quarantine batches for every hard-linked photo, in the real layout; their keys."""
+def synthesize_batches(spark, images: Path, out: Path, n: int) -> dict:
+    """Committed raw/feature/quarantine batches for the hard-linked photos no batch holds yet, in the real layout."""
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
@@ -54,6 +69,8 @@ def synthesize_batches(spark, images: Path, out: Path) -> dict:
     from spark_code.images import list_root
 
     listing = list_root(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
+    known = batches.read_current(spark, str(out), "raw_images").select("path")
+    listing = listing.join(known, "path", "left_anti").cache()
     total = listing.count()
     if total == 0:
         return {"synthetic_rows": 0, "synthetic_batches": 0}
@@ -62,7 +79,8 @@ def synthesize_batches(spark, images: Path, out: Path) -> dict:
         F.col("path").alias("source"), "features", batches.MODEL_COLUMN
     )
     source = F.regexp_replace("path", f"/{SIM_PREFIX}[0-9]+_", "/")
-    key = F.format_string("20261115T000000.%03dZ", F.pmod(F.xxhash64("path"), F.lit(groups)))
+    day = f"2026111{len(str(n))}"  # keys sort before real batches; a new prefix per order of magnitude of N
+    key = F.format_string(f"{day}T000000.%03dZ", F.pmod(F.xxhash64("path"), F.lit(groups)))
     rows = listing.withColumn("source", source).join(real, "source").drop("source").withColumn("_key", key)
     noisy = F.transform(
         "features", lambda x, i: F.greatest(x + (F.pmod(F.xxhash64("path", i), 1001) - 500) / 25000, F.lit(0.0))
@@ -92,7 +110,7 @@ def synthesize_batches(spark, images: Path, out: Path) -> dict:
         frame.write.partitionBy("_key").parquet(str(staging / name))
         for part in sorted((staging / name).glob("_key=*")):
             _commit_dir(part, out / name, part.name.split("=", 1)[1])
-    keys = sorted(p.name for p in (out / "raw_images").iterdir() if p.name.startswith("20261115"))
+    keys = sorted(p.name for p in (out / "raw_images").iterdir() if p.name.startswith(day))
     empty = pq.read_table(next((out / "quarantined_images").rglob("*.parquet"))).schema.empty_table()
     for k in keys:
         folder = staging / "quarantined_images" / k
@@ -100,6 +118,7 @@ def synthesize_batches(spark, images: Path, out: Path) -> dict:
         pq.write_table(empty, folder / "part-00000.parquet")
         _commit_dir(folder, out / "quarantined_images", k)
     shutil.rmtree(staging)
+    listing.unpersist()
     return {"synthetic_rows": total, "synthetic_batches": len(keys)}
 
 
@@ -114,30 +133,29 @@ def sensor_job(env: dict, cursor: Path, tick_only: bool = False) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def one_scale(spark, n: int, reference: Path, work: Path, weights: str, env: dict, batch: int) -> dict:
-    """Build the corpus of `n` photos in `work`, catch up, then time one batch of `batch` new photos."""
+def one_scale(spark, n: int, reference: Path, weights: str, env: dict, batch: int) -> dict:
+    """Grow the corpus to `n` photos, catch up, then time one batch of `batch` new photos."""
     started = time.perf_counter()
-    files = link_corpus(reference / "images", work / "images", n)
-    shutil.copytree(reference / "out", work / "out")
-    synthetic = synthesize_batches(spark, work / "images", work / "out")
+    files = link_corpus(reference / "images", n)
+    synthetic = synthesize_batches(spark, reference / "images", reference / "out", n)
     build_s = round(time.perf_counter() - started, 1)
+    home = reference / "dagster_home"
     env = {
         **env,
-        "FRUITS_IMAGE_ROOT": str(work / "images"),
-        "FRUITS_OUTPUT_URI": str(work / "out"),
+        "FRUITS_IMAGE_ROOT": str(reference / "images"),
+        "FRUITS_OUTPUT_URI": str(reference / "out"),
         "FRUITS_WEIGHTS": weights,
-        "DAGSTER_HOME": str(work / "dagster_home"),
+        "DAGSTER_HOME": str(home),
     }
-    (work / "dagster_home").mkdir()
-    cursor = work / "cursor.txt"
-    logger.info("N=%d: %s built in %s s; catching up (sensor tick, main command)", n, synthetic, build_s)
+    cursor = reference / "sensor_cursor.txt"
+    logger.info("N=%d: %s built in %s s; catching up (sensor tick, main command)", files, synthetic, build_s)
     first_tick = sensor_job(env, cursor, tick_only=True)
-    catch_up = main_command.run(env, work / "dagster_home")
-    added = add_new_photos(work / "images", batch / files, files, prefix="batch_")
-    logger.info("N=%d: %d new photos; sensor tick + its run", n, added)
+    catch_up = main_command.run(env, home)
+    added = add_photos(reference / "images", batch, prefix=f"batch{files}_")
+    logger.info("N=%d: %d new photos; sensor tick + its run", files, added)
     timed = sensor_job(env, cursor)
-    logger.info("N=%d: the main command with nothing new", n)
-    nothing = main_command.run(env, work / "dagster_home")
+    logger.info("N=%d: the main command with nothing new", files)
+    nothing = main_command.run(env, home)
     return {
         "n": files,
         "build_s": build_s,
@@ -151,19 +169,15 @@ def one_scale(spark, n: int, reference: Path, work: Path, weights: str, env: dic
     }
 
 
-def run_scale(ns: list[int], reference: Path, workdir: Path, weights: str, env: dict, batch: int = 230) -> dict:
-    """Every N in turn (each in its own folder under `workdir`, removed after); the figures and ratios."""
+def run_scale(ns: list[int], reference: Path, weights: str, env: dict, batch: int = 230) -> dict:
+    """Every N in turn, growing `reference` in place; the figures and ratios."""
     from bench.openset import session
 
     spark = session()
     results = []
-    for n in ns:
-        work = workdir / f"n{n}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        results.append(one_scale(spark, n, reference, work, weights, env, batch))
+    for n in sorted(ns):
+        results.append(one_scale(spark, n, reference, weights, env, batch))
         logger.info("N=%d: %s", n, json.dumps({k: v for k, v in results[-1].items() if k != "batch"}))
-        shutil.rmtree(work, ignore_errors=True)
     spark.stop()
     base = results[0]["batch_total_s"]
     return {

@@ -3,9 +3,10 @@
 from typing import Any
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, ResourceParam, asset_check
+from pyspark.sql import functions as F
 
 from fruits_assets.resources import ModelStore, TableStore
-from spark_code import quality
+from spark_code import batches, quality
 from spark_code.cnn import FEATURE_DIM
 
 
@@ -20,12 +21,22 @@ def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
 def counts_reconcile(
     context: AssetCheckExecutionContext, tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
 ) -> AssetCheckResult:
-    """Over every batch, each file listed now is either featurized or quarantined, exactly once; and every file
-    found under the root is featurized, quarantined or skipped by rule (files_found = the three together)."""
-    names = ("raw_images", "cnn_features", "quarantined_images")
-    raw, features, quarantine = (tables.require_current(name) for name in names)
-    counts = {**quality.reconcile(raw, features, quarantine), **listing_counts(context)}
-    return AssetCheckResult(passed=quality.counts_reconcile(counts), metadata=counts)
+    """The newest batch reconciles: each file it took is featurized or quarantined, exactly once (`batch_*`).
+    When that batch came from a listing of the root (which costs the corpus anyway), the same holds over every
+    batch's current rows, and every file found under the root is featurized, quarantined or skipped by rule
+    (files_found = the three together). A sensor's batch (its change list, no listing) is checked on its own rows:
+    the check costs what the batch costs."""
+    newest = tables.batches()[-1:]
+    taken = tables.require_parts("raw_images", newest).filter(F.col(batches.CHANGE) != batches.DELETED)
+    parts = (tables.require_parts(name, newest) for name in ("cnn_features", "quarantined_images"))
+    batch = quality.reconcile(taken, *parts)
+    counts, passed = {f"batch_{k}": v for k, v in batch.items()}, quality.counts_reconcile(batch)
+    listed = listing_counts(context)
+    if listed:
+        names = ("raw_images", "cnn_features", "quarantined_images")
+        every = {**quality.reconcile(*(tables.require_current(name) for name in names)), **listed}
+        counts, passed = {**counts, **every}, passed and quality.counts_reconcile(every)
+    return AssetCheckResult(passed=passed, metadata={**counts, "batch": ",".join(newest)})
 
 
 @asset_check(asset="cnn_features")
