@@ -130,7 +130,8 @@ def main_scale(args, env: dict) -> None:
             f"--reference {args.reference}: needs images/ and out/ of a full main-command run, e.g. the --workdir "
             "of `python -m bench.run --incremental --workdir DIR`"
         )
-    result = scale.run_scale(args.scale, args.reference, args.weights, env)
+    partial = args.json or REPO / "bench" / "results" / "scale-partial.json"
+    result = scale.run_scale(args.scale, args.reference, args.weights, env, partial=partial)
     out = write_json(result, args.json, "scale")
     print(scale.report(result))
     print(f"JSON: {out}")

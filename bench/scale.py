@@ -169,8 +169,11 @@ def one_scale(spark, n: int, reference: Path, weights: str, env: dict, batch: in
     }
 
 
-def run_scale(ns: list[int], reference: Path, weights: str, env: dict, batch: int = 230) -> dict:
-    """Every N in turn, growing `reference` in place; the figures and ratios."""
+def run_scale(
+    ns: list[int], reference: Path, weights: str, env: dict, batch: int = 230, partial: Path | None = None
+) -> dict:
+    """Every N in turn, growing `reference` in place; the figures and ratios (also written to `partial` after
+    each N, so a long run that is stopped keeps what it measured)."""
     from bench.openset import session
 
     spark = session()
@@ -178,7 +181,14 @@ def run_scale(ns: list[int], reference: Path, weights: str, env: dict, batch: in
     for n in sorted(ns):
         results.append(one_scale(spark, n, reference, weights, env, batch))
         logger.info("N=%d: %s", n, json.dumps({k: v for k, v in results[-1].items() if k != "batch"}))
+        if partial is not None:
+            partial.write_text(json.dumps(summary(results, reference), indent=2))
     spark.stop()
+    return summary(results, reference)
+
+
+def summary(results: list[dict], reference: Path) -> dict:
+    """The figures of every N measured so far, and the growth ratios against the smallest."""
     base = results[0]["batch_total_s"]
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
