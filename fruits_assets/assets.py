@@ -245,7 +245,16 @@ class PcaConfig(Config):
     )
     refit: bool = Field(default=False, description="Fit a new PCA even if the saved one still fits (daily schedule).")
     max_drift: float = Field(
-        default=0.03, ge=0.0, le=1.0, description="Refit when the saved basis explains this much less variance now."
+        default=0.03,
+        ge=0.0,
+        le=1.0,
+        description="Drift bound: the check pca_basis_fits_new_rows warns when the saved basis explains this much "
+        "less of the new rows' variance than of the rows it was fitted on.",
+    )
+    refit_on_drift: bool = Field(
+        default=False,
+        description="Refit in the same run when the drift bound is passed (a run over every batch); by default the "
+        "check warns and the refit_models job (daily_refit) refits.",
     )
 
 
@@ -284,8 +293,10 @@ def pca_features(
     target, or by default the smallest k whose logistic-regression accuracy is within the tolerance of the best.
 
     One part per ingest batch: the saved PCA projects only the batches it has not projected yet. It is refit, and
-    every batch projected again, when `refit` is set, the scaler changed, or the data drifted: the share of the
-    new rows' variance the saved basis explains is more than `max_drift` below its share at fit time.
+    every batch projected again, when `refit` is set (the refit_models job), k or the scaler changed, or, with
+    `refit_on_drift`, the data drifted: the share of the new rows' variance the saved basis explains is more than
+    `max_drift` below its share at fit time. By default drift is measured and reported (`drift`, `refit_due`, and
+    the check pca_basis_fits_new_rows warns), so a batch run always costs what the batch costs.
     """
     keys = tables.batches()
     scaler_uri = models.latest_uri("scaled_features")
@@ -293,7 +304,8 @@ def pca_features(
     done = set() if saved is None else models.derived_batches(saved[1]) & set(keys)
     todo = [key for key in keys if key not in done]
     drift = None if saved is None else _drift(saved, tables.parts("scaled_features", todo))
-    refit = saved is None or (drift is not None and drift > config.max_drift)
+    refit_due = drift is not None and drift > config.max_drift
+    refit = saved is None or (refit_due and config.refit_on_drift)
     if refit:
         scaled = tables.require_current("scaled_features")
         model, model_uri, fitted_with = _fit_pca(config, scaled, models, tables, scaler_uri, classifier)
@@ -314,6 +326,8 @@ def pca_features(
         "bytes_per_photo_vector": 4 * k,
         "refit": refit,
         "drift": drift,
+        "max_drift": config.max_drift,
+        "refit_due": refit_due and not refit,
         "batches_projected": len(todo),
         "batches": len(keys),
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),

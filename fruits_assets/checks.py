@@ -2,7 +2,14 @@
 
 from typing import Any
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, ResourceParam, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    ResourceParam,
+    asset_check,
+)
 from pyspark.sql import functions as F
 
 from fruits_assets.resources import ModelStore, TableStore
@@ -81,6 +88,24 @@ def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> As
 
 
 @asset_check(asset="pca_features")
+def pca_basis_fits_new_rows(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """The saved PCA explains the new rows about as well as the rows it was fitted on (drift within `max_drift`);
+    a warning, not a failure: the rows are projected anyway, and the refit_models job (daily_refit) refits."""
+    event = context.instance.get_latest_materialization_event(AssetKey("pca_features"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    drift = metadata["drift"].value if "drift" in metadata else None
+    bound = metadata["max_drift"].value if "max_drift" in metadata else None
+    passed = drift is None or bound is None or drift <= bound
+    description = None if passed else "the data drifted: run the refit_models job (daily_refit runs it at 03:00)"
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"drift": drift, "max_drift": bound},
+    )
+
+
+@asset_check(asset="pca_features")
 def labels_not_empty(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Every PCA row of the newest batch carries a non-blank class label."""
     newest = tables.batches()[-1:]
@@ -93,5 +118,6 @@ ALL_CHECKS = [
     features_are_finite_1280,
     pca_rows_match_features,
     explained_variance_reaches_target,
+    pca_basis_fits_new_rows,
     labels_not_empty,
 ]
