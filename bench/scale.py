@@ -40,7 +40,8 @@ def link_corpus(images: Path, n: int) -> int:
 
 
 def add_photos(images: Path, count: int, prefix: str) -> int:
-    """Link exactly `count` Training photos into the root's class folders, one class after the other."""
+    """Hard-link exactly `count` Training photos into the root's class folders, one class after the other (hard
+    links: new files to the listing, where a second symbolic link to a listed file is skipped by rule)."""
     from bench.incremental import NEW_PHOTOS
     from bench.run import stratified
 
@@ -48,7 +49,7 @@ def add_photos(images: Path, count: int, prefix: str) -> int:
     picked = [(label, files[r]) for r in range(40) for label, files in by_class if r < len(files)][:count]
     for label, path in picked:
         (images / label).mkdir(parents=True, exist_ok=True)
-        (images / label / f"{prefix}{path.name}").symlink_to(path)
+        os.link(path, images / label / f"{prefix}{path.name}")
         path.read_bytes()  # a warm page cache, as for the corpus
     return len(picked)
 
