@@ -208,8 +208,7 @@ class TableStore(ConfigurableResource):
 
     def rows(self, name: str, without: str | None = None):
         """Rows of batch table `name` as written, over every committed batch except `without`; None if none."""
-        keys = [key for key in self.batches() if key != without]
-        return io.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+        return self.parts(name, [key for key in self.batches() if key != without])
 
     def parts(self, name: str, keys: list[str]):
         """Rows of batch table `name` as written by the batches `keys` (current or not); None if there are none."""

@@ -19,6 +19,8 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from spark_code import io
+
 logger = logging.getLogger(__name__)
 
 STORED_DTYPE = "float32"  # feature tables hold float32: the CNN's own precision, half the bytes of doubles
@@ -181,7 +183,7 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
 
 def version_literal(uri: str):
     """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
-    return F.lit(uri.rstrip("/").rsplit("/", 1)[-1])
+    return F.lit(io.version_name(uri))
 
 
 def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:
