@@ -32,7 +32,11 @@ def main() -> None:
     training = io.read_table(spark, args.output, "training_features").select("path", "label", "features")
     started = time.perf_counter()
     curve = clf.accuracy_curve(
-        reduce.scale(scaler, training), scaled, reduce.truncate(model, max(ks)), ks, clf.LogisticSettings(max_iter=100)
+        reduce.transform_arrays(scaler, training),
+        scaled,
+        reduce.truncate(model, max(ks)),
+        ks,
+        clf.LogisticSettings(max_iter=100),
     )
     curve_s = time.perf_counter() - started
     print(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.memory import PeakRss
+from fruits_assets.settings import Settings
 from spark_code.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.images import try_decode
 
@@ -27,7 +28,7 @@ def run(root: Path, weights: str, batch_size: int, image_size: int, engine: str 
     """Featurize every image under root once; return timings, counts and peak memory."""
     with PeakRss() as memory:
         started = time.perf_counter()
-        cache = os.environ.get("FRUITS_ONNX_CACHE") or None
+        cache = Settings.from_env().onnx_cache
         cnn = CnnEngine(engine, CnnSpec(input_size=image_size), threads=0, onnx_cache=cache)  # 0: every core
         predict = build_predict(cnn, model_payload(cnn, weights))
         loaded = time.perf_counter()

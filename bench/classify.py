@@ -2,24 +2,23 @@
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from bench.run import SHARED
+from fruits_assets.settings import Settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default=os.path.join(os.environ.get("FRUITS_OUTPUT_URI", "data"), "models"))
+    parser.add_argument("--models", default=f"{Settings.from_env().output_uri}/models")
     parser.add_argument("--photos", type=Path, default=SHARED / "fruits-360-original" / "Test")
     parser.add_argument("--n", type=int, default=50, help="photos to classify (spread over the classes)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from spark_code.cnn import default_weights_path
     from spark_code.serving import FruitClassifier, latest_version, load_pipeline
 
-    engine = FruitClassifier(load_pipeline(latest_version(args.models)), default_weights_path())
+    engine = FruitClassifier(load_pipeline(latest_version(args.models)), Settings.from_env().weights)
     startup = time.perf_counter() - started
     photos = sorted(args.photos.rglob("*.jpg"))
     photos = photos[:: max(1, len(photos) // args.n)][: args.n]

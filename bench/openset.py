@@ -29,8 +29,9 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from fruits_assets.resources import local_spark_config
-from spark_code import batches, io, openset, reduce
+from fruits_assets.settings import Settings
+from fruits_assets.spark_conf import local_spark_config
+from spark_code import batches, openset, reduce, storage
 from spark_code import classifier as clf
 
 TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")
@@ -85,7 +86,7 @@ def strict_protocol(train, test, k: int, accept: float) -> dict:
     known_test = test.filter(~F.col("label").isin(openset.held_out_classes(classes)))
     scaler = reduce.fit_scaler(known_test, "features", "scaled_features")
     pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=k)
-    return protocol(train, test, scaler, pca.fit(reduce.scale(scaler, known_test, "float64")), accept)
+    return protocol(train, test, scaler, pca.fit(reduce.transform_arrays(scaler, known_test, "float64")), accept)
 
 
 def non_fruit_images() -> dict[str, bytes]:
@@ -106,10 +107,9 @@ def non_fruit_images() -> dict[str, bytes]:
 
 def classify_non_fruit(models: str) -> dict:
     """What `fruits classify` answers for each non-fruit image, with the saved default decision."""
-    from spark_code.cnn import default_weights_path
     from spark_code.serving import FruitClassifier, latest_version, load_pipeline
 
-    engine = FruitClassifier(load_pipeline(latest_version(models)), default_weights_path())
+    engine = FruitClassifier(load_pipeline(latest_version(models)), Settings.from_env().weights)
     answers = {}
     for name, data in non_fruit_images().items():
         prediction = engine.classify_bytes(data, name)
@@ -126,11 +126,11 @@ def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
     """Parquet bytes on disk, rows and bytes per photo of each table's current version(s)."""
     sizes = {}
     for name in TABLES:
-        uris = list(io.partition_uris(spark, base, name).values()) if name in batches.BATCH_TABLES else []
+        uris = list(storage.partition_uris(spark, base, name).values()) if name in batches.BATCH_TABLES else []
         if not uris:
             try:
-                uris = [io.latest_uri(spark, base, name)]
-            except io.TableNotFoundError:
+                uris = [storage.latest_uri(spark, base, name)]
+            except storage.TableNotFoundError:
                 continue
         files = [p for uri in uris for p in _local(uri).rglob("*.parquet")]
         total, rows = sum(p.stat().st_size for p in files), spark.read.parquet(*uris).count()
@@ -142,10 +142,10 @@ def saved_classifier(spark: SparkSession, models: str, test) -> dict:
     """The saved classifier's own figures on the corpus: default score, threshold, known photos accepted."""
     from pyspark.ml import PipelineModel
 
-    uri = io.latest_uri(spark, models, "fruit_classifier")
+    uri = storage.latest_uri(spark, models, "fruit_classifier")
     model, rejection = (
         PipelineModel.load(uri),
-        openset.OpenSetModel.from_json(io.read_text(spark, f"{uri}/openset.json")),
+        openset.OpenSetModel.from_json(storage.read_text(spark, f"{uri}/openset.json")),
     )
     scored = clf.collect_scores(model, rejection.scores, test)
     known = np.isin(scored.labels, clf.class_labels(model))
@@ -169,21 +169,21 @@ def run(base: str, accept: float) -> dict:
     """Every measurement on the tables under `base`."""
     spark, started, models = session(), time.perf_counter(), f"{base}/models"
     test = batches.read_current(spark, base, "cnn_features").select("path", "label", "features").cache()
-    train = io.read_table(spark, base, "training_features").select("path", "label", "features").cache()
+    train = storage.read_table(spark, base, "training_features").select("path", "label", "features").cache()
     print(f"{test.count()} corpus photos, {train.count()} training photos", flush=True)
     result = {"features_from": base, "accept_rate": accept, "tables": table_bytes(spark, base)}
     result["saved_classifier"] = saved_classifier(spark, models, test)
-    scaler = io.load_model(spark, StandardScalerModel, models, "scaled_features")
-    pca = io.load_model(spark, PCAModel, models, "pca_features")
+    scaler = storage.load_model(spark, StandardScalerModel, models, "scaled_features")
+    pca = storage.load_model(spark, PCAModel, models, "pca_features")
     result["protocol"] = protocol(train, test, scaler, pca, accept)
     result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
     estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
-    full = estimator.fit(reduce.scale(scaler, test, "float64"))
+    full = estimator.fit(reduce.transform_arrays(scaler, test, "float64"))
     curve = accuracy_by_k(train, test, scaler, estimator.fullExplainedVariance, full)
     best = max(v["accuracy"] for v in curve.values())
     chosen = min(k for k, v in curve.items() if v["accuracy"] >= best - 0.003)
     result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}
-    pca_json = io.read_text(spark, f"{io.latest_uri(spark, models, 'pca_features')}/pca.json")
+    pca_json = storage.read_text(spark, f"{storage.latest_uri(spark, models, 'pca_features')}/pca.json")
     result["asset_accuracy_curve"] = json.loads(pca_json or "{}").get("accuracy_curve")
     result["non_fruit"] = classify_non_fruit(models)
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -29,7 +29,8 @@ def run(root: str, output: str, weights: str) -> dict:
         from dagster import DagsterInstance
 
         from fruits_assets.checks import ALL_CHECKS
-        from fruits_assets.definitions import FEATURE_ASSETS, local_resources
+        from fruits_assets.definitions import FEATURE_ASSETS
+        from fruits_assets.deployments import local_resources
         from fruits_assets.ingest import materialize_batch
         from spark_code.featurize import process_totals
 

@@ -10,10 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from fruits_assets.settings import Settings
+from spark_code.cnn import WEIGHTS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULT_ROOT = SHARED / "fruits-360" / "Test"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+DEFAULT_WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
 logger = logging.getLogger("bench")
 
 
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="stratified subset of about N images")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", str(DEFAULT_WEIGHTS)))
+    parser.add_argument("--weights", default=Settings.from_env().weights or str(DEFAULT_WEIGHTS))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")

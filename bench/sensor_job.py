@@ -18,7 +18,7 @@ def tick(cursor_file: Path, instance) -> tuple[object, dict]:
     from dagster import build_sensor_context
 
     from fruits_assets.automation import new_images
-    from fruits_assets.definitions import local_resources
+    from fruits_assets.deployments import local_resources
 
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     context = build_sensor_context(

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # EMR bootstrap action (every node): the project's pinned packages for python3.11 (never pyspark), and the weights.
 #
-# Usage (set by bootstrap/emr_cluster.py): bootstrap-emr.sh s3://<staging bucket>/<prefix>/bootstrap
+# Usage (set by bootstrap/emr_cluster.py): bootstrap-emr.sh s3://<staging bucket>/<prefix>/bootstrap <weights file name>
 # That folder holds requirements-emr.txt, requirements-emr-nodeps.txt and weights/<weights file>.
 # Idempotent: re-running it installs nothing new and copies nothing already there.
 set -euo pipefail
 
-ARTIFACTS="${1:?usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap}"
+ARTIFACTS="${1:?usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap WEIGHTS_FILE_NAME}"
 PYTHON="${FRUITS_PYTHON:-/usr/bin/python3.11}"
-WEIGHTS_NAME="mobilenet_v2_1.0_224_no_top.weights.h5"
+WEIGHTS_NAME="${2:?usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap WEIGHTS_FILE_NAME}"
 WEIGHTS_DIR="/mnt/fruits/weights"
 WORK="$(mktemp -d /tmp/fruits-bootstrap.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT

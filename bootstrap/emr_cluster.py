@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,17 +15,16 @@ from string import Template
 
 import boto3
 
-# The recipe needs the settings, not the emr Definitions (which need a cluster id that does not exist yet).
-os.environ["FRUITS_DEPLOYMENT"] = "local"
-
-from fruits_assets.deployments import EMR_SPARK_CONF, PACKAGE_ROOT, PACKAGES, EmrSettings, split_s3_uri
+from fruits_assets.emr_launcher import PACKAGE_ROOT, PACKAGES
+from fruits_assets.emr_settings import EmrSettings, split_s3_uri
+from fruits_assets.spark_conf import EMR_SPARK_CONF
+from spark_code.cnn import WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 RELEASE = "emr-7.13.0"  # newest EMR 7.x (2026-04-21): Spark 3.5, Python 3.9 + 3.11
 BOOTSTRAP_FILES = ("bootstrap-emr.sh", "requirements-emr.txt", "requirements-emr-nodeps.txt")
-WEIGHTS_NAME = "mobilenet_v2_1.0_224_no_top.weights.h5"
 
 # Cluster-wide spark-defaults: the job's settings plus YARN-friendly defaults for a small m5.xlarge cluster.
 SPARK_DEFAULTS = {
@@ -105,7 +103,7 @@ def job_flow_request(settings: EmrSettings, spec: ClusterSpec | None = None) -> 
                 "Name": "fruits-bootstrap",
                 "ScriptBootstrapAction": {
                     "Path": f"{bootstrap_uri(settings)}/bootstrap-emr.sh",
-                    "Args": [bootstrap_uri(settings)],
+                    "Args": [bootstrap_uri(settings), WEIGHTS_FILE],
                 },
             }
         ],
@@ -140,7 +138,7 @@ def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path) -> list[st
     """Upload the bootstrap script, its requirements and the Keras weights; return their URIs."""
     bucket, prefix = split_s3_uri(bootstrap_uri(settings))
     files = [(HERE / name, f"{prefix}/{name}") for name in BOOTSTRAP_FILES]
-    files.append((weights, f"{prefix}/weights/{WEIGHTS_NAME}"))
+    files.append((weights, f"{prefix}/weights/{WEIGHTS_FILE}"))
     for path, key in files:
         s3_client.upload_file(str(path), bucket, key)
     return [f"s3://{bucket}/{key}" for _, key in files]

@@ -1,5 +1,1 @@
-"""Dagster code location of the Fruits! image-features platform."""
-
-from fruits_assets.definitions import build_defs
-
-defs = build_defs()
+"""Dagster code location of the Fruits! image-features platform: see fruits_assets.definitions."""

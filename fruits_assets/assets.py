@@ -31,7 +31,7 @@ from fruits_assets.metadata import class_table, quarantine_table, variance_markd
 from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, io, reduce, snapshot
+from spark_code import batches, reduce, snapshot, storage
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import LISTING_SCHEMA, list_root, listing_rows, require_images
@@ -223,7 +223,7 @@ def scaled_features(
 
 
 def _scaled_part(model: StandardScalerModel, features: DataFrame) -> DataFrame:
-    return reduce.scale(model, features).select(*batches.PART_COLUMNS, "scaled_features")
+    return reduce.transform_arrays(model, features).select(*batches.PART_COLUMNS, "scaled_features")
 
 
 DEFAULT_VARIANCE = 0.95  # the largest k the accuracy curve considers reaches this share of the variance
@@ -272,8 +272,8 @@ def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
         "scaler": scaler_uri,
     }
     found = {key: fitted_with.get(key) for key in wanted}
-    found["scaler"] = io.version_name(found["scaler"])  # by version name: a copied or moved output still matches
-    wanted["scaler"] = io.version_name(scaler_uri)
+    found["scaler"] = storage.version_name(found["scaler"])  # by version name: a copied or moved output still matches
+    wanted["scaler"] = storage.version_name(scaler_uri)
     return (model, uri, fitted_with) if found == wanted else None
 
 
@@ -349,7 +349,7 @@ def _drift(saved, new_rows: DataFrame | None) -> float | None:
 
 
 def _pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
-    projected = reduce.project(model, scaled).select(*batches.PART_COLUMNS, "pca_features")
+    projected = reduce.transform_arrays(model, scaled).select(*batches.PART_COLUMNS, "pca_features")
     return projected.withColumn("pca_model", reduce.version_literal(model_uri))
 
 
@@ -381,11 +381,15 @@ def _curve_rows(scaled_features: DataFrame, models: ModelStore, tables: TableSto
     scaled like the corpus, validated on the corpus, as the classifier is; without a training table yet, a split
     of the corpus (up to 40 photos per class fit, the others validate)."""
     try:
-        training = io.read_table(tables.pyspark.spark_session, tables.base_uri, "training_features")
-    except io.TableNotFoundError:
+        training = storage.read_table(tables.pyspark.spark_session, tables.base_uri, "training_features")
+    except storage.TableNotFoundError:
         return (*clf.split_per_class(scaled_features), "corpus split")
     scaler = models.load(StandardScalerModel, "scaled_features")
-    return reduce.scale(scaler, training.select("path", "label", "features")), scaled_features, "training photos"
+    return (
+        reduce.transform_arrays(scaler, training.select("path", "label", "features")),
+        scaled_features,
+        "training photos",
+    )
 
 
 def _fit_pca(

@@ -6,12 +6,12 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetKey,
     ResourceParam,
     asset_check,
 )
 from pyspark.sql import functions as F
 
+from fruits_assets.metadata import latest_metadata
 from fruits_assets.resources import ModelStore, TableStore
 from spark_code import batches, quality
 from spark_code.cnn import FEATURE_DIM
@@ -19,9 +19,8 @@ from spark_code.cnn import FEATURE_DIM
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
     """`files_found` and `skipped` of the newest raw_images listing ({} when the instance has none)."""
-    event = context.instance.get_latest_materialization_event(AssetKey("raw_images"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    return {key: metadata[key].value for key in ("files_found", "skipped") if key in metadata}
+    metadata = latest_metadata(context.instance, "raw_images")
+    return {key: metadata[key] for key in ("files_found", "skipped") if key in metadata}
 
 
 @asset_check(asset="cnn_features")
@@ -74,10 +73,8 @@ def pca_rows_match_features(
 @asset_check(asset="pca_features")
 def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> AssetCheckResult:
     """The kept components explain at least the configured share of the variance."""
-    event = context.instance.get_latest_materialization_event(AssetKey("pca_features"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    reached = metadata["explained_variance"].value if "explained_variance" in metadata else None
-    target = metadata["variance_target"].value if "variance_target" in metadata else None
+    metadata = latest_metadata(context.instance, "pca_features")
+    reached, target = metadata.get("explained_variance"), metadata.get("variance_target")
     if reached is None:
         return AssetCheckResult(passed=False, description="pca_features carries no explained_variance metadata")
     if target is None:
@@ -91,10 +88,8 @@ def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> As
 def pca_basis_fits_new_rows(context: AssetCheckExecutionContext) -> AssetCheckResult:
     """The saved PCA explains the new rows about as well as the rows it was fitted on (drift within `max_drift`);
     a warning, not a failure: the rows are projected anyway, and the refit_models job (daily_refit) refits."""
-    event = context.instance.get_latest_materialization_event(AssetKey("pca_features"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    drift = metadata["drift"].value if "drift" in metadata else None
-    bound = metadata["max_drift"].value if "max_drift" in metadata else None
+    metadata = latest_metadata(context.instance, "pca_features")
+    drift, bound = metadata.get("drift"), metadata.get("max_drift")
     passed = drift is None or bound is None or drift <= bound
     description = None if passed else "the data drifted: run the refit_models job (daily_refit runs it at 03:00)"
     return AssetCheckResult(

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with console.terminal(log_path, args.verbose):
         logger.info("batch %s: every asset, recorded in %s; details in %s", key, home, log_path)
-        from fruits_assets.definitions import ASSETS, CHECKS, resources_for
+        from fruits_assets.definitions import ASSETS, CHECKS
+        from fruits_assets.deployments import resources_for
 
         resources = resources_for()
         with instance_at(home) as instance:

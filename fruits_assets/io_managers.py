@@ -14,7 +14,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field, PrivateAttr
 from pyspark.sql import DataFrame
 
-from spark_code import batches, io, run_lock
+from spark_code import batches, run_lock, storage
 
 UNCHANGED = None  # an asset's output value meaning "my saved version is still current": recorded, not rewritten
 
@@ -34,7 +34,7 @@ class SparkParquetIOManager(ConfigurableIOManager):
     _lock: run_lock.RunLock | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        io.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
+        storage.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
         # One run at a time per output: a second run (the sensor's and a manual one) fails here, before any work.
         self._lock = run_lock.acquire(self.base_uri, context.run_id or f"pid-{os.getpid()}")
 
@@ -54,10 +54,10 @@ class SparkParquetIOManager(ConfigurableIOManager):
         if context.has_asset_partitions:
             name = f"{name}/{batches.check_key(context.asset_partition_key)}"
         if obj is UNCHANGED:  # nothing changed: the newest committed version stands, as it is
-            uri = io.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+            uri = storage.latest_uri(self.pyspark.spark_session, self.base_uri, name)
             context.add_output_metadata({"uri": MetadataValue.path(uri), "rewritten": False})
             return
-        uri = io.write_table(obj, self.base_uri, name, self.keep_versions)
+        uri = storage.write_table(obj, self.base_uri, name, self.keep_versions)
         rows = obj.sparkSession.read.parquet(uri).count()
         context.add_output_metadata({"uri": MetadataValue.path(uri), "row_count": rows})
 
@@ -65,21 +65,21 @@ class SparkParquetIOManager(ConfigurableIOManager):
         """Write only the parts to (re)make, one version per batch, then the manifest naming every current part."""
         spark, rows = self.pyspark.spark_session, 0
         for key, part in sorted(obj.parts.items()):
-            uri = io.write_table(part, self.base_uri, f"{name}/{batches.check_key(key)}", self.keep_versions)
+            uri = storage.write_table(part, self.base_uri, f"{name}/{batches.check_key(key)}", self.keep_versions)
             rows += spark.read.parquet(uri).count()
         batches.write_manifest(spark, obj)
-        uri = f"{io.qualify(self.base_uri)}/{name}"
+        uri = f"{storage.qualify(self.base_uri)}/{name}"
         context.add_output_metadata(
             {"uri": MetadataValue.path(uri), "parts_written": len(obj.parts), "rows_written": rows}
         )
 
     def load_input(self, context: InputContext) -> DataFrame:
         spark, name = self.pyspark.spark_session, self._name(context)
-        if not context.has_asset_partitions and not io.partition_uris(spark, self.base_uri, name):
-            return io.read_table(spark, self.base_uri, name)
+        if not context.has_asset_partitions and not storage.partition_uris(spark, self.base_uri, name):
+            return storage.read_table(spark, self.base_uri, name)
         if not context.has_asset_partitions:  # a table derived batch by batch: its current rows
             return batches.read_current(spark, self.base_uri, name)
         rows = batches.read_current(spark, self.base_uri, name, context.asset_partition_keys)
         if rows is None:
-            raise io.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")
+            raise storage.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")
         return rows

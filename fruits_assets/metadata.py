@@ -1,6 +1,8 @@
-"""Metadata values the Dagster UI shows: per-class tables and the cumulative-variance curve."""
+"""Metadata: the values the Dagster UI shows (per-class tables, the variance curve) and reading them back."""
 
-from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+from typing import Any
+
+from dagster import AssetKey, DagsterInstance, MetadataValue, TableColumn, TableRecord, TableSchema
 
 CURVE_POINTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1280)
 
@@ -26,3 +28,10 @@ def quarantine_table(rows, limit: int = 100) -> MetadataValue:
     schema = TableSchema(columns=[TableColumn("path", "string"), TableColumn("reason", "string")])
     records = [TableRecord({"path": r["path"], "reason": r["reason"]}) for r in rows[:limit]]
     return MetadataValue.table(records=records, schema=schema)
+
+
+def latest_metadata(instance: DagsterInstance, asset: str) -> dict[str, Any]:
+    """The plain values of the metadata of `asset`'s latest materialization ({} when it has none)."""
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return {key: value.value for key, value in metadata.items()}

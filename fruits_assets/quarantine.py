@@ -1,13 +1,12 @@
 """`python -m fruits_assets.quarantine`: list the current quarantined images (path, reason, batch) of the output."""
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from fruits_assets import console
-from fruits_assets.definitions import DEFAULT_OUTPUT
+from fruits_assets.settings import Settings
 
 
 def quarantined_rows(spark, output_uri: str) -> list:
@@ -21,11 +20,13 @@ def quarantined_rows(spark, output_uri: str) -> list:
 def main(argv: list[str] | None = None) -> int:
     """Print one tab-separated line per quarantined image: path, reason, batch."""
     parser = argparse.ArgumentParser(prog="python -m fruits_assets.quarantine", description=main.__doc__)
-    parser.add_argument("--output", default=os.environ.get("FRUITS_OUTPUT_URI", str(DEFAULT_OUTPUT)))
+    parser.add_argument(
+        "--output", default=Settings.from_env().output_uri, help="default: $FRUITS_OUTPUT_URI or ./data"
+    )
     args = parser.parse_args(argv)
     from pyspark.sql import SparkSession
 
-    from fruits_assets.resources import local_spark_config
+    from fruits_assets.spark_conf import local_spark_config
 
     builder = SparkSession.builder.config("spark.ui.enabled", "false")
     for key, value in local_spark_config().items():

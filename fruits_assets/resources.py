@@ -1,8 +1,6 @@
-"""Resources: Spark session settings, the image source, the CNN settings and the model store, all validated early."""
+"""Resources: the image source, the CNN settings and the model store, all validated early."""
 
 import os
-import sys
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -10,44 +8,11 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDependenc
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
 
-from spark_code import batches, io
+from spark_code import batches, storage
 from spark_code.classifier import LogisticSettings
-from spark_code.cnn import DRIVER_PAYLOADS, CnnEngine, CnnSpec, WeightsError
+from spark_code.cnn import DRIVER_PAYLOADS, WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
 from spark_code.featurize import CnnFeaturizer
 from spark_code.images import ImageRootError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-DEFAULT_IMAGE_ROOT = SHARED / "fruits-360" / "Test"
-DEFAULT_TRAINING_ROOT = SHARED / "fruits-360" / "Training"
-DEFAULT_OUTPUT = REPO_ROOT / "data"
-
-
-def local_spark_config(master: str | None = None) -> dict[str, str]:
-    """Spark settings for one machine: Arrow UDFs, Python worker reuse, the venv's Python on workers.
-
-    PySpark started from Python takes the workers' interpreter from PYSPARK_PYTHON (default `python3` on PATH,
-    which is not the venv's when the venv is not activated), so it is pointed at this interpreter too.
-    """
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return {
-        "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[*]"),
-        "spark.app.name": "fruits-features",
-        "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "2g"),
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
-        "spark.python.worker.reuse": "true",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
-        "spark.sql.shuffle.partitions": "8",
-        # Image files are small: pack ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each).
-        "spark.sql.files.openCostInBytes": "65536",
-        # List a local folder on the driver (about 1 s for 22,688 files) rather than with a Spark job.
-        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
-        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.ui.showConsoleProgress": "false",
-    }
 
 
 def _is_local(uri: str) -> bool:
@@ -120,7 +85,7 @@ class CnnResource(ConfigurableResource):
         if self.weights_path is not None and not os.path.isfile(self.weights_path):
             raise WeightsError(
                 f"weights file {self.weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
-                "mobilenet_v2_1.0_224_no_top.weights.h5 (here: ../shared/weights/), or unset it to let "
+                f"{WEIGHTS_FILE} (here: ../shared/weights/), or unset it to let "
                 "Keras download the ImageNet weights"
             )
         DRIVER_PAYLOADS.preload(self.cnn_engine(), self.weights_path)  # overlaps the listing
@@ -158,15 +123,15 @@ class ModelStore(ConfigurableResource):
 
     def save(self, model, name: str, extras: dict[str, str] | None = None) -> str:
         """Save `model` (and small text `extras` beside it) as a new committed version of `name`; return its URI."""
-        return io.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=extras)
+        return storage.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=extras)
 
     def load(self, model_class, name: str):
         """Load the newest committed version of `name`."""
-        return io.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
+        return storage.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
 
     def latest_uri(self, name: str) -> str:
         """URI of the newest committed version of model `name`."""
-        return io.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+        return storage.latest_uri(self.pyspark.spark_session, self.base_uri, name)
 
     def derived_batches(self, uri: str) -> set[str]:
         """The ingest batches whose part of a derived table the model version `uri` has made."""
@@ -176,10 +141,10 @@ class ModelStore(ConfigurableResource):
         """(model, version URI, text of its `extra` file or "") of the newest version of `name`; None if none."""
         spark = self.pyspark.spark_session
         try:
-            uri = io.latest_uri(spark, self.base_uri, name)
-        except io.TableNotFoundError:
+            uri = storage.latest_uri(spark, self.base_uri, name)
+        except storage.TableNotFoundError:
             return None
-        return model_class.load(uri), uri, io.read_text(spark, f"{uri}/{extra}") if extra else ""
+        return model_class.load(uri), uri, storage.read_text(spark, f"{uri}/{extra}") if extra else ""
 
 
 class TableStore(ConfigurableResource):
@@ -191,15 +156,15 @@ class TableStore(ConfigurableResource):
     def table(self, name: str):
         """The newest committed version of the unpartitioned table `name`; None if it has none yet."""
         try:
-            return io.read_table(self.pyspark.spark_session, self.base_uri, name)
-        except io.TableNotFoundError:
+            return storage.read_table(self.pyspark.spark_session, self.base_uri, name)
+        except storage.TableNotFoundError:
             return None
 
     def require_table(self, name: str):
         """`table(name)`, or a TableNotFoundError naming it when it was never materialized."""
         rows = self.table(name)
         if rows is None:
-            raise io.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
+            raise storage.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
         return rows
 
     def batches(self) -> list[str]:
@@ -212,13 +177,13 @@ class TableStore(ConfigurableResource):
 
     def parts(self, name: str, keys: list[str]):
         """Rows of batch table `name` as written by the batches `keys` (current or not); None if there are none."""
-        return io.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+        return storage.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
 
     def require_parts(self, name: str, keys: list[str]):
         """`parts(name, keys)`, or a TableNotFoundError naming the table when none of them is committed."""
         rows = self.parts(name, keys)
         if rows is None:
-            raise io.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
+            raise storage.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
         return rows
 
     def current(self, name: str, without: str | None = None):
@@ -230,7 +195,7 @@ class TableStore(ConfigurableResource):
         """`current(name)`, or a TableNotFoundError naming the table when no batch of it is committed yet."""
         rows = self.current(name)
         if rows is None:
-            raise io.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
+            raise storage.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
         return rows
 
 

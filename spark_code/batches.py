@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_code import io
+from spark_code import storage
 from spark_code.images import LISTING_COLUMNS
 
 IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
@@ -119,12 +119,12 @@ def tally(batch: DataFrame) -> dict[str, int]:
 def read_current(spark: SparkSession, base_uri: str, name: str, keys=None, ledger: str = LEDGER) -> DataFrame | None:
     """Current rows of the batch table `name` over the committed batches `keys` (default: all); None if none."""
     keys = committed_keys(spark, base_uri, ledger) if keys is None else keys
-    raw = io.read_partitions(spark, base_uri, ledger, keys) if keys else None
+    raw = storage.read_partitions(spark, base_uri, ledger, keys) if keys else None
     if raw is None:
         return None
     if name == ledger:
         return current_raw(raw)
-    table = io.read_partitions(spark, base_uri, name, keys)
+    table = storage.read_partitions(spark, base_uri, name, keys)
     return None if table is None else current(table, raw)
 
 
@@ -137,10 +137,10 @@ def committed_keys(spark: SparkSession, base_uri: str, ledger: str = LEDGER) -> 
     A batch whose run died after its listing (killed during cnn_features) is not a batch: it is ignored, so its
     files are new again for the next batch and nothing of it is read.
     """
-    keys = list(io.partition_uris(spark, base_uri, ledger))
+    keys = list(storage.partition_uris(spark, base_uri, ledger))
     if ledger != LEDGER:
         return keys
-    done = [set(io.partition_uris(spark, base_uri, name, keys)) for name in BATCH_TABLES[1:]]
+    done = [set(storage.partition_uris(spark, base_uri, name, keys)) for name in BATCH_TABLES[1:]]
     complete = [key for key in keys if all(key in tables for tables in done)]
     if len(complete) < len(keys):
         incomplete = sorted(set(keys) - set(complete))
@@ -188,7 +188,7 @@ def manifest_uri(model_uri: str) -> str:
 
 def derived_batches(spark: SparkSession, model_uri: str) -> set[str]:
     """The batches whose part `model_uri` has made (empty for a new model)."""
-    text = io.read_text(spark, manifest_uri(model_uri))
+    text = storage.read_text(spark, manifest_uri(model_uri))
     try:
         return set(json.loads(text)["batches"]) if text else set()
     except (ValueError, KeyError, TypeError):  # a torn write: derive every part again
@@ -198,4 +198,4 @@ def derived_batches(spark: SparkSession, model_uri: str) -> set[str]:
 
 def write_manifest(spark: SparkSession, parts: DerivedParts) -> None:
     """Record which batches' parts are current; written after the parts, so a crash only means redoing some."""
-    io.write_text(spark, parts.manifest, json.dumps({"batches": parts.batches()}))
+    storage.write_text(spark, parts.manifest, json.dumps({"batches": parts.batches()}))

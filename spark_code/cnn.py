@@ -8,7 +8,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -22,16 +21,6 @@ WEIGHTS_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
 ENGINES = ("onnx", "tensorflow")
 
 Predict = Callable[[np.ndarray], np.ndarray]  # uint8 pixels (N, S, S, 3) → float32 features (N, 1280)
-
-
-WORKSPACE_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / WEIGHTS_FILE
-
-
-def default_weights_path() -> str | None:
-    """FRUITS_WEIGHTS, else the workspace copy in ../shared if present, else None (Keras downloads them)."""
-    if "FRUITS_WEIGHTS" in os.environ:
-        return os.environ["FRUITS_WEIGHTS"] or None
-    return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
 
 
 class WeightsError(ValueError):

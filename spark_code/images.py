@@ -9,7 +9,6 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_code import listing as rootwalk
+from spark_code import storage
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +37,9 @@ class ImageRootError(ValueError):
     """The configured image root is missing or holds no file."""
 
 
-def qualify_root(root: str) -> str:
-    """Return the root as Spark writes it in the binaryFile `path` column (`file:/abs` or `s3://...`)."""
-    if urlparse(root).scheme:
-        return root.rstrip("/")
-    return "file:" + os.path.abspath(root)
-
-
 def check_root_exists(spark: SparkSession, root: str) -> None:
     """Fail fast, naming the path, when the image root does not exist."""
-    if not _exists(spark, qualify_root(root)):
+    if not _exists(spark, storage.qualify(root)):
         raise ImageRootError(
             f"image root {root!r} does not exist: point FRUITS_IMAGE_ROOT (or the image_source "
             "resource's `root`) at a folder with one sub-folder of images per fruit class"
@@ -94,7 +87,7 @@ def list_root(spark: SparkSession, root: str) -> Listed:
 
 def listing_rows(root: str, entries) -> list[tuple]:
     """Listing rows (path, label, length, modification_time) of (path relative to `root`, (size, mtime_ns)) pairs."""
-    base = qualify_root(root)
+    base = storage.qualify(root)
     return [(f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns)) for rel, (size, mtime_ns) in entries]
 
 
@@ -115,16 +108,10 @@ def require_images(count: int, root: str) -> None:
 EXPLICIT_PATHS_BELOW = 1000
 
 
-def _hadoop_fs(spark: SparkSession, path: str):
-    """(Hadoop FileSystem, Path) of a path or URI, through the session's Hadoop configuration."""
-    hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
 def _exists(spark: SparkSession, path: str) -> bool:
     if path.startswith("file:"):
         return os.path.exists(rootwalk.local_path(path))
-    fs, hpath = _hadoop_fs(spark, path)
+    fs, hpath = storage.hadoop_fs(spark, path)
     return fs.exists(hpath)
 
 
@@ -147,7 +134,7 @@ def _read_explicit(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 
 def _scan(spark: SparkSession, root: str) -> DataFrame:
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(qualify_root(root))
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(storage.qualify(root))
     return files.filter(F.col("length") <= MAX_FILE_BYTES).select("path", "content")  # pushed down: big files unread
 
 
@@ -161,7 +148,7 @@ def _read_bytes(spark: SparkSession, path: str) -> bytes | None:
             return None
     if not _exists(spark, path):
         return None
-    fs, hpath = _hadoop_fs(spark, path)
+    fs, hpath = storage.hadoop_fs(spark, path)
     stream = fs.open(hpath)
     try:
         return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
@@ -192,7 +179,7 @@ def attach_content(
     scans the root once when that is safe. Files Spark cannot read by name are read on the driver; a listed file
     missing here has vanished since.
     """
-    base = qualify_root(root) + "/"
+    base = storage.qualify(root) + "/"
     paths = [row.path for row in listing.select("path").collect()]
     hidden = {p for p in paths if spark_cannot_read(p[len(base) :] if p.startswith(base) else p)}
     visible = [p for p in paths if p not in hidden]

@@ -19,7 +19,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code import io
+from spark_code import storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def fit_scaler(df: DataFrame, input_col: str, output_col: str) -> StandardScaler
     return scaler.fit(as_vectors(df, input_col))
 
 
-def scale(model: StandardScalerModel, df: DataFrame, dtype: str = STORED_DTYPE) -> DataFrame:
-    """Apply a fitted scaler to an array column; the output column is an array (float32 by default: 4 bytes a value)."""
+def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype: str = STORED_DTYPE) -> DataFrame:
+    """Apply a fitted scaler or PCA (in doubles) to an array column; its input column is replaced by the output
+    column, an array (float32 by default: 4 bytes a value)."""
     out = model.getOutputCol()
     return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out, dtype).drop(model.getInputCol())
 
@@ -144,12 +145,6 @@ def _is_vector(df: DataFrame, column: str) -> bool:
     return isinstance(df.schema[column].dataType, VectorUDT)
 
 
-def project(model: PCAModel, df: DataFrame, dtype: str = STORED_DTYPE) -> DataFrame:
-    """Project an array column with a fitted PCAModel (in doubles); the output column is an array<float> by default."""
-    out = model.getOutputCol()
-    return as_arrays(model.transform(as_vectors(df, model.getInputCol())), out, dtype).drop(model.getInputCol())
-
-
 def truncate(model: PCAModel, k: int) -> PCAModel:
     """The same PCA keeping only its first k components."""
     if not 1 <= k <= model.getK():
@@ -183,7 +178,7 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
 
 def version_literal(uri: str):
     """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
-    return F.lit(io.version_name(uri))
+    return F.lit(storage.version_name(uri))
 
 
 def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from spark_code.cnn import WEIGHTS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED", REPO.parent / "shared"))
 FRUITS = SHARED / "fruits-360" / "Test"
 TRAINING = SHARED / "fruits-360" / "Training"
 ORIGINAL = SHARED / "fruits-360-original" / "Test"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
 CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
 ORIGINAL_CLASSES = ("Cherry 3", "apple_golden_1")
 
@@ -57,7 +59,7 @@ def spark():
     """One local[2] session for the whole run, with the project's own local settings."""
     from pyspark.sql import SparkSession
 
-    from fruits_assets.resources import local_spark_config
+    from fruits_assets.spark_conf import local_spark_config
 
     builder = SparkSession.builder
     for key, value in local_spark_config("local[2]").items():
@@ -179,7 +181,8 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
     """
     from dagster import DagsterInstance
 
-    from fruits_assets.definitions import ASSETS, CHECKS, local_resources
+    from fruits_assets.definitions import ASSETS, CHECKS
+    from fruits_assets.deployments import local_resources
     from fruits_assets.ingest import materialize_batch
     from spark_code import featurize
 

@@ -10,10 +10,9 @@ import urllib.request
 from dagster import DagsterInstance
 from pyspark.sql import SparkSession
 
-from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import FEATURE_ASSETS, local_resources
-from fruits_assets.ingest import materialize_batch
-from fruits_assets.resources import local_spark_config
+from fruits_assets.deployments import local_resources
+from fruits_assets.spark_conf import local_spark_config
+from tests.helpers import materialize_features
 
 
 def cluster_config(master: str, ui_port: str) -> dict[str, str]:
@@ -47,7 +46,7 @@ def executor_tasks() -> dict[str, dict]:
 def main() -> None:
     master, root, output, weights, ui_port = sys.argv[1:6]
     resources = local_resources(root, output, weights, spark_config=cluster_config(master, ui_port))
-    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources, DagsterInstance.ephemeral())
+    result = materialize_features(resources, DagsterInstance.ephemeral())
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     print(json.dumps({"success": result.success, "checks": checks, "executors": executor_tasks()}))
 

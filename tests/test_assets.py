@@ -7,23 +7,14 @@ from dagster import DagsterInstance, materialize
 
 from fruits_assets.assets import PcaConfig
 from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import CHECKS, FEATURE_ASSETS, local_resources
-from fruits_assets.ingest import materialize_batch
-from spark_code import batches, io
-
-
-def _materialize(resources, instance=None, raise_on_error=True, run_config=None):
-    return materialize_batch(
-        [*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, raise_on_error=raise_on_error, run_config=run_config
-    )
+from fruits_assets.definitions import CHECKS, FEATURE_ASSETS
+from fruits_assets.deployments import local_resources
+from spark_code import batches, storage
+from tests.helpers import materialize_features, metadata_of
 
 
 def _rel(path, root):
     return path.split(str(root) + "/", 1)[1]
-
-
-def _metadata(result, asset):
-    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
 
 def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, expected_outcomes):
@@ -48,14 +39,14 @@ def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcome
     training = len(list(training_root.rglob("*.jpg")))  # the classifier's training photos, featurized once too
     assert counted["cnn_images"] == featurized + training
     assert counted["images_decoded"] == featurized + undecodable + training
-    assert _metadata(result, "cnn_features")["cnn_images"] == featurized
-    assert _metadata(result, "training_features")["featurized"] == training
+    assert metadata_of(result, "cnn_features")["cnn_images"] == featurized
+    assert metadata_of(result, "training_features")["featurized"] == training
 
 
 def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
     pca = batches.read_current(spark, output, "pca_features")
-    meta = _metadata(result, "pca_features")
+    meta = metadata_of(result, "pca_features")
     assert pca.columns == [*batches.PART_COLUMNS, "pca_features", "pca_model"]  # identity and batch: per-batch parts
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["k_choice"] == "accuracy" and "variance_target" not in meta  # by default k is chosen by accuracy
@@ -68,7 +59,7 @@ def test_pca_output_and_metadata(run, spark):
 
 def test_raw_metadata_counts_classes(run, expected_outcomes):
     result, _, _ = run
-    meta = _metadata(result, "raw_images")
+    meta = metadata_of(result, "raw_images")
     assert meta["image_count"] == len(expected_outcomes)
     assert meta["class_count"] == 6  # 3 Fruits-360 + 2 original-size + "Broken Fruit"
 
@@ -84,16 +75,16 @@ def test_models_saved_and_reloadable(run, spark):
     from pyspark.ml.feature import PCAModel, StandardScalerModel
 
     result, output, _ = run
-    pca = io.load_model(spark, PCAModel, f"{output}/models", "pca_features")
-    scaler = io.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
-    assert pca.getK() == _metadata(result, "pca_features")["k"]
+    pca = storage.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    scaler = storage.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    assert pca.getK() == metadata_of(result, "pca_features")["k"]
     assert scaler.mean.size == 1280
 
 
 def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, tmp_path):
     output = str(tmp_path / "copy")
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
-    before = io.latest_uri(spark, f"{output}/models", "pca_features")
+    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
     result = materialize(  # no batch: an unpartitioned asset alone
         [*FEATURE_ASSETS, *ALL_CHECKS],
         selection=["pca_features"],
@@ -101,24 +92,26 @@ def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, t
         run_config={"ops": {"pca_features": {"config": {"k": 4}}}},
         instance=DagsterInstance.ephemeral(),
     )
-    assert result.success and _metadata(result, "pca_features")["k"] == 4
-    after = io.latest_uri(spark, f"{output}/models", "pca_features")
-    assert after != before and io.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
+    assert result.success and metadata_of(result, "pca_features")["k"] == 4
+    after = storage.latest_uri(spark, f"{output}/models", "pca_features")
+    assert after != before and storage.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
     rows = batches.read_current(spark, output, "pca_features").collect()
     assert {len(r.pca_features) for r in rows} == {4} and {r.pca_model for r in rows} == {after.rsplit("/", 1)[-1]}
-    assert _metadata(result, "pca_features")["batches_projected"] == len(io.partition_uris(spark, output, "raw_images"))
+    assert metadata_of(result, "pca_features")["batches_projected"] == len(
+        storage.partition_uris(spark, output, "raw_images")
+    )
 
 
 def test_missing_root_fails_fast_naming_it(spark, tmp_path, weights_path):
     missing = str(tmp_path / "missing photos")
-    result = _materialize(local_resources(missing, str(tmp_path / "out"), weights_path), raise_on_error=False)
+    result = materialize_features(local_resources(missing, str(tmp_path / "out"), weights_path), raise_on_error=False)
     assert not result.success
     assert "missing photos" in str(result.all_events) and "FRUITS_IMAGE_ROOT" in str(result.all_events)
 
 
 def test_missing_weights_fail_before_any_spark_work(spark, sample_root, tmp_path):
     bad = str(tmp_path / "gone.weights.h5")
-    result = _materialize(local_resources(str(sample_root), str(tmp_path / "out"), bad), raise_on_error=False)
+    result = materialize_features(local_resources(str(sample_root), str(tmp_path / "out"), bad), raise_on_error=False)
     assert not result.success
     assert "gone.weights.h5" in str(result.all_events)
     assert not (tmp_path / "out").exists()  # nothing was computed or written

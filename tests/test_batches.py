@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import batches, io
+from spark_code import batches, storage
 
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
@@ -64,18 +64,18 @@ def test_paths_featurized_with_other_settings_count_as_changed(spark):
 def test_batches_are_read_back_per_partition(spark, tmp_path):
     base = str(tmp_path)
     first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), None, "b1", T0)
-    io.write_table(first, base, "raw_images/b1")
+    storage.write_table(first, base, "raw_images/b1")
     second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1)]), first, "b2", T0 + timedelta(hours=1))
-    io.write_table(second, base, "raw_images/b2")
+    storage.write_table(second, base, "raw_images/b2")
     assert batches.committed_keys(spark, base) == []  # listings alone: no batch is complete
     assert batches.read_current(spark, base, "cnn_features") is None  # no feature batch written
     for key, batch in (("b1", first), ("b2", second)):
-        io.write_table(batch.filter("change != 'deleted'"), base, f"cnn_features/{key}")
-        io.write_table(batch.limit(0), base, f"quarantined_images/{key}")
+        storage.write_table(batch.filter("change != 'deleted'"), base, f"cnn_features/{key}")
+        storage.write_table(batch.limit(0), base, f"quarantined_images/{key}")
     assert batches.committed_keys(spark, base) == ["b1", "b2"]
     assert set(_by_path(batches.read_current(spark, base, "raw_images"))) == {"a/1.jpg"}
     assert set(_by_path(batches.read_current(spark, base, "raw_images", ["b1"]))) == {"a/1.jpg", "a/2.jpg"}
-    io.write_table(first, base, "raw_images/b3")  # a batch killed after its listing: ignored
+    storage.write_table(first, base, "raw_images/b3")  # a batch killed after its listing: ignored
     assert batches.committed_keys(spark, base) == ["b1", "b2"]
     assert set(_by_path(batches.read_current(spark, base, "cnn_features"))) == {"a/1.jpg"}
 

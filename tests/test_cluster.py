@@ -2,7 +2,6 @@
 processes on 127.0.0.1) gives the local run's outputs, uses both workers, and survives losing one mid-run."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from spark_code import batches
 from tests.cluster import standalone_cluster, stop
 from tests.conftest import REPO
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,8 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launch(cluster, sample_root, output, weights_path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = str(free_port())
     args = [cluster.url, str(sample_root), str(output), weights_path, port]
     cmd = [sys.executable, "-m", "tests.run_on_master", *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), port

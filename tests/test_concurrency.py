@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import FEATURE_ASSETS, local_resources
-from fruits_assets.ingest import materialize_batch
+from fruits_assets.deployments import local_resources
 from spark_code import batches, run_lock
 from tests.conftest import CLASSES, FRUITS, REPO, first_images
+from tests.helpers import materialize_features
 
 
 def _root(tmp_path, n=2):
@@ -27,12 +26,8 @@ def _root(tmp_path, n=2):
 
 
 def _materialize(root, output, weights_path):
-    return materialize_batch(
-        [*FEATURE_ASSETS, *ALL_CHECKS],
-        local_resources(str(root), str(output), weights_path),
-        DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    resources = local_resources(str(root), str(output), weights_path)
+    return materialize_features(resources, DagsterInstance.ephemeral(), raise_on_error=False)
 
 
 def test_a_held_output_fails_the_second_run_clearly_before_any_work(spark, weights_path, tmp_path):

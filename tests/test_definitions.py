@@ -4,8 +4,10 @@ import pytest
 from dagster import AssetKey
 from pydantic import ValidationError
 
-from fruits_assets import defs
+from fruits_assets.definitions import defs as load_defs
 from fruits_assets.resources import CnnResource
+
+defs = load_defs()  # the code location, as Dagster loads it
 
 
 def test_defs_load_and_job_resolves():

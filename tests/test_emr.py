@@ -24,20 +24,10 @@ from dagster import (
     materialize,
 )
 
-from fruits_assets.deployments import (
-    EMR_PYTHON,
-    ENV_VARS,
-    STEP_LAUNCHER_KEY,
-    DeploymentError,
-    EmrSettings,
-    EmrStepLauncher,
-    S3Artifacts,
-    check_bucket,
-    check_cluster,
-    deployment,
-    missing_step_launcher,
-    preflight,
-)
+from fruits_assets.emr_launcher import STEP_LAUNCHER_KEY, EmrStepLauncher, missing_step_launcher
+from fruits_assets.emr_settings import EMR_PYTHON, ENV_VARS, DeploymentError, EmrSettings, deployment
+from fruits_assets.preflight import check_bucket, check_cluster, preflight
+from spark_code.cnn import WEIGHTS_FILE
 from tests.moto_server import moto_server, set_auth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +92,7 @@ def _cluster(aws, settings: EmrSettings) -> str:
 def test_deployment_switch_defaults_to_local_and_names_bad_values():
     assert deployment({}) == "local"
     assert deployment({"FRUITS_DEPLOYMENT": "EMR"}) == "emr"
-    with pytest.raises(DeploymentError, match="'gcp'.*local, emr"):
+    with pytest.raises(DeploymentError, match="FRUITS_DEPLOYMENT='gcp'.*'local' or 'emr'"):
         deployment({"FRUITS_DEPLOYMENT": "gcp"})
 
 
@@ -167,14 +157,15 @@ def test_spark_steps_without_the_launcher_are_named():
     assert missing_step_launcher([wired, unwired, no_data_check, data_check]) == ["unwired", "wired_data_check"]
 
 
-def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings():
-    from dagster_aws.s3 import S3Resource
+def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings(monkeypatch):
 
-    from fruits_assets.deployments import ClusterCnnResource, ClusterPySparkResource, emr_resources
+    from fruits_assets.deployments import emr_resources
+    from fruits_assets.emr_launcher import ClusterCnnResource, ClusterPySparkResource
 
     settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
-    resources = emr_resources(settings, base={"pyspark": "local spark", "plain_setting": 42})
-    assert resources["plain_setting"] == 42
+    monkeypatch.setenv("FRUITS_ACCURACY_FLOOR", "0.97")
+    resources = emr_resources(settings)
+    assert resources["classifier"].accuracy_floor == 0.97  # plain settings come from the same FRUITS_* variables
     assert isinstance(resources["pyspark"], ClusterPySparkResource)
     assert isinstance(resources[STEP_LAUNCHER_KEY], EmrStepLauncher)
     assert resources[STEP_LAUNCHER_KEY].cluster_id == "j-1ABCDEFGHIJKL"
@@ -185,8 +176,7 @@ def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings():
         f"s3://{BUCKET}/train",
     )
     assert isinstance(resources["cnn"], ClusterCnnResource)
-    assert resources["cnn"].weights_path == "/mnt/fruits/weights/mobilenet_v2_1.0_224_no_top.weights.h5"
-    assert isinstance(resources["s3"], S3Resource) and resources["s3"].region_name == REGION
+    assert resources["cnn"].weights_path == f"/mnt/fruits/weights/{WEIGHTS_FILE}"
 
 
 # ---- the cluster recipe ----------------------------------------------------------------------------------------
@@ -230,7 +220,7 @@ def test_recipe_uploads_bootstrap_weights_and_package(aws, tmp_path):
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"\x89HDF fake weights")
     uris = recipe.upload_bootstrap(aws.client("s3"), settings, weights)
-    assert f"s3://{BUCKET}/fruits/staging/bootstrap/weights/mobilenet_v2_1.0_224_no_top.weights.h5" in uris
+    assert f"s3://{BUCKET}/fruits/staging/bootstrap/weights/{WEIGHTS_FILE}" in uris
     body = aws.client("s3").get_object(Bucket=BUCKET, Key="fruits/staging/bootstrap/bootstrap-emr.sh")["Body"]
     assert body.read() == (REPO / "bootstrap" / "bootstrap-emr.sh").read_bytes()
 
@@ -239,7 +229,7 @@ def test_recipe_uploads_bootstrap_weights_and_package(aws, tmp_path):
     local = tmp_path / "pkg.zip"
     aws.client("s3").download_file(BUCKET, "fruits/staging/packages/fruits-test.zip", str(local))
     names = zipfile.ZipFile(local).namelist()
-    assert {"fruits_assets/definitions.py", "fruits_assets/deployments.py", "spark_code/io.py"} <= set(names)
+    assert {"fruits_assets/definitions.py", "fruits_assets/deployments.py", "spark_code/storage.py"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", ".venv/", "bench/")) or "__pycache__" in n]
 
 
@@ -368,40 +358,12 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=run_prefix)["Contents"]}
     assert {f"{run_prefix}/{n}" for n in ("code.zip", "emr_step_main.py", "step_run_ref.pkl", "events.pkl")} <= keys
     names = zipfile.ZipFile(tmp_path / "code.zip").namelist()
-    assert "fruits_assets/deployments.py" in names and "spark_code/io.py" in names
+    assert "fruits_assets/deployments.py" in names and "spark_code/storage.py" in names
     package = zipimport.zipimporter(str(tmp_path / "code.zip"))  # what --py-files puts on the Python path
     assert package.find_spec("fruits_assets") and package.find_spec("spark_code")
     assert not [n for n in names if n.startswith((".venv", "tests/", "bench/", "data/"))]
     events = pickle.loads(s3.get_object(Bucket=BUCKET, Key=f"{run_prefix}/events.pkl")["Body"].read())
     assert "STEP_SUCCESS" in events
-
-
-# ---- artifacts through S3 ----------------------------------------------------------------------------------------
-
-
-def test_pca_model_and_metrics_round_trip_through_s3(aws, spark, tmp_path):
-    from dagster_aws.s3 import S3Resource
-    from pyspark.ml.feature import PCA, PCAModel
-    from pyspark.ml.linalg import Vectors
-
-    rows = [(Vectors.dense([float(i), float(i * i % 7), float(i % 3)]),) for i in range(12)]
-    model = PCA(k=2, inputCol="x", outputCol="y").fit(spark.createDataFrame(rows, ["x"]))
-    saved = tmp_path / "saved"
-    model.write().save(str(saved))
-    metrics = {"k": 2, "explained_variance": [float(v) for v in model.explainedVariance], "rows": 12}
-
-    artifacts = S3Artifacts(s3=S3Resource(region_name=REGION), base_uri=f"s3://{BUCKET}/fruits/output/artifacts/")
-    keys = artifacts.put_dir(saved, "pca_features")
-    assert keys and all(k.startswith("fruits/output/artifacts/pca_features/") for k in keys)
-    assert artifacts.put_json("metrics/pca.json", metrics) == f"s3://{BUCKET}/fruits/output/artifacts/metrics/pca.json"
-
-    back = artifacts.get_dir("pca_features", tmp_path / "back")
-    originals = sorted(p.relative_to(saved) for p in saved.rglob("*") if p.is_file())
-    assert originals == sorted(p.relative_to(back) for p in back.rglob("*") if p.is_file())
-    assert all((saved / p).read_bytes() == (back / p).read_bytes() for p in originals)
-    loaded = PCAModel.load(str(back))
-    assert loaded.pc.toArray().tolist() == model.pc.toArray().tolist()
-    assert artifacts.get_json("metrics/pca.json") == metrics
 
 
 # ---- bootstrap consistency ----------------------------------------------------------------------------------------
@@ -433,7 +395,7 @@ def test_bootstrap_installs_the_project_pins_but_never_pyspark():
 
 
 def test_local_resources_bind_no_step_launcher():
-    from fruits_assets.definitions import local_resources
+    from fruits_assets.deployments import local_resources
 
     resources = local_resources("/tmp", "/tmp/out", None)
     assert isinstance(resources[STEP_LAUNCHER_KEY], ResourceDefinition)
@@ -442,7 +404,8 @@ def test_local_resources_bind_no_step_launcher():
 
 
 def test_the_project_definitions_build_for_emr(monkeypatch):
-    from fruits_assets.definitions import ASSETS, CHECKS, build_defs, resources_for
+    from fruits_assets.definitions import ASSETS, CHECKS, build_defs
+    from fruits_assets.deployments import resources_for
 
     assert missing_step_launcher([*ASSETS, *CHECKS]) == []  # every Spark asset and check goes to the cluster
     settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
@@ -450,6 +413,7 @@ def test_the_project_definitions_build_for_emr(monkeypatch):
         value = getattr(settings, field, None)
         if value is not None:
             monkeypatch.setenv(var, value)
-    defs = build_defs(resources_for("emr"))
+    monkeypatch.setenv("FRUITS_DEPLOYMENT", "emr")
+    defs = build_defs(resources_for())
     job = defs.resolve_job_def("materialize_all")  # resolves: every resource key the assets need is bound
     assert STEP_LAUNCHER_KEY in job.resource_defs and "tables" in job.resource_defs

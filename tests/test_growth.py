@@ -11,13 +11,13 @@ from dagster import AssetKey, DagsterInstance, build_schedule_context, build_sen
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 
 from fruits_assets.automation import daily_refit, new_images
-from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import FEATURE_ASSETS, build_defs, local_resources
-from fruits_assets.ingest import materialize_batch
+from fruits_assets.definitions import build_defs
+from fruits_assets.deployments import local_resources
 from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.resources import CnnResource, ImageSource
-from spark_code import batches, io, reduce, snapshot
+from spark_code import batches, reduce, snapshot, storage
 from tests.conftest import CLASSES, FRUITS, first_images
+from tests.helpers import materialize_features, metadata_of
 
 # ---- the sensor ------------------------------------------------------------------------------------------------
 
@@ -105,18 +105,10 @@ def _materialize(root, output, weights, run_config=None, instance=None):
     from spark_code import featurize
 
     before = featurize.process_totals()
-    result = materialize_batch(
-        [*FEATURE_ASSETS, *ALL_CHECKS],
-        local_resources(str(root), str(output), weights),
-        instance or DagsterInstance.ephemeral(),
-        run_config=run_config,
-    )
+    resources = local_resources(str(root), str(output), weights)
+    result = materialize_features(resources, instance or DagsterInstance.ephemeral(), run_config=run_config)
     after = featurize.process_totals()
     return result, {key: after[key] - before[key] for key in after}
-
-
-def _meta(result, asset):
-    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +120,7 @@ def grown(spark, weights_path, tmp_path_factory):
     (root / "Broken Fruit" / "notes.jpg").write_text("not an image")
     instance = DagsterInstance.ephemeral()
     first, first_counts = _materialize(root, output, weights_path, instance=instance)
-    first_batch = io.partition_uris(spark, str(output), "cnn_features")
+    first_batch = storage.partition_uris(spark, str(output), "cnn_features")
     first_pca = {r.path: r for r in batches.read_current(spark, str(output), "pca_features").collect()}
     new = first_images(FRUITS / CLASSES[2], 2)
     (root / CLASSES[2]).mkdir()
@@ -157,21 +149,23 @@ def test_second_run_featurizes_only_new_and_changed_photos(grown):
     second, second_counts = grown["second"]
     assert first_counts["cnn_images"] == 6 and first_counts["images_decoded"] == 7  # + the text file, once
     assert second_counts["cnn_images"] == 3 and second_counts["images_decoded"] == 3  # 2 new + 1 changed only
-    raw = _meta(second, "raw_images")
+    raw = metadata_of(second, "raw_images")
     assert (raw["new"], raw["changed"], raw["deleted"], raw["listed"]) == (2, 1, 1, 8)
-    meta = _meta(second, "cnn_features")
+    meta = metadata_of(second, "cnn_features")
     assert (meta["raw"], meta["featurized"], meta["quarantined"]) == (3, 3, 0)
-    assert _meta(grown["first"][0], "cnn_features")["quarantined"] == 1
+    assert metadata_of(grown["first"][0], "cnn_features")["quarantined"] == 1
 
 
 def test_each_batch_is_a_partition_and_earlier_batches_are_not_rewritten(grown, spark):
     output = str(grown["output"])
     keys = grown["instance"].get_dynamic_partitions(ingest_batches.name)
     assert len(keys) == 2 and keys == sorted(keys)
-    (first_key, first_uri), (second_key, _) = io.partition_uris(spark, output, "cnn_features").items()
+    (first_key, first_uri), (second_key, _) = storage.partition_uris(spark, output, "cnn_features").items()
     assert grown["first_batch"] == {first_key: first_uri}  # the first batch's version was left as it was
     assert (first_key, second_key) == tuple(keys)
-    rows = {key: spark.read.parquet(uri).count() for key, uri in io.partition_uris(spark, output, "raw_images").items()}
+    rows = {
+        key: spark.read.parquet(uri).count() for key, uri in storage.partition_uris(spark, output, "raw_images").items()
+    }
     assert rows == {first_key: 7, second_key: 4}  # 6 photos + the text file; then 2 new, 1 changed, 1 deleted
     checks = {e.check_name: e.passed for e in grown["second"][0].get_asset_check_evaluations()}
     assert checks["counts_reconcile"] and all(checks.values())
@@ -200,33 +194,36 @@ def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     _, _, first_pca = grown["first"]
     pca = {r.path: r for r in batches.read_current(spark, output, "pca_features").collect()}
     assert {r.pca_model for r in pca.values()} == {next(iter(first_pca.values())).pca_model}
-    assert _meta(grown["second"][0], "pca_features")["refit"] is False
+    assert metadata_of(grown["second"][0], "pca_features")["refit"] is False
     unchanged = [p for p in pca if p in first_pca and p != f"file:{grown['changed']}"]
     assert unchanged and all(np.allclose(pca[p].pca_features, first_pca[p].pca_features, atol=1e-9) for p in unchanged)
     # the same projection a full recompute gives: the saved scaler + PCA applied to the features again
-    scaler = io.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
-    model = io.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    scaler = storage.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    model = storage.load_model(spark, PCAModel, f"{output}/models", "pca_features")
     features = batches.read_current(spark, output, "cnn_features")
-    again = reduce.project(model, reduce.scale(scaler, features)).collect()
+    again = reduce.transform_arrays(model, reduce.transform_arrays(scaler, features)).collect()
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 
 
 def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
-    first, second = _meta(grown["first"][0], "scaled_features"), _meta(grown["second"][0], "scaled_features")
+    first, second = (
+        metadata_of(grown["first"][0], "scaled_features"),
+        metadata_of(grown["second"][0], "scaled_features"),
+    )
     assert (first["parts_written"], first["rows_written"]) == (1, 6)  # the first batch: every featurized photo
     assert (second["refit"], second["parts_written"], second["rows_written"]) == (False, 1, 3)  # 2 new + 1 changed
-    projected = _meta(grown["second"][0], "pca_features")
+    projected = metadata_of(grown["second"][0], "pca_features")
     assert (projected["batches_projected"], projected["rows_written"]) == (1, 3)
     first_key = next(iter(grown["first_batch"]))
     for name in ("scaled_features", "pca_features"):  # the first batch's parts were not written again
-        assert len(io.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
+        assert len(storage.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
 
 
 def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
     from spark_code import featurize
 
     output = str(grown["output"])
-    before = io.latest_uri(spark, f"{output}/models", "pca_features")
+    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
     defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
     request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
     totals = featurize.process_totals()
@@ -237,7 +234,7 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
         asset_selection=[AssetKey("scaled_features"), AssetKey("pca_features")],
     )
     assert featurize.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
-    assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
+    assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
     versions = {r.pca_model for r in batches.read_current(spark, output, "pca_features").collect()}
     assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
 
@@ -250,13 +247,13 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, image_size=96)  # other settings, other features
     before = featurize.process_totals()["cnn_images"]
-    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources)
+    result = materialize_features(resources)
     assert featurize.process_totals()["cnn_images"] - before == 7  # every image again, with the new settings
-    raw = _meta(result, "raw_images")
+    raw = metadata_of(result, "raw_images")
     assert (raw["new"], raw["changed"], raw["deleted"]) == (0, 8, 0)  # the batches' files, the text file too
     models = {r.cnn_model for r in batches.read_current(spark, str(output), "cnn_features").collect()}
     assert models == {resources["cnn"].model_key()} and "96px" in next(iter(models))
-    assert _meta(result, "scaled_features")["refit"] and _meta(result, "pca_features")["refit"]
+    assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
 
 
 def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_numbers(
@@ -271,7 +268,7 @@ def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_num
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, engine="tensorflow")
     before = featurize.process_totals()["cnn_images"]
-    result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources)
+    result = materialize_features(resources)
     assert result.success and featurize.process_totals()["cnn_images"] - before == 7  # rows never mix engines
     tf_rows = {r.path: r for r in batches.read_current(spark, str(output), "cnn_features").collect()}
     assert {r.cnn_model for r in tf_rows.values()} == {resources["cnn"].model_key()}
@@ -301,20 +298,18 @@ def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, we
         ticked = new_images(build_sensor_context(cursor=cursor, resources={"image_source": source}))
         request, cursor = ticked.run_requests[0], ticked.cursor
         before = featurize.process_totals()["cnn_images"]
-        result = materialize_batch(
-            [*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, key=request.partition_key, tags=request.tags
-        )
+        result = materialize_features(resources, instance, key=request.partition_key, tags=request.tags)
         return request, result, featurize.process_totals()["cnn_images"] - before
 
     request, result, cnn_images = tick_and_run()
-    assert CHANGES_TAG in request.tags and cnn_images == 4 and _meta(result, "raw_images")["listing"] == "sensor"
+    assert CHANGES_TAG in request.tags and cnn_images == 4 and metadata_of(result, "raw_images")["listing"] == "sensor"
     new = first_images(FRUITS / CLASSES[2], 1)[0]
     (root / CLASSES[2]).mkdir()
     shutil.copy(new, root / CLASSES[2] / new.name)
     gone = sorted((root / CLASSES[0]).glob("*.jpg"))[0]
     gone.unlink()
     request, result, cnn_images = tick_and_run()
-    raw = _meta(result, "raw_images")
+    raw = metadata_of(result, "raw_images")
     assert (raw["listing"], raw["new"], raw["changed"], raw["deleted"], cnn_images) == ("sensor", 1, 0, 1, 1)
     assert all(e.passed for e in result.get_asset_check_evaluations())
     current = {r.path for r in batches.read_current(spark, str(output), "pca_features").collect()}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 
-from spark_code import io, reduce
+from spark_code import reduce, storage
 from spark_code.classifier import LogisticSettings, accuracy_curve, split_per_class
 
 
@@ -26,7 +26,7 @@ def test_smallest_k():
 
 def test_scaler_centres_and_scales(synthetic):
     model = reduce.fit_scaler(synthetic, "features", "scaled")
-    values = np.array([r.scaled for r in reduce.scale(model, synthetic, dtype="float64").collect()])
+    values = np.array([r.scaled for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()])
     assert np.allclose(values.mean(axis=0), 0, atol=1e-9)
     assert np.allclose(values.std(axis=0, ddof=1), 1, atol=1e-9)
 
@@ -42,7 +42,7 @@ def test_variance_target_picks_k_from_one_fit(synthetic):
 def test_fit_projects_like_spark_pca(synthetic):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
     refit = PCA(k=3, inputCol="features", outputCol="pca").fit(reduce.as_vectors(synthetic, "features"))
-    ours = np.array([r.pca for r in reduce.project(model, synthetic, dtype="float64").collect()])
+    ours = np.array([r.pca for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()])
     theirs = np.array([r.pca.toArray() for r in refit.transform(reduce.as_vectors(synthetic, "features")).collect()])
     signs = np.sign((ours * theirs).sum(axis=0))  # principal axes are defined up to sign
     assert np.allclose(ours, theirs * signs, atol=1e-6)
@@ -52,7 +52,7 @@ def test_fit_projects_like_spark_pca(synthetic):
 def test_fixed_k(synthetic):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
     assert model.getK() == 5
-    assert len(reduce.project(model, synthetic).first().pca) == 5
+    assert len(reduce.transform_arrays(model, synthetic).first().pca) == 5
 
 
 def test_models_save_and_load(synthetic, tmp_path):
@@ -62,8 +62,8 @@ def test_models_save_and_load(synthetic, tmp_path):
     scaler.save(str(tmp_path / "scaler"))
     pca2, scaler2 = PCAModel.load(str(tmp_path / "pca")), StandardScalerModel.load(str(tmp_path / "scaler"))
     assert pca2.getK() == 3 and np.allclose(pca2.pc.toArray(), pca.pc.toArray())
-    first = reduce.project(pca, synthetic).first().pca
-    assert np.allclose(reduce.project(pca2, synthetic).first().pca, first)
+    first = reduce.transform_arrays(pca, synthetic).first().pca
+    assert np.allclose(reduce.transform_arrays(pca2, synthetic).first().pca, first)
     assert np.allclose(scaler2.mean.toArray(), scaler.mean.toArray())
 
 
@@ -88,16 +88,16 @@ def test_gram_stats_match_numpy(synthetic):
 
 def test_tables_hold_float32(synthetic):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
-    assert reduce.project(model, synthetic).schema["pca"].dataType.simpleString() == "array<float>"
+    assert reduce.transform_arrays(model, synthetic).schema["pca"].dataType.simpleString() == "array<float>"
     scaler = reduce.fit_scaler(synthetic, "features", "scaled")
-    assert reduce.scale(scaler, synthetic).schema["scaled"].dataType.simpleString() == "array<float>"
+    assert reduce.transform_arrays(scaler, synthetic).schema["scaled"].dataType.simpleString() == "array<float>"
 
 
 def test_float32_round_trip_within_1e_5_of_double_projection(synthetic, spark, tmp_path):
     model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
-    double = {r.path: np.array(r.pca) for r in reduce.project(model, synthetic, dtype="float64").collect()}
-    io.write_table(reduce.project(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
-    stored = {r.path: np.array(r.pca) for r in io.read_table(spark, str(tmp_path), "pca").collect()}
+    double = {r.path: np.array(r.pca) for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()}
+    storage.write_table(reduce.transform_arrays(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
+    stored = {r.path: np.array(r.pca) for r in storage.read_table(spark, str(tmp_path), "pca").collect()}
     assert stored.keys() == double.keys()
     assert max(np.abs(stored[p] - double[p]).max() for p in stored) < 1e-5
     assert max(np.abs(double[p]).max() for p in double) > 1.0  # values large enough for float32 rounding to show

@@ -16,6 +16,7 @@ import pytest
 from fruits_assets.definitions import ASSETS as DEFINED_ASSETS
 from spark_code import batches
 from tests.conftest import REPO
+from tests.helpers import free_port
 
 ASSETS = tuple(key.to_user_string() for definition in DEFINED_ASSETS for key in definition.keys)
 PARTITIONED = tuple(
@@ -31,14 +32,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def graphql(base: str, query: str) -> dict:
@@ -69,7 +62,7 @@ def dagster_dev(sample_root, training_root, weights_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dagster-dev")
     (tmp / "home").mkdir()
     (tmp / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp / "home"),

@@ -10,14 +10,11 @@ from PIL import Image, ImageDraw
 from pyspark.ml import PipelineModel
 
 from fruits_assets.resources import ClassifierSettings
-from spark_code import batches, io, openset, reduce
+from spark_code import batches, openset, reduce, storage
 from spark_code import classifier as clf
 from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
 from tests.conftest import CLASSES, REPO, TRAINING, first_images
-
-
-def _metadata(result, asset):
-    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+from tests.helpers import metadata_of
 
 
 def test_evaluate_scores_known_classes_and_counts_unknown_ones():
@@ -35,7 +32,7 @@ def test_evaluate_scores_known_classes_and_counts_unknown_ones():
 
 def test_classifier_materialized_with_metrics_and_passing_checks(run):
     result, _, _ = run
-    meta = _metadata(result, "fruit_classifier")
+    meta = metadata_of(result, "fruit_classifier")
     assert meta["classes"] == len(CLASSES)
     assert meta["accuracy"] >= 0.9 and meta["raw_accuracy"] >= 0.9
     assert 0 < meta["macro_f1"] <= 1
@@ -47,7 +44,7 @@ def test_classifier_materialized_with_metrics_and_passing_checks(run):
 
 def test_classifier_metadata_reports_open_set_rejection(run):
     result, _, _ = run
-    meta = _metadata(result, "fruit_classifier")
+    meta = metadata_of(result, "fruit_classifier")
     assert meta["unknown_score"] == openset.KNN and meta["unknown_threshold"] > 0
     assert meta["known_accepted"] >= 0.9  # calibrated to accept 95 % of the corpus's known-class photos
     assert meta["openset_held_out_classes"] == 1  # of the sample's 3 training classes, "Cherry 1" is held out
@@ -58,7 +55,7 @@ def test_classifier_metadata_reports_open_set_rejection(run):
 
 def test_pca_k_chosen_by_accuracy_and_stored_as_float32(run, spark):
     result, output, _ = run
-    meta = _metadata(result, "pca_features")
+    meta = metadata_of(result, "pca_features")
     assert meta["k_choice"] == "accuracy" and "variance_target" not in meta
     accuracy = {row.data["k"]: row.data["accuracy"] for row in meta["accuracy_by_k"].records}
     assert meta["k"] in accuracy and accuracy[meta["k"]] >= max(accuracy.values()) - 0.003
@@ -155,12 +152,14 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
     train, corpus = table(TRAINING, 0, 10), table(fruits_dir, 0, 8)
     scaler = reduce.fit_scaler(corpus, "features", "scaled_features")
     pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
-    model = clf.train_classifier(train, scaler, pca.fit(reduce.scale(scaler, corpus)), clf.LogisticSettings())
+    model = clf.train_classifier(
+        train, scaler, pca.fit(reduce.transform_arrays(scaler, corpus)), clf.LogisticSettings()
+    )
     scores = clf.fit_feature_scores(model, train)
     scored = clf.collect_scores(model, scores, corpus)
     rejection = openset.calibrated(openset.KNN, {n: scored.values(n) for n in openset.SCORES}, scores)
     base = str(tmp_path_factory.mktemp("app_models"))
-    uri = io.save_model(spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()})
+    uri = storage.save_model(spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()})
     held_back = [p for c in classes for p in first_images(fruits_dir / c, 9)[8:]]
     return FruitClassifier(load_pipeline(uri), weights_path), held_back
 
@@ -196,7 +195,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
     flat = tmp_path / "flat.png"
     flat.write_bytes(_synthetic_non_fruit()["flat white"])
-    cmd = [sys.executable, "-m", "spark_code.cli", "classify", "--models", f"{output}/models", "--weights"]
+    cmd = [sys.executable, "-m", "fruits_assets.cli", "classify", "--models", f"{output}/models", "--weights"]
     done = subprocess.run(
         [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg"), str(flat)],
         cwd=REPO,
@@ -210,7 +209,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     assert lines[1].startswith(f"{large}: ")
     assert lines[2].startswith(f"{flat}: unknown")
     assert "cannot classify" in done.stderr and "notes.jpg" in done.stderr and "Traceback" not in done.stderr
-    no_model = [sys.executable, "-m", "spark_code.cli", "classify", "--models", str(sample_root), str(banana)]
+    no_model = [sys.executable, "-m", "fruits_assets.cli", "classify", "--models", str(sample_root), str(banana)]
     missing = subprocess.run(no_model, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "materialize the fruit_classifier" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -8,7 +8,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetKey,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -26,9 +25,10 @@ from pyspark.sql import functions as F
 
 from fruits_assets.assets import GROUP, current_features, pca_features
 from fruits_assets.io_managers import UNCHANGED
+from fruits_assets.metadata import latest_metadata
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, io, openset
+from spark_code import batches, openset, storage
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
@@ -172,7 +172,7 @@ def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: Class
     """Everything the trained classifier depends on: when all are unchanged, it is reused, not retrained."""
     spark = tables.pyspark.spark_session
     return {
-        "training_features": io.latest_uri(spark, tables.base_uri, "training_features"),
+        "training_features": storage.latest_uri(spark, tables.base_uri, "training_features"),
         "scaler": models.latest_uri("scaled_features"),
         "pca": models.latest_uri("pca_features"),
         "cnn_model": cnn.model_key(),
@@ -184,7 +184,7 @@ def _portable(inputs: dict | None) -> dict | None:
     """The inputs with versions by name, not URI: a copied or moved output still matches its saved classifier."""
     if inputs is None:
         return None
-    return {k: io.version_name(v) if k in ("training_features", "scaler", "pca") else v for k, v in inputs.items()}
+    return {k: storage.version_name(v) if k in ("training_features", "scaler", "pca") else v for k, v in inputs.items()}
 
 
 def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:
@@ -198,10 +198,10 @@ def _reuse_classifier(context, model, uri: str, record: dict, tables: TableStore
     """Keep the saved classifier; score only the batches its evaluation has not covered and add them to the
     running totals (accuracy over every evaluated row). The fit-time figures (macro-F1, open set, raw) are kept."""
     spark = tables.pyspark.spark_session
-    running = io.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
+    running = storage.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
     record = json.loads(running) if running else record
     new = [key for key in tables.batches() if key not in set(record["evaluated_batches"])]
-    rows = io.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
+    rows = storage.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
     batch_rows = batch_hits = 0
     if rows is not None and not rows.isEmpty():
         try:
@@ -215,7 +215,7 @@ def _reuse_classifier(context, model, uri: str, record: dict, tables: TableStore
         "rows": record["rows"] + batch_rows,
         "hits": record["hits"] + batch_hits,
     }
-    io.write_text(spark, f"{uri}/{RUNNING_JSON}", json.dumps(record))
+    storage.write_text(spark, f"{uri}/{RUNNING_JSON}", json.dumps(record))
     accuracy = record["hits"] / record["rows"] if record["rows"] else 0.0
     context.log.info("classifier reused (%s): %d new rows scored, running accuracy %.4f", uri, batch_rows, accuracy)
     return MaterializeResult(
@@ -279,16 +279,10 @@ def _protocol_markdown(protocol: clf.OpenSetProtocol, accept_rate: float) -> str
     return "\n".join(lines)
 
 
-def _latest_metadata(context: AssetCheckExecutionContext) -> dict:
-    event = context.instance.get_latest_materialization_event(AssetKey("fruit_classifier"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    return {key: value.value for key, value in metadata.items()}
-
-
 @asset_check(asset=fruit_classifier)
 def accuracy_above_floor(context: AssetCheckExecutionContext, classifier: ClassifierSettings) -> AssetCheckResult:
     """Test accuracy (classes known to the model) reaches the configured floor."""
-    accuracy = _latest_metadata(context).get("accuracy")
+    accuracy = latest_metadata(context.instance, "fruit_classifier").get("accuracy")
     passed = accuracy is not None and accuracy >= classifier.accuracy_floor
     return AssetCheckResult(passed=passed, metadata={"accuracy": accuracy, "floor": classifier.accuracy_floor})
 
@@ -296,7 +290,7 @@ def accuracy_above_floor(context: AssetCheckExecutionContext, classifier: Classi
 @asset_check(asset=fruit_classifier)
 def pca_costs_little_accuracy(context: AssetCheckExecutionContext, classifier: ClassifierSettings) -> AssetCheckResult:
     """Accuracy on the PCA features stays within the allowed drop of accuracy on the raw 1280-d features."""
-    metadata = _latest_metadata(context)
+    metadata = latest_metadata(context.instance, "fruit_classifier")
     pca_accuracy, raw_accuracy = metadata.get("accuracy"), metadata.get("raw_accuracy")
     if pca_accuracy is None or raw_accuracy is None:
         return AssetCheckResult(passed=False, description="fruit_classifier carries no accuracy metadata")

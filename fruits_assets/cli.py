@@ -5,27 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 
-from spark_code.cnn import ENGINES, WeightsError, default_weights_path
+from fruits_assets.settings import Settings, SettingsError
+from spark_code.cnn import ENGINES, WeightsError
 from spark_code.openset import SCORES
 
 logger = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image features: the app's engine.")
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="name the fruit in each photo (top-3 classes)")
     classify.add_argument("photos", nargs="+", help="photo files (any size, any format Pillow reads)")
     classify.add_argument(
         "--models",
-        default=os.path.join(os.environ.get("FRUITS_OUTPUT_URI", "data"), "models"),
-        help="models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models, else data/models)",
+        default=f"{settings.output_uri.rstrip('/')}/models",
+        help="models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models, else ./data/models)",
     )
-    classify.add_argument("--weights", default=None, help="Keras weights file (default: $FRUITS_WEIGHTS or ../shared)")
+    classify.add_argument(
+        "--weights", default=settings.weights, help="Keras weights file (default: $FRUITS_WEIGHTS or ../shared)"
+    )
     classify.add_argument(
         "--unknown-score",
         choices=SCORES,
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("--top", type=int, default=3)
     classify.add_argument(
-        "--engine", choices=ENGINES, default=os.environ.get("FRUITS_ENGINE", "onnx"), help="CNN runtime (default onnx)"
+        "--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: $FRUITS_ENGINE, else onnx)"
     )
     classify.add_argument("--json", action="store_true", help="one JSON object per photo")
     return parser
@@ -55,20 +57,18 @@ def _line(prediction, as_json: bool) -> str:
     return f"{prediction.path}: {prediction.label}  ({top})"
 
 
-def classify(args: argparse.Namespace) -> int:
+def classify(args: argparse.Namespace, settings: Settings) -> int:
     """Load once, classify every photo; unreadable photos are reported on stderr and make the exit status 1."""
     from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
 
     try:
         folder = latest_version(args.models)
-        weights = args.weights or default_weights_path()
-        cache = os.environ.get("FRUITS_ONNX_CACHE") or None
         engine = FruitClassifier(
             load_pipeline(folder),
-            weights,
+            args.weights,
             args.threshold,
             engine=args.engine,
-            onnx_cache=cache,
+            onnx_cache=settings.onnx_cache,
             score=args.unknown_score,
         )
     except (ModelNotFoundError, WeightsError, ValueError) as error:
@@ -88,9 +88,14 @@ def classify(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fruits` console script."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FRUITS_LOG_LEVEL", "WARNING"), format="%(message)s")
-    return classify(args)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"fruits: {error}", file=sys.stderr)
+        return 2
+    args = _parser(settings).parse_args(argv)
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    return classify(args, settings)
 
 
 if __name__ == "__main__":

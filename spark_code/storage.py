@@ -48,13 +48,14 @@ def check_writable(base_uri: str) -> None:
 
 
 def qualify(uri: str) -> str:
-    """A local path becomes an absolute `file:` URI; URIs with a scheme are kept."""
+    """A local path becomes an absolute `file:` URI (as Spark writes it in a `path` column); URIs with a scheme are
+    kept, without a trailing slash."""
     return uri.rstrip("/") if urlparse(uri).scheme else "file:" + os.path.abspath(uri)
 
 
-def _fs(spark: SparkSession, uri: str):
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
+def hadoop_fs(spark: SparkSession, uri: str):
+    """(Hadoop FileSystem, Path) of a path or URI, through the session's Hadoop configuration."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 
 
@@ -71,13 +72,13 @@ def version_name(uri: str | None) -> str | None:
 
 def commit(spark: SparkSession, version_uri: str) -> None:
     """Publish a fully written version: readers only ever see versions carrying the marker."""
-    fs, path = _fs(spark, f"{version_uri}/{COMMITTED}")
+    fs, path = hadoop_fs(spark, f"{version_uri}/{COMMITTED}")
     fs.create(path, True).close()
 
 
 def list_versions(spark: SparkSession, base_uri: str, name: str) -> tuple[list[str], list[str]]:
     """(committed, uncommitted) version URIs of `name`, oldest first."""
-    fs, path = _fs(spark, f"{qualify(base_uri)}/{name}")
+    fs, path = hadoop_fs(spark, f"{qualify(base_uri)}/{name}")
     if not fs.exists(path):
         return [], []
     committed, pending = [], []
@@ -103,7 +104,7 @@ def prune(spark: SparkSession, base_uri: str, name: str, keep: int) -> None:
     kept = committed[-keep:]
     doomed = committed[:-keep] + [p for p in pending if kept and p < kept[0]]
     for uri in doomed:
-        fs, path = _fs(spark, uri)
+        fs, path = hadoop_fs(spark, uri)
         fs.delete(path, True)
         logger.info("pruned old version %s", uri)
 
@@ -144,7 +145,7 @@ def _discard(spark: SparkSession, uri: str) -> None:
     """Delete a failed, uncommitted version (best effort: an undeleted one stays invisible and is pruned later)."""
     logger.error("write of %s failed: it is not published, the previous version stays current", uri)
     try:
-        fs, path = _fs(spark, uri)
+        fs, path = hadoop_fs(spark, uri)
         fs.delete(path, True)
     except Exception as error:  # the write's own error is the one to raise
         logger.warning("could not delete the failed version %s: %s", uri, error)
@@ -157,7 +158,7 @@ def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
     """Write a small text file through Hadoop's FileSystem (local, HDFS or S3 alike)."""
-    fs, path = _fs(spark, uri)
+    fs, path = hadoop_fs(spark, uri)
     stream = fs.create(path, True)
     try:
         stream.write(bytearray(text.encode()))
@@ -167,7 +168,7 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
 
 def read_text(spark: SparkSession, uri: str) -> str:
     """Read a small text file through Hadoop's FileSystem ("" if it does not exist)."""
-    fs, path = _fs(spark, uri)
+    fs, path = hadoop_fs(spark, uri)
     if not fs.exists(path):
         return ""
     stream = fs.open(path)
@@ -196,7 +197,7 @@ def load_model(spark: SparkSession, model_class, base_uri: str, name: str):
 
 def partition_uris(spark: SparkSession, base_uri: str, name: str, keys=None) -> dict[str, str]:
     """{partition key: newest committed version URI} of a partitioned table `name` (only `keys` if given)."""
-    fs, path = _fs(spark, f"{qualify(base_uri)}/{name}")
+    fs, path = hadoop_fs(spark, f"{qualify(base_uri)}/{name}")
     if not fs.exists(path):
         return {}
     found = {}

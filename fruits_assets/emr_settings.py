@@ -1,0 +1,173 @@
+"""The emr deployment's settings: which cluster, region, buckets and paths, validated before any AWS call."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from pydantic import BaseModel, Field, field_validator
+
+from fruits_assets.settings import Settings, SettingsError
+from spark_code.cnn import WEIGHTS_FILE
+
+DEPLOYMENT_ENV = Settings.variable("deployment")
+DEPLOYMENTS = ("local", "emr")
+DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
+EMR_PYTHON = "/usr/bin/python3.11"  # EMR 7.x carries 3.9 (system default) and 3.11; the pins need >= 3.11.
+NODE_WEIGHTS = f"/mnt/fruits/weights/{WEIGHTS_FILE}"  # where bootstrap-emr.sh copies them
+JOB_FLOW_INFO = Path("/mnt/var/lib/info/job-flow.json")  # present on every EMR node; holds the cluster id
+
+# EmrSettings field -> the Settings field (and so the FRUITS_* variable) it comes from.
+SOURCES = {
+    "cluster_id": "emr_cluster_id",
+    "region": "emr_region",
+    "staging_bucket": "emr_staging_bucket",
+    "staging_prefix": "emr_staging_prefix",
+    "package_uri": "emr_package_uri",
+    "output_uri": "output_uri",
+    "image_root": "image_root",
+    "training_root": "training_root",
+}
+ENV_VARS = {field: Settings.variable(source) for field, source in SOURCES.items()}
+
+
+class DeploymentError(ValueError):
+    """The deployment's settings are missing or invalid, or AWS refuses them; the message names what to fix."""
+
+
+def deployment(env: Mapping[str, str] | None = None) -> str:
+    """The deployment named by FRUITS_DEPLOYMENT (default `local`)."""
+    try:
+        return Settings.from_env(env).deployment
+    except SettingsError as error:
+        raise DeploymentError(str(error)) from None
+
+
+def known_regions() -> list[str]:
+    """Regions where EMR exists, from botocore's bundled endpoint data (no network)."""
+    return boto3.session.Session().get_available_regions("emr")
+
+
+def _s3_uri(value: str, field: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{field} {value!r} must be an s3://bucket/prefix URI ({ENV_VARS[field]})")
+    return value.rstrip("/")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class EmrSettings(BaseModel):
+    """Where and how the emr deployment runs; built from FRUITS_* env vars by `from_env`."""
+
+    cluster_id: str | None = Field(default=None, description="EMR cluster (job flow) id, j-…; None at creation.")
+    region: str = Field(default=DEFAULT_REGION, description="AWS region of the cluster and buckets.")
+    staging_bucket: str = Field(description="Bucket for the step launcher's package, step refs and events.")
+    staging_prefix: str = Field(default="fruits/staging", description="Key prefix inside the staging bucket.")
+    package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3; None: deploy local code.")
+    output_uri: str = Field(description="s3:// base of the tables and models.")
+    image_root: str = Field(description="s3:// prefix with one folder of images per class.")
+    training_root: str | None = Field(default=None, description="s3:// prefix of labelled training images.")
+    weights_path: str = Field(default=NODE_WEIGHTS, description="Weights file on the nodes (see bootstrap-emr.sh).")
+    python: str = Field(default=EMR_PYTHON, description="Python of the driver and the workers on the nodes.")
+    engine: str = Field(default="onnx", description="CNN runtime on the nodes (FRUITS_ENGINE, sent to them).")
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in known_regions():
+            raise ValueError(f"region {value!r} is not an AWS region with EMR (FRUITS_EMR_REGION), e.g. eu-west-3")
+        return value
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _cluster_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"j-[0-9A-Z]{8,20}", value):
+            raise ValueError(f"cluster_id {value!r} is not an EMR cluster id like j-2AXXXXXXGAPLF")
+        return value
+
+    @field_validator("staging_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError(f"staging_bucket {value!r} is not an S3 bucket name (FRUITS_EMR_STAGING_BUCKET)")
+        return value
+
+    @field_validator("staging_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return value.strip("/") or "fruits/staging"
+
+    @field_validator("output_uri", "image_root", "training_root", "package_uri")
+    @classmethod
+    def _s3(cls, value: str | None, info) -> str | None:
+        return None if value is None else _s3_uri(value, info.field_name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, require_cluster: bool = True) -> EmrSettings:
+        """The emr fields of the project's settings (FRUITS_* variables, set explicitly: the local defaults do not
+        apply on EMR); every missing one is named in a single error."""
+        settings = settings or Settings.from_env()
+        chosen = settings.model_fields_set
+        values = {field: getattr(settings, source) for field, source in SOURCES.items() if source in chosen}
+        values.setdefault("region", os.environ.get("AWS_REGION") or DEFAULT_REGION)
+        values["engine"] = settings.engine
+        if require_cluster and "cluster_id" not in values:
+            values["cluster_id"] = cluster_id_on_node()
+        required = ["staging_bucket", "output_uri", "image_root"] + (["cluster_id"] if require_cluster else [])
+        missing = [ENV_VARS[field] for field in required if not values.get(field)]
+        if missing:
+            raise DeploymentError(f"{DEPLOYMENT_ENV}=emr needs {', '.join(missing)}: see README, 'Run on AWS EMR'")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise DeploymentError(f"invalid emr settings: {error}") from error
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, require_cluster: bool = True) -> EmrSettings:
+        """`from_settings` of the FRUITS_* variables in `env` (default: the process environment)."""
+        try:
+            return cls.from_settings(Settings.from_env(env), require_cluster)
+        except SettingsError as error:
+            raise DeploymentError(str(error)) from error
+
+    def staging_uri(self, *parts: str) -> str:
+        """s3:// URI under the staging prefix."""
+        return "/".join([f"s3://{self.staging_bucket}", self.staging_prefix, *parts])
+
+    def node_env(self) -> dict[str, str]:
+        """Env vars every node exports (spark-env): the remote step rebuilds these same Definitions from them."""
+        env = {
+            DEPLOYMENT_ENV: "emr",
+            "PYSPARK_PYTHON": self.python,
+            "PYSPARK_DRIVER_PYTHON": self.python,
+            "AWS_DEFAULT_REGION": self.region,
+            ENV_VARS["region"]: self.region,
+            ENV_VARS["staging_bucket"]: self.staging_bucket,
+            ENV_VARS["staging_prefix"]: self.staging_prefix,
+            ENV_VARS["output_uri"]: self.output_uri,
+            ENV_VARS["image_root"]: self.image_root,
+            "FRUITS_WEIGHTS": self.weights_path,  # on the nodes; a local FRUITS_WEIGHTS is never sent there
+            Settings.variable("engine"): self.engine,  # the nodes serve the CNN the same way
+        }
+        for field in ("package_uri", "training_root"):
+            if getattr(self, field):
+                env[ENV_VARS[field]] = getattr(self, field)
+        return env
+
+
+def cluster_id_on_node(info: Path = JOB_FLOW_INFO) -> str | None:
+    """On an EMR node, the id of its own cluster (from job-flow.json); elsewhere None."""
+    try:
+        return json.loads(info.read_text())["jobFlowId"]
+    except (OSError, ValueError, KeyError):
+        return None

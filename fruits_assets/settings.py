@@ -1,0 +1,105 @@
+"""Settings: every FRUITS_* environment variable, read and validated here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from spark_code.cnn import ENGINES, WEIGHTS_FILE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DEFAULT_IMAGE_ROOT = SHARED / "fruits-360" / "Test"
+DEFAULT_TRAINING_ROOT = SHARED / "fruits-360" / "Training"
+DEFAULT_OUTPUT = REPO_ROOT / "data"
+WORKSPACE_WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
+PREFIX = "FRUITS_"
+
+
+class SettingsError(ValueError):
+    """A FRUITS_* variable is invalid; the message names each variable, its value and the fix."""
+
+
+def _workspace_weights() -> str | None:
+    return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
+
+
+class Settings(BaseModel):
+    """The project's settings, one field per FRUITS_<FIELD> variable (unset or blank: the default)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    deployment: Literal["local", "emr"] = Field(default="local", description="Where Spark runs: local or emr.")
+    image_root: str = Field(default=str(DEFAULT_IMAGE_ROOT), description="Folder (or s3:// prefix) of class folders.")
+    training_root: str = Field(default=str(DEFAULT_TRAINING_ROOT), description="Labelled training photos.")
+    output_uri: str = Field(default=str(DEFAULT_OUTPUT), description="Where tables and models are written.")
+    weights: str | None = Field(
+        default_factory=_workspace_weights,
+        description=f"Keras weights file; default ../shared/weights/{WEIGHTS_FILE}, else Keras downloads them.",
+    )
+    batch_size: int = Field(default=16, gt=0, le=4096, description="Images per model call.")
+    image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
+    engine: Literal[ENGINES] = Field(default="onnx", description="CNN runtime: onnx or tensorflow.")
+    onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
+    events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
+    accuracy_floor: float = Field(default=0.95, ge=0.90, le=1.0, description="Least test accuracy the check accepts.")
+    spark_master: str = Field(default="local[*]", description="Spark master of the local deployment.")
+    driver_memory: str = Field(default="2g", pattern=r"^\d+[kmgt]?$", description="Spark driver memory, e.g. 4g.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="WARNING", description="`fruits` CLI.")
+    emr_cluster_id: str | None = Field(default=None, description="EMR cluster id (emr deployment).")
+    emr_region: str | None = Field(default=None, description="AWS region of the cluster and buckets.")
+    emr_staging_bucket: str | None = Field(default=None, description="Bucket for the step launcher's files.")
+    emr_staging_prefix: str | None = Field(default=None, description="Key prefix inside the staging bucket.")
+    emr_package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3 (else local code).")
+
+    @field_validator("deployment", "engine", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable of `field`."""
+        return PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from FRUITS_* variables of `env` (default: the process environment); blank means unset.
+        Every invalid variable is named in one SettingsError."""
+        env = os.environ if env is None else env
+        values = {
+            field: env[cls.variable(field)] for field in cls.model_fields if env.get(cls.variable(field), "").strip()
+        }
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise SettingsError(_explain(error, values)) from None
+
+    def emr_env(self) -> dict[str, str]:
+        """The FRUITS_* variables of the set EMR fields and the paths the emr deployment validates itself."""
+        fields = ("emr_cluster_id", "emr_region", "emr_staging_bucket", "emr_staging_prefix", "emr_package_uri")
+        values = {self.variable(f): getattr(self, f) for f in fields if getattr(self, f)}
+        return {**values, **{self.variable(f): getattr(self, f) for f in ("output_uri", "image_root", "training_root")}}
+
+
+def _explain(error: ValidationError, values: Mapping[str, str]) -> str:
+    """One line per invalid variable: its name, its value, what is wrong and what to do."""
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        name = Settings.variable(field)
+        described = Settings.model_fields[field].description if field in Settings.model_fields else ""
+        lines.append(
+            f"{name}={values.get(field)!r}: {problem['msg']} ({described} Fix or unset {name}; see README, "
+            "Configuration)"
+        )
+    return "invalid settings:\n  " + "\n  ".join(lines)

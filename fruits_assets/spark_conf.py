@@ -1,0 +1,51 @@
+"""Spark settings of the job: what every deployment shares, plus the local machine's and the EMR nodes' own."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fruits_assets.settings import Settings
+
+# The job's own needs, wherever it runs: Arrow UDFs, Python worker reuse (one CNN per worker), small image files
+# packed ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each), UTC timestamps, quiet TensorFlow.
+JOB_SPARK_CONF = {
+    "spark.python.worker.reuse": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    "spark.sql.files.openCostInBytes": "65536",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+# spark-submit settings (the launcher names each step's app) on m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN): two executors of 2 cores per node;
+# the CNN lives in the Python workers, outside the JVM heap, so the overhead is large.
+EMR_SPARK_CONF = {
+    **JOB_SPARK_CONF,
+    "spark.executor.cores": "2",
+    "spark.executor.memory": "3g",
+    "spark.executor.memoryOverhead": "2g",
+    "spark.driver.memory": "4g",
+}
+
+
+def local_spark_config(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
+    """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar.
+
+    PySpark started from Python takes the workers' interpreter from PYSPARK_PYTHON (default `python3` on PATH,
+    which is not the venv's when the venv is not activated), so it is pointed at this interpreter too.
+    """
+    settings = settings or Settings.from_env()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return {
+        **JOB_SPARK_CONF,
+        "spark.app.name": "fruits-features",
+        "spark.master": master or settings.spark_master,
+        "spark.driver.memory": settings.driver_memory,
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.shuffle.partitions": "8",
+        # List a local folder on the driver (about 1 s for 22,688 files) rather than with a Spark job.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
+        "spark.ui.showConsoleProgress": "false",
+    }

@@ -1,0 +1,24 @@
+"""Helpers the test modules share: materializing the feature graph, reading its metadata, a free port."""
+
+import socket
+
+from fruits_assets.checks import ALL_CHECKS
+from fruits_assets.definitions import FEATURE_ASSETS
+from fruits_assets.ingest import materialize_batch
+
+
+def materialize_features(resources: dict, instance=None, **kwargs):
+    """One new ingest batch through the four feature assets and their checks (kwargs go to materialize_batch)."""
+    return materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, **kwargs)
+
+
+def metadata_of(result, asset: str) -> dict:
+    """The plain metadata values of `asset`'s (first) materialization in an execution result."""
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
