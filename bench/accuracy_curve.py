@@ -15,7 +15,7 @@ def main() -> None:
     """Fit, time the curve, print the curve, the chosen k and the seconds."""
     from pyspark.ml.feature import StandardScalerModel
 
-    from spark_code import batches, io, reduce
+    from spark_code import batches, reduce, storage
     from spark_code import classifier as clf
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -27,9 +27,9 @@ def main() -> None:
     started = time.perf_counter()
     model = estimator.fit(scaled)
     fit_s = time.perf_counter() - started
-    ks = reduce.candidate_ks(estimator.fullExplainedVariance, 0.95)
-    scaler = io.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
-    training = io.read_table(spark, args.output, "training_features").select("path", "label", "features")
+    ks = reduce.candidate_ks(model.fullExplainedVariance, 0.95)
+    scaler = storage.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
+    training = storage.read_table(spark, args.output, "training_features").select("path", "label", "features")
     started = time.perf_counter()
     curve = clf.accuracy_curve(
         reduce.transform_arrays(scaler, training),

@@ -179,7 +179,7 @@ def run(base: str, accept: float) -> dict:
     result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
     estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
     full = estimator.fit(reduce.transform_arrays(scaler, test, "float64"))
-    curve = accuracy_by_k(train, test, scaler, estimator.fullExplainedVariance, full)
+    curve = accuracy_by_k(train, test, scaler, full.fullExplainedVariance, full)
     best = max(v["accuracy"] for v in curve.values())
     chosen = min(k for k, v in curve.items() if v["accuracy"] >= best - 0.003)
     result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}

@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -31,10 +30,11 @@ from fruits_assets.metadata import class_table, quarantine_table, variance_markd
 from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, reduce, snapshot, storage
+from spark_code import batches, lifecycle, reduce, snapshot, storage
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import LISTING_SCHEMA, list_root, listing_rows, require_images
+from spark_code.lifecycle import SavedModel
 
 GROUP = "fruits"
 
@@ -172,9 +172,6 @@ def current_features(tables: TableStore) -> tuple[DataFrame, str]:
     return features, models[0] if models else ""
 
 
-SCALER_JSON = "scaler.json"  # what the saved scaler was fitted on
-
-
 class ScalerConfig(Config):
     """Refit policy of the scaler: reuse the saved one (new images are scaled with it) unless `refit`, or unless it
     was fitted on features of other CNN settings."""
@@ -194,32 +191,32 @@ def scaled_features(
     precision: 5 KB per photo), one part per ingest batch: a run scales only the batches the saved scaler has
     not scaled yet. A refit (config, or features of other CNN settings) scales every batch again."""
     keys = tables.batches()
-    saved = None if config.refit else models.latest(StandardScalerModel, "scaled_features", SCALER_JSON)
-    done = set() if saved is None else models.derived_batches(saved[1]) & set(keys)
+    saved = models.latest(StandardScalerModel, "scaled_features")
+    done = set() if saved is None else models.derived_batches(saved.uri) & set(keys)
     todo = [key for key in keys if key not in done]
-    new = tables.parts("cnn_features", todo)
-    if saved is not None and new is not None:
-        fitted_on = json.loads(saved[2] or "{}").get("cnn_model")
-        if {row[0] for row in new.select(batches.MODEL_COLUMN).distinct().collect()} - {fitted_on}:
-            saved = None  # new features of other CNN settings: they cannot be scaled like the old ones
-    if saved is None:
+    verdict = lifecycle.decide(saved, _scaler_inputs(saved, tables.parts("cnn_features", todo)), refit=config.refit)
+    if verdict.refit:
         cnn_features, cnn_model = current_features(tables)
         model = reduce.fit_scaler(cnn_features, "features", "scaled_features")
-        model_uri = models.save(model, "scaled_features", extras={SCALER_JSON: json.dumps({"cnn_model": cnn_model})})
-        done, todo = set(), keys
-    else:
-        model, model_uri, _ = saved
-    context.log.info(
-        "scaler %s (%s): %d batch(es) to scale", model_uri, "refit" if saved is None else "reused", len(todo)
-    )
-    parts = {key: _scaled_part(model, tables.parts("cnn_features", [key])) for key in todo}
+        saved, done, todo = models.save(model, "scaled_features", {"cnn_model": cnn_model}), set(), keys
+    context.log.info("scaler %s (%s): %d batch(es) to scale", saved.uri, verdict.reason, len(todo))
+    parts = {key: _scaled_part(saved.model, tables.parts("cnn_features", [key])) for key in todo}
     metadata = {
-        "model_uri": MetadataValue.path(model_uri),
-        "refit": saved is None,
+        "model_uri": MetadataValue.path(saved.uri),
+        "refit": verdict.refit,
         "batches_scaled": len(todo),
         "batches": len(keys),
     }
-    return Output(batches.DerivedParts(parts, sorted(done), batches.manifest_uri(model_uri)), metadata=metadata)
+    return Output(batches.DerivedParts(parts, sorted(done), batches.manifest_uri(saved.uri)), metadata=metadata)
+
+
+def _scaler_inputs(saved: SavedModel | None, new: DataFrame | None) -> dict:
+    """What the new rows need of the scaler: features of the CNN settings it was fitted on (new rows of other
+    settings cannot be scaled like the old ones)."""
+    if saved is None or new is None:
+        return {}
+    found = sorted(row[0] for row in new.select(batches.MODEL_COLUMN).distinct().collect())
+    return {"cnn_model": found[0] if len(found) == 1 else found}
 
 
 def _scaled_part(model: StandardScalerModel, features: DataFrame) -> DataFrame:
@@ -258,23 +255,14 @@ class PcaConfig(Config):
     )
 
 
-def _saved_pca(config: PcaConfig, models: ModelStore, scaler_uri: str):
-    """The saved PCA, if it was fitted with the same k/target after the current scaler; else None."""
-    saved = None if config.refit else models.latest(PCAModel, "pca_features", "pca.json")
-    if saved is None:
-        return None
-    model, uri, extra = saved
-    fitted_with = json.loads(extra or "{}")
-    wanted = {
+def _pca_inputs(config: PcaConfig, scaler_uri: str) -> dict:
+    """What a PCA is fitted with and must still match to be reused: k or its target, and the scaler version."""
+    return {
         "k": config.k,
         "variance_target": config.variance_target,
         "accuracy_tolerance": config.accuracy_tolerance,
         "scaler": scaler_uri,
     }
-    found = {key: fitted_with.get(key) for key in wanted}
-    found["scaler"] = storage.version_name(found["scaler"])  # by version name: a copied or moved output still matches
-    wanted["scaler"] = storage.version_name(scaler_uri)
-    return (model, uri, fitted_with) if found == wanted else None
 
 
 MIN_DRIFT_ROWS = 100  # fewer new rows than this say too little about drift: the saved PCA projects them
@@ -300,21 +288,27 @@ def pca_features(
     """
     keys = tables.batches()
     scaler_uri = models.latest_uri("scaled_features")
-    saved = _saved_pca(config, models, scaler_uri)
-    done = set() if saved is None else models.derived_batches(saved[1]) & set(keys)
+    saved, wanted = models.latest(PCAModel, "pca_features"), _pca_inputs(config, scaler_uri)
+    verdict = lifecycle.decide(saved, wanted, refit=config.refit)
+    if verdict.refit:
+        saved = None  # asked, or settings or scaler changed: the saved PCA neither projects nor measures drift
+    done = set() if saved is None else models.derived_batches(saved.uri) & set(keys)
     todo = [key for key in keys if key not in done]
     drift = None if saved is None else _drift(saved, tables.parts("scaled_features", todo))
     refit_due = drift is not None and drift > config.max_drift
-    refit = saved is None or (refit_due and config.refit_on_drift)
+    if not verdict.refit:
+        policy = {"max_drift": config.max_drift, "refit_on_drift": config.refit_on_drift}
+        verdict = lifecycle.decide(saved, wanted, drift=drift, **policy)
+    refit = verdict.refit
     if refit:
         scaled = tables.require_current("scaled_features")
-        model, model_uri, fitted_with = _fit_pca(config, scaled, models, tables, scaler_uri, classifier)
-        done, todo = set(), keys
-    else:
-        model, model_uri, fitted_with = saved
+        saved, done, todo = _fit_pca(config, scaled, models, tables, scaler_uri, classifier), set(), keys
+    model, model_uri, fitted_with = saved.model, saved.uri, saved.fitted_with
     curve, accuracy = fitted_with["curve"], {int(k): a for k, a in fitted_with.get("accuracy_curve", {}).items()}
     k = model.getK()
-    context.log.info("PCA %s: k=%d, %s (drift %s), %d batch(es) to project", model_uri, k, refit, drift, len(todo))
+    context.log.info(
+        "PCA %s: k=%d, %s (drift %s), %d batch(es) to project", model_uri, k, verdict.reason, drift, len(todo)
+    )
     parts = {key: _pca_part(model, model_uri, tables.parts("scaled_features", [key])) for key in todo}
     metadata = {
         "k": k,
@@ -340,12 +334,12 @@ def pca_features(
     return Output(derived, metadata={key: value for key, value in metadata.items() if value is not None})
 
 
-def _drift(saved, new_rows: DataFrame | None) -> float | None:
+def _drift(saved: SavedModel, new_rows: DataFrame | None) -> float | None:
     """How much less of the new rows' variance the saved PCA explains than of the rows it was fitted on (None
     when there are fewer than MIN_DRIFT_ROWS new rows)."""
     if new_rows is None or new_rows.count() < MIN_DRIFT_ROWS:
         return None
-    return round(saved[2]["explained_variance"] - reduce.explained_share(saved[0], new_rows), 4)
+    return round(saved.fitted_with["explained_variance"] - reduce.explained_share(saved.model, new_rows), 4)
 
 
 def _pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
@@ -400,7 +394,7 @@ def _fit_pca(
     scaler_uri: str,
     classifier: ClassifierSettings,
 ):
-    """Fit the PCA once (all components), choose k, save it with what it was fitted with; (model, uri, fitted_with)."""
+    """Fit the PCA once (all components), choose k, save it with what it was fitted with."""
     estimator = reduce.VariancePCA(
         inputCol="scaled_features",
         outputCol="pca_features",
@@ -408,10 +402,10 @@ def _fit_pca(
         varianceTarget=config.variance_target or DEFAULT_VARIANCE,
     )
     model = estimator.fit(scaled_features)
-    curve = reduce.variance_curve(estimator.fullExplainedVariance)
+    curve = reduce.variance_curve(model.fullExplainedVariance)
     accuracy, choice, curve_on = {}, "fixed" if config.k else "variance", None
     if config.k is None and config.variance_target is None:
-        ks = reduce.candidate_ks(estimator.fullExplainedVariance, DEFAULT_VARIANCE)
+        ks = reduce.candidate_ks(model.fullExplainedVariance, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = _curve_rows(scaled_features, models, tables)
         # The curve only compares k values: at most 100 iterations per fit (the classifier itself uses max_iter).
         quick = dataclasses.replace(classifier.logistic(), max_iter=min(100, classifier.max_iter))
@@ -422,15 +416,11 @@ def _fit_pca(
                 "accuracy",
             )
     fitted_with = {
-        "k": config.k,
-        "variance_target": config.variance_target,
-        "accuracy_tolerance": config.accuracy_tolerance,
-        "scaler": scaler_uri,
+        **_pca_inputs(config, scaler_uri),
         "explained_variance": curve[model.getK() - 1],
         "curve": curve,
         "accuracy_curve": {str(k): a for k, a in accuracy.items()},
         "k_choice": choice,
         "accuracy_curve_on": curve_on,
     }
-    uri = models.save(model, "pca_features", extras={"pca.json": json.dumps(fitted_with)})
-    return model, uri, fitted_with
+    return models.save(model, "pca_features", fitted_with)

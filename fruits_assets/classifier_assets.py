@@ -28,10 +28,11 @@ from fruits_assets.io_managers import UNCHANGED
 from fruits_assets.metadata import latest_metadata
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, openset, storage
+from spark_code import batches, lifecycle, openset, storage
 from spark_code import classifier as clf
 from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
+from spark_code.lifecycle import SavedModel
 from spark_code.serving import CNN_SETTINGS
 
 QUARANTINE_ROWS_SHOWN = 100
@@ -128,12 +129,9 @@ def fruit_classifier(
     """
     training = tables.require_table("training_features")  # from storage: a run may have written none
     inputs = _classifier_inputs(tables, models, classifier, cnn)
-    saved = models.latest(PipelineModel, "fruit_classifier", FITTED_JSON)
-    record = json.loads(saved[2] or "{}") if saved else {}
-    if _portable(record.get("inputs")) == _portable(
-        inputs
-    ):  # same training rows, scaler, PCA and settings: the saved model stands
-        return _reuse_classifier(context, saved[0], saved[1], record, tables)
+    saved = models.latest(PipelineModel, "fruit_classifier")
+    if not lifecycle.decide(saved, {"inputs": inputs}).refit:  # same training rows, scaler, PCA and settings
+        return _reuse_classifier(context, saved, tables)
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
     cnn_features, _ = current_features(tables)  # every batch's current rows
@@ -157,14 +155,12 @@ def fruit_classifier(
     extras = {
         CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
         openset.OPENSET_JSON: rejection.to_json(),
-        FITTED_JSON: json.dumps(record),
     }
-    uri = models.save(model, "fruit_classifier", extras=extras)
+    uri = models.save(model, "fruit_classifier", record, extras=extras).uri
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())
     return MaterializeResult(metadata={**metadata, "retrained": True, "model_uri": MetadataValue.path(uri)})
 
 
-FITTED_JSON = "fitted_with.json"  # what the classifier was trained on, and its running evaluation
 RUNNING_JSON = "running.json"  # the running evaluation after later batches (rewritten beside the model)
 
 
@@ -180,13 +176,6 @@ def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: Class
     }
 
 
-def _portable(inputs: dict | None) -> dict | None:
-    """The inputs with versions by name, not URI: a copied or moved output still matches its saved classifier."""
-    if inputs is None:
-        return None
-    return {k: storage.version_name(v) if k in ("training_features", "scaler", "pca") else v for k, v in inputs.items()}
-
-
 def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:
     """The fit's inputs, the batches its evaluation covered, the hit counts, and its plain-number metadata."""
     numbers = {k: v for k, v in metadata.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
@@ -194,12 +183,12 @@ def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, 
     return {"inputs": inputs, "evaluated_batches": evaluated, "rows": evaluation.rows, "hits": hits, "fit": numbers}
 
 
-def _reuse_classifier(context, model, uri: str, record: dict, tables: TableStore) -> MaterializeResult:
+def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> MaterializeResult:
     """Keep the saved classifier; score only the batches its evaluation has not covered and add them to the
     running totals (accuracy over every evaluated row). The fit-time figures (macro-F1, open set, raw) are kept."""
-    spark = tables.pyspark.spark_session
+    spark, model, uri = tables.pyspark.spark_session, saved.model, saved.uri
     running = storage.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
-    record = json.loads(running) if running else record
+    record = json.loads(running) if running else saved.fitted_with
     new = [key for key in tables.batches() if key not in set(record["evaluated_batches"])]
     rows = storage.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
     batch_rows = batch_hits = 0

@@ -1,5 +1,6 @@
 """Resources: the image source, the CNN settings and the model store, all validated early."""
 
+import json
 import os
 from typing import Literal
 from urllib.parse import urlparse
@@ -8,11 +9,12 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDependenc
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
 
-from spark_code import batches, storage
+from spark_code import batches, lifecycle, storage
 from spark_code.classifier import LogisticSettings
 from spark_code.cnn import DRIVER_PAYLOADS, WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
 from spark_code.featurize import CnnFeaturizer
 from spark_code.images import ImageRootError
+from spark_code.lifecycle import SavedModel
 
 
 def _is_local(uri: str) -> bool:
@@ -121,9 +123,12 @@ class ModelStore(ConfigurableResource):
     base_uri: str = Field(description="Where fitted models are saved; env FRUITS_OUTPUT_URI + /models.")
     pyspark: ResourceDependency[PySparkResource]
 
-    def save(self, model, name: str, extras: dict[str, str] | None = None) -> str:
-        """Save `model` (and small text `extras` beside it) as a new committed version of `name`; return its URI."""
-        return storage.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=extras)
+    def save(self, model, name: str, fitted_with: dict, extras: dict[str, str] | None = None) -> SavedModel:
+        """Save `model` as a new committed version of `name`, with what it was fitted with (its sidecar JSON) and
+        small text `extras` beside it."""
+        sidecars = {**(extras or {}), lifecycle.FITTED_WITH[name]: json.dumps(fitted_with)}
+        uri = storage.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=sidecars)
+        return SavedModel(model, uri, fitted_with)
 
     def load(self, model_class, name: str):
         """Load the newest committed version of `name`."""
@@ -137,14 +142,15 @@ class ModelStore(ConfigurableResource):
         """The ingest batches whose part of a derived table the model version `uri` has made."""
         return batches.derived_batches(self.pyspark.spark_session, uri)
 
-    def latest(self, model_class, name: str, extra: str | None = None) -> tuple[object, str, str] | None:
-        """(model, version URI, text of its `extra` file or "") of the newest version of `name`; None if none."""
+    def latest(self, model_class, name: str) -> SavedModel | None:
+        """The newest committed version of `name` with what it was fitted with; None if there is none."""
         spark = self.pyspark.spark_session
         try:
             uri = storage.latest_uri(spark, self.base_uri, name)
         except storage.TableNotFoundError:
             return None
-        return model_class.load(uri), uri, storage.read_text(spark, f"{uri}/{extra}") if extra else ""
+        fitted_with = storage.read_text(spark, f"{uri}/{lifecycle.FITTED_WITH[name]}")
+        return SavedModel(model_class.load(uri), uri, json.loads(fitted_with or "{}"))
 
 
 class TableStore(ConfigurableResource):

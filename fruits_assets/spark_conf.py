@@ -18,8 +18,9 @@ JOB_SPARK_CONF = {
     "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
 }
 
-# spark-submit settings (the launcher names each step's app) on m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN): two executors of 2 cores per node;
-# the CNN lives in the Python workers, outside the JVM heap, so the overhead is large.
+# spark-submit settings on m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN; the launcher names each step's
+# app): two executors of 2 cores per node; the CNN lives in the Python workers, outside the JVM heap, so the
+# overhead is large.
 EMR_SPARK_CONF = {
     **JOB_SPARK_CONF,
     "spark.executor.cores": "2",

@@ -110,8 +110,9 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
     """PCA with a fixed `k`, or the smallest k reaching `varianceTarget`; `fit` returns a Spark `PCAModel`.
 
     One pass computes the covariance (NumPy per partition), one eigendecomposition gives every component; k is
-    read off the cumulative curve, no refitting. `fullExplainedVariance` and `fullComponents` hold, after `fit`,
-    every component's share of the variance (for the curve) and every component (to keep another k).
+    read off the cumulative curve, no refitting. The fitted model carries its fit result, as pyspark.ml models
+    carry their summary (in memory; not saved): `fullExplainedVariance`, every component's share of the variance
+    (for the curve), and `fullComponents`, every component (to keep another k).
     """
 
     k = Param(Params._dummy(), "k", "number of components (0: choose from varianceTarget)", TypeConverters.toInt)
@@ -126,19 +127,18 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
         super().__init__()
         self._setDefault(inputCol="features", outputCol="pca_features", k=0, varianceTarget=0.95)
         self._set(**self._input_kwargs)
-        self.fullExplainedVariance: np.ndarray | None = None
-        self.fullComponents: np.ndarray | None = None
 
     def _fit(self, dataset: DataFrame) -> PCAModel:
         input_col = self.getInputCol()
         data = as_arrays(dataset, input_col) if _is_vector(dataset, input_col) else dataset
         pc, explained = principal_components(*gram_stats(data, input_col))
-        self.fullExplainedVariance, self.fullComponents = explained, pc
         k = self.getOrDefault(self.k) or smallest_k(np.cumsum(explained), self.getOrDefault(self.varianceTarget))
         if k > len(explained):
             raise ValueError(f"k={k} is larger than the input dimension {len(explained)}")
         logger.info("PCA keeps k=%d of %d components (%.4f of the variance)", k, len(explained), explained[:k].sum())
-        return pca_model(pc[:, :k], explained[:k], input_col, self.getOutputCol())
+        model = pca_model(pc[:, :k], explained[:k], input_col, self.getOutputCol())
+        model.fullExplainedVariance, model.fullComponents = explained, pc
+        return model
 
 
 def _is_vector(df: DataFrame, column: str) -> bool:
