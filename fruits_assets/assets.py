@@ -32,9 +32,9 @@ from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, lifecycle, reduce, snapshot, storage
 from spark_code import classifier as clf
-from spark_code.featurize import featurize_listing
 from spark_code.images import LISTING_SCHEMA, list_root, listing_rows, require_images
 from spark_code.lifecycle import SavedModel
+from spark_code.triage import featurize_listing
 
 GROUP = "fruits"
 

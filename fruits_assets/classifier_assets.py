@@ -30,10 +30,10 @@ from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 from spark_code import batches, lifecycle, openset, storage
 from spark_code import classifier as clf
-from spark_code.featurize import featurize_listing
 from spark_code.images import list_images, require_images
 from spark_code.lifecycle import SavedModel
 from spark_code.serving import CNN_SETTINGS
+from spark_code.triage import featurize_listing
 
 QUARANTINE_ROWS_SHOWN = 100
 

@@ -11,10 +11,11 @@ from pydantic import Field, field_validator, model_validator
 
 from spark_code import batches, lifecycle, storage
 from spark_code.classifier import LogisticSettings
-from spark_code.cnn import DRIVER_PAYLOADS, WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
+from spark_code.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
 from spark_code.featurize import CnnFeaturizer
 from spark_code.images import ImageRootError
 from spark_code.lifecycle import SavedModel
+from spark_code.model_cache import DRIVER_PAYLOADS
 
 
 def _is_local(uri: str) -> bool:

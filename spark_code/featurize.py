@@ -1,4 +1,4 @@
-"""MobileNetV2 features in Spark: the model spec, weights broadcast once, a per-worker model cache, the UDF."""
+"""MobileNetV2 features in Spark: the pandas UDF and the CnnFeaturizer transformer, with their counters."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -14,26 +15,16 @@ from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code.cnn import DRIVER_PAYLOADS, CnnEngine, CnnSpec, Predict, WorkerModels, weights_fingerprint
+from spark_code.cnn import CnnEngine, CnnSpec, Predict, weights_fingerprint
 from spark_code.images import try_decode
+from spark_code.model_cache import BROADCASTS, WorkerModels
 
 logger = logging.getLogger(__name__)
 
 RESULT_TYPE = "struct<features: array<float>, error: string>"
-
-
-_DRIVER_BROADCASTS: dict[tuple, object] = {}
-
-
-def broadcast_model(spark: SparkSession, engine: CnnEngine, weights_path: str | None):
-    """Load the model payload once per driver (see `spark_code.cnn.model_payload`), broadcast once per SparkContext."""
-    key = (id(spark.sparkContext), *DRIVER_PAYLOADS.key(engine, weights_path))
-    if key not in _DRIVER_BROADCASTS:
-        _DRIVER_BROADCASTS[key] = spark.sparkContext.broadcast(DRIVER_PAYLOADS.get(engine, weights_path))
-    return _DRIVER_BROADCASTS[key]
 
 
 def featurize_contents(
@@ -73,11 +64,13 @@ class FeaturizeCounters:
     decode_s: object
     inference_s: object
 
+    created: ClassVar[list[FeaturizeCounters]] = []  # every set this driver process made (for process_totals)
+
     @classmethod
     def create(cls, sc) -> FeaturizeCounters:
         """New zeroed accumulators, also registered in this driver's process-wide totals."""
         counters = cls(*(sc.accumulator(0) for _ in range(3)), sc.accumulator(0.0), sc.accumulator(0.0))
-        _ALL_COUNTERS.append(counters)
+        cls.created.append(counters)
         return counters
 
     def values(self) -> dict[str, int]:
@@ -93,13 +86,10 @@ class FeaturizeCounters:
         return {"decode_s": round(self.decode_s.value, 2), "inference_s": round(self.inference_s.value, 2)}
 
 
-_ALL_COUNTERS: list[FeaturizeCounters] = []
-
-
 def process_totals() -> dict[str, int]:
     """Counts summed over every featurization this driver process ran (tests and the benchmark read them)."""
     totals = {"images_decoded": 0, "cnn_images": 0, "models_built": 0}
-    for counters in _ALL_COUNTERS:
+    for counters in FeaturizeCounters.created:
         for key, value in counters.values().items():
             totals[key] += value
     return totals
@@ -174,7 +164,7 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spark = dataset.sparkSession
         engine, path = self.cnn_engine(), self.weights_path()
-        payload_bc = broadcast_model(spark, engine, path)
+        payload_bc = BROADCASTS.get(spark, engine, path)
         self.counters = FeaturizeCounters.create(spark.sparkContext)
         fingerprint = weights_fingerprint(path)
         udf = make_udf(engine, fingerprint, payload_bc, self.getOrDefault(self.batchSize), self.counters)
@@ -185,54 +175,3 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
             .withColumn(self.getOrDefault(self.errorCol), F.col("_cnn.error"))
             .drop("_cnn", self.getInputCol())
         )
-
-
-@dataclass
-class Featurized:
-    """One featurization pass: features and quarantine rows, both served from a single cached CNN pass."""
-
-    features: DataFrame
-    quarantined: DataFrame
-    counters: FeaturizeCounters
-    _cached: DataFrame
-    _also_cached: tuple[DataFrame, ...] = ()
-
-    def release(self) -> None:
-        """Drop the cached CNN output (and any other cached input of the two tables) once both are written."""
-        for frame in (self._cached, *self._also_cached):
-            frame.unpersist()
-
-
-def target_partitions(images: int, parallelism: int, images_per_task: int = 2048) -> int:
-    """Enough tasks to keep every core busy, few enough that per-task overhead stays small."""
-    waves = max(1, -(-images // (parallelism * images_per_task)))
-    return parallelism * waves
-
-
-def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featurizer: CnnFeaturizer) -> Featurized:
-    """Featurize every listed file once; files with no class folder, empty, too large, not images, undecodable or
-    vanished become quarantine rows with their reason.
-
-    Both outputs keep the listing's identity columns (`path`, `label`, `length`, `modification_time`).
-    """
-    from functools import reduce
-
-    from pyspark import StorageLevel
-
-    from spark_code.images import LISTING_COLUMNS, VANISHED, attach_content, set_aside
-
-    keys = list(LISTING_COLUMNS)
-    usable, not_read = set_aside(listing)
-    count = usable.count()
-    images = attach_content(spark, usable, root)
-    images = images.coalesce(target_partitions(count, spark.sparkContext.defaultParallelism))
-    error_col = featurizer.getOrDefault(featurizer.errorCol)
-    result = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
-    features = result.filter(F.col(error_col).isNull()).select(*keys, featurizer.getOutputCol())
-    reasons = [
-        result.filter(F.col(error_col).isNotNull()).select(*keys, F.col(error_col).alias("reason")),
-        not_read,
-        usable.join(result.select("path"), "path", "left_anti").select(*keys, F.lit(VANISHED).alias("reason")),
-    ]
-    quarantined = reduce(DataFrame.unionByName, reasons)
-    return Featurized(features, quarantined, featurizer.counters, result)

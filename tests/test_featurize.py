@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import cnn, featurize, images
+from spark_code import cnn, images, triage
 from spark_code.cnn import CnnSpec, WeightsError
 from spark_code.featurize import CnnFeaturizer
 
@@ -95,14 +95,14 @@ def test_weights_of_another_model_are_rejected(tmp_path):
 
 
 def test_target_partitions_keep_cores_busy():
-    assert featurize.target_partitions(10, 2) == 2
-    assert featurize.target_partitions(22688, 2) == 12
-    assert featurize.target_partitions(0, 4) == 4
+    assert triage.target_partitions(10, 2) == 2
+    assert triage.target_partitions(22688, 2) == 12
+    assert triage.target_partitions(0, 4) == 4
 
 
 def test_featurize_listing_quarantines_every_bad_row(spark, sample_root, weights_path, expected_outcomes):
     listing = images.list_images(spark, str(sample_root))
-    run = featurize.featurize_listing(spark, listing, str(sample_root), CnnFeaturizer(weightsPath=weights_path))
+    run = triage.featurize_listing(spark, listing, str(sample_root), CnnFeaturizer(weightsPath=weights_path))
     try:
         quarantined = {r.path.split(str(sample_root) + "/", 1)[1]: r.reason for r in run.quarantined.collect()}
         featurized = {r.path.split(str(sample_root) + "/", 1)[1] for r in run.features.select("path").collect()}
