@@ -216,8 +216,9 @@ def s3_bucket(monkeypatch):
         yield url, client
 
 
-# The edit loop's fast subset, `pytest -m "not slow"`: no browser, no cluster, no moto server, no whole
-# materialization. The full suite (what CI runs) is plain `pytest`.
+# The edit loop's subsets: `pytest -m "not slow"` leaves out the browser, the cluster, the moto server and whole
+# materializations; `-m "not slow and not cnn"` also leaves out every test that builds the CNN (the fast subset, for
+# changes outside the model). The full suite (what CI runs) is plain `pytest`.
 SLOW_MODULES = {
     "test_ui",
     "test_cluster",
@@ -231,8 +232,11 @@ SLOW_FIXTURES = {"run", "grown", "saved", "materialized"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that drive a browser, a cluster, moto or a whole materialization as `slow`."""
+    """Mark the tests that drive a browser, a cluster, moto or a whole materialization as `slow`, and those that
+    build the CNN (they need the weights) as `cnn`."""
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        module, fixtures = item.module.__name__.rsplit(".", 1)[-1], set(getattr(item, "fixturenames", ()))
+        if module in SLOW_MODULES or SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "weights_path" in fixtures:
+            item.add_marker(pytest.mark.cnn)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import AssetKey, DagsterInstance, build_schedule_context, build_sensor_context
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_schedule_context, build_sensor_context
+from PIL import Image
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 
 from fruits_assets.automation import daily_refit, new_images
@@ -217,6 +218,27 @@ def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
     first_key = next(iter(grown["first_batch"]))
     for name in ("scaled_features", "pca_features"):  # the first batch's parts were not written again
         assert len(storage.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
+
+
+def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, weights_path, tmp_path, monkeypatch):
+    from fruits_assets import assets
+
+    root, output = tmp_path / "root", tmp_path / "out"
+    _seed(root, n=3)
+    _materialize(root, output, weights_path)
+    noise = np.random.default_rng(7).integers(0, 256, size=(2, 100, 100, 3), dtype=np.uint8)
+    for i, pixels in enumerate(noise):  # nothing like a fruit: the saved basis explains little of these rows
+        Image.fromarray(pixels).save(root / CLASSES[0] / f"noise-{i}.png")
+    monkeypatch.setattr(assets, "MIN_DRIFT_ROWS", 2)  # two rows are enough to measure on this tiny sample
+    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
+    strict = {"ops": {"pca_features": {"config": {"max_drift": 0.03}}}}
+    result, counts = _materialize(root, output, weights_path, strict)
+    pca = metadata_of(result, "pca_features")
+    assert result.success and counts["cnn_images"] == 2
+    assert pca["drift"] > 0.03 and pca["refit_due"] is True and pca["refit"] is False
+    assert (pca["rows_written"], storage.latest_uri(spark, f"{output}/models", "pca_features")) == (2, before)
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "pca_basis_fits_new_rows")
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN  # a warning: the run still succeeds
 
 
 def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
