@@ -57,15 +57,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
     emr = emr or EmrSettings.from_settings(settings)
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
     return {
-        STEP_LAUNCHER_KEY: EmrStepLauncher(
-            cluster_id=emr.cluster_id,
-            region_name=emr.region,
-            staging_bucket=emr.staging_bucket,
-            staging_prefix=emr.staging_prefix,
-            package_uri=emr.package_uri,
-            output_uri=emr.output_uri,
-            image_root=emr.image_root,
-        ),
+        STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr),
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=emr.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{emr.output_uri}/models", pyspark=pyspark),

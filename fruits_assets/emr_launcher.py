@@ -22,6 +22,16 @@ from fruits_assets.spark_conf import EMR_SPARK_CONF
 STEP_LAUNCHER_KEY = "pyspark_step_launcher"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fruits_assets", "spark_code")
+# EmrStepLauncher field -> the EmrSettings field it carries.
+LAUNCHER_FIELDS = {
+    "cluster_id": "cluster_id",
+    "region_name": "region",
+    "staging_bucket": "staging_bucket",
+    "staging_prefix": "staging_prefix",
+    "package_uri": "package_uri",
+    "output_uri": "output_uri",
+    "image_root": "image_root",
+}
 
 
 def copy_packages(target: Path) -> Path:
@@ -58,17 +68,14 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     wait_for_logs: bool = Field(default=False, description="Copy the step's driver logs back (adds minutes).")
     preflight: bool = Field(default=True, description="Check cluster and buckets when the run starts.")
 
+    @classmethod
+    def for_settings(cls, emr: EmrSettings) -> EmrStepLauncher:
+        """The launcher of these emr settings."""
+        return cls(**{field: getattr(emr, source) for field, source in LAUNCHER_FIELDS.items()})
+
     def settings(self) -> EmrSettings:
         """These fields as validated EmrSettings."""
-        return EmrSettings(
-            cluster_id=self.cluster_id,
-            region=self.region_name,
-            staging_bucket=self.staging_bucket,
-            staging_prefix=self.staging_prefix,
-            package_uri=self.package_uri,
-            output_uri=self.output_uri,
-            image_root=self.image_root,
-        )
+        return EmrSettings(**{source: getattr(self, field) for field, source in LAUNCHER_FIELDS.items()})
 
     def create_resource(self, context: InitResourceContext) -> StepLauncher:
         settings = self.settings()
