@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from dagster import LoggerDefinition, logger
+from dagster import AssetCheckSeverity, LoggerDefinition, logger
 
 OUR_LOGGERS = ("fruits_assets", "spark_code")
 QUIETER = {"py4j": logging.INFO, "matplotlib": logging.INFO}  # DEBUG per py4j call would swamp the log file
@@ -145,7 +145,8 @@ class StepLines(logging.Handler):
                 (materialization.asset_key.to_user_string(), materialization.metadata)
             )
         elif kind == "ASSET_CHECK_EVALUATION":
-            self.checks.setdefault(step, []).append((data.check_name, data.asset_key.to_user_string(), data.passed))
+            outcome = "passed" if data.passed else "WARNING" if _is_warning(data) else "FAILED"
+            self.checks.setdefault(step, []).append((data.check_name, data.asset_key.to_user_string(), outcome))
         elif kind == "STEP_SUCCESS":
             self._step_done(step, data.duration_ms / 1000)
         elif kind == "STEP_FAILURE":
@@ -155,10 +156,20 @@ class StepLines(logging.Handler):
         for asset, metadata in self.pending.pop(step, []):
             shown = figures(metadata)
             run_log.info("%s: done in %.1f s%s", asset, seconds, f" — {shown}" if shown else "")
-        for check, asset, passed in self.checks.pop(step, []):
-            (run_log.info if passed else run_log.warning)(
-                "check %s of %s: %s", check, asset, "passed" if passed else "FAILED"
-            )
+        for check, asset, outcome in self.checks.pop(step, []):
+            (run_log.info if outcome == "passed" else run_log.warning)("check %s of %s: %s", check, asset, outcome)
+
+
+def _is_warning(evaluation) -> bool:
+    """A check of WARN severity: its failure is reported, it does not fail the run."""
+    return evaluation.severity == AssetCheckSeverity.WARN
+
+
+def failed_checks(result) -> tuple[list[str], list[str]]:
+    """(failed checks that fail the run, failed checks of WARN severity) of an execution result."""
+    failing = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    warned = sorted(e.check_name for e in failing if _is_warning(e))
+    return sorted(e.check_name for e in failing if not _is_warning(e)), warned
 
 
 def loggers(asset_steps: frozenset[str] = frozenset()) -> dict[str, LoggerDefinition]:
@@ -185,7 +196,7 @@ def summary(result, output: str, log_path: Path, ui_command: str) -> list[str]:
         return getattr(metadata.get(asset, {}).get(key), "value", None)
 
     checks = result.get_asset_check_evaluations()
-    failed = sorted(e.check_name for e in checks if not e.passed)
+    failed, warned = failed_checks(result)
     lines = [f"run {result.run_id}: {'success' if result.success and not failed else 'FAILED'}"]
     lines.append(
         f"images: {value('raw_images', 'image_count')} taken in this batch, {value('cnn_features', 'featurized')} "
@@ -203,7 +214,9 @@ def summary(result, output: str, log_path: Path, ui_command: str) -> list[str]:
     if accuracy is not None:
         lines.append(f"classifier: accuracy {accuracy:.4f}, macro-F1 {macro_f1:.4f}")
     lines.append(
-        f"checks: {len(checks) - len(failed)}/{len(checks)} passed" + (f"; failed: {failed}" if failed else "")
+        f"checks: {len(checks) - len(failed) - len(warned)}/{len(checks)} passed"
+        + (f"; failed: {failed}" if failed else "")
+        + (f"; warnings: {warned} (see their descriptions in the UI)" if warned else "")
     )
     lines.append(f"output: {output}")
     lines.append(f"log: {log_path}")

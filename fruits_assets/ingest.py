@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("done in %s", progress.duration(time.monotonic() - started))
         for line in console.summary(result, output, log_path, ui_command(home)):
             logger.info(line)
-    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    failed, _ = console.failed_checks(result)  # a failed WARN check (drift) is reported, not a failure
     return 0 if result.success and not failed else 1
 
 

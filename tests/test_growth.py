@@ -221,7 +221,7 @@ def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
 
 
 def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, weights_path, tmp_path, monkeypatch):
-    from fruits_assets import assets
+    from fruits_assets import assets, console
 
     root, output = tmp_path / "root", tmp_path / "out"
     _seed(root, n=3)
@@ -239,6 +239,9 @@ def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, wei
     assert (pca["rows_written"], storage.latest_uri(spark, f"{output}/models", "pca_features")) == (2, before)
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "pca_basis_fits_new_rows")
     assert not check.passed and check.severity == AssetCheckSeverity.WARN  # a warning: the run still succeeds
+    assert console.failed_checks(result) == ([], ["pca_basis_fits_new_rows"])  # the main command exits 0
+    lines = console.summary(result, str(output), tmp_path / "log", "dagster dev")
+    assert lines[0].endswith(": success") and "warnings: ['pca_basis_fits_new_rows']" in " ".join(lines)
 
 
 def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
