@@ -6,8 +6,14 @@ folder, then measures, with the product's own code:
 - the held-out-classes protocol (`spark_code.openset.held_out_classes`: the classes at sorted positions 2, 7, 12, …
   are unknown) for each score, with the run's saved scaler and PCA, and again with a scaler and PCA refitted on the
   knowns' photos only (the unknown classes then reach no fitted part at all);
-- what the saved classifier answers for non-fruit images (matplotlib's sample images, flat colours, noise, text);
+- the saved classifier (its scaler, PCA and logistic regression) with the current open-set code: its accuracy, every
+  score fitted on the training photos and calibrated on the corpus's photos, and what it answers for non-fruit images
+  (matplotlib's sample images, flat colours, noise, text) by each score;
 - bytes per photo of each table.
+
+Corpus photos whose file name starts with `--exclude-prefix` (default `new_`: Training photos that
+`bench/incremental.py` links into the corpus as "new" photos) are left out of every measurement but the table sizes:
+they are training photos, so as knowns they would sit at distance 0 from the training bank.
 
     .venv/bin/python -m bench.openset --features-from data
 """
@@ -15,6 +21,7 @@ folder, then measures, with the product's own code:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io as bytes_io
 import json
 import os
@@ -105,17 +112,25 @@ def non_fruit_images() -> dict[str, bytes]:
     return images
 
 
-def classify_non_fruit(models: str) -> dict:
-    """What `fruits classify` answers for each non-fruit image, with the saved default decision."""
+def classify_non_fruit(models: str, rejection: openset.OpenSetModel) -> dict:
+    """What `fruits classify` answers for each non-fruit image with the saved pipeline and `rejection`: the default
+    decision's label, and each score's value and verdict at its calibrated threshold."""
     from spark_code.serving import FruitClassifier, latest_version, load_pipeline
 
-    engine = FruitClassifier(load_pipeline(latest_version(models)), Settings.from_env().weights)
+    pipeline = dataclasses.replace(load_pipeline(latest_version(models)), openset=rejection)
+    engine = FruitClassifier(pipeline, Settings.from_env().weights)
     answers = {}
     for name, data in non_fruit_images().items():
         prediction = engine.classify_bytes(data, name)
-        answers[name] = {"label": prediction.label, "score": round(prediction.score, 4), "top": prediction.top[0]}
+        features = engine.features(data, name).astype(np.float64)
+        verdicts = {}
+        for score in openset.SCORES:
+            value = float(pipeline.score(score, features)[0])
+            verdicts[score] = {"value": round(value, 4), "unknown": not rejection.decision_for(score).known(value)}
+        answers[name] = {"label": prediction.label, "top": prediction.top[0], "scores": verdicts}
+    rejected = {score: sum(a["scores"][score]["unknown"] for a in answers.values()) for score in openset.SCORES}
     print(json.dumps(answers), flush=True)
-    return {"decision": vars(engine.decision), "answers": answers}
+    return {"decision": vars(engine.decision), "rejected_of": len(answers), "rejected": rejected, "answers": answers}
 
 
 def _local(uri: str) -> Path:
@@ -138,45 +153,56 @@ def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
     return sizes
 
 
-def saved_classifier(spark: SparkSession, models: str, test) -> dict:
-    """The saved classifier's own figures on the corpus: default score, threshold, known photos accepted."""
+def saved_classifier(
+    spark: SparkSession, models: str, train, test, score: str, accept: float
+) -> tuple[dict, openset.OpenSetModel]:
+    """The saved classifier's figures on the corpus, with the current open-set code as the asset runs it: every score
+    fitted on the training photos and calibrated on the corpus's known-class photos, `score` the default."""
     from pyspark.ml import PipelineModel
 
     uri = storage.latest_uri(spark, models, "fruit_classifier")
-    model, rejection = (
-        PipelineModel.load(uri),
-        openset.OpenSetModel.from_json(storage.read_text(spark, f"{uri}/openset.json")),
-    )
-    scored = clf.collect_scores(model, rejection.scores, test)
+    model = PipelineModel.load(uri)
+    saved = openset.OpenSetModel.from_json(storage.read_text(spark, f"{uri}/openset.json"))
+    scores = clf.fit_feature_scores(model, train)
+    scored = clf.collect_scores(model, scores, test)
     known = np.isin(scored.labels, clf.class_labels(model))
     evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
+    rejection = openset.calibrated(score, {n: scored.values(n)[known] for n in openset.SCORES}, scores, accept)
     accepted = {
         name: round(float(rejection.decision_for(name).known(scored.values(name))[known].mean()), 4)
         for name in openset.SCORES
     }
-    return {
+    figures = {
         "uri": uri,
         "k": model.stages[1].getK() if isinstance(model.stages[1], PCAModel) else None,
         "accuracy": round(evaluation.accuracy, 4),
         "macro_f1": round(evaluation.macro_f1, 4),
+        "test_rows": evaluation.rows,
         "default_score": rejection.score,
+        "saved_default_score": saved.score,
         "thresholds": rejection.thresholds,
         "known_accepted": accepted,
     }
+    return figures, rejection
 
 
-def run(base: str, accept: float) -> dict:
+def run(base: str, accept: float, exclude_prefix: str = "new_") -> dict:
     """Every measurement on the tables under `base`."""
     spark, started, models = session(), time.perf_counter(), f"{base}/models"
-    test = batches.read_current(spark, base, "cnn_features").select("path", "label", "features").cache()
+    corpus = batches.read_current(spark, base, "cnn_features").select("path", "label", "features")
+    name = F.element_at(F.split("path", "/"), -1)
+    test = (corpus.filter(~name.startswith(exclude_prefix)) if exclude_prefix else corpus).cache()
     train = storage.read_table(spark, base, "training_features").select("path", "label", "features").cache()
-    print(f"{test.count()} corpus photos, {train.count()} training photos", flush=True)
+    excluded = corpus.count() - test.count()
+    print(f"{test.count()} corpus photos ({excluded} {exclude_prefix}* left out), {train.count()} training", flush=True)
     result = {"features_from": base, "accept_rate": accept, "tables": table_bytes(spark, base)}
-    result["saved_classifier"] = saved_classifier(spark, models, test)
+    result["excluded_corpus_photos"] = {"prefix": exclude_prefix, "photos": excluded}
     scaler = storage.load_model(spark, StandardScalerModel, models, "scaled_features")
     pca = storage.load_model(spark, PCAModel, models, "pca_features")
     result["protocol"] = protocol(train, test, scaler, pca, accept)
     result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
+    best_score = result["protocol"]["best"]  # what `unknown_score: auto` saves
+    result["saved_classifier"], rejection = saved_classifier(spark, models, train, test, best_score, accept)
     estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
     full = estimator.fit(reduce.transform_arrays(scaler, test, "float64"))
     curve = accuracy_by_k(train, test, scaler, full.fullExplainedVariance, full)
@@ -185,7 +211,7 @@ def run(base: str, accept: float) -> dict:
     result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}
     pca_json = storage.read_text(spark, f"{storage.latest_uri(spark, models, 'pca_features')}/pca.json")
     result["asset_accuracy_curve"] = json.loads(pca_json or "{}").get("accuracy_curve")
-    result["non_fruit"] = classify_non_fruit(models)
+    result["non_fruit"] = classify_non_fruit(models, rejection)
     result["seconds"] = round(time.perf_counter() - started, 1)
     spark.stop()
     return result
@@ -196,9 +222,15 @@ def main() -> None:
     parser.add_argument("--features-from", required=True, help="output folder of a finished run (FRUITS_OUTPUT_URI)")
     parser.add_argument("--accept", type=float, default=0.95, help="share of known photos accepted (default 0.95)")
     parser.add_argument("--json", default="bench/results/openset.json", help="where to write the results")
+    parser.add_argument(
+        "--exclude-prefix",
+        default="new_",
+        help="leave out corpus photos whose name starts with this (default new_: linked Training photos; '' keeps all)",
+    )
     args = parser.parse_args()
     base = os.path.abspath(args.features_from)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **run(base, args.accept)}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result = {"date": started, **run(base, args.accept, args.exclude_prefix)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({key: result[key] for key in ("protocol", "saved_classifier", "tables")}, indent=2))

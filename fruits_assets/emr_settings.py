@@ -16,7 +16,6 @@ from fruits_assets.settings import Settings, SettingsError
 from spark_code.cnn import WEIGHTS_FILE
 
 DEPLOYMENT_ENV = Settings.variable("deployment")
-DEPLOYMENTS = ("local", "emr")
 DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
 EMR_PYTHON = "/usr/bin/python3.11"  # EMR 7.x carries 3.9 (system default) and 3.11; the pins need >= 3.11.
 NODE_WEIGHTS = f"/mnt/fruits/weights/{WEIGHTS_FILE}"  # where bootstrap-emr.sh copies them

@@ -232,8 +232,8 @@ def score_rows(
                 continue
             x, p = np.stack(pdf["_x"].to_numpy()), np.stack(pdf["_p"].to_numpy())
             out = pdf[["path", "label", PREDICTED]].copy()
-            for name in openset.SCORES:
-                out[name] = scores.values(name, x, p)
+            for name, values in scores.all_values(x, p).items():
+                out[name] = values
             if decision is not None:
                 out[KNOWN] = pd.Series(decision.known(out[decision.score].to_numpy()), index=out.index, dtype=bool)
             yield out

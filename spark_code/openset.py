@@ -14,7 +14,9 @@ logger = logging.getLogger(__name__)
 MAHALANOBIS = "mahalanobis"
 MAX_PROBABILITY = "max_probability"
 KNN = "knn"
-SCORES = (KNN, MAHALANOBIS, MAX_PROBABILITY)
+KNN_PROBABILITY = "knn_probability"
+SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS, MAX_PROBABILITY)
+FEATURE_SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS)  # computed from the reduced features (and the probabilities)
 OPENSET_JSON = "openset.json"  # saved beside the classifier pipeline
 HELD_OUT_EVERY, HELD_OUT_OFFSET = 5, 2  # the protocol holds out the classes at sorted positions 2, 7, 12, … (~20 %)
 
@@ -126,10 +128,31 @@ class FeatureScores:
     knn: NearestNeighbourScore
 
     def values(self, score: str, pca: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-        """The named score of each row, in its own units (a probability, or a distance)."""
+        """The named score of each row, in its own units (a probability, or a distance).
+
+        `knn_probability` = the `knn` distance + (1 − the best class probability): the two scores' evidence added
+        with weight one each, no other setting. It needs the classifier's probabilities of the same rows.
+        """
         if score == MAX_PROBABILITY:
-            return np.asarray(probabilities).max(axis=1)
-        return (self.knn if score == KNN else self.mahalanobis).distances(pca)
+            return np.asarray(probabilities, dtype=np.float64).max(axis=1)
+        if score == KNN_PROBABILITY:
+            return self.knn.distances(pca) + 1.0 - _max_probability(probabilities, len(np.atleast_2d(pca)))
+        if score == KNN:
+            return self.knn.distances(pca)
+        if score == MAHALANOBIS:
+            return self.mahalanobis.distances(pca)
+        raise ValueError(f"score={score!r} must be one of {SCORES}")
+
+    def all_values(self, pca: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+        """Every score of `SCORES` for each row, the nearest-neighbour search done once."""
+        knn = self.knn.distances(pca)
+        best = _max_probability(probabilities, len(knn))
+        return {
+            KNN_PROBABILITY: knn + 1.0 - best,
+            KNN: knn,
+            MAHALANOBIS: self.mahalanobis.distances(pca),
+            MAX_PROBABILITY: best,
+        }
 
     def to_dict(self) -> dict:
         """Plain values, for JSON."""
@@ -139,6 +162,14 @@ class FeatureScores:
     def from_dict(cls, data: dict) -> FeatureScores:
         """The inverse of `to_dict`."""
         return cls(MahalanobisScore.from_dict(data[MAHALANOBIS]), NearestNeighbourScore.from_dict(data[KNN]))
+
+
+def _max_probability(probabilities: np.ndarray, rows: int) -> np.ndarray:
+    """The best class probability of each row; the probabilities must be given, one row per feature row."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != rows or p.shape[1] == 0:
+        raise ValueError(f"{KNN_PROBABILITY} needs the class probabilities of the {rows} rows, got shape {p.shape}")
+    return p.max(axis=1)
 
 
 def fit_feature_scores(features: np.ndarray, labels, shrinkage: float = 0.1) -> FeatureScores:
@@ -180,6 +211,8 @@ class OpenSetModel:
 
     def decision_for(self, score: str, threshold: float | None = None) -> Decision:
         """The decision by `score`, at its calibrated threshold unless `threshold` is given."""
+        if threshold is None and score in SCORES and score not in self.thresholds:
+            raise ValueError(f"score={score!r}: this classifier was saved before that score existed; retrain it")
         return Decision(score, self.thresholds[score] if threshold is None else threshold)
 
     def to_json(self) -> str:

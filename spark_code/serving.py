@@ -103,7 +103,7 @@ class ServingPipeline:
             return self.probabilities(features).max(axis=1)
         if self.openset is None:
             raise ValueError(f"score={name!r}: this classifier was saved without open-set scores; retrain it")
-        return self.openset.scores.values(name, self.project(features), np.zeros((len(features), 0)))
+        return self.openset.scores.values(name, self.project(features), self.probabilities(features))
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """Scaled then PCA-projected features, as Spark's StandardScalerModel and PCAModel compute them."""

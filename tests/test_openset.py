@@ -56,11 +56,18 @@ def test_knn_is_the_distance_to_the_nearest_training_photo_by_direction_and_leng
     assert (score.distances(30 * train_x[:5]) > 3).all()  # same direction, 30 times longer: far
 
 
-@pytest.mark.parametrize("name", [openset.KNN, openset.MAHALANOBIS])
+def _probabilities(is_known: np.ndarray) -> np.ndarray:
+    """A classifier's probabilities that are surer of known rows (0.9) than of unknown ones (0.4)."""
+    probabilities = np.full((len(is_known), 4), 0.1)
+    probabilities[:, 0] = np.where(is_known, 0.9, 0.4)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", [openset.KNN_PROBABILITY, openset.KNN, openset.MAHALANOBIS])
 def test_feature_scores_reject_unknown_classes(world, name):
     train_x, train_y, test_x, _, is_known = world
     scores = openset.fit_feature_scores(train_x, train_y)
-    values = scores.values(name, test_x, np.zeros((len(test_x), 0)))
+    values = scores.values(name, test_x, _probabilities(is_known))
     report = openset.report(name, values, is_known, 0.95)
     assert report.auroc >= 0.95 and report.rejected_at_accept >= 0.9
     decision = openset.calibrate(name, values[is_known], 0.95)
@@ -68,13 +75,39 @@ def test_feature_scores_reject_unknown_classes(world, name):
     assert decision.known(values[~is_known]).mean() < 0.1
 
 
+def test_knn_probability_adds_the_distance_and_the_missing_probability(world):
+    train_x, train_y, test_x, _, is_known = world
+    scores = openset.fit_feature_scores(train_x, train_y)
+    probabilities = _probabilities(is_known)
+    expected = scores.knn.distances(test_x) + 1 - probabilities.max(axis=1)
+    assert np.allclose(scores.values(openset.KNN_PROBABILITY, test_x, probabilities), expected)
+    every = scores.all_values(test_x, probabilities)
+    assert list(every) == list(openset.SCORES)
+    for name in openset.SCORES:
+        assert np.allclose(every[name], scores.values(name, test_x, probabilities))
+    with pytest.raises(ValueError, match="needs the class probabilities"):
+        scores.values(openset.KNN_PROBABILITY, test_x, np.zeros((len(test_x), 0)))
+
+
+def test_knn_probability_rejects_far_features_even_when_the_classifier_is_sure(world):
+    """A flat colour, noise or text projects far from every training photo (here: 30 times longer); the classifier
+    may still be sure of a class (probability 1), which must not buy it back."""
+    train_x, train_y, test_x, _, is_known = world
+    scores = openset.fit_feature_scores(train_x, train_y)
+    known = scores.values(openset.KNN_PROBABILITY, test_x[is_known], _probabilities(is_known[is_known]))
+    decision = openset.calibrate(openset.KNN_PROBABILITY, known, 0.95)
+    far = 30 * train_x[:5]
+    sure = np.zeros((len(far), 4))
+    sure[:, 0] = 1.0
+    assert not decision.known(scores.values(openset.KNN_PROBABILITY, far, sure)).any()
+
+
 def test_calibrated_model_round_trips_through_json(world):
     train_x, train_y, test_x, _, is_known = world
     scores = openset.fit_feature_scores(train_x, train_y)
-    probabilities = np.full((len(test_x), 4), 0.25)
-    probabilities[:, 0] = np.where(is_known, 0.9, 0.4)
+    probabilities = _probabilities(is_known)
     values = {n: scores.values(n, test_x, probabilities)[is_known] for n in openset.SCORES}
-    model = openset.calibrated(openset.KNN, values, scores, 0.95)
+    model = openset.calibrated(openset.KNN_PROBABILITY, values, scores, 0.95)
     loaded = openset.OpenSetModel.from_json(model.to_json())
     assert loaded.decision == model.decision and loaded.thresholds == model.thresholds
     assert np.array_equal(loaded.scores.knn.directions, model.scores.knn.directions)
@@ -84,6 +117,18 @@ def test_calibrated_model_round_trips_through_json(world):
     assert loaded.decision_for(openset.MAX_PROBABILITY).known(0.9) and not loaded.decision_for("max_probability").known(
         0.4
     )
+    combined = loaded.scores.values(openset.KNN_PROBABILITY, test_x, probabilities)
+    assert np.array_equal(loaded.decision.known(combined), model.decision.known(combined))
+
+
+def test_a_model_saved_before_a_score_existed_says_so():
+    scores = openset.fit_feature_scores(np.eye(4), ["a", "a", "b", "b"])
+    older = openset.OpenSetModel(openset.KNN, {openset.KNN: 0.5, openset.MAX_PROBABILITY: 0.5}, scores, 0.95)
+    loaded = openset.OpenSetModel.from_json(older.to_json())
+    assert loaded.decision == openset.Decision(openset.KNN, 0.5)
+    with pytest.raises(ValueError, match="saved before that score existed; retrain"):
+        loaded.decision_for(openset.KNN_PROBABILITY)
+    assert loaded.decision_for(openset.KNN_PROBABILITY, 1.2).known(1.0)  # a threshold given: usable
 
 
 def test_decisions_validate_their_settings():
@@ -105,3 +150,6 @@ def test_held_out_classes_are_a_fixed_fifth():
         openset.best([openset.ScoreReport("max_probability", 0.9, 0.5), openset.ScoreReport("knn", 0.9, 0.4)]).score
         == "knn"
     )
+    aurocs = dict(zip(openset.SCORES, [0.96, 0.95, 0.9, 0.93], strict=True))
+    reports = [openset.ScoreReport(name, auroc, 0.5) for name, auroc in aurocs.items()]
+    assert openset.best(reports).score == openset.KNN_PROBABILITY
