@@ -141,7 +141,7 @@ def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
     """Parquet bytes on disk, rows and bytes per photo of each table's current version(s)."""
     sizes = {}
     for name in TABLES:
-        uris = list(storage.partition_uris(spark, base, name).values()) if name in batches.BATCH_TABLES else []
+        uris = list(storage.partition_uris(spark, base, name).values())  # batch tables and their derived parts
         if not uris:
             try:
                 uris = [storage.latest_uri(spark, base, name)]

@@ -230,7 +230,7 @@ def _open_set_model(
     """The configured score (or, for `auto`, the protocol's best), calibrated on the corpus's known-class rows."""
     score = classifier.unknown_score
     if score == "auto":
-        score = openset.best(protocol.reports).score if protocol else openset.KNN
+        score = openset.best(protocol.reports).score if protocol else openset.KNN_PROBABILITY
     is_known = np.isin(scored.labels, known)
     values = {name: scored.values(name)[is_known] for name in openset.SCORES}
     return openset.calibrated(score, values, scores, classifier.known_accept_rate)

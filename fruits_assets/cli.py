@@ -32,7 +32,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--unknown-score",
         choices=SCORES,
         default=None,
-        help="score that decides `unknown` (default: the one saved with the classifier, knn)",
+        help="score that decides `unknown` (default: the one saved with the classifier, knn_probability)",
     )
     classify.add_argument(
         "--threshold",

@@ -217,9 +217,10 @@ class ClassifierSettings(ConfigurableResource):
     max_pca_accuracy_drop: float = Field(
         default=0.02, ge=0.0, le=1.0, description="Largest accuracy loss of PCA vs the raw 1280-d features."
     )
-    unknown_score: Literal["knn", "mahalanobis", "max_probability", "auto"] = Field(
-        default="knn",
-        description="Score that decides `unknown` (auto: the best AUROC of the held-out-classes protocol).",
+    unknown_score: Literal["knn_probability", "knn", "mahalanobis", "max_probability", "auto"] = Field(
+        default="knn_probability",
+        description="Score that decides `unknown` (knn_probability: distance to the nearest training photo plus "
+        "1 - the best class probability; auto: the best AUROC of the held-out-classes protocol).",
     )
     known_accept_rate: float = Field(
         default=0.95, ge=0.5, lt=1.0, description="Share of known-class test photos the unknown threshold accepts."

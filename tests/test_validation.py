@@ -45,7 +45,7 @@ def test_classifier_materialized_with_metrics_and_passing_checks(run):
 def test_classifier_metadata_reports_open_set_rejection(run):
     result, _, _ = run
     meta = metadata_of(result, "fruit_classifier")
-    assert meta["unknown_score"] == openset.KNN and meta["unknown_threshold"] > 0
+    assert meta["unknown_score"] == openset.KNN_PROBABILITY and meta["unknown_threshold"] > 0
     assert meta["known_accepted"] >= 0.9  # calibrated to accept 95 % of the corpus's known-class photos
     assert meta["openset_held_out_classes"] == 1  # of the sample's 3 training classes, "Cherry 1" is held out
     for score in openset.SCORES:
@@ -108,14 +108,14 @@ def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
 def test_classify_and_spark_path_agree_on_score_and_decision(saved, engine, spark, sample_root):
     model, pipeline, output = saved
     decision = pipeline.openset.decision
-    assert engine.decision == decision and decision.score == openset.KNN
+    assert engine.decision == decision and decision.score == openset.KNN_PROBABILITY
     features = batches.read_current(spark, output, "cnn_features")
     rows = {r.path: r for r in clf.score_rows(model, pipeline.openset.scores, features, decision).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.*")) if f"file:{p}" in rows]
     assert len(photos) >= 15
     for photo in photos:
         prediction, row = engine.classify(photo), rows[f"file:{photo}"]
-        assert prediction.score == pytest.approx(row[openset.KNN], rel=1e-3, abs=1e-4)
+        assert prediction.score == pytest.approx(row[decision.score], rel=1e-3, abs=1e-4)
         assert (prediction.label != "unknown") == row[clf.KNOWN]
         assert prediction.label in ("unknown", row[clf.PREDICTED])
     assert 0 < sum(row[clf.KNOWN] for row in rows.values()) < len(rows)  # some accepted, some rejected
@@ -157,7 +157,7 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
     )
     scores = clf.fit_feature_scores(model, train)
     scored = clf.collect_scores(model, scores, corpus)
-    rejection = openset.calibrated(openset.KNN, {n: scored.values(n) for n in openset.SCORES}, scores)
+    rejection = openset.calibrated(openset.KNN_PROBABILITY, {n: scored.values(n) for n in openset.SCORES}, scores)
     base = str(tmp_path_factory.mktemp("app_models"))
     uri = storage.save_model(spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()})
     held_back = [p for c in classes for p in first_images(fruits_dir / c, 9)[8:]]
@@ -166,7 +166,7 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
 
 def test_non_fruit_images_are_unknown(fruit_app):
     app, held_back = fruit_app
-    assert app.decision.score == openset.KNN
+    assert app.decision.score == openset.KNN_PROBABILITY  # the default
     for name, data in _synthetic_non_fruit().items():
         prediction = app.classify_bytes(data, name)
         assert prediction.label == "unknown", (name, prediction.score, app.decision)
