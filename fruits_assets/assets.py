@@ -216,6 +216,8 @@ def _scaler_inputs(saved: SavedModel | None, new: DataFrame | None) -> dict:
     if saved is None or new is None:
         return {}
     found = sorted(row[0] for row in new.select(batches.MODEL_COLUMN).distinct().collect())
+    if not found:  # an empty batch asks nothing of the scaler
+        return {}
     return {"cnn_model": found[0] if len(found) == 1 else found}
 
 

@@ -41,3 +41,7 @@ def test_drift_refits_only_when_the_policy_says_so():
     assert decide(saved, {"k": 4}, drift=0.2, max_drift=0.03, refit_on_drift=True).reason == "drift 0.2 > 0.03"
     assert not decide(saved, {"k": 4}, drift=0.01, max_drift=0.03, refit_on_drift=True).refit
     assert not decide(saved, {"k": 4}, drift=None, max_drift=0.03, refit_on_drift=True).refit
+
+
+def test_nothing_wanted_keeps_the_saved_model():
+    assert not decide(_saved(cnn_model="mobilenet_v2-224px-onnx"), {}).refit  # an empty batch: nothing to check
