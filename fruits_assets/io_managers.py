@@ -31,7 +31,7 @@ class SparkParquetIOManager(ConfigurableIOManager):
     base_uri: str = Field(description="Local folder or s3:// URI holding the tables; env FRUITS_OUTPUT_URI.")
     keep_versions: int = Field(default=2, ge=1, description="Committed versions kept per asset.")
     pyspark: ResourceDependency[PySparkResource]
-    _lock: run_lock.RunLock | None = PrivateAttr(default=None)
+    _lock: run_lock.RunLock | run_lock.S3RunLock | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         storage.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work

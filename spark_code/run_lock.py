@@ -1,4 +1,4 @@
-"""One run at a time per output folder: a lock file created atomically, taken over only from a dead process."""
+"""One run at a time per output: a lock file (or S3 object) created atomically, taken over only from a dead run."""
 
 from __future__ import annotations
 
@@ -57,18 +57,20 @@ def _alive(holder: dict) -> bool:
 
 
 def acquire(base_uri: str, owner: str) -> RunLock | None:
-    """Lock the local output folder `base_uri` for `owner` (a run id); None for object stores (not lockable here).
+    """Lock the output `base_uri` (a local folder, or an s3:// prefix) for `owner` (a run id).
 
     Re-entrant for the same owner. Raises OutputInUseError, naming the holder, when a live run holds it; a lock
-    left by a dead process on this host is taken over.
+    left by a dead process on this host is taken over (on S3, also one older than S3_STALE_AFTER_S).
     """
     parsed = urlparse(base_uri)
+    record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    if parsed.scheme == "s3":
+        return _acquire_s3(base_uri, record)
     if parsed.scheme not in ("", "file"):
-        logger.info("no run lock on %s: object stores are not locked (one run per output there)", base_uri)
+        logger.info("no run lock on %s: only local folders and s3:// are locked", base_uri)
         return None
     path = Path(parsed.path if parsed.scheme else base_uri) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -96,3 +98,64 @@ def _in_use(base_uri: str, holder: dict) -> str:
         f"{holder.get('host')}, since {since}): wait for that run to finish, or point FRUITS_OUTPUT_URI elsewhere. "
         "Nothing was written by this run."
     )
+
+
+S3_STALE_AFTER_S = 24 * 3600  # an S3 lock this old is taken over: its run (on another host) cannot be asked
+
+
+@dataclass(frozen=True)
+class S3RunLock:
+    """A lock held as an S3 object created with a conditional PUT (If-None-Match: *)."""
+
+    client: object
+    bucket: str
+    key: str
+    owner: str
+    created: bool  # False when re-entered: only the acquisition that created it releases it
+
+    def release(self) -> None:
+        """Delete the lock object if this acquisition created it and it is still ours."""
+        if self.created and (_read_s3(self.client, self.bucket, self.key) or {}).get("owner") == self.owner:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def _read_s3(client, bucket: str, key: str) -> dict | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    except ValueError:
+        return {}
+
+
+def _acquire_s3(base_uri: str, record: dict, client=None) -> S3RunLock:
+    """`acquire` for an s3:// output: S3's conditional PUT creates the lock object only if there is none."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    parsed = urlparse(base_uri)
+    bucket, key = parsed.netloc, "/".join(part for part in (parsed.path.strip("/"), LOCK_FILE) if part)
+    client = client or boto3.client("s3")
+    owner = record["owner"]
+    for _ in range(3):
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode(), IfNoneMatch="*")
+            return S3RunLock(client, bucket, key, owner, created=True)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+        holder = _read_s3(client, bucket, key)
+        if holder is None:
+            continue  # released meanwhile: try again
+        if holder.get("owner") == owner:
+            return S3RunLock(client, bucket, key, owner, created=False)
+        stale = time.time() - holder.get("since", 0) > S3_STALE_AFTER_S
+        if holder and _alive(holder) and not stale:
+            raise OutputInUseError(_in_use(base_uri, holder))
+        logger.warning("taking over the run lock of %s left by a run that is gone: %s", base_uri, holder)
+        client.delete_object(Bucket=bucket, Key=key)
+    raise OutputInUseError(f"could not lock {base_uri}: its run lock s3://{bucket}/{key} keeps changing hands")

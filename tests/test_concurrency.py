@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,30 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_pa
     assert _materialize(root, output, weights_path).success
 
 
-def test_the_same_owner_reenters_and_object_stores_are_not_locked(tmp_path):
+def test_the_same_owner_reenters_and_another_run_is_refused(tmp_path):
     lock = run_lock.acquire(str(tmp_path), "run-1")
     assert run_lock.acquire(str(tmp_path), "run-1") == lock
     with pytest.raises(run_lock.OutputInUseError, match="in use by run run-1"):
         run_lock.acquire(f"file:{tmp_path}", "run-2")
     lock.release()
-    assert run_lock.acquire("s3://bucket/out", "run-2") is None
+    assert run_lock.acquire(str(tmp_path), "run-2") is not None
+
+
+def test_an_s3_output_is_locked_with_a_conditional_put(s3_bucket):
+    _, client = s3_bucket
+    lock = run_lock.acquire("s3://fruits/out", "run-1")
+    key = "out/" + run_lock.LOCK_FILE
+    assert json.loads(client.get_object(Bucket="fruits", Key=key)["Body"].read())["owner"] == "run-1"
+    again = run_lock.acquire("s3://fruits/out/", "run-1")  # a step of the same run (e.g. on the cluster)
+    again.release()  # re-entered: releasing it leaves the run's lock in place
+    with pytest.raises(run_lock.OutputInUseError, match="in use by run run-1"):
+        run_lock.acquire("s3://fruits/out", "run-2")
+    lock.release()
+    assert "Contents" not in client.list_objects_v2(Bucket="fruits", Prefix=key)
+    stale = {"owner": "lost-run", "pid": 1, "host": "gone-host", "since": time.time() - run_lock.S3_STALE_AFTER_S - 60}
+    client.put_object(Bucket="fruits", Key=key, Body=json.dumps(stale).encode())
+    taken = run_lock.acquire("s3://fruits/out", "run-3")  # a day-old lock of a run on another host is taken over
+    assert taken.created and json.loads(client.get_object(Bucket="fruits", Key=key)["Body"].read())["owner"] == "run-3"
 
 
 def test_two_main_commands_started_together_lose_and_duplicate_nothing(spark, training_root, weights_path, tmp_path):
