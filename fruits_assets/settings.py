@@ -84,12 +84,6 @@ class Settings(BaseModel):
         except ValidationError as error:
             raise SettingsError(_explain(error, values)) from None
 
-    def emr_env(self) -> dict[str, str]:
-        """The FRUITS_* variables of the set EMR fields and the paths the emr deployment validates itself."""
-        fields = ("emr_cluster_id", "emr_region", "emr_staging_bucket", "emr_staging_prefix", "emr_package_uri")
-        values = {self.variable(f): getattr(self, f) for f in fields if getattr(self, f)}
-        return {**values, **{self.variable(f): getattr(self, f) for f in ("output_uri", "image_root", "training_root")}}
-
 
 def _explain(error: ValidationError, values: Mapping[str, str]) -> str:
     """One line per invalid variable: its name, its value, what is wrong and what to do."""
