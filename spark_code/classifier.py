@@ -15,7 +15,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from spark_code import logistic, openset
+from spark_code import logistic, openset, reduce
 from spark_code.reduce import as_vectors
 
 logger = logging.getLogger(__name__)
@@ -142,13 +142,14 @@ def split_per_class(labelled: DataFrame, per_class: int = 40) -> tuple[DataFrame
 def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
     driver, in path order: the same arrays whatever the partitioning."""
-    labelled = as_vectors(rows.filter(F.col("label").isNotNull()), pca.getInputCol())
-    ranked = labelled.withColumn(
+    labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
+    projected = reduce.transform_arrays(pca, labelled).select(
+        "path", "label", F.slice(pca.getOutputCol(), 1, k).alias("x")
+    )
+    ranked = projected.withColumn(
         "_rank", F.row_number().over(Window.partitionBy("label").orderBy(F.xxhash64("path"), "path"))
     )
-    kept = pca.transform(ranked.filter(F.col("_rank") <= per_class))
-    head = F.slice(vector_to_array(pca.getOutputCol(), "float32"), 1, k).alias("x")
-    table = kept.select("path", "label", head).orderBy("path").toPandas()
+    table = ranked.filter(F.col("_rank") <= per_class).drop("_rank").toPandas().sort_values("path", ignore_index=True)
     x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))
     return x, table["label"].to_numpy()
 

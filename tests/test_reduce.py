@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
+from pyspark.sql import functions as F
 
 from spark_code import reduce, storage
 from spark_code.classifier import LogisticSettings, accuracy_curve, split_per_class
@@ -47,6 +48,33 @@ def test_fit_projects_like_spark_pca(synthetic):
     signs = np.sign((ours * theirs).sum(axis=0))  # principal axes are defined up to sign
     assert np.allclose(ours, theirs * signs, atol=1e-6)
     assert np.allclose(model.explainedVariance.toArray(), refit.explainedVariance.toArray())
+
+
+@pytest.mark.parametrize("with_mean", [True, False])
+def test_arrays_transform_equals_the_models_own_transform(spark, synthetic, with_mean):
+    """The Arrow/NumPy application gives Spark's numbers: a constant column scales to 0, a null row stays null."""
+    from pyspark.ml.feature import StandardScaler
+
+    constant = synthetic.withColumn("features", F.concat("features", F.array(F.lit(4.0))))
+    vectors = reduce.as_vectors(constant, "features")
+    scaler = StandardScaler(inputCol="features", outputCol="scaled", withMean=with_mean, withStd=True).fit(vectors)
+    pca = PCA(k=4, inputCol="features", outputCol="pca").fit(vectors)
+    for model, column in ((scaler, "scaled"), (pca, "pca")):
+        ours = {r.path: r[column] for r in reduce.transform_arrays(model, constant, dtype="float64").collect()}
+        theirs = {r.path: r[column].toArray() for r in model.transform(vectors).collect()}
+        assert ours.keys() == theirs.keys()
+        assert all(np.allclose(ours[p], theirs[p], rtol=1e-12, atol=1e-12) for p in ours)
+    assert all(r.scaled[-1] == 0.0 for r in reduce.transform_arrays(scaler, constant).collect())
+    with_null = spark.createDataFrame([("a", None), ("b", [1.0] * 13)], "path string, features array<double>")
+    rows = {r.path: r.pca for r in reduce.transform_arrays(pca, with_null).collect()}
+    assert rows["a"] is None and len(rows["b"]) == 4
+
+
+def test_arrays_transform_names_a_wrong_width(spark, synthetic):
+    pca = reduce.VariancePCA(inputCol="features", outputCol="pca", k=2).fit(synthetic)
+    narrow = spark.createDataFrame([("a", [1.0, 2.0])], "path string, features array<double>")
+    with pytest.raises(Exception, match="features: 2 values per row, the model expects 12"):
+        reduce.transform_arrays(pca, narrow).collect()
 
 
 def test_fixed_k(synthetic):
