@@ -1,4 +1,5 @@
-"""`bench.run --incremental`: a full run, ~1 % new photos and a second run, then 1 photo and a third (fixed cost)."""
+"""`bench.run --incremental`: a full run, new photos (~1 %, or --new-photos N) and a second run, then nothing new and a
+third (the fixed cost of a run)."""
 
 import logging
 import os
@@ -12,10 +13,11 @@ logger = logging.getLogger("bench")
 NEW_PHOTOS = SHARED / "fruits-360" / "Training"
 
 
-def add_new_photos(root: Path, share: float, total: int, prefix: str = "new_") -> int:
-    """Link about `share` × `total` Training photos into the root's class folders (names prefixed `prefix`)."""
-    selection = stratified(NEW_PHOTOS, max(1, round(share * total)))
-    if share * total < 1:
+def add_new_photos(root: Path, count: int, prefix: str = "new_") -> int:
+    """Link about `count` Training photos (exactly one if `count` is 1) into the root's class folders, spread over
+    the classes (names prefixed `prefix`)."""
+    selection = stratified(NEW_PHOTOS, max(1, count))
+    if count <= 1:
         label = sorted(selection)[0]
         selection = {label: selection[label][:1]}
     added = 0
@@ -33,16 +35,19 @@ def cnn_seconds(side: dict) -> float:
     return side["steps_s"].get("cnn_features", 0.0)
 
 
-def run_incremental(selection: dict, tmp: Path, weights: str, env: dict, share: float = 0.01) -> dict:
-    """The main command as a user runs it (all assets and checks) on the selection, then again with `share`
-    new photos, then again with nothing new; all on the same output and Dagster instance."""
+def run_incremental(
+    selection: dict, tmp: Path, weights: str, env: dict, share: float = 0.01, new_photos: int | None = None
+) -> dict:
+    """The main command as a user runs it (all assets and checks) on the selection, then again with `new_photos`
+    new photos (default: `share` of the corpus), then again with nothing new; all on the same output and Dagster
+    instance."""
     root = link_tree(selection, tmp / "images")
     warm_cache(selection)
     env = {**env, "FRUITS_IMAGE_ROOT": str(root), "FRUITS_OUTPUT_URI": str(tmp / "out"), "FRUITS_WEIGHTS": weights}
     home = tmp / "dagster_home"
     logger.info("full run (main command) on %s", root)
     full = main_command.run(env, home)
-    added = add_new_photos(root, share, full["raw"])
+    added = add_new_photos(root, round(share * full["raw"]) if new_photos is None else new_photos)
     logger.info("added %d new photos; main command again", added)
     incremental = main_command.run(env, home)
     logger.info("nothing new; main command again")
@@ -52,6 +57,7 @@ def run_incremental(selection: dict, tmp: Path, weights: str, env: dict, share: 
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cores": os.cpu_count(),
         "command": "python -m fruits_assets (every asset and check)",
+        "engine": env.get("FRUITS_ENGINE", "onnx"),
         "added": added,
         "full": full,
         "incremental": incremental,

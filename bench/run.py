@@ -113,10 +113,10 @@ def main_incremental(args, selection: dict, env: dict) -> None:
 
     if args.workdir:  # kept afterwards: e.g. `python -m bench.openset --features-from <workdir>/out`
         args.workdir.mkdir(parents=True, exist_ok=False)
-        result = incremental.run_incremental(selection, args.workdir, args.weights, env)
+        result = incremental.run_incremental(selection, args.workdir, args.weights, env, new_photos=args.new_photos)
     else:
         with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
-            result = incremental.run_incremental(selection, Path(tmp), args.weights, env)
+            result = incremental.run_incremental(selection, Path(tmp), args.weights, env, new_photos=args.new_photos)
     out = write_json(result, args.json, "incremental")
     print(incremental.report(result))
     print(f"JSON: {out}")
@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--weights", default=Settings.from_env().weights or str(DEFAULT_WEIGHTS))
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
+    parser.add_argument(
+        "--new-photos", type=int, default=None, help="--incremental: how many new photos (default: 1%% of the corpus)"
+    )
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
     parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
     parser.add_argument("--scale", type=int, nargs="+", default=None, help="corpus sizes N: time one batch at each")
