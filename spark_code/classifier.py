@@ -143,13 +143,12 @@ def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[
     """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
     driver, in path order: the same arrays whatever the partitioning."""
     labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
-    projected = reduce.transform_arrays(pca, labelled).select(
-        "path", "label", F.slice(pca.getOutputCol(), 1, k).alias("x")
-    )
-    ranked = projected.withColumn(
+    ranked = labelled.withColumn(
         "_rank", F.row_number().over(Window.partitionBy("label").orderBy(F.xxhash64("path"), "path"))
     )
-    table = ranked.filter(F.col("_rank") <= per_class).drop("_rank").toPandas().sort_values("path", ignore_index=True)
+    kept = reduce.transform_arrays(pca, ranked.filter(F.col("_rank") <= per_class))  # project only the kept rows
+    head = F.slice(pca.getOutputCol(), 1, k).alias("x")
+    table = kept.select("path", "label", head).toPandas().sort_values("path", ignore_index=True)
     x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))
     return x, table["label"].to_numpy()
 
