@@ -51,7 +51,7 @@ def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype
     batch rather than one JVM matrix-vector product per row (the accuracy curve's projections took half the time).
     """
     shift, scale, matrix = _affine(model)
-    dimension = len(shift) if shift is not None else len(scale) if scale is not None else matrix.shape[0]
+    dimension = len(scale) if matrix is None else matrix.shape[0]
     element = FloatType() if dtype == "float32" else DoubleType()
     column = model.getInputCol()  # the closure must not hold the model (it is not picklable)
 
@@ -75,15 +75,13 @@ def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype
 
 def _affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(shift, scale, matrix) with model.transform(x) = ((x − shift) · scale) @ matrix, None meaning identity:
-    Spark's StandardScalerModel (a zero std scales to 0) and PCAModel (no centering) arithmetic."""
+    Spark's StandardScalerModel (a zero std scales to 0; always a scale) and PCAModel (no centering) arithmetic."""
     if isinstance(model, PCAModel):
         return None, None, model.pc.toArray()
     if isinstance(model, StandardScalerModel):
         std = model.std.toArray()
         shift = model.mean.toArray() if model.getWithMean() else None
-        scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0) if model.getWithStd() else None
-        if shift is None and scale is None:
-            scale = np.ones_like(std)
+        scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0) if model.getWithStd() else np.ones_like(std)
         return shift, scale, None
     raise TypeError(f"transform_arrays applies a StandardScalerModel or a PCAModel, not {type(model).__name__}")
 
