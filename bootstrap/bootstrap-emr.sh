@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # EMR bootstrap action (every node): the project's pinned packages for python3.11 (never pyspark), and the weights.
 #
-# Usage (set by bootstrap/emr_cluster.py): bootstrap-emr.sh s3://<staging bucket>/<prefix>/bootstrap <weights file name>
-# That folder holds requirements-emr.txt, requirements-emr-nodeps.txt and weights/<weights file>.
+# Usage (set by bootstrap/emr_cluster.py):
+#   bootstrap-emr.sh s3://<staging bucket>/<prefix>/bootstrap <weights file name> [python] [node folder]
+# That S3 folder holds requirements-emr.txt, requirements-emr-nodeps.txt, constraints-emr.txt (the launching venv's
+# exact versions) and weights/<weights file>. python defaults to /usr/bin/python3.11, the node folder to /mnt.
+# Runs before EMR installs Spark ("bootstrap actions run before Amazon EMR installs the applications"): nothing here
+# may import pyspark, or anything that imports it (dagster_pyspark does).
 # Idempotent: re-running it installs nothing new and copies nothing already there.
 set -euo pipefail
 
-ARTIFACTS="${1:?usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap WEIGHTS_FILE_NAME}"
-PYTHON="${FRUITS_PYTHON:-/usr/bin/python3.11}"
-WEIGHTS_NAME="${2:?usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap WEIGHTS_FILE_NAME}"
-WEIGHTS_DIR="/mnt/fruits/weights"
+usage="usage: bootstrap-emr.sh s3://bucket/prefix/bootstrap WEIGHTS_FILE_NAME [PYTHON] [NODE_DIR]"
+ARTIFACTS="${1:?$usage}"
+WEIGHTS_NAME="${2:?$usage}"
+PYTHON="${3:-/usr/bin/python3.11}"
+NODE_DIR="${4:-/mnt}"
+WEIGHTS_DIR="$NODE_DIR/fruits/weights"
+JOB_FLOW="$NODE_DIR/var/lib/info/job-flow.json"
 WORK="$(mktemp -d /tmp/fruits-bootstrap.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -28,17 +35,28 @@ ensure_python() {
 }
 
 install_packages() {
+  local constraints=()
   aws s3 cp --quiet "$ARTIFACTS/requirements-emr.txt" "$WORK/"
   aws s3 cp --quiet "$ARTIFACTS/requirements-emr-nodeps.txt" "$WORK/"
-  log "pip install -r requirements-emr.txt"
-  sudo "$PYTHON" -m pip install --quiet --disable-pip-version-check -r "$WORK/requirements-emr.txt"
+  if aws s3 cp --quiet "$ARTIFACTS/constraints-emr.txt" "$WORK/" 2>/dev/null; then
+    constraints=(-c "$WORK/constraints-emr.txt")  # every transitive version as in the launching venv
+  fi
+  log "pip install -r requirements-emr.txt ${constraints[*]:+(versions as in the launching venv)}"
+  sudo "$PYTHON" -m pip install --quiet --disable-pip-version-check -r "$WORK/requirements-emr.txt" "${constraints[@]}"
   log "pip install --no-deps -r requirements-emr-nodeps.txt"
   sudo "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps -r "$WORK/requirements-emr-nodeps.txt"
   if "$PYTHON" -m pip show --quiet pyspark >/dev/null 2>&1; then
     log "ERROR: a pip pyspark is installed for $PYTHON; it would shadow EMR's Spark. Remove it: pip uninstall pyspark"
     exit 1
   fi
-  "$PYTHON" -c "import dagster, dagster_aws, dagster_pyspark, tensorflow, onnxruntime, tf2onnx, pillow_heif, PIL, pyarrow; print('imports ok')"
+  # Import what can be imported before Spark exists; dagster-pyspark imports pyspark, so it is only looked up.
+  "$PYTHON" - <<'PY'
+import importlib.metadata
+import dagster, dagster_aws, tensorflow, onnxruntime, tf2onnx, pillow_heif, PIL, pyarrow  # noqa: F401
+for name in ("dagster-pyspark", "dagster-spark"):
+    importlib.metadata.version(name)  # installed (--no-deps), imported once spark-submit provides pyspark
+print("imports ok")
+PY
 }
 
 copy_weights() {
@@ -57,8 +75,26 @@ copy_weights() {
   chmod a+r "$target"
 }
 
-log "start (artifacts: $ARTIFACTS)"
+record_node() {
+  # What this node runs, for the launching side's preflight: its Python and every installed version.
+  local cluster
+  cluster="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobFlowId"])' "$JOB_FLOW" 2>/dev/null || true)"
+  if [ -z "$cluster" ]; then
+    log "no cluster id in $JOB_FLOW: node record skipped"
+    return
+  fi
+  "$PYTHON" - "$WORK/node.json" <<'PY'
+import importlib.metadata, json, platform, sys
+packages = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
+json.dump({"python": platform.python_version(), "packages": packages}, open(sys.argv[1], "w"), sort_keys=True)
+PY
+  aws s3 cp --quiet "$WORK/node.json" "$ARTIFACTS/clusters/$cluster/node.json"
+  log "recorded this node in $ARTIFACTS/clusters/$cluster/node.json"
+}
+
+log "start (artifacts: $ARTIFACTS, python: $PYTHON, node folder: $NODE_DIR)"
 ensure_python
 install_packages
 copy_weights
+record_node
 log "done"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from string import Template
 
 import boto3
+from botocore.exceptions import WaiterError
 
 from fruits_assets.emr_launcher import PACKAGE_ROOT, PACKAGES
 from fruits_assets.emr_settings import EmrSettings, split_s3_uri
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 RELEASE = "emr-7.13.0"  # newest EMR 7.x (2026-04-21): Spark 3.5, Python 3.9 + 3.11
 BOOTSTRAP_FILES = ("bootstrap-emr.sh", "requirements-emr.txt", "requirements-emr-nodeps.txt")
+CONSTRAINTS = "constraints-emr.txt"  # generated from the launching venv at upload: the nodes get its exact versions
+NOT_FOR_NODES = {"pyspark", "py4j", "fruits-features"}  # EMR's own Spark; the project travels as the step's zip
 
 # Cluster-wide spark-defaults: the job's settings plus YARN-friendly defaults for a small m5.xlarge cluster.
 SPARK_DEFAULTS = {
@@ -32,6 +36,10 @@ SPARK_DEFAULTS = {
     "spark.dynamicAllocation.enabled": "true",
     "spark.sql.shuffle.partitions": "64",
 }
+
+
+class ClusterFailedError(RuntimeError):
+    """The cluster ended before it was ready (e.g. a bootstrap action failed); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def job_flow_request(settings: EmrSettings, spec: ClusterSpec | None = None) -> 
                 "Name": "fruits-bootstrap",
                 "ScriptBootstrapAction": {
                     "Path": f"{bootstrap_uri(settings)}/bootstrap-emr.sh",
-                    "Args": [bootstrap_uri(settings), WEIGHTS_FILE],
+                    "Args": [bootstrap_uri(settings), WEIGHTS_FILE, settings.python, settings.node_dir],
                 },
             }
         ],
@@ -123,9 +131,19 @@ def create_cluster(emr_client, request: dict) -> str:
     return cluster_id
 
 
-def wait_until_ready(emr_client, cluster_id: str) -> None:
-    """Block until the cluster is RUNNING or WAITING (bootstrap done)."""
-    emr_client.get_waiter("cluster_running").wait(ClusterId=cluster_id, WaiterConfig={"Delay": 30, "MaxAttempts": 60})
+def wait_until_ready(emr_client, cluster_id: str, delay_s: float = 30, timeout_s: float = 1800) -> None:
+    """Block until the cluster is RUNNING or WAITING (bootstrap done); fail if it terminates instead."""
+    delay = max(1, round(delay_s))
+    config = {"Delay": delay, "MaxAttempts": max(1, int(timeout_s // delay))}
+    try:
+        emr_client.get_waiter("cluster_running").wait(ClusterId=cluster_id, WaiterConfig=config)
+    except WaiterError as error:
+        status = emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+        reason = (status.get("StateChangeReason") or {}).get("Message") or "no reason given"
+        raise ClusterFailedError(
+            f"cluster {cluster_id} is {status['State']}: {reason} (bootstrap logs: the cluster's LogUri, "
+            "node/<instance>/bootstrap-actions/)"
+        ) from error
 
 
 def terminate(emr_client, cluster_id: str) -> None:
@@ -134,14 +152,26 @@ def terminate(emr_client, cluster_id: str) -> None:
     logger.info("cluster %s terminating", cluster_id)
 
 
+def constraints() -> str:
+    """`name==version` of every package of this (the launching) venv but pyspark and the project itself."""
+    pins = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"] and dist.metadata["Name"].lower().replace("_", "-") not in NOT_FOR_NODES
+    }
+    return "\n".join(sorted(pins, key=str.lower)) + "\n"
+
+
 def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path) -> list[str]:
-    """Upload the bootstrap script, its requirements and the Keras weights; return their URIs."""
+    """Upload the bootstrap script, its requirements, the launching venv's constraints and the Keras weights;
+    return their URIs."""
     bucket, prefix = split_s3_uri(bootstrap_uri(settings))
     files = [(HERE / name, f"{prefix}/{name}") for name in BOOTSTRAP_FILES]
     files.append((weights, f"{prefix}/weights/{WEIGHTS_FILE}"))
     for path, key in files:
         s3_client.upload_file(str(path), bucket, key)
-    return [f"s3://{bucket}/{key}" for _, key in files]
+    s3_client.put_object(Bucket=bucket, Key=f"{prefix}/{CONSTRAINTS}", Body=constraints().encode())
+    return [f"s3://{bucket}/{key}" for _, key in files] + [f"s3://{bucket}/{prefix}/{CONSTRAINTS}"]
 
 
 def build_package(zip_path: Path) -> Path:
@@ -233,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         emr = session.client("emr")
         cluster_id = create_cluster(emr, job_flow_request(settings, _spec(args)))
         if args.wait:
-            wait_until_ready(emr, cluster_id)
+            try:
+                wait_until_ready(emr, cluster_id, delay_s=settings.poll_seconds)
+            except ClusterFailedError as error:
+                logger.error("%s", error)
+                return 1
         print(cluster_id)
     elif args.command == "policy":
         print(json.dumps(render_iam_policy(settings, args.account_id), indent=2))

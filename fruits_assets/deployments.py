@@ -57,13 +57,17 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
     emr = emr or EmrSettings.from_settings(settings)
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
     return {
-        STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr),
+        STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr, on_node=settings.emr_node),
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=emr.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{emr.output_uri}/models", pyspark=pyspark),
         "tables": TableStore(base_uri=emr.output_uri, pyspark=pyspark),
-        "image_source": ImageSource(root=emr.image_root, state_uri=f"{emr.output_uri}/_sensor/new_images"),
-        "cnn": ClusterCnnResource(weights_path=emr.weights_path, **_cnn_fields(settings)),
+        "image_source": ImageSource(
+            root=emr.image_root,
+            state_uri=f"{emr.output_uri}/_sensor/new_images",
+            events_queue=settings.events_queue,
+        ),
+        "cnn": ClusterCnnResource(weights_path=emr.weights_path, on_node=settings.emr_node, **_cnn_fields(settings)),
         "training_source": ImageSource(root=emr.training_root or settings.training_root),
         "classifier": ClassifierSettings(accuracy_floor=settings.accuracy_floor),
     }

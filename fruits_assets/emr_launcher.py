@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+from botocore.exceptions import ClientError
 from dagster import AssetChecksDefinition, InitResourceContext, StepLauncher
 from dagster._config.pythonic_config import ConfigurableResourceFactory  # public in the docs, not re-exported
+from dagster._core.execution.plan.external_step import step_context_to_step_run_ref
+from dagster_aws.emr.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from fruits_assets.emr_settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings, cluster_id_on_node
+from fruits_assets.emr_settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.preflight import preflight
 from fruits_assets.resources import CnnResource
 from fruits_assets.spark_conf import EMR_SPARK_CONF
@@ -22,6 +27,7 @@ from fruits_assets.spark_conf import EMR_SPARK_CONF
 STEP_LAUNCHER_KEY = "pyspark_step_launcher"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fruits_assets", "spark_code")
+STDERR_TAIL_LINES = 40
 # EmrStepLauncher field -> the EmrSettings field it carries.
 LAUNCHER_FIELDS = {
     "cluster_id": "cluster_id",
@@ -31,7 +37,13 @@ LAUNCHER_FIELDS = {
     "package_uri": "package_uri",
     "output_uri": "output_uri",
     "image_root": "image_root",
+    "python": "python",
+    "poll_seconds": "poll_seconds",
 }
+
+
+class EmrStepError(RuntimeError):
+    """An EMR step ended without running its Dagster step to the end; the message says why and where its logs are."""
 
 
 def copy_packages(target: Path) -> Path:
@@ -42,20 +54,88 @@ def copy_packages(target: Path) -> Path:
 
 
 class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
-    """dagster-aws's EMR launcher, zipping only fruits_assets + spark_code (never the venv) for each step."""
+    """dagster-aws's EMR launcher, zipping only fruits_assets + spark_code (never the venv) for each step, polling
+    every `poll_seconds`, cancelling its EMR step when the run stops first, and naming why a step failed."""
+
+    def __init__(self, *args, poll_seconds: float = 15.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.poll_seconds = poll_seconds
 
     def launch_step(self, step_context) -> Iterator:
-        """Stage a clean copy of the code as the job package, then launch the step as dagster-aws does."""
-        if not self.deploy_local_job_package:
-            yield from super().launch_step(step_context)
-            return
+        """Stage the code and the step, submit it, relay its events; cancel it if the run is stopped meanwhile."""
+        run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
         with tempfile.TemporaryDirectory(prefix="fruits-emr-package-") as folder:
-            self.local_job_package_path = str(copy_packages(Path(folder)))
-            yield from super().launch_step(step_context)
+            if self.deploy_local_job_package:
+                self.local_job_package_path = str(copy_packages(Path(folder)))
+            step_run_ref = step_context_to_step_run_ref(step_context, self.local_job_package_path)
+            self._post_artifacts(step_context.log, step_run_ref, run_id, step_key)
+        step_def = self._get_emr_step_def(run_id, step_key, step_context.op.name)
+        step_id = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [step_def])[0]
+        ended = False
+        try:
+            yield from self.wait_for_completion_and_log(run_id, step_key, step_id, step_context)
+            ended = True
+        except EmrError as error:
+            ended = True
+            raise EmrStepError(self.explain_failure(step_id)) from error
+        finally:
+            if not ended:  # the run was interrupted or failed here: the step must not run on alone
+                self.cancel(step_context.log, step_id)
+
+    def wait_for_completion(self, step_context, s3, run_id, step_key, emr_step_id, check_interval=None):
+        """dagster-aws's wait loop, polling every `poll_seconds` (its default is 15 s)."""
+        yield from super().wait_for_completion(
+            step_context, s3, run_id, step_key, emr_step_id, check_interval=self.poll_seconds
+        )
+
+    def cancel(self, log, step_id: str) -> None:
+        """Ask EMR to cancel the step (CancelSteps); a refusal is logged, never raised over the run's own error."""
+        try:
+            answer = self.emr_job_runner.make_emr_client().cancel_steps(
+                ClusterId=self.cluster_id, StepIds=[step_id], StepCancellationOption="SEND_INTERRUPT"
+            )
+            log.warning(f"cancelled EMR step {step_id}: {answer.get('CancelStepsInfoList')}")
+        except ClientError as error:
+            log.error(f"could not cancel EMR step {step_id} on {self.cluster_id}: {error}")
+
+    def explain_failure(self, step_id: str) -> str:
+        """Why the step failed: its state, the cluster's, and the tail of its stderr (or where EMR will put it)."""
+        runner = self.emr_job_runner
+        step = runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]
+        cluster = runner.describe_cluster(self.cluster_id)["Cluster"]["Status"]
+        lines = [f"EMR step {step_id} on {self.cluster_id}: {step['State']} {_reason(step)}".rstrip()]
+        if cluster["State"].startswith("TERMINAT"):
+            lines.append(
+                f"cluster {self.cluster_id} is {cluster['State']} {_reason(cluster)}: start a new one "
+                "(bootstrap/emr_cluster.py create) and set FRUITS_EMR_CLUSTER_ID".replace("  ", " ")
+            )
+        bucket, prefix = runner.log_location_for_cluster(self.cluster_id)
+        key = f"{prefix}{self.cluster_id}/steps/{step_id}/stderr.gz"
+        tail = _log_tail(boto3.client("s3", region_name=self.region_name), bucket, key)
+        if tail is None:
+            lines.append(f"its stderr is not on S3 yet; EMR copies it to s3://{bucket}/{key} within minutes")
+        else:
+            lines.append(f"last lines of its stderr (s3://{bucket}/{key}):\n{tail}")
+        return "\n".join(lines)
+
+
+def _reason(status: dict) -> str:
+    message = (status.get("StateChangeReason") or {}).get("Message")
+    return f"({message})" if message else ""
+
+
+def _log_tail(s3, bucket: str, key: str, lines: int = STDERR_TAIL_LINES) -> str | None:
+    """The last `lines` lines of a gzipped log on S3, or None while it is not there."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError:
+        return None
+    text = gzip.decompress(body).decode("utf-8", "replace")
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
-    """Runs each Spark step on an EMR cluster with spark-submit; checks cluster and buckets first."""
+    """Runs each Spark step on an EMR cluster with spark-submit; checks cluster, buckets and Python first."""
 
     cluster_id: str = Field(description="EMR cluster id; env FRUITS_EMR_CLUSTER_ID.")
     region_name: str = Field(default=DEFAULT_REGION, description="AWS region; env FRUITS_EMR_REGION.")
@@ -64,14 +144,17 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3; None deploys local code.")
     output_uri: str = Field(description="s3:// base of tables and models (checked before the run).")
     image_root: str = Field(description="s3:// image root (checked before the run).")
+    python: str = Field(default="/usr/bin/python3.11", description="The nodes' Python; env FRUITS_EMR_PYTHON.")
+    poll_seconds: float = Field(default=15.0, description="Seconds between step polls; env FRUITS_EMR_POLL_SECONDS.")
     spark_config: dict[str, str] = Field(default_factory=lambda: dict(EMR_SPARK_CONF))
     wait_for_logs: bool = Field(default=False, description="Copy the step's driver logs back (adds minutes).")
-    preflight: bool = Field(default=True, description="Check cluster and buckets when the run starts.")
+    preflight: bool = Field(default=True, description="Check cluster, buckets and Python when the run starts.")
 
     @classmethod
-    def for_settings(cls, emr: EmrSettings) -> EmrStepLauncher:
-        """The launcher of these emr settings."""
-        return cls(**{field: getattr(emr, source) for field, source in LAUNCHER_FIELDS.items()})
+    def for_settings(cls, emr: EmrSettings, on_node: bool = False) -> EmrStepLauncher:
+        """The launcher of these emr settings (no preflight on a node: the launching process did it)."""
+        fields = {field: getattr(emr, source) for field, source in LAUNCHER_FIELDS.items()}
+        return cls(**fields, preflight=not on_node)
 
     def settings(self) -> EmrSettings:
         """These fields as validated EmrSettings."""
@@ -79,7 +162,7 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
 
     def create_resource(self, context: InitResourceContext) -> StepLauncher:
         settings = self.settings()
-        if self.preflight and cluster_id_on_node() is None:  # on the cluster, the plan process already checked
+        if self.preflight:
             preflight(settings)
         return FruitsEmrStepLauncher(
             region_name=settings.region,
@@ -92,6 +175,7 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
             local_job_package_path=str(PACKAGE_ROOT),
             deploy_local_job_package=settings.package_uri is None,
             s3_job_package_path=settings.package_uri,
+            poll_seconds=settings.poll_seconds,
         )
 
 
@@ -114,9 +198,11 @@ class ClusterPySparkResource(PySparkResource):
 class ClusterCnnResource(CnnResource):
     """CnnResource whose weights file is checked on the cluster nodes (where the bootstrap put it), not locally."""
 
+    on_node: bool = Field(default=False, description="Whether this process runs on an EMR node (FRUITS_EMR_NODE).")
+
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Check the weights file only when running on an EMR node."""
-        if cluster_id_on_node() is not None:
+        if self.on_node:
             super().setup_for_execution(context)
 
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from urllib.parse import urlparse
 
 import boto3
 from pydantic import BaseModel, Field, field_validator
 
 from fruits_assets.settings import Settings, SettingsError
 from spark_code.cnn import WEIGHTS_FILE
+from spark_code.s3a import is_s3, split
 
 DEPLOYMENT_ENV = Settings.variable("deployment")
 DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
-EMR_PYTHON = "/usr/bin/python3.11"  # EMR 7.x carries 3.9 (system default) and 3.11; the pins need >= 3.11.
-NODE_WEIGHTS = f"/mnt/fruits/weights/{WEIGHTS_FILE}"  # where bootstrap-emr.sh copies them
-JOB_FLOW_INFO = Path("/mnt/var/lib/info/job-flow.json")  # present on every EMR node; holds the cluster id
+NODE_WEIGHTS = "fruits/weights"  # under the node folder (FRUITS_EMR_NODE_DIR): where bootstrap-emr.sh copies them
+JOB_FLOW_INFO = "var/lib/info/job-flow.json"  # under the node folder, on every EMR node: holds the cluster id
 
 # EmrSettings field -> the Settings field (and so the FRUITS_* variable) it comes from.
 SOURCES = {
@@ -31,6 +28,9 @@ SOURCES = {
     "output_uri": "output_uri",
     "image_root": "image_root",
     "training_root": "training_root",
+    "python": "emr_python",
+    "node_dir": "emr_node_dir",
+    "poll_seconds": "emr_poll_seconds",
 }
 ENV_VARS = {field: Settings.variable(source) for field, source in SOURCES.items()}
 
@@ -53,16 +53,14 @@ def known_regions() -> list[str]:
 
 
 def _s3_uri(value: str, field: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"{field} {value!r} must be an s3://bucket/prefix URI ({ENV_VARS[field]})")
+    if not is_s3(value):
+        raise ValueError(f"{field} {value!r} must be an s3://bucket/prefix (or s3a://) URI ({ENV_VARS[field]})")
     return value.rstrip("/")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of an s3:// URI."""
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    """(bucket, key) of an s3:// or s3a:// URI."""
+    return split(uri)
 
 
 class EmrSettings(BaseModel):
@@ -76,9 +74,9 @@ class EmrSettings(BaseModel):
     output_uri: str = Field(description="s3:// base of the tables and models.")
     image_root: str = Field(description="s3:// prefix with one folder of images per class.")
     training_root: str | None = Field(default=None, description="s3:// prefix of labelled training images.")
-    weights_path: str = Field(default=NODE_WEIGHTS, description="Weights file on the nodes (see bootstrap-emr.sh).")
-    python: str = Field(default=EMR_PYTHON, description="Python of the driver and the workers on the nodes.")
-    engine: str = Field(default="onnx", description="CNN runtime on the nodes (FRUITS_ENGINE, sent to them).")
+    python: str = Field(default="/usr/bin/python3.11", description="Python of the driver and workers on the nodes.")
+    node_dir: str = Field(default="/mnt", description="The nodes' folder of weights and job-flow.json.")
+    poll_seconds: float = Field(default=15.0, description="Seconds between two polls of a running step.")
 
     @field_validator("region")
     @classmethod
@@ -119,9 +117,7 @@ class EmrSettings(BaseModel):
         chosen = settings.model_fields_set
         values = {field: getattr(settings, source) for field, source in SOURCES.items() if source in chosen}
         values.setdefault("region", os.environ.get("AWS_REGION") or DEFAULT_REGION)
-        values["engine"] = settings.engine
-        if require_cluster and "cluster_id" not in values:
-            values["cluster_id"] = cluster_id_on_node()
+        values |= {field: getattr(settings, SOURCES[field]) for field in ("python", "node_dir", "poll_seconds")}
         required = ["staging_bucket", "output_uri", "image_root"] + (["cluster_id"] if require_cluster else [])
         missing = [ENV_VARS[field] for field in required if not values.get(field)]
         if missing:
@@ -143,30 +139,23 @@ class EmrSettings(BaseModel):
         """s3:// URI under the staging prefix."""
         return "/".join([f"s3://{self.staging_bucket}", self.staging_prefix, *parts])
 
+    @property
+    def weights_path(self) -> str:
+        """The Keras weights file on the nodes, where bootstrap-emr.sh copies it."""
+        return f"{self.node_dir.rstrip('/')}/{NODE_WEIGHTS}/{WEIGHTS_FILE}"
+
+    @property
+    def python_version(self) -> str | None:
+        """The nodes' Python as `3.11`, when their interpreter's name says it (EMR's /usr/bin/python3.11)."""
+        match = re.search(r"python(\d+\.\d+)$", self.python)
+        return match.group(1) if match else None
+
     def node_env(self) -> dict[str, str]:
-        """Env vars every node exports (spark-env): the remote step rebuilds these same Definitions from them."""
-        env = {
-            DEPLOYMENT_ENV: "emr",
+        """What every node exports (spark-env): its Python for the driver and the workers, the region, and that it is
+        a node. The steps' FRUITS_* settings travel with each step (fruits_assets.emr_run), not here."""
+        return {
             "PYSPARK_PYTHON": self.python,
             "PYSPARK_DRIVER_PYTHON": self.python,
             "AWS_DEFAULT_REGION": self.region,
-            ENV_VARS["region"]: self.region,
-            ENV_VARS["staging_bucket"]: self.staging_bucket,
-            ENV_VARS["staging_prefix"]: self.staging_prefix,
-            ENV_VARS["output_uri"]: self.output_uri,
-            ENV_VARS["image_root"]: self.image_root,
-            "FRUITS_WEIGHTS": self.weights_path,  # on the nodes; a local FRUITS_WEIGHTS is never sent there
-            Settings.variable("engine"): self.engine,  # the nodes serve the CNN the same way
+            Settings.variable("emr_node"): "true",
         }
-        for field in ("package_uri", "training_root"):
-            if getattr(self, field):
-                env[ENV_VARS[field]] = getattr(self, field)
-        return env
-
-
-def cluster_id_on_node(info: Path = JOB_FLOW_INFO) -> str | None:
-    """On an EMR node, the id of its own cluster (from job-flow.json); elsewhere None."""
-    try:
-        return json.loads(info.read_text())["jobFlowId"]
-    except (OSError, ValueError, KeyError):
-        return None

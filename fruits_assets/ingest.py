@@ -39,6 +39,29 @@ def materialize_batch(assets, resources: dict, instance=None, key: str | None = 
     )
 
 
+def _add_batch(instance, key: str) -> str:
+    instance.add_dynamic_partitions(ingest_batches.name, [key])
+    return key
+
+
+def _run_locally(settings, instance, key: str, args: argparse.Namespace):
+    """The main command's run on this machine: (execution result, output folder)."""
+    from fruits_assets.definitions import ASSETS, CHECKS
+    from fruits_assets.deployments import resources_for
+
+    resources = resources_for(settings)
+    result = materialize_batch(
+        [*ASSETS, *CHECKS],
+        resources,
+        instance,
+        key,
+        console.loggers(frozenset(a.op.name for a in ASSETS)),
+        run_config=_run_config(args),
+        raise_on_error=False,
+    )
+    return result, resources["io_manager"].base_uri
+
+
 def _run_config(args: argparse.Namespace) -> dict:
     ops = {}
     if args.full_refresh:
@@ -73,21 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with console.terminal(log_path, args.verbose):
         logger.info("batch %s: every asset, recorded in %s; details in %s", key, home, log_path)
-        from fruits_assets.definitions import ASSETS, CHECKS
-        from fruits_assets.deployments import resources_for
+        from fruits_assets.settings import Settings
 
-        resources = resources_for()
+        settings = Settings.from_env()
         with instance_at(home) as instance:
-            result = materialize_batch(
-                [*ASSETS, *CHECKS],
-                resources,
-                instance,
-                key,
-                console.loggers(frozenset(a.op.name for a in ASSETS)),
-                run_config=_run_config(args),
-                raise_on_error=False,
-            )
-        output = getattr(resources.get("io_manager"), "base_uri", "?")
+            if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
+                from fruits_assets import emr_run
+
+                result = emr_run.launch(settings, instance, _add_batch(instance, key), _run_config(args))
+                output = settings.output_uri
+            else:
+                result, output = _run_locally(settings, instance, key, args)
         logger.info("done in %s", progress.duration(time.monotonic() - started))
         for line in console.summary(result, output, log_path, ui_command(home)):
             logger.info(line)

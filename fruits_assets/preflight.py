@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import boto3
 from botocore.exceptions import ClientError
 
 from fruits_assets.emr_settings import DeploymentError, EmrSettings, split_s3_uri
 
+NODE_RECORD = "node.json"  # what bootstrap-emr.sh records of a node: its Python and its installed packages
 LIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 
 
@@ -14,11 +18,12 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def check_bucket(s3_client, uri: str, what: str) -> None:
-    """Fail with a clear message if the bucket of `uri` is missing or this identity may not list its prefix."""
+def check_bucket(s3_client, uri: str, what: str) -> int:
+    """Fail with a clear message if the bucket of `uri` is missing or this identity may not list its prefix; return
+    how many objects the first listed page holds (0 or 1)."""
     bucket, prefix = split_s3_uri(uri)
     try:
-        s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
     except ClientError as error:
         code = _error_code(error)
         if code in ("404", "NoSuchBucket"):
@@ -49,12 +54,38 @@ def check_cluster(emr_client, cluster_id: str, region: str) -> str:
     return state
 
 
+def node_python(s3_client, settings: EmrSettings) -> str | None:
+    """The minor version (`3.11`) of the cluster nodes' Python: as its bootstrap recorded it, else as its name says."""
+    bucket, key = split_s3_uri(settings.staging_uri("bootstrap", "clusters", str(settings.cluster_id), NODE_RECORD))
+    try:
+        version = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())["python"]
+        return ".".join(version.split(".")[:2])
+    except (ClientError, ValueError, KeyError):
+        return settings.python_version
+
+
+def check_python(node: str | None, python: str) -> None:
+    """Fail unless this Python and the nodes' have the same minor version (each step is pickled here, run there)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if node is not None and node != here:
+        raise DeploymentError(
+            f"this Python is {here} but the cluster's nodes run Python {node} ({python}): the step launcher pickles "
+            f"each step here and runs it there, so both must be {node}; install the project with PYTHON=python{node} "
+            "./install.sh and launch from that .venv"
+        )
+
+
 def preflight(settings: EmrSettings, session: boto3.session.Session | None = None) -> None:
-    """Check the cluster and every bucket the run touches, before any Spark work starts."""
+    """Check the cluster, every bucket the run touches, the photos and the Python, before any Spark work starts."""
     session = session or boto3.session.Session(region_name=settings.region)
     s3 = session.client("s3", region_name=settings.region)
     check_bucket(s3, settings.staging_uri(), "staging")
     check_bucket(s3, settings.output_uri, "output")
-    check_bucket(s3, settings.image_root, "image")
+    if not check_bucket(s3, settings.image_root + "/", "image"):
+        raise DeploymentError(
+            f"image root {settings.image_root!r} holds no photos: upload them (aws s3 sync <folder> "
+            f"{settings.image_root}/) or fix FRUITS_IMAGE_ROOT"
+        )
     if settings.cluster_id:
         check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
+        check_python(node_python(s3, settings), settings.python)

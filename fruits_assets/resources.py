@@ -16,6 +16,7 @@ from spark_code.featurize import CnnFeaturizer
 from spark_code.images import ImageRootError
 from spark_code.lifecycle import SavedModel
 from spark_code.model_cache import DRIVER_PAYLOADS
+from spark_code.s3a import is_s3
 
 
 def _is_local(uri: str) -> bool:
@@ -42,7 +43,7 @@ class ImageSource(ConfigurableResource):
 
     @model_validator(mode="after")
     def _events_need_s3(self):
-        if self.events_queue and not self.root.startswith("s3://"):
+        if self.events_queue and not is_s3(self.root):
             raise ValueError(
                 f"events_queue is set but the image root {self.root!r} is not an s3:// prefix: S3 event "
                 "notifications exist only for S3; unset FRUITS_EVENTS_QUEUE to list a local folder"

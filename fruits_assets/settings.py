@@ -55,6 +55,12 @@ class Settings(BaseModel):
     emr_staging_bucket: str | None = Field(default=None, description="Bucket for the step launcher's files.")
     emr_staging_prefix: str | None = Field(default=None, description="Key prefix inside the staging bucket.")
     emr_package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3 (else local code).")
+    emr_python: str = Field(default="/usr/bin/python3.11", description="Python of the EMR nodes (EMR 7.x: 3.11).")
+    emr_node_dir: str = Field(
+        default="/mnt", description="EMR nodes' disk: <dir>/fruits/weights, <dir>/var/lib/info/job-flow.json."
+    )
+    emr_poll_seconds: float = Field(default=15.0, ge=0.1, le=300, description="Seconds between EMR step polls.")
+    emr_node: bool = Field(default=False, description="Set by the cluster's spark-env on EMR nodes, never by hand.")
 
     @field_validator("deployment", "engine", mode="before")
     @classmethod
@@ -83,6 +89,17 @@ class Settings(BaseModel):
             return cls(**values)
         except ValidationError as error:
             raise SettingsError(_explain(error, values)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The FRUITS_* variables of the fields set explicitly: `from_env` of them gives these settings back."""
+        return {self.variable(field): str(getattr(self, field)) for field in sorted(self.model_fields_set)}
+
+    @classmethod
+    def for_step(cls, env: Mapping[str, str]) -> Settings:
+        """The settings a run was launched with (`env`, from `to_env`), on whichever machine runs its step: an EMR
+        node adds only what is its own (FRUITS_EMR_NODE, from the cluster's spark-env)."""
+        node = cls.variable("emr_node")
+        return cls.from_env({**env, node: os.environ.get(node, "")})
 
 
 def _explain(error: ValidationError, values: Mapping[str, str]) -> str:

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from spark_code import listing as rootwalk
 from spark_code import storage
+from spark_code.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _can_scan(root: str, count: int, unreadable: int, explicit_below: int) -> bo
     the root holds a file the scan would fail on or read twice (one Spark cannot read by name)."""
     if count < explicit_below or unreadable:
         return False
-    return root.startswith("s3://") or rootwalk.walk_local(root).linked_folders == 0
+    return is_s3(root) or rootwalk.walk_local(root).linked_folders == 0
 
 
 def attach_content(

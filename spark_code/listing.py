@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from spark_code.s3a import is_s3
+
 logger = logging.getLogger(__name__)
 
 Entry = tuple[int, int]  # (size in bytes, modification time in ns)
@@ -163,7 +165,7 @@ def listing_of_keys(objects: Iterable[tuple[str, int, int]]) -> RootListing:
 
 
 def walk_s3(root: str, client=None) -> RootListing:
-    """Every object under an s3:// prefix, by key relative to the prefix (ListObjectsV2, no GETs)."""
+    """Every object under an s3:// (or s3a://) prefix, by key relative to the prefix (ListObjectsV2, no GETs)."""
     import boto3
 
     parsed = urlparse(root)
@@ -180,4 +182,4 @@ def walk_s3(root: str, client=None) -> RootListing:
 
 def walk(root: str, client=None) -> RootListing:
     """The listing of a local folder or an s3:// prefix."""
-    return walk_s3(root, client) if root.startswith("s3://") else walk_local(root)
+    return walk_s3(root, client) if is_s3(root) else walk_local(root)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from spark_code.s3a import is_s3
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "_RUN_LOCK"
@@ -64,7 +66,7 @@ def acquire(base_uri: str, owner: str) -> RunLock | None:
     """
     parsed = urlparse(base_uri)
     record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    if parsed.scheme == "s3":
+    if is_s3(base_uri):
         return _acquire_s3(base_uri, record)
     if parsed.scheme not in ("", "file"):
         logger.info("no run lock on %s: only local folders and s3:// are locked", base_uri)

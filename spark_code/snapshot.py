@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from spark_code import listing
+from spark_code.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def list_s3(root: str, client=None) -> dict[str, Entry]:
 
 def list_root(root: str) -> dict[str, Entry]:
     """The snapshot of a local folder or s3:// prefix."""
-    return list_s3(root) if root.startswith("s3://") else list_local(root)
+    return list_s3(root) if is_s3(root) else list_local(root)
 
 
 @dataclass
@@ -234,7 +235,7 @@ class _S3Folder:
         import boto3
 
         parsed = urlparse(folder)
-        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self.scheme, self.bucket, self.prefix = parsed.scheme, parsed.netloc, parsed.path.strip("/")
         self.client = client or boto3.client("s3")
 
     def write(self, name: str, data: bytes) -> str:
@@ -243,7 +244,7 @@ class _S3Folder:
         keys = sorted(item["Key"] for item in listed.get("Contents", []))
         for key in keys[: -(KEEP_SNAPSHOTS if name.startswith("snapshot-") else KEEP_FILES)]:
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        return f"s3://{self.bucket}/{self.prefix}/{name}"
+        return f"{self.scheme}://{self.bucket}/{self.prefix}/{name}"
 
     def open(self, name: str):
         import io
@@ -251,9 +252,9 @@ class _S3Folder:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")["Body"].read()
         except self.client.exceptions.NoSuchKey as error:
-            raise FileNotFoundError(f"s3://{self.bucket}/{self.prefix}/{name}") from error
+            raise FileNotFoundError(f"{self.scheme}://{self.bucket}/{self.prefix}/{name}") from error
         return io.BytesIO(body)
 
 
 def _files(folder: str, client=None):
-    return _S3Folder(folder, client) if folder.startswith("s3://") else _LocalFolder(folder)
+    return _S3Folder(folder, client) if is_s3(folder) else _LocalFolder(folder)

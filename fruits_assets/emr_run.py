@@ -1,0 +1,55 @@
+"""The main command on EMR: a reconstructable job that carries the launching side's settings to every remote step."""
+
+from __future__ import annotations
+
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    JobDefinition,
+    build_reconstructable_job,
+    define_asset_job,
+    execute_job,
+)
+
+from fruits_assets.settings import Settings
+
+JOB_NAME = "materialize_batch"  # the main command's job: one ingest batch, then every asset and check
+PARTITION_TAG = "dagster/partition"
+
+
+def step_job(env: dict[str, str], with_console: bool = True) -> JobDefinition:
+    """The main command's job bound to the emr resources of `env` (the launching side's FRUITS_* variables).
+
+    Dagster calls this in the launching process and again, with the same `env`, in every step on the cluster
+    (the step launcher pickles the reconstructable job): each step runs with the settings the run was launched with,
+    not those frozen into the cluster at its creation.
+    """
+    from fruits_assets import console
+    from fruits_assets.definitions import ASSETS, CHECKS
+    from fruits_assets.deployments import resources_for
+
+    settings = Settings.for_step(env)
+    job = define_asset_job(JOB_NAME)
+    resolved = Definitions(
+        jobs=[job],
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        resources=resources_for(settings),
+        executor=in_process_executor,  # one step at a time, as the cluster runs them; no subprocess per step
+    )
+    job_def = resolved.resolve_job_def(JOB_NAME)
+    if with_console:
+        job_def = job_def.with_logger_defs(console.loggers(frozenset(a.op.name for a in ASSETS)))
+    return job_def
+
+
+def launch(settings: Settings, instance: DagsterInstance, key: str, run_config: dict, with_console: bool = True):
+    """Run the main command's job for ingest batch `key` in `instance` (a persistent one: the project's), each Spark
+    step through the EMR step launcher. Returns the execution result (its run is in `instance`, as a local run's)."""
+    env = settings.to_env()
+    recon = build_reconstructable_job(
+        __name__, step_job.__name__, reconstructable_kwargs={"env": env, "with_console": with_console}
+    )
+    if with_console:
+        run_config = {**run_config, "loggers": {"step_lines": {}}}
+    return execute_job(recon, instance, run_config=run_config, tags={PARTITION_TAG: key})

@@ -1,0 +1,115 @@
+"""S3 for a Spark outside EMR: hadoop-aws at pyspark's own Hadoop version, fetched once, served as s3:// and s3a://."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+S3_SCHEMES = ("s3", "s3a")
+HADOOP_AWS = "org.apache.hadoop:hadoop-aws"
+# Where the jars are kept: Spark's own Ivy resolver fills <cache>/jars, once (./install.sh, or `fetch` below).
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fruits" / "ivy"
+# S3A's credential chain plus the shared profile files (SSO/profile users), as the AWS CLI and boto3 read them.
+CREDENTIAL_PROVIDERS = ",".join(
+    [
+        "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
+        "com.amazonaws.auth.profile.ProfileCredentialsProvider",
+        "org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider",
+    ]
+)
+
+
+class S3ASetupError(RuntimeError):
+    """Spark cannot speak S3 here yet; the message says what to install."""
+
+
+def is_s3(uri: str | None) -> bool:
+    """Whether `uri` names S3 (s3:// or s3a://)."""
+    return bool(uri) and urlparse(uri).scheme in S3_SCHEMES and bool(urlparse(uri).netloc)
+
+
+def split(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// or s3a:// URI."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def hadoop_version() -> str:
+    """The Hadoop version pyspark bundles (from its hadoop-client-api jar): hadoop-aws must be exactly this one."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    for jar in jars.glob("hadoop-client-api-*.jar"):
+        match = re.fullmatch(r"hadoop-client-api-(.+)\.jar", jar.name)
+        if match:
+            return match.group(1)
+    raise S3ASetupError(f"no hadoop-client-api jar in {jars}: is pyspark installed whole?")
+
+
+def jars(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    """The cached hadoop-aws jar of pyspark's Hadoop version and its dependencies (the AWS SDK bundle)."""
+    folder = cache / "jars"
+    aws = folder / f"{HADOOP_AWS.replace(':', '_')}-{hadoop_version()}.jar"
+    if not aws.exists():
+        raise S3ASetupError(
+            f"Spark needs {HADOOP_AWS}:{hadoop_version()} to read or write s3:// ({aws} is missing): run ./install.sh, "
+            f"or {sys.executable} -m spark_code.s3a (fetches it once from Maven Central)"
+        )
+    return [aws, *sorted(p for p in folder.glob("*.jar") if not p.name.startswith(HADOOP_AWS.replace(":", "_")))]
+
+
+def fetch(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    """Resolve hadoop-aws (and exactly the SDK it was built with) with Spark's own Ivy into `cache`, once."""
+    try:
+        return jars(cache)
+    except S3ASetupError:
+        pass
+    coordinate = f"{HADOOP_AWS}:{hadoop_version()}"
+    logger.info("fetching %s into %s", coordinate, cache)
+    code = (
+        "from pyspark.sql import SparkSession\n"
+        f"SparkSession.builder.master('local[1]').config('spark.jars.packages', {coordinate!r})"
+        f".config('spark.jars.ivy', {str(cache)!r}).config('spark.ui.enabled', 'false').getOrCreate().stop()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=900)
+    return jars(cache)
+
+
+def spark_conf(
+    endpoint_url: str | None = None, region: str | None = None, cache: Path = DEFAULT_CACHE
+) -> dict[str, str]:
+    """Spark settings that serve s3:// and s3a:// through S3A (as EMRFS serves s3:// on EMR), in `region`;
+    `endpoint_url` (e.g. AWS_ENDPOINT_URL) points S3A at another S3 API, path-style."""
+    classpath = os.pathsep.join(str(p) for p in jars(cache))
+    conf = {
+        "spark.driver.extraClassPath": classpath,  # in the JVM from its start: spark-submit fetches s3:// files too
+        "spark.executor.extraClassPath": classpath,
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": CREDENTIAL_PROVIDERS,
+    }
+    if region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        conf |= {
+            "spark.hadoop.fs.s3a.endpoint": endpoint_url,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": str(parsed.scheme == "https").lower(),
+            "spark.hadoop.fs.s3a.change.detection.mode": "none",  # an emulated S3 may not return version ids
+        }
+    return conf
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("\n".join(str(p) for p in fetch()))

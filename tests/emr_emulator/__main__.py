@@ -1,0 +1,37 @@
+"""`python -m tests.emr_emulator [--root DIR] [--master URL]`: prints what to export, Ctrl-C stops it."""
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from tests.emr_emulator import EmrEmulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the emulation until Ctrl-C (or SIGTERM)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.emr_emulator", description=__doc__)
+    parser.add_argument("--root", type=Path, default=None, help="the node's disk (default: a new temporary folder)")
+    parser.add_argument("--master", default="local[2]", help="Spark master of the steps (e.g. tests.cluster's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s emr-emulator: %(message)s", stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    root = args.root or Path(tempfile.mkdtemp(prefix="emr-emulator-"))
+    emulator = EmrEmulator(root, args.master).start()
+    for name, value in emulator.exports().items():
+        print(f"export {name}={shlex.quote(value)}")
+    print("# emulated EMR ready; Ctrl-C stops it", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
