@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from botocore.exceptions import ClientError
 from dagster import AssetChecksDefinition, InitResourceContext, StepLauncher
 from dagster._config.pythonic_config import ConfigurableResourceFactory  # public in the docs, not re-exported
 from dagster._core.execution.plan.external_step import step_context_to_step_run_ref
+from dagster._utils.interrupts import raise_execution_interrupts
 from dagster_aws.emr.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
@@ -83,10 +85,21 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 self.cancel(step_context.log, step_id)
 
     def wait_for_completion(self, step_context, s3, run_id, step_key, emr_step_id, check_interval=None):
-        """dagster-aws's wait loop, polling every `poll_seconds` (its default is 15 s)."""
-        yield from super().wait_for_completion(
-            step_context, s3, run_id, step_key, emr_step_id, check_interval=self.poll_seconds
-        )
+        """Poll the step every `poll_seconds` (dagster-aws: 15 s) and relay its new events through the run's log
+        manager, so that they reach the run's loggers (the main command's terminal lines) and its event log."""
+        relayed, done = 0, False
+        while not done:
+            with raise_execution_interrupts():
+                time.sleep(self.poll_seconds)
+                done = self.emr_job_runner.is_emr_step_complete(step_context.log, self.cluster_id, emr_step_id)
+                records = self.read_events(s3, run_id, step_key)
+            for record in records[relayed:]:
+                if record.is_dagster_event:
+                    step_context.log.log_dagster_event(record.level, record.user_message, record.dagster_event)
+                    yield record.dagster_event
+                else:
+                    step_context.instance.handle_new_event(record)
+            relayed = max(relayed, len(records))
 
     def cancel(self, log, step_id: str) -> None:
         """Ask EMR to cancel the step (CancelSteps); a refusal is logged, never raised over the run's own error."""

@@ -9,6 +9,7 @@ from dagster import (
     build_reconstructable_job,
     define_asset_job,
     execute_job,
+    in_process_executor,
 )
 
 from fruits_assets.settings import Settings
