@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,12 +12,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 from starlette.datastructures import UploadFile
 
 from fruits_assets.serve_batching import BusyError, MicroBatcher
 from fruits_assets.serve_models import RELOAD_ERRORS, LiveModel
 from fruits_assets.settings import Settings
 from spark_code.cnn import CnnSpec
+from spark_code.images import DECODE_ERRORS, register_formats
 from spark_code.onnx_export import file_digest
 from spark_code.serving import FruitClassifier, NotAnImageError, ServingPipeline
 
@@ -27,6 +30,7 @@ PAGE = Path(__file__).with_name("serve_page.html")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the photo
 DRAIN_FACTOR = 4  # an oversized body is read (and dropped) up to this many limits, so the client sees the 413
 RAW_TYPES = ("image/", "application/octet-stream")
+MAX_PIXELS = 50_000_000  # non-JPEG images above this are refused (phones' photos are 12 to 48 MP)
 CLASSIFY_BODY = {
     "requestBody": {
         "required": True,
@@ -107,9 +111,9 @@ class Engine:
         self.tasks.append(asyncio.create_task(self.live.watch()))
 
     async def decode(self, data: bytes, name: str):
-        """Decoded pixels, off the event loop."""
+        """Decoded pixels, off the event loop; NotAnImageError for unreadable or oversized images."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoders, self.live.current.classifier.decode, data, name)
+        return await loop.run_in_executor(self.decoders, _decode, self.live.current.classifier, data, name)
 
     def close(self) -> None:
         """Stop the tasks and the threads."""
@@ -119,10 +123,22 @@ class Engine:
         self.decoders.shutdown(wait=False, cancel_futures=True)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (dropped unread beyond, up to a bound)."""
-    declared = request.headers.get("content-length", "")
-    too_large = HTTPException(413, f"upload larger than the limit of {limit} bytes (FRUITS_SERVE_MAX_UPLOAD_MB)")
+def _decode(classifier: FruitClassifier, data: bytes, name: str):
+    """The classifier's decode, after a look at the header: a non-JPEG image over MAX_PIXELS is refused (JPEGs are
+    decoded at reduced size whatever their size; others are decoded whole, so their pixels bound the memory)."""
+    register_formats()
+    pixels, jpeg = 0, True
+    with contextlib.suppress(*DECODE_ERRORS), Image.open(io.BytesIO(data)) as image:  # unreadable: decode says why
+        pixels, jpeg = image.size[0] * image.size[1], image.format == "JPEG"
+    if not jpeg and pixels > MAX_PIXELS:
+        raise NotAnImageError(f"{name}: {pixels} pixels > {MAX_PIXELS} (a decompression bomb?)")
+    return classifier.decode(data, name)
+
+
+async def _read_body(request: Request, allowed: int, slack: int = 0) -> bytes:
+    """The request body, refused with 413 past `allowed` (+ `slack`) bytes (dropped unread beyond, up to a bound)."""
+    limit, declared = allowed + slack, request.headers.get("content-length", "")
+    too_large = HTTPException(413, f"upload larger than the limit of {allowed} bytes (FRUITS_SERVE_MAX_UPLOAD_MB)")
     if declared.isdigit() and int(declared) > limit:
         await _drain(request, DRAIN_FACTOR * limit)
         raise too_large
@@ -149,7 +165,7 @@ async def _photo(request: Request, limit: int) -> tuple[bytes, str]:
     """The uploaded photo and its name: multipart field `photo`, or the raw body with an image content type."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        body = await _read_body(request, limit + MULTIPART_SLACK)
+        body = await _read_body(request, limit, MULTIPART_SLACK)
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
