@@ -2,22 +2,39 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bench.sample_classifier import cnn, first_photos, train_and_save
 from fruits_assets import cli
 from fruits_assets.serve import ServeOptions
 from fruits_assets.settings import Settings
-from tests.conftest import CLASSES, TRAINING
+from tests.conftest import CLASSES, REPO, TRAINING
+from tests.helpers import free_port
 from tests.serve_client import classify, multipart, request, running_server, wait_ready
 
+SERVED = [
+    *CLASSES,
+    "Cantaloupe 1",
+    "Clementine",
+    "Grape Blue",
+    "Kaki",
+    "Orange",
+    "Pear Monster",
+    "Pineapple",
+    "Tomato 2",
+    "Potato White",
+]
 LIMIT = 300_000  # the test server's upload limit (FRUITS_SERVE_MAX_UPLOAD_MB), small so oversize bodies are cheap
 
 
@@ -29,10 +46,11 @@ def _png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def models(spark, fruits_dir, weights_path, tmp_path_factory):
-    """A models folder with one committed classifier of the 3 sample classes (6 Training photos each); the CNN."""
+    """A models folder with one committed classifier of 12 classes (6 Training photos each: enough for the unknown
+    score to reject flat colours and text); the CNN."""
     folder = str(tmp_path_factory.mktemp("serve_models"))
     predict = cnn(weights_path)
-    train_and_save(spark, predict, (TRAINING, fruits_dir), list(CLASSES), folder)
+    train_and_save(spark, predict, (TRAINING, fruits_dir), SERVED, folder)
     return folder, predict
 
 
@@ -66,6 +84,7 @@ def test_answers_equal_fruits_classify(server, models, fruits_dir, weights_path,
         assert got["score"] == pytest.approx(want["score"], rel=1e-4, abs=1e-5)
         assert got["models"]["classifier"].startswith("v-") and got["models"]["cnn"]["engine"] == "onnx"
     assert [a[1]["label"] for a in answers[:-1]] == [p.parent.name for p in photos[:-1]]
+    assert answers[-1][1]["label"] == "unknown"
 
 
 def test_raw_body_and_concurrent_requests_are_batched(server, fruits_dir):
@@ -84,7 +103,9 @@ def test_raw_body_and_concurrent_requests_are_batched(server, fruits_dir):
 def test_health_docs_and_page(server):
     base, _ = server
     status, health = request(base, "/healthz", method="GET")
-    assert status == 200 and health["ready"] and health["classifier"].startswith("v-") and health["classes"] == 3
+    assert (
+        status == 200 and health["ready"] and health["classifier"].startswith("v-") and health["classes"] == len(SERVED)
+    )
     assert health["cnn"]["input_size"] == 224
     status, spec = request(base, "/openapi.json", method="GET")
     assert status == 200 and "multipart/form-data" in json.dumps(spec["paths"]["/classify"])
@@ -143,13 +164,61 @@ def test_serve_command_fails_clearly_without_a_local_model(tmp_path, capsys):
     assert "materialize the fruit_classifier" in capsys.readouterr().err
 
 
+@pytest.fixture
+def served_command(models, weights_path, tmp_path):
+    """`fruits serve` itself, as a person starts it, on a loopback port; stopped afterwards."""
+    port = free_port()
+    env = {**os.environ, "FRUITS_WEIGHTS": weights_path, "FRUITS_LOG_LEVEL": "INFO"}
+    cmd = [sys.executable, "-m", "fruits_assets.cli", "serve", "--models", models[0], "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, 120)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _upload(page, path: Path) -> str:
+    page.set_input_files("#photo", str(path))
+    page.wait_for_function("!['', '…'].includes(document.getElementById('answer').textContent)", timeout=30000)
+    return page.inner_text("#answer")
+
+
+@pytest.mark.slow
+def test_page_names_the_fruit_in_chromium(served_command, server, fruits_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_ui import CHROMIUM, FLAGS
+
+    candidates = first_photos(fruits_dir / "Pineapple", 8, skip=20)  # one the classifier names (95 % are)
+    photo = next(p for p in candidates if classify(server[0], p.read_bytes())[1]["label"] == "Pineapple")
+    text = tmp_path / "invoice.png"
+    image = Image.new("RGB", (200, 120), "white")
+    ImageDraw.Draw(image).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR", fill="black")
+    image.save(text)
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 760, "height": 640})
+        page.goto(served_command, wait_until="networkidle")
+        assert _upload(page, photo) == "Pineapple"
+        assert page.locator("#top tr").count() == 3 and page.locator("#preview").is_visible()
+        page.screenshot(path=os.environ.get("FRUITS_SERVE_SCREENSHOT", str(tmp_path / "serve.png")))
+        assert _upload(page, text) == "Not a fruit we know"
+        assert "Cannot read this photo" in _upload(page, tmp_path / "notes.jpg")
+        browser.close()
+
+
 def test_new_classifier_is_served_without_a_restart(server, models, spark, fruits_dir):
     base, _ = server
     _, before = request(base, "/healthz", method="GET")
     kiwi = first_photos(fruits_dir / "Kiwi", 1, skip=10)[0]
     with ThreadPoolExecutor(8) as pool:  # requests keep coming while the new version is trained and swapped in
         load = [pool.submit(classify, base, kiwi.read_bytes(), "kiwi.jpg") for _ in range(4)]
-        train_and_save(spark, models[1], (TRAINING, fruits_dir), [*CLASSES, "Kiwi"], models[0])
+        train_and_save(spark, models[1], (TRAINING, fruits_dir), [*SERVED, "Kiwi"], models[0])
         after = before
         for _ in range(150):
             load.append(pool.submit(classify, base, kiwi.read_bytes(), "kiwi.jpg"))
@@ -158,7 +227,7 @@ def test_new_classifier_is_served_without_a_restart(server, models, spark, fruit
             if after["classifier"] != before["classifier"]:
                 break
         answers = [future.result() for future in load]
-    assert after["classifier"] != before["classifier"] and after["classes"] == 4
+    assert after["classifier"] != before["classifier"] and after["classes"] == len(SERVED) + 1
     assert {status for status, _ in answers} == {200}  # no request failed across the swap
     versions = {body["models"]["classifier"] for _, body in answers}
     assert versions <= {before["classifier"], after["classifier"]}
