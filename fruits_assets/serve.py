@@ -18,7 +18,6 @@ from starlette.datastructures import UploadFile
 from fruits_assets.serve_batching import BusyError, MicroBatcher
 from fruits_assets.serve_models import RELOAD_ERRORS, LiveModel
 from fruits_assets.settings import Settings
-from spark_code.cnn import CnnSpec
 from spark_code.images import DECODE_ERRORS, register_formats
 from spark_code.onnx_export import file_digest
 from spark_code.serving import FruitClassifier, NotAnImageError, ServingPipeline
@@ -92,8 +91,8 @@ class Engine:
     def _build(self, pipeline: ServingPipeline) -> FruitClassifier:
         options = self.options
         classifier = FruitClassifier(pipeline, options.weights, engine=options.engine, onnx_cache=options.onnx_cache)
-        spec = CnnSpec(input_size=pipeline.image_size)
-        self.cnn = {"engine": options.engine, "input_size": spec.input_size, "weights": file_digest(options.weights)}
+        digest = file_digest(options.weights)
+        self.cnn = {"engine": options.engine, "input_size": pipeline.image_size, "weights": digest}
         return classifier
 
     def models(self, version: str) -> dict:
