@@ -1,4 +1,4 @@
-"""`fruits classify PHOTO...`: top-3 fruit classes per photo from the saved pipeline, without Spark."""
+"""`fruits classify PHOTO...` (top-3 fruit classes per photo, without Spark) and `fruits serve` (the same over HTTP)."""
 
 from __future__ import annotations
 
@@ -46,13 +46,27 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: $FRUITS_ENGINE, else onnx)"
     )
     classify.add_argument("--json", action="store_true", help="one JSON object per photo")
+    _serve_parser(commands, settings)
     return parser
+
+
+def _serve_parser(commands, settings: Settings) -> None:
+    serve = commands.add_parser("serve", help="the engine over HTTP: POST /classify, a web page at /, GET /healthz")
+    serve.add_argument(
+        "--models",
+        default=f"{settings.output_uri.rstrip('/')}/models",
+        help="local models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models); newer committed "
+        "versions are picked up while serving",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--weights", default=settings.weights, help="Keras weights file (default: $FRUITS_WEIGHTS)")
+    serve.add_argument("--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: onnx)")
 
 
 def _line(prediction, as_json: bool) -> str:
     if as_json:
-        top = [{"label": label, "probability": round(p, 4)} for label, p in prediction.top]
-        return json.dumps({"photo": prediction.path, "label": prediction.label, "top": top, "score": prediction.score})
+        return json.dumps(prediction.as_json())
     top = ", ".join(f"{label} {p:.2f}" for label, p in prediction.top)
     return f"{prediction.path}: {prediction.label}  ({top})"
 
@@ -86,6 +100,24 @@ def classify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the models folder, then serve until interrupted (the classifier loads once the server is up)."""
+    from fruits_assets.serve import ServeOptions
+    from fruits_assets.serve import serve as run_server
+    from fruits_assets.serve_models import RemoteModelsError, check_models_folder
+    from spark_code.serving import ModelNotFoundError
+
+    try:
+        folder = check_models_folder(args.models)
+    except (RemoteModelsError, ModelNotFoundError) as error:
+        print(f"fruits: {error}", file=sys.stderr)
+        return 2
+    logger.warning("fruits serve: %s on http://%s:%d", folder, args.host, args.port)
+    options = ServeOptions.from_settings(settings, args.models, args.weights, args.engine)
+    run_server(options, args.host, args.port, settings.log_level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fruits` console script."""
     try:
@@ -95,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = _parser(settings).parse_args(argv)
     logging.basicConfig(level=settings.log_level, format="%(message)s")
-    return classify(args, settings)
+    return serve(args, settings) if args.command == "serve" else classify(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""A real fruit classifier trained on a small sample of photos, saved as the asset saves it (serve tests, bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spark_code import classifier as clf
+from spark_code import openset, reduce, storage
+from spark_code.cnn import CnnEngine, CnnSpec, Predict, build_predict, model_payload
+from spark_code.images import try_decode
+
+
+def first_photos(folder: Path, n: int, skip: int = 0) -> list[Path]:
+    """Photos `skip` to `skip + n` of a class folder, in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[skip : skip + n]
+
+
+def cnn(weights: str, onnx_cache: str | None = None) -> Predict:
+    """The project's CNN (ONNX Runtime, every core)."""
+    engine = CnnEngine("onnx", CnnSpec(), threads=0, onnx_cache=onnx_cache)
+    return build_predict(engine, model_payload(engine, weights))
+
+
+def features(predict: Predict, photos: list[Path], batch: int = 32) -> np.ndarray:
+    """The CNN features of photos (all readable), decoded as the pipeline decodes them."""
+    pixels = [try_decode(p.read_bytes(), CnnSpec().input_size)[0] for p in photos]
+    return np.concatenate([predict(np.stack(pixels[i : i + batch])) for i in range(0, len(pixels), batch)])
+
+
+def _table(spark, predict: Predict, root: Path, classes: list[str], n: int, skip: int = 0):
+    photos = [(c, p) for c in classes for p in first_photos(root / c, n, skip)]
+    vectors = features(predict, [p for _, p in photos])
+    rows = [(str(p), c, v.tolist()) for (c, p), v in zip(photos, vectors, strict=True)]
+    return spark.createDataFrame(rows, "path string, label string, features array<float>")
+
+
+def train_and_save(spark, predict: Predict, roots: tuple[Path, Path], classes: list[str], models: str, n=(6, 4)) -> str:
+    """Train on `n[0]` photos per class of `roots[0]` (Training), fit the scaler and PCA (95 % of the variance) and
+    calibrate the unknown threshold on `n[1]` per class of `roots[1]` (Test); commit it as a new `fruit_classifier`
+    version under `models`. Returns the version's URI."""
+    train, corpus = _table(spark, predict, roots[0], classes, n[0]), _table(spark, predict, roots[1], classes, n[1])
+    scaler = reduce.fit_scaler(corpus, "features", "scaled_features")
+    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    pca_model = pca.fit(reduce.transform_arrays(scaler, corpus))
+    model = clf.train_classifier(train, scaler, pca_model, clf.LogisticSettings())
+    scores = clf.fit_feature_scores(model, train)
+    scored = clf.collect_scores(model, scores, corpus)
+    rejection = openset.calibrated(openset.KNN_PROBABILITY, {s: scored.values(s) for s in openset.SCORES}, scores)
+    extras = {openset.OPENSET_JSON: rejection.to_json()}
+    return storage.save_model(spark, model, models, "fruit_classifier", extras=extras)
