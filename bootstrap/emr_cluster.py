@@ -19,6 +19,7 @@ from botocore.exceptions import WaiterError
 
 from fruits_assets.emr_launcher import PACKAGE_ROOT, PACKAGES
 from fruits_assets.emr_settings import EmrSettings, split_s3_uri
+from fruits_assets.settings import Settings
 from fruits_assets.spark_conf import EMR_SPARK_CONF
 from spark_code.cnn import WEIGHTS_FILE
 
@@ -197,8 +198,9 @@ def upload_package(s3_client, settings: EmrSettings, version: str | None = None)
     return uri
 
 
-def render_iam_policy(settings: EmrSettings, account_id: str) -> dict:
-    """bootstrap/iam-policy.json for these settings' buckets, prefixes, region and account."""
+def render_iam_policy(settings: EmrSettings, account_id: str, events_queue: str | None = None) -> dict:
+    """bootstrap/iam-policy.json for these settings' buckets, prefixes, region, account and events queue (its
+    statement is left out when the sensor lists the root instead)."""
 
     def objects(uri: str) -> str:
         bucket, prefix = split_s3_uri(uri)
@@ -213,8 +215,12 @@ def render_iam_policy(settings: EmrSettings, account_id: str) -> dict:
         "OUTPUT_OBJECTS": objects(settings.output_uri),
         "STAGING_BUCKET": settings.staging_bucket,
         "STAGING_OBJECTS": objects(settings.staging_uri()),
+        "EVENTS_QUEUE": (events_queue or "").rstrip("/").rsplit("/", 1)[-1],
     }
-    return json.loads(Template((HERE / "iam-policy.json").read_text()).substitute(values))
+    policy = json.loads(Template((HERE / "iam-policy.json").read_text()).substitute(values))
+    if not events_queue:
+        policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "DrainImageEvents"]
+    return policy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -270,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         print(cluster_id)
     elif args.command == "policy":
-        print(json.dumps(render_iam_policy(settings, args.account_id), indent=2))
+        queue = Settings.from_env().events_queue
+        print(json.dumps(render_iam_policy(settings, args.account_id, queue), indent=2))
     else:
         terminate(session.client("emr"), settings.cluster_id)
     return 0

@@ -14,8 +14,8 @@ import boto3
 from botocore.exceptions import ClientError
 from dagster import AssetChecksDefinition, InitResourceContext, StepLauncher
 from dagster._config.pythonic_config import ConfigurableResourceFactory  # public in the docs, not re-exported
+from dagster._core.errors import raise_execution_interrupts
 from dagster._core.execution.plan.external_step import step_context_to_step_run_ref
-from dagster._utils.interrupts import raise_execution_interrupts
 from dagster_aws.emr.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource

@@ -44,13 +44,22 @@ def step_job(env: dict[str, str], with_console: bool = True) -> JobDefinition:
     return job_def
 
 
-def launch(settings: Settings, instance: DagsterInstance, key: str, run_config: dict, with_console: bool = True):
+def launch(
+    settings: Settings,
+    instance: DagsterInstance,
+    key: str,
+    run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
+    with_console: bool = True,
+):
     """Run the main command's job for ingest batch `key` in `instance` (a persistent one: the project's), each Spark
-    step through the EMR step launcher. Returns the execution result (its run is in `instance`, as a local run's)."""
+    step through the EMR step launcher; `tags` as a sensor's run request gives them. Returns the execution result
+    (its run is in `instance`, as a local run's)."""
+    run_config = run_config or {}
     env = settings.to_env()
     recon = build_reconstructable_job(
         __name__, step_job.__name__, reconstructable_kwargs={"env": env, "with_console": with_console}
     )
     if with_console:
         run_config = {**run_config, "loggers": {"step_lines": {}}}
-    return execute_job(recon, instance, run_config=run_config, tags={PARTITION_TAG: key})
+    return execute_job(recon, instance, run_config=run_config, tags={**(tags or {}), PARTITION_TAG: key})

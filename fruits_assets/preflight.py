@@ -6,7 +6,7 @@ import json
 import sys
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError
 
 from fruits_assets.emr_settings import DeploymentError, EmrSettings, split_s3_uri
 
@@ -75,17 +75,43 @@ def check_python(node: str | None, python: str) -> None:
         )
 
 
+CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException")
+
+
 def preflight(settings: EmrSettings, session: boto3.session.Session | None = None) -> None:
-    """Check the cluster, every bucket the run touches, the photos and the Python, before any Spark work starts."""
+    """Check the cluster, every bucket the run touches, the photos and the Python, before any Spark work starts;
+    an unreachable endpoint or refused credentials fail here too, named."""
     session = session or boto3.session.Session(region_name=settings.region)
+    try:
+        _preflight(settings, session)
+    except (EndpointConnectionError, ConnectTimeoutError) as error:
+        raise DeploymentError(
+            f"cannot reach AWS ({error}): check the network, FRUITS_EMR_REGION={settings.region!r} and "
+            "AWS_ENDPOINT_URL (unset it to use AWS itself)"
+        ) from error
+    except NoCredentialsError as error:
+        raise DeploymentError(
+            "no AWS credentials found: log in (aws sso login / aws configure) or run where an instance role applies"
+        ) from error
+    except ClientError as error:
+        if _error_code(error) not in CREDENTIAL_ERRORS:
+            raise
+        raise DeploymentError(
+            f"AWS refused these credentials ({_error_code(error)}): check AWS_PROFILE or AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY, and that they belong to the account of the buckets"
+        ) from error
+
+
+def _preflight(settings: EmrSettings, session: boto3.session.Session) -> None:
     s3 = session.client("s3", region_name=settings.region)
     check_bucket(s3, settings.staging_uri(), "staging")
     check_bucket(s3, settings.output_uri, "output")
-    if not check_bucket(s3, settings.image_root + "/", "image"):
+    photos = check_bucket(s3, settings.image_root + "/", "image")
+    if settings.cluster_id:
+        check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
+        check_python(node_python(s3, settings), settings.python)
+    if not photos:
         raise DeploymentError(
             f"image root {settings.image_root!r} holds no photos: upload them (aws s3 sync <folder> "
             f"{settings.image_root}/) or fix FRUITS_IMAGE_ROOT"
         )
-    if settings.cluster_id:
-        check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
-        check_python(node_python(s3, settings), settings.python)

@@ -6,6 +6,7 @@ import os
 import sys
 
 from fruits_assets.settings import Settings
+from spark_code import s3a
 
 # The job's own needs, wherever it runs: Arrow UDFs, Python worker reuse (one CNN per worker), small image files
 # packed ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each), UTC timestamps, quiet TensorFlow.
@@ -30,6 +31,16 @@ EMR_SPARK_CONF = {
 }
 
 
+def s3_spark_config(settings: Settings) -> dict[str, str]:
+    """S3A for a local Spark whose image root, training root or output is on S3 (s3:// or s3a://); {} otherwise.
+    Fails before any work, naming what to install, when the hadoop-aws jars are not cached yet."""
+    uris = (settings.image_root, settings.training_root, settings.output_uri)
+    if not any(s3a.is_s3(uri) for uri in uris):
+        return {}
+    region = settings.emr_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return s3a.spark_conf(os.environ.get("AWS_ENDPOINT_URL"), region)
+
+
 def local_spark_config(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar.
 
@@ -39,6 +50,7 @@ def local_spark_config(master: str | None = None, settings: Settings | None = No
     settings = settings or Settings.from_env()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return {
+        **s3_spark_config(settings),
         **JOB_SPARK_CONF,
         "spark.app.name": "fruits-features",
         "spark.master": master or settings.spark_master,

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from spark_code.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.images import try_decode
 from spark_code.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
+from spark_code.s3a import is_s3, split
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,42 @@ class NotAnImageError(ValueError):
     """A file Pillow cannot read as an image."""
 
 
+MODEL_CACHE = Path.home() / ".cache" / "fruits" / "models"  # versions of s3:// models, copied once
+
+
+def fetch_version(base: str, name: str = "fruit_classifier", cache: Path = MODEL_CACHE, client=None) -> Path:
+    """The newest committed version of model `name` under an s3:// (or s3a://) models folder, copied once into
+    `cache` (a version is never rewritten, so a copy is good for ever)."""
+    import boto3
+
+    bucket, prefix = split(base.rstrip("/") + f"/{name}/")
+    client = client or boto3.client("s3")
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
+    committed = sorted(k[len(prefix) :].split("/")[0] for k in keys if k.endswith("/_COMMITTED"))
+    committed = [version for version in committed if version.startswith("v-")]
+    if not committed:
+        raise ModelNotFoundError(
+            f"no committed {name!r} under {base!r}: materialize the fruit_classifier asset first, or point --models "
+            "/ FRUITS_OUTPUT_URI at the folder that holds it"
+        )
+    target = cache / bucket / prefix / committed[-1]
+    if not (target / "_COMMITTED").exists():
+        files = [k for k in keys if k.startswith(f"{prefix}{committed[-1]}/")]
+        for key in sorted(files, key=lambda k: k.endswith("/_COMMITTED")):  # the marker last: a copy is whole
+            local = cache / bucket / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(local))
+    return target
+
+
 def latest_version(base: str, name: str = "fruit_classifier") -> Path:
-    """The newest committed version folder of model `name` under a local models folder."""
+    """The newest committed version folder of model `name` under a models folder (local, or s3:// copied once)."""
+    if is_s3(base):
+        return fetch_version(base, name)
     folder = Path(base.removeprefix("file:")) / name
     versions = sorted(p for p in folder.glob("v-*") if (p / "_COMMITTED").exists()) if folder.is_dir() else []
     if not versions:

@@ -32,6 +32,7 @@ def launcher() -> EmrStepLauncher:
         staging_prefix=os.environ["FRUITS_EMR_STAGING_PREFIX"],
         output_uri=os.environ["FRUITS_OUTPUT_URI"],
         image_root=os.environ["FRUITS_IMAGE_ROOT"],
+        poll_seconds=0.1,
     )
 
 

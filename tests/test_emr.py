@@ -25,7 +25,7 @@ from dagster import (
 )
 
 from fruits_assets.emr_launcher import STEP_LAUNCHER_KEY, EmrStepLauncher, missing_step_launcher
-from fruits_assets.emr_settings import EMR_PYTHON, ENV_VARS, DeploymentError, EmrSettings, deployment
+from fruits_assets.emr_settings import ENV_VARS, DeploymentError, EmrSettings, deployment
 from fruits_assets.preflight import check_bucket, check_cluster, preflight
 from spark_code.cnn import WEIGHTS_FILE
 from tests.moto_server import moto_server, set_auth
@@ -114,7 +114,8 @@ def test_settings_from_env_default_to_paris():
     }
     settings = EmrSettings.from_env(env)
     assert (settings.region, settings.output_uri) == ("eu-west-3", f"s3://{BUCKET}/out")
-    assert settings.node_env()["PYSPARK_PYTHON"] == EMR_PYTHON == "/usr/bin/python3.11"
+    assert settings.node_env()["PYSPARK_PYTHON"] == settings.python == "/usr/bin/python3.11"
+    assert settings.node_env()["FRUITS_EMR_NODE"] == "true" and settings.python_version == "3.11"
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,10 @@ def test_cluster_recipe_is_accepted_and_the_cluster_found(aws):
     assert {app["Name"] for app in cluster["Applications"]} == {"Hadoop", "Spark"}
     env = next(c for c in cluster["Configurations"] if c["Classification"] == "spark-env")["Configurations"][0]
     assert env["Properties"]["PYSPARK_PYTHON"] == "/usr/bin/python3.11"
-    assert env["Properties"]["FRUITS_DEPLOYMENT"] == "emr"
+    assert env["Properties"]["FRUITS_EMR_NODE"] == "true"
+    assert not [name for name in env["Properties"] if name.startswith("FRUITS_") and name != "FRUITS_EMR_NODE"]
+    action = request["BootstrapActions"][0]["ScriptBootstrapAction"]
+    assert action["Args"][2:] == ["/usr/bin/python3.11", "/mnt"]  # the nodes' Python and folder, as set
     defaults = next(c for c in cluster["Configurations"] if c["Classification"] == "spark-defaults")["Properties"]
     assert defaults["spark.python.worker.reuse"] == "true"
     assert defaults["spark.sql.execution.arrow.maxRecordsPerBatch"] == "256"
@@ -209,6 +213,7 @@ def test_cluster_recipe_is_accepted_and_the_cluster_found(aws):
     assert groups["CORE"]["InstanceType"] == "m5.xlarge"
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
 
+    aws.client("s3").put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")
     preflight(settings.model_copy(update={"cluster_id": cluster_id}), aws)
     recipe.terminate(emr, cluster_id)
     with pytest.raises(DeploymentError, match=f"{cluster_id}.*TERMINATED"):
@@ -244,6 +249,50 @@ def test_missing_bucket_and_unknown_cluster_fail_clearly(aws):
         check_cluster(emr, "j-3NOSUCHCLUSTER", REGION)
 
 
+def test_a_python_mismatch_is_refused_naming_both(aws):
+    from fruits_assets.preflight import check_python, node_python
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with pytest.raises(DeploymentError, match=rf"this Python is {here} but the cluster's nodes run Python 3\.9"):
+        check_python("3.9", "/usr/bin/python3.9")
+    check_python(here, "/usr/bin/python" + here)
+    settings = _settings(cluster_id="j-1ABCDEFGHIJKL", python="/opt/node/bin/python")
+    assert node_python(aws.client("s3"), settings) is None  # no record and no version in the name: not known
+    key = "fruits/staging/bootstrap/clusters/j-1ABCDEFGHIJKL/node.json"
+    aws.client("s3").put_object(Bucket=BUCKET, Key=key, Body=json.dumps({"python": "3.12.4", "packages": {}}))
+    assert node_python(aws.client("s3"), settings) == "3.12"  # what the node's bootstrap recorded wins
+
+
+def test_each_step_runs_with_the_launching_sides_settings(monkeypatch):
+    from fruits_assets.deployments import emr_resources
+    from fruits_assets.settings import Settings
+
+    launching = {
+        "FRUITS_DEPLOYMENT": "emr",
+        "FRUITS_EMR_CLUSTER_ID": "j-1ABCDEFGHIJKL",
+        "FRUITS_EMR_STAGING_BUCKET": BUCKET,
+        "FRUITS_OUTPUT_URI": f"s3a://{BUCKET}/run-output",
+        "FRUITS_IMAGE_ROOT": f"s3://{BUCKET}/images",
+        "FRUITS_BATCH_SIZE": "32",
+        "FRUITS_IMAGE_SIZE": "160",
+        "FRUITS_ACCURACY_FLOOR": "0.97",
+        "FRUITS_EVENTS_QUEUE": "https://sqs.eu-west-3.amazonaws.com/123456789012/fruits-images",
+    }
+    env = Settings.from_env(launching).to_env()
+    assert env == launching  # exactly what was set, nothing the launching machine defaulted
+    for name in [*launching, "FRUITS_EMR_NODE"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FRUITS_OUTPUT_URI", f"s3://{BUCKET}/frozen-at-creation")  # ignored on the node
+    monkeypatch.setenv("FRUITS_EMR_NODE", "true")  # what the cluster's spark-env exports
+    settings = Settings.for_step(env)
+    resources = emr_resources(settings=settings)
+    assert resources["io_manager"].base_uri == f"s3a://{BUCKET}/run-output"
+    assert (resources["cnn"].batch_size, resources["cnn"].image_size) == (32, 160)
+    assert resources["classifier"].accuracy_floor == 0.97
+    assert resources["image_source"].events_queue == launching["FRUITS_EVENTS_QUEUE"]
+    assert resources["cnn"].on_node and not resources[STEP_LAUNCHER_KEY].preflight  # checked where it was launched
+
+
 def test_bad_cluster_stops_the_run_before_the_step_starts(aws):
     ran = []
     launcher = EmrStepLauncher(
@@ -270,7 +319,31 @@ def test_iam_policy_allows_the_job_and_denies_other_buckets(aws, moto_url):
     s3_admin, iam = aws.client("s3"), aws.client("iam")
     s3_admin.create_bucket(Bucket="someone-elses", CreateBucketConfiguration={"LocationConstraint": REGION})
     s3_admin.put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")
-    policy = recipe.render_iam_policy(settings, account_id="123456789012")
+    queue = "https://sqs.eu-west-3.amazonaws.com/123456789012/fruits-images"
+    policy = recipe.render_iam_policy(settings, account_id="123456789012", events_queue=queue)
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert {a for a in actions if not a.startswith("s3:")} == {  # the README's flow, and nothing more
+        "elasticmapreduce:RunJobFlow",
+        "elasticmapreduce:TerminateJobFlows",
+        "elasticmapreduce:DescribeCluster",
+        "elasticmapreduce:AddJobFlowSteps",
+        "elasticmapreduce:DescribeStep",
+        "elasticmapreduce:ListSteps",
+        "elasticmapreduce:CancelSteps",
+        "iam:PassRole",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    }
+    resources = {a: s["Resource"] for s in policy["Statement"] for a in s["Action"]}
+    assert resources["iam:PassRole"] == [
+        "arn:aws:iam::123456789012:role/EMR_DefaultRole",
+        "arn:aws:iam::123456789012:role/EMR_EC2_DefaultRole",
+    ]
+    assert resources["sqs:ReceiveMessage"] == ["arn:aws:sqs:eu-west-3:123456789012:fruits-images"]
+    assert "sqs:ReceiveMessage" not in {
+        a for s in recipe.render_iam_policy(settings, "1")["Statement"] for a in s["Action"]
+    }
     iam.create_user(UserName="fruits-runner")
     iam.put_user_policy(UserName="fruits-runner", PolicyName="fruits", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="fruits-runner")["AccessKey"]
@@ -391,7 +464,19 @@ def test_bootstrap_installs_the_project_pins_but_never_pyspark():
     script = (boot / "bootstrap-emr.sh").read_text()
     assert "set -euo pipefail" in script and "--no-deps" in script and "/usr/bin/python3.11" in script
     assert not re.search(r"pip install[^\n]*\bpyspark\b", script)
+    # Bootstrap actions run before EMR installs Spark: nothing may import pyspark (dagster_pyspark does).
+    assert not re.search(r"^import[^\n]*\b(pyspark|dagster_pyspark|dagster_spark)\b", script, re.M)
+    assert "constraints-emr.txt" in script
     subprocess.run(["bash", "-n", str(boot / "bootstrap-emr.sh")], check=True)
+
+
+def test_the_nodes_get_this_venvs_exact_versions():
+    import importlib.metadata
+
+    pins = dict(line.split("==") for line in recipe.constraints().splitlines())
+    assert pins["dagster"] == importlib.metadata.version("dagster")
+    assert pins["grpcio"] == importlib.metadata.version("grpcio")  # transitive, not a top-level pin
+    assert not {"pyspark", "py4j", "fruits-features"} & {name.lower() for name in pins}
 
 
 def test_local_resources_bind_no_step_launcher():
@@ -417,3 +502,33 @@ def test_the_project_definitions_build_for_emr(monkeypatch):
     defs = build_defs(resources_for())
     job = defs.resolve_job_def("materialize_all")  # resolves: every resource key the assets need is bound
     assert STEP_LAUNCHER_KEY in job.resource_defs and "tables" in job.resource_defs
+
+
+# ---- S3 for Spark outside EMR (S3A) -------------------------------------------------------------------------------
+
+
+def test_s3a_serves_both_schemes_at_pysparks_hadoop_version(tmp_path):
+    from spark_code import s3a
+
+    assert s3a.is_s3("s3://b/k") and s3a.is_s3("s3a://b/k") and not s3a.is_s3("/data") and not s3a.is_s3("s3://")
+    assert s3a.split("s3a://bucket/a/b") == ("bucket", "a/b")
+    assert s3a.hadoop_version() == "3.3.4"  # pyspark 3.5's Hadoop: hadoop-aws must be exactly this
+    with pytest.raises(s3a.S3ASetupError, match=r"hadoop-aws:3\.3\.4.*run \./install\.sh"):
+        s3a.jars(tmp_path)  # an empty cache names the fix
+    conf = s3a.spark_conf("http://127.0.0.1:5000", "eu-west-3")
+    assert (
+        conf["spark.hadoop.fs.s3.impl"] == conf["spark.hadoop.fs.s3a.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    )
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert "hadoop-aws-3.3.4.jar" in conf["spark.driver.extraClassPath"]
+    assert "aws-java-sdk-bundle" in conf["spark.driver.extraClassPath"]
+
+
+def test_a_local_run_with_s3_paths_gets_s3a_and_a_local_one_does_not():
+    from fruits_assets.settings import Settings
+    from fruits_assets.spark_conf import local_spark_config
+
+    local = local_spark_config(settings=Settings.from_env({}))
+    assert not [key for key in local if "s3a" in key]
+    on_s3 = local_spark_config(settings=Settings.from_env({"FRUITS_OUTPUT_URI": "s3a://bucket/out"}))
+    assert on_s3["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"

@@ -1,0 +1,99 @@
+"""A shell on the emulated EMR for the tests: the emulator's exports, commands run as a user runs the README's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "fruits-emu"
+PREFIX = "fruits"
+
+
+@dataclass
+class EmrShell:
+    """The emulator process and the environment a user's shell would have after the README's exports."""
+
+    process: subprocess.Popen
+    exports: dict[str, str]
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, root: Path) -> EmrShell:
+        """Start `python -m tests.emr_emulator` and read what it says to export."""
+        root.mkdir(parents=True, exist_ok=True)
+        log = open(root / "emulator.log", "wb")  # noqa: SIM115  closed with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.emr_emulator", "--root", str(root / "node")],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=REPO,
+            text=True,
+        )
+        exports = {}
+        for line in process.stdout:
+            if line.startswith("# emulated EMR ready"):
+                break
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = value.strip("'")
+        if process.poll() is not None or "AWS_ENDPOINT_URL" not in exports:
+            raise RuntimeError(f"the EMR emulator did not start: see {root / 'emulator.log'}")
+        shell = cls(process, exports, root / "dagster")
+        shell.home.mkdir(exist_ok=True)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("FRUITS_", "AWS_", "DAGSTER_"))}
+        shell.env = (
+            base
+            | exports
+            | {
+                "DAGSTER_HOME": str(shell.home),
+                "FRUITS_EMR_STAGING_BUCKET": BUCKET,
+                "FRUITS_IMAGE_ROOT": f"s3://{BUCKET}/{PREFIX}/images",
+                "FRUITS_OUTPUT_URI": f"s3://{BUCKET}/{PREFIX}/output",
+                "FRUITS_TRAINING_ROOT": f"s3://{BUCKET}/{PREFIX}/training",
+            }
+        )
+        return shell
+
+    def run(self, *command: str, check: bool = True, timeout: float = 1200, **env: str) -> subprocess.CompletedProcess:
+        """Run a command of the README in the repository root with this shell's environment (plus `env`)."""
+        done = subprocess.run(
+            command, cwd=REPO, env=self.env | env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+            )
+        return done
+
+    def python(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """`.venv/bin/python ARGS` (this interpreter)."""
+        return self.run(sys.executable, *args, **kwargs)
+
+    def aws(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """The AWS CLI, as the README uses it."""
+        return self.run(str(Path(sys.executable).parent / "aws"), *args, **kwargs)
+
+    def stop(self) -> None:
+        """Ctrl-C the emulator (it terminates its clusters) and wait for it."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def wait_for(predicate, timeout_s: float = 300, every_s: float = 0.5):
+    """Poll `predicate` until it returns something truthy; return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError(f"still false after {timeout_s} s: {predicate}")

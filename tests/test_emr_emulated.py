@@ -1,0 +1,336 @@
+"""The README's EMR recipe, command by command, on the emulated EMR: images read from s3://, every table and model
+written to s3:// by Spark (S3A), the same outputs as a local run, the sensor's batches, classify, and the bad cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context
+
+from spark_code.run_lock import LOCK_FILE
+from tests.conftest import TRAINING, first_images
+from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.cnn]
+
+CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
+IMAGES = f"s3://{BUCKET}/{PREFIX}/images"
+OUTPUT = f"s3://{BUCKET}/{PREFIX}/output"
+ASSETS = ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features", "fruit_classifier")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, fruits_dir) -> dict[str, Path]:
+    """A handful of Test photos (4 per class), Training photos (6 per class) and three more for later batches."""
+    root = tmp_path_factory.mktemp("emr-photos")
+    for cls in CLASSES:
+        for folder, source, n in (("images", fruits_dir, 4), ("training", TRAINING, 6)):
+            (root / folder / cls).mkdir(parents=True)
+            for path in first_images(source / cls, n):
+                shutil.copy(path, root / folder / cls / path.name)
+    extra = [first_images(fruits_dir / cls, 6)[-1] for cls in CLASSES]
+    return {"images": root / "images", "training": root / "training", "extra": extra}
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory):
+    session = EmrShell.start(tmp_path_factory.mktemp("emr"))
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def _client(shell: EmrShell, service: str):
+    """A boto3 client of the emulated AWS, with the emulator's identity."""
+    names = {"endpoint_url": "AWS_ENDPOINT_URL", "aws_access_key_id": "AWS_ACCESS_KEY_ID"}
+    names |= {"aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "region_name": "AWS_DEFAULT_REGION"}
+    return boto3.client(service, **{arg: shell.exports[var] for arg, var in names.items()})
+
+
+def _s3(shell: EmrShell):
+    return _client(shell, "s3")
+
+
+def _emr(shell: EmrShell):
+    return _client(shell, "emr")
+
+
+@pytest.fixture(scope="module")
+def cluster(shell, photos, weights_path) -> str:
+    """The README's set-up: bucket, photos, bootstrap upload, `create --wait` (the bootstrap runs on the node)."""
+    shell.aws("s3", "mb", f"s3://{BUCKET}", "--region", "eu-west-3")
+    shell.aws("s3", "sync", str(photos["images"]), f"{IMAGES}/", "--quiet")
+    shell.aws("s3", "sync", str(photos["training"]), f"s3://{BUCKET}/{PREFIX}/training/", "--quiet")
+    shell.python("bootstrap/emr_cluster.py", "upload", "--weights", weights_path)
+    cluster_id = shell.python("bootstrap/emr_cluster.py", "create", "--wait").stdout.strip().splitlines()[-1]
+    shell.env["FRUITS_EMR_CLUSTER_ID"] = cluster_id
+    return cluster_id
+
+
+@pytest.fixture(scope="module")
+def first_run(shell, cluster):
+    """`FRUITS_DEPLOYMENT=emr .venv/bin/python -m fruits_assets`: the first batch, every asset."""
+    return shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
+
+
+def _instance(shell: EmrShell) -> DagsterInstance:
+    return DagsterInstance.from_config(str(shell.home))
+
+
+def _committed(shell: EmrShell, prefix: str) -> list[str]:
+    listed = _s3(shell).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{prefix}")
+    return sorted(o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith("/_COMMITTED"))
+
+
+def _table(shell: EmrShell, committed_key: str) -> list[dict]:
+    """The rows of one committed version on S3, read with pyarrow (what Spark wrote through S3A)."""
+    folder = committed_key.rsplit("/", 1)[0]
+    s3, rows = _s3(shell), []
+    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=folder + "/")["Contents"]:
+        if item["Key"].endswith(".parquet"):
+            body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+            rows += pq.read_table(pa_buffer(body)).to_pylist()
+    return rows
+
+
+def pa_buffer(body: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(body)
+
+
+# ---- the recipe ------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_installs_the_launching_versions_and_no_pyspark(shell, cluster):
+    record = _s3(shell).get_object(Bucket=BUCKET, Key=f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json")
+    node = json.loads(record["Body"].read())
+    assert node["python"].rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert "pyspark" not in node["packages"] and "dagster-pyspark" in node["packages"]
+    import importlib.metadata
+
+    here = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
+    shared = set(node["packages"]) & set(here) - {"pip", "setuptools", "wheel"}
+    assert len(shared) > 50  # transitive dependencies too, not only the top-level pins
+    assert {name: node["packages"][name] for name in shared} == {name: here[name] for name in shared}
+    state = _emr(shell).describe_cluster(ClusterId=cluster)["Cluster"]["Status"]["State"]
+    assert state == "WAITING"
+
+
+def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first_run):
+    out = first_run.stdout + first_run.stderr
+    for asset in ("raw_images", "cnn_features", "scaled_features", "pca_features", "fruit_classifier"):
+        assert f"{asset}: done in" in out, out[-3000:]
+    assert "checks: 8/8 passed" in out and f"output: {OUTPUT}" in out
+    steps = _emr(shell).list_steps(ClusterId=cluster)["Steps"]
+    assert len(steps) >= 6 and {s["Status"]["State"] for s in steps} == {"COMPLETED"}
+    assert all(s["Config"]["Args"][0] == "/usr/lib/spark/bin/spark-submit" for s in steps)
+    for table in ("raw_images/", "cnn_features/", "quarantined_images/", "scaled_features/", "pca_features/"):
+        assert _committed(shell, table), table
+    assert _committed(shell, "models/fruit_classifier/")
+    run = _instance(shell).get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
+    assert run.status == DagsterRunStatus.SUCCESS and run.tags["dagster/partition"]
+    materialized = {
+        e.asset_key.to_user_string()
+        for e in _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    }
+    assert set(ASSETS) <= materialized
+
+
+def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, spark, weights_path, tmp_path):
+    from fruits_assets.definitions import ASSETS as ALL_ASSETS
+    from fruits_assets.definitions import CHECKS
+    from fruits_assets.deployments import local_resources
+    from fruits_assets.ingest import materialize_batch
+    from tests.helpers import metadata_of
+
+    resources = local_resources(
+        str(photos["images"]), str(tmp_path / "out"), weights_path, None, str(photos["training"])
+    )
+    local = materialize_batch([*ALL_ASSETS, *CHECKS], resources)
+    assert local.success
+
+    def by_path(rows, root):
+        return {r["path"].split(root.rstrip("/") + "/", 1)[-1]: r for r in rows}
+
+    (emr_key,) = _committed(shell, "cnn_features/")
+    remote = by_path(_table(shell, emr_key), IMAGES.replace("s3://", ""))
+    (local_marker,) = (tmp_path / "out" / "cnn_features").glob("*/v-*/_COMMITTED")
+    local_rows = pq.read_table(local_marker.parent).to_pylist()
+    here = by_path(local_rows, str(photos["images"]))
+    assert sorted(remote) == sorted(here) and len(here) == 12
+    for path, row in here.items():
+        assert remote[path]["label"] == row["label"]
+        assert np.abs(np.asarray(remote[path]["features"]) - np.asarray(row["features"])).max() < 1e-4
+    run = _instance(shell).get_runs(limit=1)[0]
+    events = _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    pca = next(e.asset_materialization.metadata for e in events if e.asset_key.to_user_string() == "pca_features")
+    assert pca["k"].value == metadata_of(local, "pca_features")["k"]
+
+
+def _tick(source, cursor=None):
+    from fruits_assets.automation import new_images
+
+    context = build_sensor_context(cursor=cursor, resources={"image_source": source})
+    result = new_images(context)
+    return result, result.cursor or cursor
+
+
+def _launch_request(shell, monkeypatch, request, **settings_env):
+    """Run a sensor's run request as the daemon would, with the emr deployment: one batch, every asset."""
+    from fruits_assets import emr_run
+    from fruits_assets.settings import Settings
+
+    for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
+        monkeypatch.setenv(name, value)
+    instance = _instance(shell)
+    instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
+    settings = Settings.from_env()
+    result = emr_run.launch(settings, instance, request.partition_key, tags=dict(request.tags), with_console=False)
+    assert result.success
+    return result
+
+
+def test_sensor_batches_from_a_listing_and_from_s3_events(shell, first_run, photos, monkeypatch):
+    from fruits_assets.resources import ImageSource
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, shell.exports[name])
+    state = f"{OUTPUT}/_sensor/new_images"
+    listing = ImageSource(root=IMAGES, settle_seconds=0.0, state_uri=state)
+    _, cursor = _tick(listing)  # the sensor's first look: what the main command already took
+    new = photos["extra"][0]
+    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
+    result, cursor = _tick(listing, cursor)
+    (request,) = result.run_requests
+    assert request.tags["fruits/new"] == "1"
+    run = _launch_request(shell, monkeypatch, request)
+    raw = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "raw_images"]
+    assert raw[0].materialization.metadata["image_count"].value == 1
+
+    sqs = _client(shell, "sqs")
+    queue = sqs.create_queue(QueueName="fruits-images")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    _s3(shell).put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": f"{PREFIX}/images/"}]}},
+                }
+            ]
+        },
+    )
+    events = ImageSource(root=IMAGES, settle_seconds=0.0, state_uri=state, events_queue=queue)
+    new = photos["extra"][1]
+    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[1]}/{new.name}", "--quiet")
+    result, _ = _tick(events, cursor)
+    (request,) = result.run_requests
+    assert request.tags["fruits/new"] == "1"
+    run = _launch_request(shell, monkeypatch, request, FRUITS_EVENTS_QUEUE=queue)
+    cnn = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "cnn_features"]
+    assert cnn[0].materialization.metadata["featurized"].value == 1
+    assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None  # acknowledged
+
+
+def test_classify_with_models_on_s3(shell, first_run, photos):
+    photo = photos["extra"][2]
+    done = shell.run(
+        str(Path(sys.executable).parent / "fruits"), "classify", "--models", f"{OUTPUT}/models", str(photo), "--json"
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["label"] == CLASSES[2], answer
+
+
+# ---- bad input: clear errors, nothing written half --------------------------------------------------------------
+
+
+def _main_fails(shell, **env) -> str:
+    done = shell.python("-m", "fruits_assets", check=False, FRUITS_DEPLOYMENT="emr", **env)
+    assert done.returncode != 0
+    return done.stdout + done.stderr
+
+
+def test_wrong_endpoint_and_refused_credentials_are_named(shell, first_run):
+    assert "cannot reach AWS" in _main_fails(shell, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    from tests.moto_server import set_auth
+
+    set_auth(shell.exports["AWS_ENDPOINT_URL"], 0)
+    try:
+        out = _main_fails(shell, AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG1", AWS_SECRET_ACCESS_KEY="wrong")
+    finally:
+        set_auth(shell.exports["AWS_ENDPOINT_URL"], float("inf"))
+    assert "AWS refused these credentials (InvalidAccessKeyId)" in out
+
+
+def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, first_run):
+    before = len(_emr(shell).list_steps(ClusterId=cluster)["Steps"])
+    out = _main_fails(shell, FRUITS_IMAGE_ROOT=f"s3://{BUCKET}/{PREFIX}/nothing-here")
+    assert "holds no photos" in out
+    assert len(_emr(shell).list_steps(ClusterId=cluster)["Steps"]) == before
+
+
+def test_a_node_missing_a_package_fails_with_the_steps_stderr(shell, cluster, first_run):
+    node = wait_for(lambda: sorted((Path.home() / ".cache/fruits/emr-emulator").glob("node-*/bin/python")))[0]
+    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow-heif")
+    try:
+        out = _main_fails(shell)
+    finally:
+        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", "pillow-heif==1.8.1")
+    assert "No module named 'pillow_heif'" in out and "stderr" in out, out[-3000:]
+
+
+def _start_and_wait_for_a_running_step(shell, cluster):
+    """The main command, started; returns (process, the id of the first EMR step it submitted, once RUNNING)."""
+    emr = _emr(shell)
+    before = {s["Id"] for s in emr.list_steps(ClusterId=cluster)["Steps"]}
+    running = subprocess.Popen(
+        [sys.executable, "-m", "fruits_assets"],
+        cwd=REPO,
+        env=shell.env | {"FRUITS_DEPLOYMENT": "emr"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def a_step_runs():
+        steps = emr.list_steps(ClusterId=cluster)["Steps"]
+        return [s["Id"] for s in steps if s["Id"] not in before and s["Status"]["State"] == "RUNNING"]
+
+    return running, wait_for(a_step_runs, timeout_s=120)[0]
+
+
+def _lock_released(shell) -> bool:
+    listed = _s3(shell).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{LOCK_FILE}")
+    return not listed.get("Contents")
+
+
+def test_a_cancelled_run_cancels_its_emr_step_then_unlocks(shell, cluster, first_run):
+    running, step = _start_and_wait_for_a_running_step(shell, cluster)
+    running.send_signal(signal.SIGINT)  # Ctrl-C, or the UI's terminate
+    out, _ = running.communicate(timeout=300)
+    assert running.returncode != 0
+    state = _emr(shell).describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]
+    assert state in ("CANCELLED", "CANCEL_PENDING"), out[-3000:]
+    assert _lock_released(shell)
+
+
+def test_terminating_the_cluster_mid_run_names_it(shell, cluster, first_run):
+    running, _ = _start_and_wait_for_a_running_step(shell, cluster)
+    shell.python("bootstrap/emr_cluster.py", "terminate")
+    out, _ = running.communicate(timeout=300)
+    assert running.returncode == 1
+    assert f"cluster {cluster} is TERMINATED" in out and "start a new one" in out, out[-3000:]
+    assert _lock_released(shell)
