@@ -107,10 +107,11 @@ def figures(metadata: dict) -> str:
 
 
 def root_cause(error) -> str:
-    """The first line of the innermost cause of a Dagster `SerializableErrorInfo` (the user code's own error)."""
+    """The first line of the user code's own error in a Dagster `SerializableErrorInfo`: below Dagster's wrappers,
+    above the library errors it was raised from (those are in the log file)."""
     if error is None:
         return "no error recorded"
-    while error.cause is not None:
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):  # Dagster's wrappers, not ours
         error = error.cause
     lines = error.message.strip().splitlines()
     return lines[0] if lines else error.cls_name or "unknown error"

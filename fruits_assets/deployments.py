@@ -57,7 +57,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
     emr = emr or EmrSettings.from_settings(settings)
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
     return {
-        STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr, on_node=settings.emr_node),
+        STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr, settings),
         "pyspark": pyspark,
         "io_manager": SparkParquetIOManager(base_uri=emr.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{emr.output_uri}/models", pyspark=pyspark),

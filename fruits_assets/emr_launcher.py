@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
+from fruits_assets import emr_step_main
 from fruits_assets.emr_settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.preflight import preflight
 from fruits_assets.resources import CnnResource
+from fruits_assets.settings import Settings
 from fruits_assets.spark_conf import EMR_SPARK_CONF
 
 STEP_LAUNCHER_KEY = "pyspark_step_launcher"
@@ -44,6 +48,20 @@ LAUNCHER_FIELDS = {
 }
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """Where one launched step's time went, seen from the launching side (seconds)."""
+
+    step_key: str
+    emr_step_id: str
+    staged_s: float  # code zip, step pickle and main file to S3
+    submit_s: float  # AddJobFlowSteps
+    waited_s: float  # from submission until the step was seen ended and its events relayed
+
+
+TIMINGS: list[StepTiming] = []  # every step this process launched, in order (bench.emr_emulated reads them)
+
+
 class EmrStepError(RuntimeError):
     """An EMR step ended without running its Dagster step to the end; the message says why and where its logs are."""
 
@@ -59,27 +77,40 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     """dagster-aws's EMR launcher, zipping only fruits_assets + spark_code (never the venv) for each step, polling
     every `poll_seconds`, cancelling its EMR step when the run stops first, and naming why a step failed."""
 
-    def __init__(self, *args, poll_seconds: float = 15.0, **kwargs):
+    def __init__(self, *args, poll_seconds: float = 15.0, step_env: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.poll_seconds = poll_seconds
+        self.step_env = dict(step_env or {})
+
+    def _main_file_local_path(self) -> str:
+        """The step's main file: ours (the run's settings into the environment), then dagster-aws's."""
+        return emr_step_main.__file__
 
     def launch_step(self, step_context) -> Iterator:
         """Stage the code and the step, submit it, relay its events; cancel it if the run is stopped meanwhile."""
         run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="fruits-emr-package-") as folder:
             if self.deploy_local_job_package:
                 self.local_job_package_path = str(copy_packages(Path(folder)))
             step_run_ref = step_context_to_step_run_ref(step_context, self.local_job_package_path)
             self._post_artifacts(step_context.log, step_run_ref, run_id, step_key)
+        settings_key = self._artifact_s3_key(run_id, step_key, emr_step_main.SETTINGS_FILE)
+        s3 = boto3.client("s3", region_name=self.region_name)
+        s3.put_object(Bucket=self.staging_bucket, Key=settings_key, Body=json.dumps(self.step_env).encode())
+        staged = time.monotonic()
         step_def = self._get_emr_step_def(run_id, step_key, step_context.op.name)
         step_id = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [step_def])[0]
+        submitted = time.monotonic()
         ended = False
         try:
             yield from self.wait_for_completion_and_log(run_id, step_key, step_id, step_context)
             ended = True
-        except EmrError as error:
+            done = time.monotonic()
+            TIMINGS.append(StepTiming(step_key, step_id, staged - started, submitted - staged, done - submitted))
+        except EmrError:
             ended = True
-            raise EmrStepError(self.explain_failure(step_id)) from error
+            raise EmrStepError(self.explain_failure(step_id)) from None  # dagster-aws's error says only "failed"
         finally:
             if not ended:  # the run was interrupted or failed here: the step must not run on alone
                 self.cancel(step_context.log, step_id)
@@ -112,29 +143,37 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             log.error(f"could not cancel EMR step {step_id} on {self.cluster_id}: {error}")
 
     def explain_failure(self, step_id: str) -> str:
-        """Why the step failed: its state, the cluster's, and the tail of its stderr (or where EMR will put it)."""
+        """Why the step failed, in its first line (its state, the error its stderr ends with, or the cluster's end),
+        then the tail of its stderr, or where EMR will put it."""
         runner = self.emr_job_runner
         step = runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]
         cluster = runner.describe_cluster(self.cluster_id)["Cluster"]["Status"]
-        lines = [f"EMR step {step_id} on {self.cluster_id}: {step['State']} {_reason(step)}".rstrip()]
-        if cluster["State"].startswith("TERMINAT"):
-            lines.append(
-                f"cluster {self.cluster_id} is {cluster['State']} {_reason(cluster)}: start a new one "
-                "(bootstrap/emr_cluster.py create) and set FRUITS_EMR_CLUSTER_ID".replace("  ", " ")
-            )
         bucket, prefix = runner.log_location_for_cluster(self.cluster_id)
         key = f"{prefix}{self.cluster_id}/steps/{step_id}/stderr.gz"
         tail = _log_tail(boto3.client("s3", region_name=self.region_name), bucket, key)
+        headline = f"EMR step {step_id} on {self.cluster_id} {step['State']} {_reason(step)}".rstrip()
+        if cluster["State"].startswith("TERMINAT"):
+            headline += (
+                f": cluster {self.cluster_id} is {cluster['State']} {_reason(cluster)}; start a new one "
+                "(bootstrap/emr_cluster.py create) and set FRUITS_EMR_CLUSTER_ID"
+            ).replace("  ", " ")
+        elif tail:
+            headline += f": {_last_error(tail)}"
         if tail is None:
-            lines.append(f"its stderr is not on S3 yet; EMR copies it to s3://{bucket}/{key} within minutes")
-        else:
-            lines.append(f"last lines of its stderr (s3://{bucket}/{key}):\n{tail}")
-        return "\n".join(lines)
+            return f"{headline}\nits stderr is not on S3 yet; EMR copies it to s3://{bucket}/{key} within minutes"
+        return f"{headline}\nlast lines of its stderr (s3://{bucket}/{key}):\n{tail}"
 
 
 def _reason(status: dict) -> str:
     message = (status.get("StateChangeReason") or {}).get("Message")
     return f"({message})" if message else ""
+
+
+def _last_error(tail: str) -> str:
+    """The line of a log tail that says what went wrong: the last one naming an error, else the last one."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def _log_tail(s3, bucket: str, key: str, lines: int = STDERR_TAIL_LINES) -> str | None:
@@ -163,11 +202,14 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     wait_for_logs: bool = Field(default=False, description="Copy the step's driver logs back (adds minutes).")
     preflight: bool = Field(default=True, description="Check cluster, buckets and Python when the run starts.")
 
+    step_env: dict[str, str] = Field(default_factory=dict, description="The run's FRUITS_* settings, sent to steps.")
+
     @classmethod
-    def for_settings(cls, emr: EmrSettings, on_node: bool = False) -> EmrStepLauncher:
-        """The launcher of these emr settings (no preflight on a node: the launching process did it)."""
+    def for_settings(cls, emr: EmrSettings, settings: Settings) -> EmrStepLauncher:
+        """The launcher of these emr settings; each step gets `settings`' FRUITS_* variables (no preflight on a
+        node: the launching process did it)."""
         fields = {field: getattr(emr, source) for field, source in LAUNCHER_FIELDS.items()}
-        return cls(**fields, preflight=not on_node)
+        return cls(**fields, preflight=not settings.emr_node, step_env=settings.to_env())
 
     def settings(self) -> EmrSettings:
         """These fields as validated EmrSettings."""
@@ -189,6 +231,7 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
             deploy_local_job_package=settings.package_uri is None,
             s3_job_package_path=settings.package_uri,
             poll_seconds=settings.poll_seconds,
+            step_env=self.step_env,
         )
 
 

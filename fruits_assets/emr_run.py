@@ -18,18 +18,18 @@ JOB_NAME = "materialize_batch"  # the main command's job: one ingest batch, then
 PARTITION_TAG = "dagster/partition"
 
 
-def step_job(env: dict[str, str], with_console: bool = True) -> JobDefinition:
-    """The main command's job bound to the emr resources of `env` (the launching side's FRUITS_* variables).
+def step_job(with_console: bool = True) -> JobDefinition:
+    """The main command's job bound to the resources of the FRUITS_* settings.
 
-    Dagster calls this in the launching process and again, with the same `env`, in every step on the cluster
-    (the step launcher pickles the reconstructable job): each step runs with the settings the run was launched with,
-    not those frozen into the cluster at its creation.
+    Dagster calls this in the launching process and again in every step on the cluster (the step launcher pickles
+    the reconstructable job); there the settings are the ones the run was launched with, which the launcher stages
+    beside each step (`emr_step_main`), not those of the cluster's creation.
     """
     from fruits_assets import console
     from fruits_assets.definitions import ASSETS, CHECKS
     from fruits_assets.deployments import resources_for
 
-    settings = Settings.for_step(env)
+    settings = Settings.from_env()
     job = define_asset_job(JOB_NAME)
     resolved = Definitions(
         jobs=[job],
@@ -45,7 +45,6 @@ def step_job(env: dict[str, str], with_console: bool = True) -> JobDefinition:
 
 
 def launch(
-    settings: Settings,
     instance: DagsterInstance,
     key: str,
     run_config: dict | None = None,
@@ -56,9 +55,8 @@ def launch(
     step through the EMR step launcher; `tags` as a sensor's run request gives them. Returns the execution result
     (its run is in `instance`, as a local run's)."""
     run_config = run_config or {}
-    env = settings.to_env()
     recon = build_reconstructable_job(
-        __name__, step_job.__name__, reconstructable_kwargs={"env": env, "with_console": with_console}
+        __name__, step_job.__name__, reconstructable_kwargs={"with_console": with_console}
     )
     if with_console:
         run_config = {**run_config, "loggers": {"step_lines": {}}}

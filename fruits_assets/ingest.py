@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
                 from fruits_assets import emr_run
 
-                result = emr_run.launch(settings, instance, _add_batch(instance, key), _run_config(args))
+                result = emr_run.launch(instance, _add_batch(instance, key), _run_config(args))
                 output = settings.output_uri
             else:
                 result, output = _run_locally(settings, instance, key, args)

@@ -98,13 +98,6 @@ class Settings(BaseModel):
         """The FRUITS_* variables of the fields set explicitly: `from_env` of them gives these settings back."""
         return {self.variable(field): str(getattr(self, field)) for field in sorted(self.model_fields_set)}
 
-    @classmethod
-    def for_step(cls, env: Mapping[str, str]) -> Settings:
-        """The settings a run was launched with (`env`, from `to_env`), on whichever machine runs its step: an EMR
-        node adds only what is its own (FRUITS_EMR_NODE, from the cluster's spark-env)."""
-        node = cls.variable("emr_node")
-        return cls.from_env({**env, node: os.environ.get(node, "")})
-
 
 def _explain(error: ValidationError, values: Mapping[str, str]) -> str:
     """One line per invalid variable: its name, its value, what is wrong and what to do."""

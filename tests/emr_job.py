@@ -33,6 +33,7 @@ def launcher() -> EmrStepLauncher:
         output_uri=os.environ["FRUITS_OUTPUT_URI"],
         image_root=os.environ["FRUITS_IMAGE_ROOT"],
         poll_seconds=0.1,
+        step_env={"FRUITS_OUTPUT_URI": os.environ["FRUITS_OUTPUT_URI"]},
     )
 
 

@@ -263,7 +263,8 @@ def test_a_python_mismatch_is_refused_naming_both(aws):
     assert node_python(aws.client("s3"), settings) == "3.12"  # what the node's bootstrap recorded wins
 
 
-def test_each_step_runs_with_the_launching_sides_settings(monkeypatch):
+def test_each_step_runs_with_the_launching_sides_settings(aws, monkeypatch):
+    from fruits_assets import emr_step_main
     from fruits_assets.deployments import emr_resources
     from fruits_assets.settings import Settings
 
@@ -278,14 +279,22 @@ def test_each_step_runs_with_the_launching_sides_settings(monkeypatch):
         "FRUITS_ACCURACY_FLOOR": "0.97",
         "FRUITS_EVENTS_QUEUE": "https://sqs.eu-west-3.amazonaws.com/123456789012/fruits-images",
     }
-    env = Settings.from_env(launching).to_env()
-    assert env == launching  # exactly what was set, nothing the launching machine defaulted
-    for name in [*launching, "FRUITS_EMR_NODE"]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FRUITS_OUTPUT_URI", f"s3://{BUCKET}/frozen-at-creation")  # ignored on the node
+    settings = Settings.from_env(launching)
+    assert settings.to_env() == launching  # exactly what was set, nothing the launching machine defaulted
+    launcher = emr_resources(settings=settings)[STEP_LAUNCHER_KEY]
+    assert launcher.step_env == launching and launcher.preflight
+    key = "fruits/staging/run-1/raw_images/step_run_ref.pkl"
+    aws.client("s3").put_object(
+        Bucket=BUCKET,
+        Key=key.replace("step_run_ref.pkl", emr_step_main.SETTINGS_FILE),
+        Body=json.dumps(launcher.step_env).encode(),
+    )
+    for name in launching:  # the node's environment, restored after the test
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("FRUITS_OUTPUT_URI", f"s3://{BUCKET}/frozen-at-creation")  # overridden on the node
     monkeypatch.setenv("FRUITS_EMR_NODE", "true")  # what the cluster's spark-env exports
-    settings = Settings.for_step(env)
-    resources = emr_resources(settings=settings)
+    emr_step_main.load_settings(aws.client("s3"), BUCKET, key)  # what the step's main file does first
+    resources = emr_resources(settings=Settings.from_env())
     assert resources["io_manager"].base_uri == f"s3a://{BUCKET}/run-output"
     assert (resources["cnn"].batch_size, resources["cnn"].image_size) == (32, 160)
     assert resources["classifier"].accuracy_floor == 0.97
@@ -427,6 +436,8 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
     assert "spark.sql.execution.arrow.maxRecordsPerBatch=256" in confs
     assert args[args.index("--py-files") + 1] == f"s3://{BUCKET}/{run_prefix}/code.zip"
     assert args[-3:] == [f"s3://{BUCKET}/{run_prefix}/emr_step_main.py", BUCKET, f"{run_prefix}/step_run_ref.pkl"]
+    settings = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{run_prefix}/fruits_settings.json")["Body"].read())
+    assert settings["FRUITS_OUTPUT_URI"] == f"s3://{BUCKET}/fruits/output"  # the run's settings, beside the step
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=run_prefix)["Contents"]}
     assert {f"{run_prefix}/{n}" for n in ("code.zip", "emr_step_main.py", "step_run_ref.pkl", "events.pkl")} <= keys

@@ -189,14 +189,12 @@ def _tick(source, cursor=None):
 def _launch_request(shell, monkeypatch, request, **settings_env):
     """Run a sensor's run request as the daemon would, with the emr deployment: one batch, every asset."""
     from fruits_assets import emr_run
-    from fruits_assets.settings import Settings
 
     for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
         monkeypatch.setenv(name, value)
     instance = _instance(shell)
     instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
-    settings = Settings.from_env()
-    result = emr_run.launch(settings, instance, request.partition_key, tags=dict(request.tags), with_console=False)
+    result = emr_run.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False)
     assert result.success
     return result
 

@@ -1,0 +1,33 @@
+"""EMR step entry point: the run's FRUITS_* settings, staged beside the step, into the environment, then dagster-aws's.
+
+spark-submit runs this file on the primary node (the launcher uploads it as the step's main file). Whatever rebuilds
+the job there (the main command's job, or the code location `dagster dev` launched from) then reads the settings the
+run was launched with, not those of the cluster's creation.
+"""
+
+import json
+import os
+import sys
+
+SETTINGS_FILE = "fruits_settings.json"
+
+
+def load_settings(s3_client, bucket: str, step_run_ref_key: str) -> dict[str, str]:
+    """The launching side's FRUITS_* variables, staged beside the step's pickled run ref, put into os.environ."""
+    key = f"{step_run_ref_key.rsplit('/', 1)[0]}/{SETTINGS_FILE}"
+    env = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    os.environ.update(env)
+    return env
+
+
+def main(bucket: str, step_run_ref_key: str) -> None:
+    """Set the run's settings, then run the step as dagster-aws's own main does."""
+    import boto3
+    from dagster_aws.emr import emr_step_main
+
+    load_settings(boto3.client("s3"), bucket, step_run_ref_key)
+    emr_step_main.main(bucket, step_run_ref_key)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
