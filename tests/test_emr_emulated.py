@@ -141,7 +141,7 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
     run = _instance(shell).get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
     assert run.status == DagsterRunStatus.SUCCESS and run.tags["dagster/partition"]
     materialized = {
-        e.asset_key.to_user_string()
+        e.asset_materialization.asset_key.to_user_string()
         for e in _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     }
     assert set(ASSETS) <= materialized
@@ -174,7 +174,11 @@ def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, 
         assert np.abs(np.asarray(remote[path]["features"]) - np.asarray(row["features"])).max() < 1e-4
     run = _instance(shell).get_runs(limit=1)[0]
     events = _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    pca = next(e.asset_materialization.metadata for e in events if e.asset_key.to_user_string() == "pca_features")
+    pca = next(
+        e.asset_materialization.metadata
+        for e in events
+        if e.asset_materialization.asset_key.to_user_string() == "pca_features"
+    )
     assert pca["k"].value == metadata_of(local, "pca_features")["k"]
 
 
