@@ -55,8 +55,8 @@ def _serve_parser(commands, settings: Settings) -> None:
     serve.add_argument(
         "--models",
         default=f"{settings.output_uri.rstrip('/')}/models",
-        help="local models folder holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models); newer committed "
-        "versions are picked up while serving",
+        help="models folder (local or s3://) holding fruit_classifier/ (default: $FRUITS_OUTPUT_URI/models); "
+        "newer committed versions are picked up while serving",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)

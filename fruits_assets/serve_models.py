@@ -9,24 +9,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from spark_code.s3a import is_s3
 from spark_code.serving import FruitClassifier, ModelNotFoundError, ServingPipeline, latest_version, load_pipeline
 
 logger = logging.getLogger(__name__)
 
 # What a failed reload may raise: a version pruned or half-read while loading, a bad file. The old model stays.
-RELOAD_ERRORS = (ModelNotFoundError, OSError, ValueError, KeyError, IndexError)
+RELOAD_ERRORS = (ModelNotFoundError, OSError, ValueError, KeyError, IndexError, BotoCoreError, ClientError)
 
 
 class RemoteModelsError(ValueError):
-    """`--models` names a remote store; the server reads a local models folder."""
+    """`--models` names a store the server cannot read (it reads a local folder or s3://)."""
 
 
 def check_models_folder(models: str) -> Path:
-    """The newest committed classifier version under a local models folder; clear errors otherwise."""
-    if "://" in models and not models.startswith("file:"):
+    """The newest committed classifier version under a local models folder, or under an s3:// one (copied once
+    into a local cache); clear errors otherwise."""
+    if "://" in models and not models.startswith("file:") and not is_s3(models):
         raise RemoteModelsError(
-            f"--models {models!r}: `fruits serve` reads a local models folder; copy the models there first "
-            f"(e.g. `aws s3 sync {models.rstrip('/')}/fruit_classifier ./models/fruit_classifier`) and pass that folder"
+            f"--models {models!r}: `fruits serve` reads a local models folder or an s3:// one; copy the models to "
+            "one of those and pass it"
         )
     return latest_version(models)
 
