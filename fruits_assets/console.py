@@ -10,7 +10,9 @@ from pathlib import Path
 from dagster import AssetCheckSeverity, LoggerDefinition, logger
 
 OUR_LOGGERS = ("fruits_assets", "spark_code")
-QUIETER = {"py4j": logging.INFO, "matplotlib": logging.INFO}  # DEBUG per py4j call would swamp the log file
+QUIETER = {  # DEBUG per py4j call, per AWS request would swamp the log file
+    name: logging.INFO for name in ("py4j", "matplotlib", "botocore", "boto3", "urllib3", "s3transfer")
+}
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(asctime)s %(message)s"
 FIGURES = (
