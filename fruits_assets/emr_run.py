@@ -12,25 +12,28 @@ from dagster import (
     in_process_executor,
 )
 
+from fruits_assets.emr_settings import EmrSettings
+from fruits_assets.preflight import preflight
 from fruits_assets.settings import Settings
 
 JOB_NAME = "materialize_batch"  # the main command's job: one ingest batch, then every asset and check
 PARTITION_TAG = "dagster/partition"
 
 
-def step_job(with_console: bool = True) -> JobDefinition:
+def step_job(with_console: bool = True, assets: list[str] | None = None) -> JobDefinition:
     """The main command's job bound to the resources of the FRUITS_* settings.
 
     Dagster calls this in the launching process and again in every step on the cluster (the step launcher pickles
     the reconstructable job); there the settings are the ones the run was launched with, which the launcher stages
-    beside each step (`emr_step_main`), not those of the cluster's creation.
+    beside each step (`emr_step_main`), not those of the cluster's creation. `assets` selects some assets (and
+    their checks); None: all.
     """
     from fruits_assets import console
     from fruits_assets.definitions import ASSETS, CHECKS
     from fruits_assets.deployments import resources_for
 
     settings = Settings.from_env()
-    job = define_asset_job(JOB_NAME)
+    job = define_asset_job(JOB_NAME, selection=assets)
     resolved = Definitions(
         jobs=[job],
         assets=ASSETS,
@@ -50,14 +53,20 @@ def launch(
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
     with_console: bool = True,
+    assets: list[str] | None = None,
 ):
     """Run the main command's job for ingest batch `key` in `instance` (a persistent one: the project's), each Spark
-    step through the EMR step launcher; `tags` as a sensor's run request gives them. Returns the execution result
-    (its run is in `instance`, as a local run's)."""
+    step through the EMR step launcher; `tags` as a sensor's run request gives them, `assets` a selection (default
+    all). Returns the execution result (its run is in `instance`, as a local run's)."""
     run_config = run_config or {}
-    recon = build_reconstructable_job(
-        __name__, step_job.__name__, reconstructable_kwargs={"with_console": with_console}
-    )
+    kwargs = {"with_console": with_console, "assets": assets}
+    recon = build_reconstructable_job(__name__, step_job.__name__, reconstructable_kwargs=kwargs)
     if with_console:
         run_config = {**run_config, "loggers": {"step_lines": {}}}
     return execute_job(recon, instance, run_config=run_config, tags={**(tags or {}), PARTITION_TAG: key})
+
+
+def check(settings: Settings) -> None:
+    """The emr deployment's checks (endpoint, credentials, cluster, buckets, photos, Python) before the run starts:
+    a DeploymentError names what to fix, and nothing is staged or submitted."""
+    preflight(EmrSettings.from_settings(settings))

@@ -99,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         from fruits_assets.settings import Settings
 
         settings = Settings.from_env()
+        if settings.deployment == "emr":
+            from fruits_assets import emr_run
+            from fruits_assets.emr_settings import DeploymentError
+
+            try:
+                emr_run.check(settings)
+            except DeploymentError as error:
+                logger.error("emr: %s", error)
+                return 2
         with instance_at(home) as instance:
             if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
-                from fruits_assets import emr_run
-
                 result = emr_run.launch(instance, _add_batch(instance, key), _run_config(args))
                 output = settings.output_uri
             else:

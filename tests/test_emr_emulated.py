@@ -190,15 +190,19 @@ def _tick(source, cursor=None):
     return result, result.cursor or cursor
 
 
-def _launch_request(shell, monkeypatch, request, **settings_env):
-    """Run a sensor's run request as the daemon would, with the emr deployment: one batch, every asset."""
+BATCH_ASSETS = ["raw_images", "cnn_features", "quarantined_images"]  # a batch's own assets (and their checks)
+
+
+def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
+    """Run a sensor's run request as the daemon would, with the emr deployment: one batch, then `assets` (default:
+    every asset, as the sensor's job)."""
     from fruits_assets import emr_run
 
     for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
         monkeypatch.setenv(name, value)
     instance = _instance(shell)
     instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
-    result = emr_run.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False)
+    result = emr_run.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False, assets=assets)
     assert result.success
     return result
 
@@ -241,7 +245,7 @@ def test_sensor_batches_from_a_listing_and_from_s3_events(shell, first_run, phot
     result, _ = _tick(events, cursor)
     (request,) = result.run_requests
     assert request.tags["fruits/new"] == "1"
-    run = _launch_request(shell, monkeypatch, request, FRUITS_EVENTS_QUEUE=queue)
+    run = _launch_request(shell, monkeypatch, request, BATCH_ASSETS, FRUITS_EVENTS_QUEUE=queue)  # the rest: as above
     cnn = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "cnn_features"]
     assert cnn[0].materialization.metadata["featurized"].value == 1
     assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None  # acknowledged
