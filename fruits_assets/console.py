@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,10 @@ def root_cause(error) -> str:
         return "no error recorded"
     while error.cause is not None and (error.cls_name or "").startswith("Dagster"):  # Dagster's wrappers, not ours
         error = error.cause
-    lines = error.message.strip().splitlines()
+    lines = [line.strip() for line in error.message.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    if lines and error.cls_name == "PythonException" and raised:  # a Spark worker's: its own error is its last line
+        return raised[-1]
     return lines[0] if lines else error.cls_name or "unknown error"
 
 

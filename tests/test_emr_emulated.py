@@ -4,6 +4,7 @@ written to s3:// by Spark (S3A), the same outputs as a local run, the sensor's b
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -288,14 +289,16 @@ def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, firs
     assert len(_emr(shell).list_steps(ClusterId=cluster)["Steps"]) == before
 
 
-def test_a_node_missing_a_package_fails_with_the_steps_stderr(shell, cluster, first_run):
+def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
     node = wait_for(lambda: sorted((Path.home() / ".cache/fruits/emr-emulator").glob("node-*/bin/python")))[0]
-    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow-heif")
+    version = shell.run(str(node), "-c", "import scipy; print(scipy.__version__)").stdout.strip()
+    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "scipy")
     try:
         out = _main_fails(shell)
     finally:
-        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", "pillow-heif==1.8.1")
-    assert "No module named 'pillow_heif'" in out and "stderr" in out, out[-3000:]
+        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"scipy=={version}")
+    # The step's Python dies importing the project: the EMR step fails, and the run's error ends with its stderr.
+    assert re.search(r"raw_images: FAILED — EMR step s-\w+ on j-\w+ FAILED .*No module named 'scipy'", out), out[-3000:]
 
 
 def _start_and_wait_for_a_running_step(shell, cluster):

@@ -50,3 +50,20 @@ def test_without_a_counter_done_is_the_share_of_finished_tasks(spark, caplog):
 
 def test_duration_reads_like_a_person_would_say_it():
     assert [duration(s) for s in (0.4, 12, 109, 3725)] == ["0 s", "12 s", "1 min 49 s", "1 h 2 min"]
+
+
+def test_a_failed_step_shows_the_user_codes_error_not_dagsters_or_its_library_cause():
+    from dagster._utils.error import SerializableErrorInfo
+
+    from fruits_assets.console import root_cause
+
+    library = SerializableErrorInfo("ClientError: NoSuchBucket\n", [], "ClientError")
+    ours = SerializableErrorInfo(
+        "DeploymentError: bucket 'x' does not exist: create it\n", [], "DeploymentError", library
+    )
+    wrapper = SerializableErrorInfo("Error executing resource_fn\n", [], "DagsterResourceFunctionError", ours)
+    assert root_cause(wrapper) == "DeploymentError: bucket 'x' does not exist: create it"
+    worker = "\n  An exception was thrown from the Python worker.\nTraceback (most recent call last):\n"
+    worker += "  File \"x.py\", line 1\nModuleNotFoundError: No module named 'pillow_heif'\n"
+    spark = SerializableErrorInfo(worker, [], "PythonException")
+    assert root_cause(spark) == "ModuleNotFoundError: No module named 'pillow_heif'"

@@ -7,6 +7,7 @@ import threading
 
 from moto.core.responses import ActionResult
 from moto.emr import models, responses
+from moto.emr.exceptions import ValidationException
 from moto.emr.models import emr_backends
 
 _lock = threading.Lock()
@@ -21,7 +22,10 @@ def _start_on_node(cluster) -> None:
 
 
 def _queue_steps(cluster, steps: list[dict]) -> list:
-    """AddJobFlowSteps: every step waits, PENDING, until the node runs it (one at a time, in order)."""
+    """AddJobFlowSteps: every step waits, PENDING, until the node runs it (one at a time, in order); an ended
+    cluster refuses steps, as EMR does."""
+    if cluster.state.startswith("TERMINAT"):
+        raise ValidationException("A job flow that is shutting down, terminated, or finished may not be modified.")
     added = [models.Step(state="PENDING", **step) for step in steps]
     cluster.steps.extend(added)
     return added
