@@ -24,7 +24,7 @@ def _start_on_node(cluster) -> None:
 def _queue_steps(cluster, steps: list[dict]) -> list:
     """AddJobFlowSteps: every step waits, PENDING, until the node runs it (one at a time, in order); an ended
     cluster refuses steps, as EMR does."""
-    if cluster.state.startswith("TERMINAT"):
+    if getattr(cluster, "state", "").startswith("TERMINAT"):  # (moto adds a new cluster's steps before its state)
         raise ValidationException("A job flow that is shutting down, terminated, or finished may not be modified.")
     added = [models.Step(state="PENDING", **step) for step in steps]
     cluster.steps.extend(added)
