@@ -18,10 +18,11 @@ import boto3
 from botocore.exceptions import WaiterError
 
 from fruits_assets.emr_launcher import PACKAGE_ROOT, PACKAGES
-from fruits_assets.emr_settings import EmrSettings, split_s3_uri
+from fruits_assets.emr_settings import EmrSettings
 from fruits_assets.settings import Settings
 from fruits_assets.spark_conf import EMR_SPARK_CONF
 from spark_code.cnn import WEIGHTS_FILE
+from spark_code.s3a import split
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def constraints() -> str:
 def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path) -> list[str]:
     """Upload the bootstrap script, its requirements, the launching venv's constraints and the Keras weights;
     return their URIs."""
-    bucket, prefix = split_s3_uri(bootstrap_uri(settings))
+    bucket, prefix = split(bootstrap_uri(settings))
     files = [(HERE / name, f"{prefix}/{name}") for name in BOOTSTRAP_FILES]
     files.append((weights, f"{prefix}/weights/{WEIGHTS_FILE}"))
     for path, key in files:
@@ -192,7 +193,7 @@ def _code_version() -> str:
 def upload_package(s3_client, settings: EmrSettings, version: str | None = None) -> str:
     """Build and upload the code zip; return its URI (use it as FRUITS_EMR_PACKAGE_URI)."""
     uri = settings.staging_uri("packages", f"fruits-{version or _code_version()}.zip")
-    bucket, key = split_s3_uri(uri)
+    bucket, key = split(uri)
     with tempfile.TemporaryDirectory() as folder:
         s3_client.upload_file(str(build_package(Path(folder) / "fruits.zip")), bucket, key)
     return uri
@@ -203,15 +204,15 @@ def render_iam_policy(settings: EmrSettings, account_id: str, events_queue: str 
     statement is left out when the sensor lists the root instead)."""
 
     def objects(uri: str) -> str:
-        bucket, prefix = split_s3_uri(uri)
+        bucket, prefix = split(uri)
         return f"{bucket}/{prefix}/*" if prefix else f"{bucket}/*"
 
     values = {
         "REGION": settings.region,
         "ACCOUNT_ID": account_id,
-        "IMAGES_BUCKET": split_s3_uri(settings.image_root)[0],
+        "IMAGES_BUCKET": split(settings.image_root)[0],
         "IMAGES_OBJECTS": objects(settings.image_root),
-        "OUTPUT_BUCKET": split_s3_uri(settings.output_uri)[0],
+        "OUTPUT_BUCKET": split(settings.output_uri)[0],
         "OUTPUT_OBJECTS": objects(settings.output_uri),
         "STAGING_BUCKET": settings.staging_bucket,
         "STAGING_OBJECTS": objects(settings.staging_uri()),

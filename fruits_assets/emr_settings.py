@@ -11,12 +11,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from fruits_assets.settings import Settings, SettingsError
 from spark_code.cnn import WEIGHTS_FILE
-from spark_code.s3a import is_s3, split
+from spark_code.s3a import is_s3
 
 DEPLOYMENT_ENV = Settings.variable("deployment")
 DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
 NODE_WEIGHTS = "fruits/weights"  # under the node folder (FRUITS_EMR_NODE_DIR): where bootstrap-emr.sh copies them
-JOB_FLOW_INFO = "var/lib/info/job-flow.json"  # under the node folder, on every EMR node: holds the cluster id
 
 # EmrSettings field -> the Settings field (and so the FRUITS_* variable) it comes from.
 SOURCES = {
@@ -56,11 +55,6 @@ def _s3_uri(value: str, field: str) -> str:
     if not is_s3(value):
         raise ValueError(f"{field} {value!r} must be an s3://bucket/prefix (or s3a://) URI ({ENV_VARS[field]})")
     return value.rstrip("/")
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of an s3:// or s3a:// URI."""
-    return split(uri)
 
 
 class EmrSettings(BaseModel):

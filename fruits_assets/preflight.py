@@ -8,7 +8,8 @@ import sys
 import boto3
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError
 
-from fruits_assets.emr_settings import DeploymentError, EmrSettings, split_s3_uri
+from fruits_assets.emr_settings import DeploymentError, EmrSettings
+from spark_code.s3a import split
 
 NODE_RECORD = "node.json"  # what bootstrap-emr.sh records of a node: its Python and its installed packages
 LIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
@@ -21,7 +22,7 @@ def _error_code(error: ClientError) -> str:
 def check_bucket(s3_client, uri: str, what: str) -> int:
     """Fail with a clear message if the bucket of `uri` is missing or this identity may not list its prefix; return
     how many objects the first listed page holds (0 or 1)."""
-    bucket, prefix = split_s3_uri(uri)
+    bucket, prefix = split(uri)
     try:
         return s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
     except ClientError as error:
@@ -56,7 +57,7 @@ def check_cluster(emr_client, cluster_id: str, region: str) -> str:
 
 def node_python(s3_client, settings: EmrSettings) -> str | None:
     """The minor version (`3.11`) of the cluster nodes' Python: as its bootstrap recorded it, else as its name says."""
-    bucket, key = split_s3_uri(settings.staging_uri("bootstrap", "clusters", str(settings.cluster_id), NODE_RECORD))
+    bucket, key = split(settings.staging_uri("bootstrap", "clusters", str(settings.cluster_id), NODE_RECORD))
     try:
         version = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())["python"]
         return ".".join(version.split(".")[:2])
