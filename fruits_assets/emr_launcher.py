@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -149,19 +150,21 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         step = runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]
         cluster = runner.describe_cluster(self.cluster_id)["Cluster"]["Status"]
         bucket, prefix = runner.log_location_for_cluster(self.cluster_id)
-        key = f"{prefix}{self.cluster_id}/steps/{step_id}/stderr.gz"
-        tail = _log_tail(boto3.client("s3", region_name=self.region_name), bucket, key)
+        folder = f"{prefix}{self.cluster_id}/steps/{step_id}"
+        s3 = boto3.client("s3", region_name=self.region_name)
+        logs = [text for name in ("stderr", "stdout") if (text := _log_text(s3, bucket, f"{folder}/{name}.gz"))]
+        error, tail = _stderr_summary("\n".join(logs)) if logs else (None, None)
         headline = f"EMR step {step_id} on {self.cluster_id} {step['State']} {_reason(step)}".rstrip()
         if cluster["State"].startswith("TERMINAT"):
             headline += (
                 f": cluster {self.cluster_id} is {cluster['State']} {_reason(cluster)}; start a new one "
                 "(bootstrap/emr_cluster.py create) and set FRUITS_EMR_CLUSTER_ID"
             ).replace("  ", " ")
-        elif tail:
-            headline += f": {_last_error(tail)}"
-        if tail is None:
-            return f"{headline}\nits stderr is not on S3 yet; EMR copies it to s3://{bucket}/{key} within minutes"
-        return f"{headline}\nlast lines of its stderr (s3://{bucket}/{key}):\n{tail}"
+        elif error:
+            headline += f": {error}"
+        if not logs:
+            return f"{headline}\nits logs are not on S3 yet; EMR copies them to s3://{bucket}/{folder}/ within minutes"
+        return f"{headline}\nlast lines of its stderr and stdout (s3://{bucket}/{folder}/):\n{tail}"
 
 
 def _reason(status: dict) -> str:
@@ -169,21 +172,24 @@ def _reason(status: dict) -> str:
     return f"({message})" if message else ""
 
 
-def _last_error(tail: str) -> str:
-    """The line of a log tail that says what went wrong: the last one naming an error, else the last one."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "Exception" in line]
-    return (errors or lines or ["no output"])[-1][:300]
+SPARK_LOG_LINE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d ")  # log4j's lines, around the step's own output
+PYTHON_ERROR = re.compile(r"^[\w.]+(Error|Exception)(: |$)")
 
 
-def _log_tail(s3, bucket: str, key: str, lines: int = STDERR_TAIL_LINES) -> str | None:
-    """The last `lines` lines of a gzipped log on S3, or None while it is not there."""
+def _stderr_summary(text: str) -> tuple[str, str]:
+    """(the error the step's stderr ends with, its last lines), Spark's log4j lines left out."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not SPARK_LOG_LINE.match(line)]
+    errors = [line.strip() for line in lines if PYTHON_ERROR.match(line.strip())]
+    return (errors or lines or ["no output"])[-1][:300], "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+def _log_text(s3, bucket: str, key: str) -> str | None:
+    """A gzipped log on S3 as text, or None while it is not there."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError:
         return None
-    text = gzip.decompress(body).decode("utf-8", "replace")
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    return gzip.decompress(body).decode("utf-8", "replace")
 
 
 class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):

@@ -543,3 +543,21 @@ def test_a_local_run_with_s3_paths_gets_s3a_and_a_local_one_does_not():
     assert not [key for key in local if "s3a" in key]
     on_s3 = local_spark_config(settings=Settings.from_env({"FRUITS_OUTPUT_URI": "s3a://bucket/out"}))
     assert on_s3["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def test_a_failed_steps_stderr_is_summed_up_by_its_python_error():
+    from fruits_assets.emr_launcher import _stderr_summary
+
+    stderr = "\n".join(
+        [
+            "26/12/04 19:10:25 WARN Utils: Your hostname resolves to a loopback address",
+            "Traceback (most recent call last):",
+            '  File "/tmp/spark-1/code.zip/spark_code/logistic.py", line 8, in <module>',
+            "ModuleNotFoundError: No module named 'scipy'",
+            "26/12/04 19:10:32 INFO ShutdownHookManager: Shutdown hook called",
+            "26/12/04 19:10:32 INFO MetricsSystemImpl: s3a-file-system metrics system shutdown complete.",
+        ]
+    )
+    error, tail = _stderr_summary(stderr)
+    assert error == "ModuleNotFoundError: No module named 'scipy'"
+    assert tail.splitlines()[0] == "Traceback (most recent call last):" and "MetricsSystemImpl" not in tail

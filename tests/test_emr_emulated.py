@@ -298,7 +298,9 @@ def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
     finally:
         shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"scipy=={version}")
     # The step's Python dies importing the project: the EMR step fails, and the run's error ends with its stderr.
-    assert re.search(r"raw_images: FAILED — EMR step s-\w+ on j-\w+ FAILED .*No module named 'scipy'", out), out[-3000:]
+    assert re.search(r"raw_images: FAILED — .*EMR step s-\w+ on j-\w+ FAILED .*No module named 'scipy'", out), out[
+        -3000:
+    ]
 
 
 def _start_and_wait_for_a_running_step(shell, cluster):
