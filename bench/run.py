@@ -124,6 +124,17 @@ def main_incremental(args, selection: dict, env: dict) -> None:
         raise SystemExit("benchmark invariant failed: the CNN ran on more than the new photos")
 
 
+def main_main(args, env: dict) -> None:
+    """The --main mode (see bench/main_run.py)."""
+    from bench import main_run
+
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
+        result = main_run.run_main(Path(tmp), args.weights, env)
+    out = write_json(result, args.json or REPO / "bench" / "results" / "main-command.json", "main-command")
+    print(main_run.report(result))
+    print(f"JSON: {out}")
+
+
 def main_scale(args, env: dict) -> None:
     """The --scale mode (see bench/scale.py)."""
     from bench import scale
@@ -150,6 +161,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--incremental", action="store_true", help="full run, add ~1%% new photos, run again")
     parser.add_argument(
+        "--main", action="store_true", help="bare ONNX, then the main command: full, nothing new, one new photo"
+    )
+    parser.add_argument(
         "--new-photos", type=int, default=None, help="--incremental: how many new photos (default: 1%% of the corpus)"
     )
     parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
@@ -164,6 +178,9 @@ def main() -> None:
     env = {**os.environ, "FRUITS_BATCH_SIZE": str(args.batch_size), "FRUITS_IMAGE_SIZE": str(args.image_size)}
     if args.engine:
         env["FRUITS_ENGINE"] = args.engine
+    if args.main:
+        main_main(args, env)
+        return
     if args.incremental:
         main_incremental(args, selection, env)
         return

@@ -28,7 +28,7 @@ from fruits_assets.io_managers import UNCHANGED
 from fruits_assets.metadata import latest_metadata
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, lifecycle, openset, storage
+from spark_code import batches, classifier_fit, lifecycle, openset, storage
 from spark_code import classifier as clf
 from spark_code.images import list_images, require_images
 from spark_code.lifecycle import SavedModel
@@ -135,19 +135,18 @@ def fruit_classifier(
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
     cnn_features, _ = current_features(tables)  # every batch's current rows
-    model = clf.train_classifier(training, scaler, pca, classifier.logistic())
-    scores = clf.fit_feature_scores(model, training)
-    scored = clf.collect_scores(model, scores, cnn_features)
-    evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
-    raw = clf.evaluate_model(clf.train_classifier(training, scaler, None, classifier.logistic()), cnn_features)
     accept = classifier.known_accept_rate
-    protocol = clf.openset_protocol(training, cnn_features, scaler, pca, classifier.logistic(), accept)
-    rejection = _open_set_model(scored, clf.class_labels(model), scores, classifier, protocol)
+    fitted = classifier_fit.validate(training, cnn_features, scaler, pca, classifier.logistic(), accept)
+    known = fitted.model.labels()
+    evaluation = clf.evaluate(fitted.scored.pairs(), known)
+    raw = clf.evaluate(fitted.raw_scored.pairs(), fitted.raw_labels)
+    rejection = _open_set_model(fitted.scored, known, fitted.model.scores, classifier, fitted.protocol)
+    model = fitted.model.pipeline
     metadata = {
         **_evaluation_metadata(evaluation),
-        **_openset_metadata(rejection, protocol, scored, clf.class_labels(model)),
+        **_openset_metadata(rejection, fitted.protocol, fitted.scored, known),
         "k": pca.getK(),
-        "classes": len(clf.class_labels(model)),
+        "classes": len(known),
         "raw_accuracy": round(raw.accuracy, 4),
         "raw_macro_f1": round(raw.macro_f1, 4),
     }
@@ -172,8 +171,13 @@ def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: Class
         "scaler": models.latest_uri("scaled_features"),
         "pca": models.latest_uri("pca_features"),
         "cnn_model": cnn.model_key(),
-        "settings": classifier.model_dump(include={"max_iter", "reg_param", "unknown_score", "known_accept_rate"}),
+        "settings": fitted_settings(classifier),
     }
+
+
+def fitted_settings(classifier: ClassifierSettings) -> dict:
+    """The settings a classifier is fitted with: when any differs from the saved one's, it is retrained."""
+    return classifier.model_dump(include={"max_iter", "reg_param", "unknown_score", "known_accept_rate"})
 
 
 def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:

@@ -6,12 +6,12 @@ import os
 import sys
 import time
 
-from dagster import DagsterInstance, Definitions, define_asset_job, materialize
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
 
 from fruits_assets import console, progress
 from fruits_assets.home import dagster_home, instance_at, ui_command
 from fruits_assets.partitions import ingest_batches
-from spark_code import batches
+from spark_code import batches, unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,41 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
         raise_on_error=False,
     )
     return result, resources["io_manager"].base_uri
+
+
+def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:
+    """Why this run has work to do; None (after saying so) when neither root has anything new, changed or deleted
+    and every table and model is current: then no Spark job runs and no model is loaded."""
+    if args.full_refresh or args.refit or args.batch:
+        return "asked for by --full-refresh, --refit or --batch"
+    records = instance.get_run_records(limit=1)
+    if not records or records[0].dagster_run.status != DagsterRunStatus.SUCCESS:
+        return "the last run of this instance did not succeed"
+    reason = unchanged.pending_work(_expected(settings))
+    if reason is None:
+        logger.info(
+            "nothing new in %s or %s since the last run: every asset is current (no Spark job, no model loaded)",
+            settings.image_root,
+            settings.training_root,
+        )
+    return reason
+
+
+def _expected(settings) -> unchanged.Expected:
+    """What a local run would compare the saved tables and models with."""
+    from fruits_assets.assets import PcaConfig
+    from fruits_assets.classifier_assets import fitted_settings
+    from fruits_assets.deployments import resources_for
+
+    resources, pca = resources_for(settings), PcaConfig()
+    return unchanged.Expected(
+        image_root=resources["image_source"].root,
+        training_root=resources["training_source"].root,
+        output=resources["io_manager"].base_uri,
+        model_key=resources["cnn"].model_key(),
+        classifier_settings=fitted_settings(resources["classifier"]),
+        pca_settings={"k": pca.k, "variance_target": pca.variance_target, "accuracy_tolerance": pca.accuracy_tolerance},
+    )
 
 
 def _run_config(args: argparse.Namespace) -> dict:
@@ -112,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
                 result = emr_run.launch(instance, _add_batch(instance, key), _run_config(args))
                 output = settings.output_uri
+            elif (reason := _nothing_new(settings, instance, args)) is None:
+                return 0
             else:
+                logger.debug("a run is due: %s", reason)
                 result, output = _run_locally(settings, instance, key, args)
         logger.info("done in %s", progress.duration(time.monotonic() - started))
         for line in console.summary(result, output, log_path, ui_command(home)):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,9 +25,23 @@ class SoftmaxModel:
         return self.classes[np.argmax(x @ self.weights + self.intercept, axis=1)]
 
 
-def fit_softmax(x: np.ndarray, labels: np.ndarray, reg_param: float, max_iter: int) -> SoftmaxModel:
+TOL = 1e-6  # Spark ML's default `tol`: stop when an iteration improves the objective by less than this
+
+
+def fit_softmax(
+    x: np.ndarray,
+    labels: np.ndarray,
+    reg_param: float,
+    max_iter: int,
+    tol: float = TOL,
+    start: SoftmaxModel | None = None,
+) -> SoftmaxModel:
     """Minimise mean cross-entropy + reg_param/2·‖W‖² (intercepts free): Spark ML's multinomial objective with
-    `standardization=False` and no elastic net. Deterministic for given rows (full batch, L-BFGS)."""
+    `standardization=False` and no elastic net. Deterministic for given rows (full batch, L-BFGS), stopping after
+    `max_iter` iterations or when one improves the objective by less than `tol` (relative, as Spark's `tol`).
+
+    `start` (optional) is where the search starts, e.g. the solution of a nearby problem (`warm_start`): the
+    objective is strictly convex, so it changes how many iterations are needed, not the solution they reach."""
     classes, y = np.unique(labels, return_inverse=True)
     x = np.ascontiguousarray(x, dtype=np.float32)  # the products in float32 (twice as fast), the optimiser in float64
     n, d = x.shape
@@ -43,8 +61,24 @@ def fit_softmax(x: np.ndarray, labels: np.ndarray, reg_param: float, max_iter: i
         gradient = (x.T @ p).astype(np.float64) + reg_param * w
         return loss, np.concatenate([gradient.ravel(), p.sum(axis=0, dtype=np.float64)])
 
-    result = minimize(loss_and_grad, np.zeros(d * c + c), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    theta0 = np.zeros(d * c + c) if start is None else warm_start(start, classes, d)
+    options = {"maxiter": max_iter, "ftol": tol}
+    result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options=options)
+    logger.debug("softmax fit: %d rows × %d, %d classes: %d iterations", n, d, c, result.nit)
     return SoftmaxModel(result.x[: d * c].reshape(d, c), result.x[d * c :], classes)
+
+
+def warm_start(model: SoftmaxModel, classes: np.ndarray, dimension: int) -> np.ndarray:
+    """`model`'s weights as a starting point for `classes` on `dimension` features: its rows beyond the dimension
+    dropped or zero rows added (nested PCA columns), classes it lacks at zero."""
+    weights, intercept = np.zeros((dimension, len(classes))), np.zeros(len(classes))
+    rows = min(dimension, model.weights.shape[0])
+    position = {label: i for i, label in enumerate(model.classes.tolist())}
+    for j, label in enumerate(classes.tolist()):
+        if label in position:
+            weights[:rows, j] = model.weights[:rows, position[label]]
+            intercept[j] = model.intercept[position[label]]
+    return np.concatenate([weights.ravel(), intercept])
 
 
 def accuracy_by_k(
@@ -57,8 +91,30 @@ def accuracy_by_k(
     """Validation accuracy of a softmax regression on the first k columns, for each k in `ks`;
     `fit` and `valid` are (features, labels)."""
     (fit_x, fit_labels), (valid_x, valid_labels) = fit, valid
-    curve = {}
-    for k in sorted(ks):
-        model = fit_softmax(fit_x[:, :k], fit_labels, reg_param, max_iter)
+    curve, model = {}, None
+    for k in sorted(ks):  # each fit starts from the previous k's solution (the first k columns are shared)
+        model = fit_softmax(fit_x[:, :k], fit_labels, reg_param, max_iter, start=model)
         curve[k] = float(np.mean(model.predict(valid_x[:, :k]) == valid_labels))
     return curve
+
+
+def spark_model(model: SoftmaxModel, features_col: str):
+    """The same weights as a Spark ML `LogisticRegressionModel` (multinomial; intercepts centred as Spark centres
+    them): it saves, loads and transforms like one `LogisticRegression.fit` returns. Class i is prediction i."""
+    from pyspark import SparkContext
+    from pyspark.ml.classification import LogisticRegressionModel
+    from pyspark.ml.common import _py2java
+    from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+    sc = SparkContext._active_spark_context
+    coefficients = model.weights.T  # classes × features
+    rows, cols = coefficients.shape
+    matrix = DenseMatrix(rows, cols, coefficients.flatten(order="F").tolist())
+    intercept = DenseVector((model.intercept - model.intercept.mean()).tolist())
+    java_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
+        f"logreg_{uuid.uuid4().hex[-12:]}", _py2java(sc, matrix), _py2java(sc, intercept), rows, True
+    )
+    wrapped = LogisticRegressionModel(java_model)
+    wrapped._set(featuresCol=features_col, family="multinomial", standardization=False)
+    wrapped._transfer_params_to_java()
+    return wrapped

@@ -50,7 +50,7 @@ def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype
     The same arithmetic as the model's own `transform`, on whole Arrow batches with NumPy: one matrix product per
     batch rather than one JVM matrix-vector product per row (the accuracy curve's projections took half the time).
     """
-    shift, scale, matrix = _affine(model)
+    shift, scale, matrix = affine(model)
     dimension = len(scale) if matrix is None else matrix.shape[0]
     element = FloatType() if dtype == "float32" else DoubleType()
     column = model.getInputCol()  # the closure must not hold the model (it is not picklable)
@@ -73,7 +73,7 @@ def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype
     return df.withColumn(model.getOutputCol(), apply(column)).drop(column)
 
 
-def _affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+def affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(shift, scale, matrix) with model.transform(x) = ((x − shift) · scale) @ matrix, None meaning identity:
     Spark's StandardScalerModel (a zero std scales to 0; always a scale) and PCAModel (no centering) arithmetic."""
     if isinstance(model, PCAModel):

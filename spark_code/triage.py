@@ -29,8 +29,10 @@ class Featurized:
             frame.unpersist()
 
 
-def target_partitions(images: int, parallelism: int, images_per_task: int = 2048) -> int:
-    """Enough tasks to keep every core busy, few enough that per-task overhead stays small."""
+def target_partitions(images: int, parallelism: int, images_per_task: int = 384) -> int:
+    """Enough tasks to keep every core busy, few enough that per-task overhead stays small, small enough that one
+    finishes every few seconds: progress counts finished tasks, and the last wave leaves a core idle for at most
+    one task (~4 s of CNN work on one core)."""
     waves = max(1, -(-images // (parallelism * images_per_task)))
     return parallelism * waves
 

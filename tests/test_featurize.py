@@ -96,7 +96,7 @@ def test_weights_of_another_model_are_rejected(tmp_path):
 
 def test_target_partitions_keep_cores_busy():
     assert triage.target_partitions(10, 2) == 2
-    assert triage.target_partitions(22688, 2) == 12
+    assert triage.target_partitions(22688, 2) == 60
     assert triage.target_partitions(0, 4) == 4
 
 

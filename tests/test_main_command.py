@@ -49,12 +49,47 @@ def two_runs(training_root, weights_path, tmp_path_factory):
         "FRUITS_WEIGHTS": weights_path,
     }
     first = _main_command(env, "--progress-seconds", "1")
-    second = _main_command(env)  # nothing new: an empty batch (growth itself: tests/test_growth.py)
-    return first, second, home, tmp / "out"
+    nothing = _main_command(env)  # nothing new anywhere: no run at all
+    shutil.copy(first_images(FRUITS / CLASSES[0], 3)[-1], root / CLASSES[0] / "new.jpg")
+    second = _main_command(env)  # one new photo: a real run (growth itself: tests/test_growth.py)
+    return first, second, home, tmp / "out", nothing, root
+
+
+def test_nothing_new_runs_nothing_and_says_so(two_runs):
+    *_, home, _, (process, output), _ = two_runs
+    assert process.returncode == 0, output
+    assert "nothing new in" in output and "every asset is current" in output, output
+    assert "raw_images: started" not in output and "loading the CNN" not in output, output
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert len(instance.get_runs()) == 2  # the first run and the one-photo run; none for "nothing new"
+
+
+def test_a_new_changed_or_deleted_file_is_work_to_do(two_runs, training_root, weights_path):
+    from fruits_assets.ingest import _expected
+    from fruits_assets.settings import Settings
+    from spark_code import unchanged
+
+    *_, out, _, root = two_runs
+    env = {"FRUITS_IMAGE_ROOT": str(root), "FRUITS_TRAINING_ROOT": str(training_root), "FRUITS_WEIGHTS": weights_path}
+    expected = _expected(Settings.from_env({**env, "FRUITS_OUTPUT_URI": str(out)}))
+    assert unchanged.pending_work(expected) is None  # after the one-photo run, everything is current
+    photo = root / CLASSES[0] / "new.jpg"
+    stat = photo.stat()
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert "0 new, 1 changed, 0 deleted" in unchanged.pending_work(expected)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    photo.rename(root / CLASSES[0] / ".hidden.jpg")  # hidden files are not listed: as good as deleted
+    assert "0 new, 0 changed, 1 deleted" in unchanged.pending_work(expected)
+    (root / CLASSES[0] / ".hidden.jpg").rename(root / CLASSES[0] / "other.jpg")
+    assert "1 new, 0 changed, 1 deleted" in unchanged.pending_work(expected)
+    (root / CLASSES[0] / "other.jpg").rename(photo)
+    assert unchanged.pending_work(expected) is None
+    other = Settings.from_env({**env, "FRUITS_OUTPUT_URI": str(out), "FRUITS_IMAGE_SIZE": "160"})
+    assert "other CNN settings" in unchanged.pending_work(_expected(other))
 
 
 def test_main_command_prints_one_line_per_asset_and_a_summary(two_runs):
-    (process, output), _, home, out = two_runs
+    (process, output), _, home, out, *_ = two_runs
     assert process.returncode == 0, output
     for asset in ("raw_images", "cnn_features", "quarantined_images", "pca_features", "fruit_classifier"):
         assert re.search(rf"^\S+ {asset}: done in [\d.]+ s", output, re.M), output
@@ -69,7 +104,7 @@ def test_main_command_prints_one_line_per_asset_and_a_summary(two_runs):
 
 
 def test_dagster_spark_and_alembic_detail_goes_to_the_log_file(two_runs):
-    (_, output), _, home, _ = two_runs
+    (_, output), _, home, *_ = two_runs
     for noise in NOISE:
         assert noise not in output, f"{noise!r} on the terminal:\n{output}"
     log_file = Path(re.search(r"^\S+ log: (\S+)$", output, re.M).group(1))
@@ -79,9 +114,9 @@ def test_dagster_spark_and_alembic_detail_goes_to_the_log_file(two_runs):
 
 
 def test_a_second_run_is_recorded_next_to_the_first(two_runs):
-    _, (process, output), home, _ = two_runs
+    _, (process, output), home, *_ = two_runs
     assert process.returncode == 0, output
-    assert re.search(r"raw_images: done in [\d.]+ s — image_count 0, new 0, changed 0, deleted 0", output), output
+    assert re.search(r"raw_images: done in [\d.]+ s — image_count 1, new 1, changed 0, deleted 0", output), output
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:  # what `dagster dev` reads
         runs = instance.get_runs()
         assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2
@@ -109,7 +144,7 @@ def test_dagster_dev_finds_the_project_instance_through_env_file(monkeypatch):
 
 
 def test_quarantine_command_lists_what_the_summary_counted(two_runs):
-    _, _, _, out = two_runs
+    _, _, _, out, *_ = two_runs
     command = [sys.executable, "-m", "fruits_assets.quarantine", "--output", str(out)]
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr
@@ -119,8 +154,8 @@ def test_quarantine_command_lists_what_the_summary_counted(two_runs):
     assert f"1 quarantined image(s) under {out}" in process.stderr
 
 
-def test_a_second_run_with_nothing_new_featurizes_nothing(two_runs, training_root):
-    _, (_, output), home, _ = two_runs
+def test_a_second_run_featurizes_only_the_new_photo(two_runs, training_root):
+    _, (_, output), home, *_ = two_runs
     training_photos = len(list(training_root.rglob("*.jpg")))
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         second, first = instance.get_runs()  # newest first
@@ -133,10 +168,10 @@ def test_a_second_run_with_nothing_new_featurizes_nothing(two_runs, training_roo
         assert metadata("training_features", first)["cnn_images"] == training_photos
         unchanged = metadata("training_features", second)  # an unchanged training set: no CNN, nothing rewritten
         assert unchanged["unchanged"] is True and unchanged["cnn_images"] == 0 and unchanged["rewritten"] is False
-        assert metadata("cnn_features", second)["cnn_images"] == 0
-        for derived in ("scaled_features", "pca_features"):  # only the (empty) new batch is scaled and projected
+        assert metadata("cnn_features", second)["cnn_images"] == 1
+        for derived in ("scaled_features", "pca_features"):  # only the new batch is scaled and projected
             again = metadata(derived, second)
-            assert (again["refit"], again["parts_written"], again["rows_written"]) == (False, 1, 0), again
+            assert (again["refit"], again["parts_written"], again["rows_written"]) == (False, 1, 1), again
         assert metadata("fruit_classifier", first)["retrained"] is True
         reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
         assert reused["retrained"] is False and reused["batch_rows"] == 0

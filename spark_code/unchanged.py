@@ -1,0 +1,173 @@
+"""Whether a run would find nothing to do: both roots' listings against the committed tables and models, no Spark."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_code import batches, lifecycle, storage
+from spark_code import listing as rootwalk
+from spark_code.s3a import is_s3
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_COLUMNS = ["path", "length", "modification_time"]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the run would use: its roots, local output folder, CNN settings and the models' wanted inputs."""
+
+    image_root: str
+    training_root: str
+    output: str
+    model_key: str
+    classifier_settings: dict = field(default_factory=dict)  # as `fruit_classifier` records them
+    pca_settings: dict = field(default_factory=dict)  # k, variance_target, accuracy_tolerance of the run's config
+
+
+def pending_work(expected: Expected) -> str | None:
+    """Why a run has work to do (the first reason found), or None when nothing is new, changed or deleted in either
+    root and every table and model is current for every committed batch: the run would featurize, scale, project
+    and score nothing. Reads listings, Parquet columns and JSON sidecars only; s3:// roots or outputs always run."""
+    if any(is_s3(uri) for uri in (expected.image_root, expected.training_root, expected.output)):
+        return "an s3:// root or output"
+    out = rootwalk.local_path(expected.output)
+    keys = complete_batches(out)
+    if not keys:
+        return "no committed batch yet"
+    for check in (_image_root, _training_root, _models):
+        reason = check(expected, out, keys)
+        if reason:
+            return reason
+    return None
+
+
+def committed_versions(folder: str) -> list[str]:
+    """Names of the committed versions in a table's or model's folder, oldest first ([] if none)."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    marked = (n for n in names if n.startswith(storage.VERSION_PREFIX))
+    return sorted(n for n in marked if os.path.exists(os.path.join(folder, n, storage.COMMITTED)))
+
+
+def _newest(folder: str) -> str | None:
+    versions = committed_versions(folder)
+    return os.path.join(folder, versions[-1]) if versions else None
+
+
+def complete_batches(out: str) -> list[str]:
+    """Keys of the batches whose listing, features and quarantine are all committed (as `batches.committed_keys`)."""
+    try:
+        keys = sorted(os.listdir(os.path.join(out, batches.LEDGER)))
+    except FileNotFoundError:
+        return []
+    return [k for k in keys if all(_newest(os.path.join(out, t, k)) for t in batches.BATCH_TABLES)]
+
+
+def _identities(table: pa.Table) -> dict[str, tuple[int, int]]:
+    """{path: (length, modification time in ms)} of a table's rows."""
+    millis = table.column("modification_time").cast(pa.timestamp("ms"), safe=False).cast(pa.int64()).to_pylist()
+    entries = zip(table.column("length").to_pylist(), millis, strict=True)
+    return dict(zip(table.column("path").to_pylist(), entries, strict=True))
+
+
+def listed(root: str) -> dict[str, tuple[int, int]]:
+    """{path: (length, modification time in ms)} of a root's listing, as the Spark listing makes its rows."""
+    base = storage.qualify(root)
+    files = rootwalk.walk(root).files
+    return {f"{base}/{rel}": (size, mtime_ns // 1_000_000) for rel, (size, mtime_ns) in files.items()}
+
+
+def current_raw(out: str, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """The listing the committed batches describe: each path's newest raw row, deleted paths left out."""
+    columns = [*IDENTITY_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
+    parts = [_nullable(pq.read_table(_newest(os.path.join(out, batches.LEDGER, k)), columns=columns)) for k in keys]
+    rows = pa.concat_tables(parts).sort_by([(batches.INGESTED_AT, "ascending"), (batches.BATCH, "ascending")])
+    newest = {path: index for index, path in enumerate(rows.column("path").to_pylist())}  # the last row wins
+    latest = rows.take(pa.array(sorted(newest.values()), pa.int64()))
+    paths, changes = latest.column("path").to_pylist(), latest.column(batches.CHANGE).to_pylist()
+    deleted = {path for path, change in zip(paths, changes, strict=True) if change == batches.DELETED}
+    return {path: entry for path, entry in _identities(latest).items() if path not in deleted}
+
+
+def _nullable(table: pa.Table) -> pa.Table:
+    """The same table with every column nullable: batches written by different plans differ only in that."""
+    return table.cast(pa.schema([column.with_nullable(True) for column in table.schema]))
+
+
+def _model_keys(folder: str) -> set[str]:
+    return set(pq.read_table(folder, columns=[batches.MODEL_COLUMN]).column(0).unique().to_pylist())
+
+
+def _image_root(expected: Expected, out: str, keys: list[str]) -> str | None:
+    now, before = listed(expected.image_root), current_raw(out, keys)
+    if now != before:
+        new, gone = len(now.keys() - before.keys()), len(before.keys() - now.keys())
+        changed = sum(1 for p in now.keys() & before.keys() if now[p] != before[p])
+        return f"{expected.image_root}: {new} new, {changed} changed, {gone} deleted"
+    for key in keys:
+        if _model_keys(_newest(os.path.join(out, "cnn_features", key))) - {expected.model_key}:
+            return f"batch {key} was featurized with other CNN settings"
+    return None
+
+
+def _training_root(expected: Expected, out: str, keys: list[str]) -> str | None:
+    version = _newest(os.path.join(out, "training_features"))
+    if version is None:
+        return "no training features yet"
+    table = pq.read_table(version, columns=[*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
+    if _identities(table) != listed(expected.training_root):
+        return f"{expected.training_root}: new, changed or deleted photos"
+    if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {expected.model_key}:
+        return "training features made with other CNN settings"
+    return None
+
+
+def _sidecar(version: str, name: str) -> dict:
+    path = os.path.join(version, name)
+    if not os.path.exists(path):
+        return {}
+    return json.loads(open(path, encoding="utf-8").read() or "{}")
+
+
+def _models(expected: Expected, out: str, keys: list[str]) -> str | None:
+    folder = os.path.join(out, "models")
+    scaler, pca, classifier = (_newest(os.path.join(folder, n)) for n in lifecycle.FITTED_WITH)
+    if scaler is None or pca is None or classifier is None:
+        return "a model is missing"
+    for version in (scaler, pca):
+        if not set(keys) <= set(_sidecar(version, batches.PARTS_JSON).get("batches", [])):
+            return f"{version}: a batch is not derived yet"
+    if _sidecar(scaler, lifecycle.FITTED_WITH["scaled_features"]).get("cnn_model") != expected.model_key:
+        return "the scaler was fitted on other CNN settings"
+    wanted_pca = {**expected.pca_settings, "scaler": scaler}
+    fitted_pca = _sidecar(pca, lifecycle.FITTED_WITH["pca_features"])
+    if any(lifecycle.portable(fitted_pca.get(k)) != lifecycle.portable(v) for k, v in wanted_pca.items()):
+        return "the PCA was fitted with other inputs"
+    return _classifier(expected, out, keys, (scaler, pca, classifier))
+
+
+def _classifier(expected: Expected, out: str, keys: list[str], versions: tuple[str, str, str]) -> str | None:
+    scaler, pca, classifier = versions
+    inputs = {
+        "training_features": _newest(os.path.join(out, "training_features")),
+        "scaler": scaler,
+        "pca": pca,
+        "cnn_model": expected.model_key,
+        "settings": expected.classifier_settings,
+    }
+    fitted = _sidecar(classifier, lifecycle.FITTED_WITH["fruit_classifier"])
+    if lifecycle.portable(fitted.get("inputs")) != lifecycle.portable(inputs):
+        return "the classifier was fitted with other inputs"
+    running = _sidecar(classifier, "running.json") or fitted
+    if not set(keys) <= set(running.get("evaluated_batches", [])):
+        return "a batch is not scored by the classifier yet"
+    return None
