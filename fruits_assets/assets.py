@@ -311,7 +311,8 @@ def pca_features(
     context.log.info(
         "PCA %s: k=%d, %s (drift %s), %d batch(es) to project", model_uri, k, verdict.reason, drift, len(todo)
     )
-    parts = {key: _pca_part(model, model_uri, tables.parts("scaled_features", [key])) for key in todo}
+    scaled_parts = {key: tables.parts("scaled_features", [key]) for key in todo}
+    parts = {key: _pca_part(model, model_uri, scaled) for key, scaled in scaled_parts.items()}
     metadata = {
         "k": k,
         "explained_variance": float(curve[k - 1]),
@@ -329,7 +330,7 @@ def pca_features(
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
         "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
         **_accuracy_metadata(accuracy, k),
-        **_scatter(parts),
+        **_scatter(model, scaled_parts),
         "model_uri": MetadataValue.path(model_uri),
     }
     derived = batches.DerivedParts(parts, sorted(done), batches.manifest_uri(model_uri))
@@ -349,12 +350,15 @@ def _pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
     return projected.withColumn("pca_model", reduce.version_literal(model_uri))
 
 
-def _scatter(parts: dict[str, DataFrame]) -> dict:
-    """The first two components of (a sample of) the rows projected in this run, as a plot; {} if none."""
-    if not parts:
+def _scatter(model: PCAModel, scaled_parts: dict[str, DataFrame]) -> dict:
+    """The first two components of (a sample of) the rows projected in this run, as a plot; {} if none. The sample
+    is drawn from the scaled rows and only it is projected."""
+    if not scaled_parts:
         return {}
-    rows = functools.reduce(DataFrame.unionByName, parts.values())
-    return {"pca_scatter": MetadataValue.md(plots.scatter_plot(*reduce.first_two(rows, "pca_features")))}
+    rows = functools.reduce(DataFrame.unionByName, scaled_parts.values())
+    head = reduce.truncate(model, min(2, model.getK()))
+    projected = reduce.first_two(rows, "scaled_features", project=lambda sample: reduce.transform_arrays(head, sample))
+    return {"pca_scatter": MetadataValue.md(plots.scatter_plot(*projected))}
 
 
 def _accuracy_metadata(accuracy: dict[int, float], k: int) -> dict:

@@ -143,10 +143,13 @@ def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[
     """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
     driver, in path order: the same arrays whatever the partitioning."""
     labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
-    ranked = labelled.withColumn(
-        "_rank", F.row_number().over(Window.partitionBy("label").orderBy(F.xxhash64("path"), "path"))
-    )
-    kept = reduce.transform_arrays(pca, ranked.filter(F.col("_rank") <= per_class))  # project only the kept rows
+    largest = labelled.groupBy("label").count().agg(F.max("count")).first()[0] or 0
+    if largest > per_class:  # rank the keys only (not the vectors), keep the first per_class of each class
+        by_hash = Window.partitionBy("label").orderBy(F.xxhash64("path"), "path")
+        ranked = labelled.select("path", "label").withColumn("_rank", F.row_number().over(by_hash))
+        keep = ranked.filter(F.col("_rank") <= per_class).select("path")
+        labelled = labelled.join(F.broadcast(keep), "path", "left_semi")
+    kept = reduce.transform_arrays(pca, labelled)  # project only the kept rows
     head = F.slice(pca.getOutputCol(), 1, k).alias("x")
     table = kept.select("path", "label", head).toPandas().sort_values("path", ignore_index=True)
     x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))

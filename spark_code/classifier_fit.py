@@ -12,7 +12,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
-from spark_code import logistic, openset, reduce
+from spark_code import blas, logistic, openset, reduce
 from spark_code.classifier import PREDICTED, LogisticSettings, OpenSetProtocol, ScoredRows
 from spark_code.serving import ServingPipeline
 
@@ -175,12 +175,13 @@ def validate(
     (one collect, three driver fits), then score all three on the corpus in one pass."""
     started = time.perf_counter()
     x, labels = training_arrays(training)
-    models = {"model": fit_classifier(x, labels, scaler, pca, settings)}
-    models["raw"] = fit_classifier(x, labels, scaler, None, settings, with_scores=False, start=models["model"])
     split = protocol_split(labels)
-    if split is not None:
-        kept = np.isin(labels, split[0])
-        models["protocol"] = fit_classifier(x[kept], labels[kept], scaler, pca, settings, start=models["model"])
+    with blas.single_thread():  # small products: OpenBLAS's threads cost more than they give (see `blas`)
+        models = {"model": fit_classifier(x, labels, scaler, pca, settings)}
+        models["raw"] = fit_classifier(x, labels, scaler, None, settings, with_scores=False, start=models["model"])
+        if split is not None:
+            kept = np.isin(labels, split[0])
+            models["protocol"] = fit_classifier(x[kept], labels[kept], scaler, pca, settings, start=models["model"])
     fitted = time.perf_counter()
     scored = score_corpus(corpus, models)
     protocol = None if split is None else protocol_result(scored["protocol"], *split, accept_rate)

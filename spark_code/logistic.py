@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from spark_code import blas
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,8 @@ def fit_softmax(
 
     theta0 = np.zeros(d * c + c) if start is None else warm_start(start, classes, d)
     options = {"maxiter": max_iter, "ftol": tol}
-    result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options=options)
+    with blas.single_thread():
+        result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options=options)
     logger.debug("softmax fit: %d rows × %d, %d classes: %d iterations", n, d, c, result.nit)
     return SoftmaxModel(result.x[: d * c].reshape(d, c), result.x[d * c :], classes)
 

@@ -174,6 +174,6 @@ def test_a_second_run_featurizes_only_the_new_photo(two_runs, training_root):
             assert (again["refit"], again["parts_written"], again["rows_written"]) == (False, 1, 1), again
         assert metadata("fruit_classifier", first)["retrained"] is True
         reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
-        assert reused["retrained"] is False and reused["batch_rows"] == 0
-        assert reused["accuracy"] == metadata("fruit_classifier", first)["accuracy"]
+        assert reused["retrained"] is False and reused["batch_rows"] == 1  # only the new photo is scored
+        assert reused["test_rows"] == metadata("fruit_classifier", first)["test_rows"] + 1
     assert "training_features: done" not in output or "featurized 0" in output
