@@ -62,15 +62,16 @@ def nothing_new_run(env: dict, home: Path) -> dict:
     }
 
 
-def run_main(tmp: Path, weights: str, env: dict) -> dict:
-    """The whole benchmark in `tmp` (a link tree of Test, the output, the Dagster instance)."""
+def run_main(tmp: Path, weights: str, env: dict, images: int | None = None) -> dict:
+    """The whole benchmark in `tmp` (a link tree of Test, or of a stratified subset of about `images` photos, the
+    output, the Dagster instance)."""
     load_start = os.getloadavg()
-    selection = stratified(SHARED / "fruits-360" / "Test", None)
+    selection = stratified(SHARED / "fruits-360" / "Test", images)
     root = link_tree(selection, tmp / "images")
     warm_cache(selection)
     warm_cache(stratified(TRAINING, None))
     logger.info("bare ONNX Runtime on Test and Training")
-    bare = {**bare_onnx([SHARED / "fruits-360" / "Test", TRAINING], weights, env), "loadavg": load_start}
+    bare = {**bare_onnx([root, TRAINING], weights, env), "loadavg": load_start}
     env = {
         **env,
         "FRUITS_IMAGE_ROOT": str(root),

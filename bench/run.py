@@ -129,8 +129,9 @@ def main_main(args, env: dict) -> None:
     from bench import main_run
 
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
-        result = main_run.run_main(Path(tmp), args.weights, env)
-    out = write_json(result, args.json or REPO / "bench" / "results" / "main-command.json", "main-command")
+        result = main_run.run_main(Path(tmp), args.weights, env, args.images)
+    default = REPO / "bench" / "results" / ("main-command.json" if args.images is None else "main-command-subset.json")
+    out = write_json(result, args.json or default, "main-command")
     print(main_run.report(result))
     print(f"JSON: {out}")
 
