@@ -28,7 +28,7 @@ from fruits_assets.io_managers import UNCHANGED
 from fruits_assets.metadata import latest_metadata
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, classifier_fit, lifecycle, openset, storage
+from spark_code import batches, classifier_fit, lifecycle, openset, storage, unchanged
 from spark_code import classifier as clf
 from spark_code.images import list_images, require_images
 from spark_code.lifecycle import SavedModel
@@ -56,6 +56,9 @@ def training_features(
     photo: a run featurizes only training photos that are new, changed or made with other CNN settings, and writes
     nothing when none is (the saved version stays current: the IO manager records it without a rewrite).
     """
+    if unchanged.training_changes(training_source.root, tables.base_uri, cnn.model_key()) is None:
+        yield _unchanged_training(context, tables, training_source)  # checked without Spark: nothing to featurize
+        return
     spark = pyspark.spark_session
     listing = list_images(spark, training_source.root).cache()
     listed = listing.count()
@@ -75,15 +78,15 @@ def training_features(
         featurized,
         len(quarantined),
     )
-    unchanged = previous is not None and featurized == 0 and reused == previous.count()
-    if unchanged:
+    all_kept = previous is not None and featurized == 0 and reused == previous.count()
+    if all_kept:
         context.log.info("training set unchanged: its saved version stays current")
     shown = [{"path": r.path, "reason": r.reason} for r in quarantined[:QUARANTINE_ROWS_SHOWN]]
     rows = new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows)
     yield Output(
-        UNCHANGED if unchanged else rows,
+        UNCHANGED if all_kept else rows,
         metadata={
-            "unchanged": unchanged,
+            "unchanged": all_kept,
             "root": training_source.root,
             "listed": listed,
             "reused": reused,
@@ -94,6 +97,15 @@ def training_features(
         },
     )
     run.release()
+
+
+def _unchanged_training(context: AssetExecutionContext, tables: TableStore, training_source: ImageSource) -> Output:
+    """The saved training table stays current: every listed photo has its row, made with these CNN settings."""
+    rows = unchanged.table_rows(tables.base_uri, "training_features")
+    context.log.info("training set unchanged (%d photos, checked without Spark): its saved version stays current", rows)
+    metadata = {"unchanged": True, "root": training_source.root, "listed": rows, "reused": rows, "featurized": 0}
+    empty = _table([], [("path", "string"), ("reason", "string")])
+    return Output(UNCHANGED, metadata={**metadata, "cnn_images": 0, "quarantined": 0, "quarantined_files": empty})
 
 
 def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:

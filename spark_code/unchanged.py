@@ -120,15 +120,29 @@ def _image_root(expected: Expected, out: str, keys: list[str]) -> str | None:
 
 
 def _training_root(expected: Expected, out: str, keys: list[str]) -> str | None:
-    version = _newest(os.path.join(out, "training_features"))
+    return training_changes(expected.training_root, out, expected.model_key)
+
+
+def training_changes(root: str, output: str, model_key: str) -> str | None:
+    """Why the training table is not current for `root` (new, changed or deleted photos, other CNN settings, no
+    table yet, an s3:// root or output), or None when every listed photo has its row, made with `model_key`."""
+    if is_s3(root) or is_s3(output):
+        return "an s3:// root or output"
+    version = _newest(os.path.join(rootwalk.local_path(output), "training_features"))
     if version is None:
         return "no training features yet"
     table = pq.read_table(version, columns=[*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
-    if _identities(table) != listed(expected.training_root):
-        return f"{expected.training_root}: new, changed or deleted photos"
-    if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {expected.model_key}:
+    if _identities(table) != listed(root):
+        return f"{root}: new, changed or deleted photos"
+    if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {model_key}:
         return "training features made with other CNN settings"
     return None
+
+
+def table_rows(output: str, name: str) -> int:
+    """Rows of the newest committed version of an unpartitioned local table (from the Parquet footers)."""
+    version = _newest(os.path.join(rootwalk.local_path(output), name))
+    return 0 if version is None else pq.ParquetDataset(version).read(columns=[]).num_rows
 
 
 def _sidecar(version: str, name: str) -> dict:
