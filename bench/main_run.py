@@ -72,6 +72,7 @@ def run_main(tmp: Path, weights: str, env: dict, images: int | None = None) -> d
     warm_cache(stratified(TRAINING, None))
     logger.info("bare ONNX Runtime on Test and Training")
     bare = {**bare_onnx([root, TRAINING], weights, env), "loadavg": load_start}
+    loads = {"start": load_start, "after_bare_onnx": os.getloadavg()}
     env = {
         **env,
         "FRUITS_IMAGE_ROOT": str(root),
@@ -82,12 +83,16 @@ def run_main(tmp: Path, weights: str, env: dict, images: int | None = None) -> d
     home = tmp / "dagster_home"
     logger.info("main command from an empty output")
     first = main_command.run(env, home)
+    loads["after_first_run"] = os.getloadavg()
     logger.info("main command with nothing new")
     zero = nothing_new_run(env, home)
     added = add_new_photos(root, 1)
     logger.info("main command with %d new photo", added)
     one = main_command.run(env, home)
-    return summarise(bare, first, zero, one)
+    result = summarise(bare, first, zero, one)
+    loads["end"] = os.getloadavg()
+    result["loadavg"] = {phase: [round(value, 2) for value in load] for phase, load in loads.items()}
+    return result
 
 
 def summarise(bare: dict, first: dict, zero: dict, one: dict) -> dict:
