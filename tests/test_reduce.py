@@ -189,3 +189,32 @@ def test_driver_softmax_regression_matches_spark_ml(spark):
     assert np.abs(centred - (spark_w - spark_w.mean(axis=1, keepdims=True))).max() < 1e-3
     predicted = theirs.transform(df).select("prediction").toPandas()["prediction"].to_numpy().astype(int).astype(str)
     assert (ours.predict(x) == predicted).mean() >= 0.99
+
+
+def test_a_warm_started_softmax_fit_reaches_the_cold_fits_solution():
+    """The classifier's twin fits start from a nearby solution: the objective is strictly convex, so the start
+    changes the iterations, not the weights (classes the start lacks start at zero, extra rows are dropped)."""
+    from spark_code.logistic import fit_softmax
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 400).astype(str)
+    x = rng.normal(size=(400, 6)) + np.eye(4, 6)[y.astype(int)] * 2.0
+    cold = fit_softmax(x, y, reg_param=1e-2, max_iter=500, tol=1e-12)
+    start = fit_softmax(x[y != "3"][:, :4], y[y != "3"], reg_param=1e-2, max_iter=50)  # fewer classes and columns
+    warm = fit_softmax(x, y, reg_param=1e-2, max_iter=500, tol=1e-12, start=start)
+    assert list(warm.classes) == list(cold.classes)
+    assert np.abs(warm.weights - cold.weights).max() < 1e-3
+    assert (warm.predict(x) == cold.predict(x)).all()
+
+
+def test_driver_products_run_on_one_blas_thread_inside_the_block_only():
+    import numpy  # noqa: F401  (its OpenBLAS is the one to find)
+
+    from spark_code import blas
+
+    libraries = blas._loaded_openblas()
+    assert libraries, "no OpenBLAS found in this process"
+    before = [get() for _, get in libraries]
+    with blas.single_thread():
+        assert [get() for _, get in libraries] == [1] * len(libraries)
+    assert [get() for _, get in libraries] == before
