@@ -1,0 +1,1 @@
+"""Where runs happen: the FRUITS_* settings, Spark settings, each deployment's resources, EMR."""

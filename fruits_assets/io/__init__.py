@@ -1,0 +1,1 @@
+"""Where assets are stored and how they show: resources, the IO manager, metadata, plots."""
