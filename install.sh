@@ -54,7 +54,7 @@ fi
 
 # --- S3 for Spark outside EMR: hadoop-aws at exactly pyspark's Hadoop version, fetched once with Spark's Ivy ---
 # (cached under ~/.cache/fruits/ivy; used only when an image root or output is s3://, and by the emulated EMR)
-say "$(.venv/bin/python -m spark_code.s3a | head -1 | xargs -r dirname | xargs -r printf 'hadoop-aws jars in %s')"
+say "$(.venv/bin/python -m spark_code.storage.s3a | head -1 | xargs -r dirname | xargs -r printf 'hadoop-aws jars in %s')"
 
 # --- The project-local Dagster instance: the main command, dagster dev and the daemon share it ----------------
 mkdir -p .dagster

@@ -15,26 +15,28 @@ def main() -> None:
     """Fit, time the curve, print the curve, the chosen k and the seconds."""
     from pyspark.ml.feature import StandardScalerModel
 
-    from spark_code import batches, reduce, storage
-    from spark_code import classifier as clf
+    from spark_code.classify import classifier as clf
+    from spark_code.ingest import batches
+    from spark_code.reduction import scaler_pca
+    from spark_code.storage import versions
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     spark = session()
-    scaled = batches.read_current(spark, args.output, "scaled_features")
-    estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=0, varianceTarget=0.95)
+    scaled = batches.read_current_rows(spark, args.output, "scaled_features")
+    estimator = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=0, varianceTarget=0.95)
     started = time.perf_counter()
     model = estimator.fit(scaled)
     fit_s = time.perf_counter() - started
-    ks = reduce.candidate_ks(model.fullExplainedVariance, 0.95)
-    scaler = storage.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
-    training = storage.read_table(spark, args.output, "training_features").select("path", "label", "features")
+    ks = scaler_pca.candidate_ks(model.fullExplainedVariance, 0.95)
+    scaler = versions.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
+    training = versions.read_table(spark, args.output, "training_features").select("path", "label", "features")
     started = time.perf_counter()
     curve = clf.accuracy_curve(
-        reduce.transform_arrays(scaler, training),
+        scaler_pca.transform_arrays(scaler, training),
         scaled,
-        reduce.truncate(model, max(ks)),
+        scaler_pca.truncate(model, max(ks)),
         ks,
         clf.LogisticSettings(max_iter=100),
     )
@@ -45,7 +47,7 @@ def main() -> None:
                 "pca_fit_s": round(fit_s, 1),
                 "curve_s": round(curve_s, 1),
                 "curve": curve,
-                "k": reduce.smallest_accurate_k(curve, 0.003),
+                "k": scaler_pca.smallest_accurate_k(curve, 0.003),
             }
         )
     )

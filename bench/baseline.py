@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.memory import PeakRss
-from fruits_assets.settings import Settings
-from spark_code.cnn import CnnEngine, CnnSpec, build_predict, model_payload
-from spark_code.images import try_decode
+from fruits_assets.deploy.settings import Settings
+from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
+from spark_code.ingest.images import try_decode
 
 
 def image_files(root: Path) -> list[Path]:

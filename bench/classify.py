@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from bench.run import SHARED
-from fruits_assets.settings import Settings
+from fruits_assets.deploy.settings import Settings
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="photos to classify (spread over the classes)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from spark_code.serving import FruitClassifier, latest_version, load_pipeline
+    from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
 
     engine = FruitClassifier(load_pipeline(latest_version(args.models)), Settings.from_env().weights)
     startup = time.perf_counter() - started

@@ -64,7 +64,7 @@ def _steps(shell: EmrShell, instance, result, timings) -> list[dict]:
 
 def _batch(shell: EmrShell, key: str) -> dict:
     """One main-command batch through emr_run in this process; its per-step breakdown and totals."""
-    from fruits_assets import emr_launcher, emr_run
+    from fruits_assets.deploy.emr import job, launcher
     from tests.emr_session import REPO
 
     os.environ.update(shell.env | {"FRUITS_DEPLOYMENT": "emr"})
@@ -73,11 +73,11 @@ def _batch(shell: EmrShell, key: str) -> dict:
 
     instance = DagsterInstance.from_config(str(shell.home))
     instance.add_dynamic_partitions("ingest_batches", [key])
-    emr_launcher.TIMINGS.clear()
+    launcher.TIMINGS.clear()
     started = time.monotonic()
-    result = emr_run.launch(instance, key, with_console=False)
+    result = job.launch(instance, key, with_console=False)
     wall = time.monotonic() - started
-    steps = _steps(shell, instance, result, list(emr_launcher.TIMINGS))
+    steps = _steps(shell, instance, result, list(launcher.TIMINGS))
     fixed, work = sum(s["fixed_s"] for s in steps), sum(s["dagster_step_s"] for s in steps)
     return {
         "success": result.success,

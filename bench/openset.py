@@ -3,7 +3,7 @@
 Reads the current `cnn_features` (the corpus, e.g. the 22,688 Test photos) and `training_features` of an output
 folder, then measures, with the product's own code:
 - accuracy against k on every class (logistic regression trained on the training photos, scored on the corpus);
-- the held-out-classes protocol (`spark_code.openset.held_out_classes`: the classes at sorted positions 2, 7, 12, …
+- the held-out-classes protocol (`openset.held_out_classes`: the classes at sorted positions 2, 7, 12, …
   are unknown) for each score, with the run's saved scaler and PCA, and again with a scaler and PCA refitted on the
   knowns' photos only (the unknown classes then reach no fitted part at all);
 - the saved classifier (its scaler, PCA and logistic regression) with the current open-set code: its accuracy, every
@@ -36,10 +36,13 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from fruits_assets.settings import Settings
-from fruits_assets.spark_conf import local_spark_config
-from spark_code import batches, openset, reduce, storage
-from spark_code import classifier as clf
+from fruits_assets.deploy.settings import Settings
+from fruits_assets.deploy.spark_conf import local_spark_config
+from spark_code.classify import classifier as clf
+from spark_code.classify import openset
+from spark_code.ingest import batches
+from spark_code.reduction import scaler_pca
+from spark_code.storage import versions
 
 TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")
 
@@ -57,9 +60,9 @@ def session() -> SparkSession:
 def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel) -> dict[int, dict]:
     """Accuracy and macro-F1 on every corpus class for each candidate k (the issue's measure)."""
     curve = {}
-    for k in reduce.candidate_ks(explained):
+    for k in scaler_pca.candidate_ks(explained):
         started = time.perf_counter()
-        model = clf.train_classifier(train, scaler, reduce.truncate(full_pca, k), clf.LogisticSettings())
+        model = clf.train_classifier(train, scaler, scaler_pca.truncate(full_pca, k), clf.LogisticSettings())
         evaluation = clf.evaluate_model(model, test)
         curve[k] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4)}
         print(f"k={k}: {curve[k]} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -91,9 +94,9 @@ def strict_protocol(train, test, k: int, accept: float) -> dict:
     """The protocol with scaler and PCA refitted on the known classes' corpus photos only."""
     classes = sorted(r.label for r in train.select("label").distinct().collect())
     known_test = test.filter(~F.col("label").isin(openset.held_out_classes(classes)))
-    scaler = reduce.fit_scaler(known_test, "features", "scaled_features")
-    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=k)
-    return protocol(train, test, scaler, pca.fit(reduce.transform_arrays(scaler, known_test, "float64")), accept)
+    scaler = scaler_pca.fit_scaler(known_test, "features", "scaled_features")
+    pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=k)
+    return protocol(train, test, scaler, pca.fit(scaler_pca.transform_arrays(scaler, known_test, "float64")), accept)
 
 
 def non_fruit_images() -> dict[str, bytes]:
@@ -115,7 +118,7 @@ def non_fruit_images() -> dict[str, bytes]:
 def classify_non_fruit(models: str, rejection: openset.OpenSetModel) -> dict:
     """What `fruits classify` answers for each non-fruit image with the saved pipeline and `rejection`: the default
     decision's label, and each score's value and verdict at its calibrated threshold."""
-    from spark_code.serving import FruitClassifier, latest_version, load_pipeline
+    from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
 
     pipeline = dataclasses.replace(load_pipeline(latest_version(models)), openset=rejection)
     engine = FruitClassifier(pipeline, Settings.from_env().weights)
@@ -141,11 +144,11 @@ def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
     """Parquet bytes on disk, rows and bytes per photo of each table's current version(s)."""
     sizes = {}
     for name in TABLES:
-        uris = list(storage.partition_uris(spark, base, name).values())  # batch tables and their derived parts
+        uris = list(versions.partition_uris(spark, base, name).values())  # batch tables and their derived parts
         if not uris:
             try:
-                uris = [storage.latest_uri(spark, base, name)]
-            except storage.TableNotFoundError:
+                uris = [versions.latest_uri(spark, base, name)]
+            except versions.TableNotFoundError:
                 continue
         files = [p for uri in uris for p in _local(uri).rglob("*.parquet")]
         total, rows = sum(p.stat().st_size for p in files), spark.read.parquet(*uris).count()
@@ -160,9 +163,9 @@ def saved_classifier(
     fitted on the training photos and calibrated on the corpus's known-class photos, `score` the default."""
     from pyspark.ml import PipelineModel
 
-    uri = storage.latest_uri(spark, models, "fruit_classifier")
+    uri = versions.latest_uri(spark, models, "fruit_classifier")
     model = PipelineModel.load(uri)
-    saved = openset.OpenSetModel.from_json(storage.read_text(spark, f"{uri}/openset.json"))
+    saved = openset.OpenSetModel.from_json(versions.read_text(spark, f"{uri}/openset.json"))
     scores = clf.fit_feature_scores(model, train)
     scored = clf.collect_scores(model, scores, test)
     known = np.isin(scored.labels, clf.class_labels(model))
@@ -189,27 +192,27 @@ def saved_classifier(
 def run(base: str, accept: float, exclude_prefix: str = "new_") -> dict:
     """Every measurement on the tables under `base`."""
     spark, started, models = session(), time.perf_counter(), f"{base}/models"
-    corpus = batches.read_current(spark, base, "cnn_features").select("path", "label", "features")
+    corpus = batches.read_current_rows(spark, base, "cnn_features").select("path", "label", "features")
     name = F.element_at(F.split("path", "/"), -1)
     test = (corpus.filter(~name.startswith(exclude_prefix)) if exclude_prefix else corpus).cache()
-    train = storage.read_table(spark, base, "training_features").select("path", "label", "features").cache()
+    train = versions.read_table(spark, base, "training_features").select("path", "label", "features").cache()
     excluded = corpus.count() - test.count()
     print(f"{test.count()} corpus photos ({excluded} {exclude_prefix}* left out), {train.count()} training", flush=True)
     result = {"features_from": base, "accept_rate": accept, "tables": table_bytes(spark, base)}
     result["excluded_corpus_photos"] = {"prefix": exclude_prefix, "photos": excluded}
-    scaler = storage.load_model(spark, StandardScalerModel, models, "scaled_features")
-    pca = storage.load_model(spark, PCAModel, models, "pca_features")
+    scaler = versions.load_model(spark, StandardScalerModel, models, "scaled_features")
+    pca = versions.load_model(spark, PCAModel, models, "pca_features")
     result["protocol"] = protocol(train, test, scaler, pca, accept)
     result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
     best_score = result["protocol"]["best"]  # what `unknown_score: auto` saves
     result["saved_classifier"], rejection = saved_classifier(spark, models, train, test, best_score, accept)
-    estimator = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
-    full = estimator.fit(reduce.transform_arrays(scaler, test, "float64"))
+    estimator = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    full = estimator.fit(scaler_pca.transform_arrays(scaler, test, "float64"))
     curve = accuracy_by_k(train, test, scaler, full.fullExplainedVariance, full)
     best = max(v["accuracy"] for v in curve.values())
     chosen = min(k for k, v in curve.items() if v["accuracy"] >= best - 0.003)
     result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}
-    pca_json = storage.read_text(spark, f"{storage.latest_uri(spark, models, 'pca_features')}/pca.json")
+    pca_json = versions.read_text(spark, f"{versions.latest_uri(spark, models, 'pca_features')}/pca.json")
     result["asset_accuracy_curve"] = json.loads(pca_json or "{}").get("accuracy_curve")
     result["non_fruit"] = classify_non_fruit(models, rejection)
     result["seconds"] = round(time.perf_counter() - started, 1)

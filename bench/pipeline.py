@@ -28,14 +28,13 @@ def run(root: str, output: str, weights: str) -> dict:
         started = time.perf_counter()
         from dagster import DagsterInstance
 
-        from fruits_assets.checks import ALL_CHECKS
-        from fruits_assets.definitions import FEATURE_ASSETS
-        from fruits_assets.deployments import local_resources
-        from fruits_assets.ingest import materialize_batch
-        from spark_code.featurize import process_totals
+        from fruits_assets.cli.materialize import materialize_batch
+        from fruits_assets.defs import FEATURE_ASSETS, FEATURE_CHECKS
+        from fruits_assets.deploy.deployments import local_resources
+        from spark_code.featurize.udf import process_totals
 
         instance = DagsterInstance.ephemeral()
-        result = materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], local_resources(root, output, weights), instance)
+        result = materialize_batch([*FEATURE_ASSETS, *FEATURE_CHECKS], local_resources(root, output, weights), instance)
         seconds = time.perf_counter() - started
     meta = {k: v.value for k, v in result.asset_materializations_for_node("cnn_features")[0].metadata.items()}
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fruits_assets.settings import Settings
-from spark_code.cnn import WEIGHTS_FILE
+from fruits_assets.deploy.settings import Settings
+from spark_code.featurize.cnn import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -92,7 +92,7 @@ def report(result: dict) -> str:
 
 def convert_once(weights: str, image_size: int, cache: str) -> float:
     """Convert the Keras model to ONNX into `cache` (cold); return the seconds it took."""
-    from spark_code.cnn import CnnEngine, CnnSpec, model_payload
+    from spark_code.featurize.cnn import CnnEngine, CnnSpec, model_payload
 
     started = time.perf_counter()
     model_payload(CnnEngine("onnx", CnnSpec(input_size=image_size), onnx_cache=cache), weights)

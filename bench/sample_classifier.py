@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spark_code import classifier as clf
-from spark_code import openset, reduce, storage
-from spark_code.cnn import CnnEngine, CnnSpec, Predict, build_predict, model_payload
-from spark_code.images import try_decode
+from spark_code.classify import classifier as clf
+from spark_code.classify import openset
+from spark_code.featurize.cnn import CnnEngine, CnnSpec, Predict, build_predict, model_payload
+from spark_code.ingest.images import try_decode
+from spark_code.reduction import scaler_pca
+from spark_code.storage import versions
 
 
 def first_photos(folder: Path, n: int, skip: int = 0) -> list[Path]:
@@ -41,12 +43,12 @@ def train_and_save(spark, predict: Predict, roots: tuple[Path, Path], classes: l
     calibrate the unknown threshold on `n[1]` per class of `roots[1]` (Test); commit it as a new `fruit_classifier`
     version under `models`. Returns the version's URI."""
     train, corpus = _table(spark, predict, roots[0], classes, n[0]), _table(spark, predict, roots[1], classes, n[1])
-    scaler = reduce.fit_scaler(corpus, "features", "scaled_features")
-    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
-    pca_model = pca.fit(reduce.transform_arrays(scaler, corpus))
+    scaler = scaler_pca.fit_scaler(corpus, "features", "scaled_features")
+    pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    pca_model = pca.fit(scaler_pca.transform_arrays(scaler, corpus))
     model = clf.train_classifier(train, scaler, pca_model, clf.LogisticSettings())
     scores = clf.fit_feature_scores(model, train)
     scored = clf.collect_scores(model, scores, corpus)
     rejection = openset.calibrated(openset.KNN_PROBABILITY, {s: scored.values(s) for s in openset.SCORES}, scores)
     extras = {openset.OPENSET_JSON: rejection.to_json()}
-    return storage.save_model(spark, model, models, "fruit_classifier", extras=extras)
+    return versions.save_model(spark, model, models, "fruit_classifier", extras=extras)

@@ -66,17 +66,17 @@ def synthesize_batches(spark, images: Path, out: Path, n: int) -> dict:
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    from spark_code import batches
-    from spark_code.images import list_root
+    from spark_code.ingest import batches
+    from spark_code.ingest.images import list_root
 
     listing = list_root(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
-    known = batches.read_current(spark, str(out), "raw_images").select("path")
+    known = batches.read_current_rows(spark, str(out), "raw_images").select("path")
     listing = listing.join(known, "path", "left_anti").cache()
     total = listing.count()
     if total == 0:
         return {"synthetic_rows": 0, "synthetic_batches": 0}
     groups = max(1, -(-total // BATCH_ROWS))
-    real = batches.read_current(spark, str(out), "cnn_features").select(
+    real = batches.read_current_rows(spark, str(out), "cnn_features").select(
         F.col("path").alias("source"), "features", batches.MODEL_COLUMN
     )
     source = F.regexp_replace("path", f"/{SIM_PREFIX}[0-9]+_", "/")

@@ -17,8 +17,8 @@ def tick(cursor_file: Path, instance) -> tuple[object, dict]:
     """Evaluate the sensor once with the stored cursor, store the next one; (result, figures)."""
     from dagster import build_sensor_context
 
-    from fruits_assets.automation import new_images
-    from fruits_assets.deployments import local_resources
+    from fruits_assets.defs.automation import new_images
+    from fruits_assets.deploy.deployments import local_resources
 
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     context = build_sensor_context(
@@ -40,7 +40,7 @@ def tick(cursor_file: Path, instance) -> tuple[object, dict]:
 def run_request(instance, request) -> dict:
     """Run the sensor's job for its batch, in this process, as the daemon's run worker would."""
     from fruits_assets.definitions import build_defs
-    from fruits_assets.partitions import ingest_batches
+    from fruits_assets.defs.partitions import ingest_batches
 
     instance.add_dynamic_partitions(ingest_batches.name, [request.partition_key])
     job = build_defs().resolve_job_def("materialize_all")

@@ -18,9 +18,9 @@ import numpy as np
 import psutil
 
 from bench.run import DEFAULT_ROOT, REPO, SHARED, stratified
-from fruits_assets.settings import Settings
-from spark_code.cnn import CnnSpec
-from spark_code.images import try_decode
+from fruits_assets.deploy.settings import Settings
+from spark_code.featurize.cnn import CnnSpec
+from spark_code.ingest.images import try_decode
 from tests.helpers import free_port
 from tests.serve_client import wait_ready
 
@@ -56,7 +56,7 @@ def sample_models(photos_root: Path, weights: str, per_class: int, folder: str) 
     from pyspark.sql import SparkSession
 
     from bench.sample_classifier import cnn, train_and_save
-    from fruits_assets.spark_conf import local_spark_config
+    from fruits_assets.deploy.spark_conf import local_spark_config
 
     builder = SparkSession.builder
     for key, value in local_spark_config("local[2]").items():
@@ -108,7 +108,7 @@ def server(models: str, weights: str, log: Path):
     """`fruits serve` on a loopback port, ready; yields (base URL, pid)."""
     port = free_port()
     env = {**os.environ, "FRUITS_WEIGHTS": weights}
-    cmd = [sys.executable, "-m", "fruits_assets.cli", "serve", "--models", models, "--port", str(port)]
+    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "serve", "--models", models, "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

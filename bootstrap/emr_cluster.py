@@ -17,12 +17,12 @@ from string import Template
 import boto3
 from botocore.exceptions import WaiterError
 
-from fruits_assets.emr_launcher import PACKAGE_ROOT, PACKAGES
-from fruits_assets.emr_settings import EmrSettings
-from fruits_assets.settings import Settings
-from fruits_assets.spark_conf import EMR_SPARK_CONF
-from spark_code.cnn import WEIGHTS_FILE
-from spark_code.s3a import split
+from fruits_assets.deploy.emr.launcher import PACKAGE_ROOT, PACKAGES
+from fruits_assets.deploy.emr.settings import EmrSettings
+from fruits_assets.deploy.settings import Settings
+from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
+from spark_code.featurize.cnn import WEIGHTS_FILE
+from spark_code.storage.s3a import split
 
 logger = logging.getLogger(__name__)
 

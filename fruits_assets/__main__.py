@@ -1,7 +1,7 @@
-"""`python -m fruits_assets`: the main job, one ingest batch then every asset (see fruits_assets.ingest)."""
+"""`python -m fruits_assets`: the main job, one ingest batch then every asset (see fruits_assets.cli.materialize)."""
 
 import sys
 
-from fruits_assets.ingest import main
+from fruits_assets.cli.materialize import main
 
 sys.exit(main())

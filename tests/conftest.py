@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from spark_code.cnn import WEIGHTS_FILE
+from spark_code.featurize.cnn import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED", REPO.parent / "shared"))
@@ -59,7 +59,7 @@ def spark():
     """One local[2] session for the whole run, with the project's own local settings."""
     from pyspark.sql import SparkSession
 
-    from fruits_assets.spark_conf import local_spark_config
+    from fruits_assets.deploy.spark_conf import local_spark_config
 
     builder = SparkSession.builder
     for key, value in local_spark_config("local[2]").items():
@@ -181,19 +181,19 @@ def run(spark, sample_root, training_root, weights_path, tmp_path_factory):
     """
     from dagster import DagsterInstance
 
-    from fruits_assets.definitions import ASSETS, CHECKS
-    from fruits_assets.deployments import local_resources
-    from fruits_assets.ingest import materialize_batch
-    from spark_code import featurize
+    from fruits_assets.cli.materialize import materialize_batch
+    from fruits_assets.defs import ASSETS, CHECKS
+    from fruits_assets.deploy.deployments import local_resources
+    from spark_code.featurize import udf
 
     output = str(tmp_path_factory.mktemp("warehouse"))
-    before = featurize.process_totals()
+    before = udf.process_totals()
     result = materialize_batch(
         [*ASSETS, *CHECKS],
         local_resources(str(sample_root), output, weights_path, training_root=str(training_root)),
         DagsterInstance.ephemeral(),
     )
-    after = featurize.process_totals()
+    after = udf.process_totals()
     return result, output, {key: after[key] - before[key] for key in after}
 
 

@@ -5,7 +5,7 @@ import socket
 
 from dagster import In, Nothing, Output, in_process_executor, job, op
 
-from fruits_assets.emr_launcher import STEP_LAUNCHER_KEY, EmrStepLauncher
+from fruits_assets.deploy.emr.launcher import STEP_LAUNCHER_KEY, EmrStepLauncher
 
 
 @op(required_resource_keys={STEP_LAUNCHER_KEY})

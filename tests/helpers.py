@@ -2,14 +2,13 @@
 
 import socket
 
-from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import FEATURE_ASSETS
-from fruits_assets.ingest import materialize_batch
+from fruits_assets.cli.materialize import materialize_batch
+from fruits_assets.defs import FEATURE_ASSETS, FEATURE_CHECKS
 
 
 def materialize_features(resources: dict, instance=None, **kwargs):
     """One new ingest batch through the four feature assets and their checks (kwargs go to materialize_batch)."""
-    return materialize_batch([*FEATURE_ASSETS, *ALL_CHECKS], resources, instance, **kwargs)
+    return materialize_batch([*FEATURE_ASSETS, *FEATURE_CHECKS], resources, instance, **kwargs)
 
 
 def metadata_of(result, asset: str) -> dict:

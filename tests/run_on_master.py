@@ -10,8 +10,8 @@ import urllib.request
 from dagster import DagsterInstance
 from pyspark.sql import SparkSession
 
-from fruits_assets.deployments import local_resources
-from fruits_assets.spark_conf import local_spark_config
+from fruits_assets.deploy.deployments import local_resources
+from fruits_assets.deploy.spark_conf import local_spark_config
 from tests.helpers import materialize_features
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import uvicorn
 
-from fruits_assets.serve import ServeOptions, create_app
+from fruits_assets.cli.serve import ServeOptions, create_app
 from tests.helpers import free_port
 
 

@@ -211,7 +211,7 @@ def summary(result, output: str, log_path: Path, ui_command: str) -> list[str]:
     )
     lines.append(
         f"quarantined: {value('quarantined_images', 'quarantined')} (see them: .venv/bin/python -m "
-        "fruits_assets.quarantine, or the quarantined_images asset in the UI)"
+        "fruits_assets.cli.quarantine, or the quarantined_images asset in the UI)"
     )
     variance = value("pca_features", "explained_variance")
     lines.append(

@@ -8,9 +8,9 @@ import logging
 import sys
 import time
 
-from fruits_assets.settings import Settings, SettingsError
-from spark_code.cnn import ENGINES, WeightsError
-from spark_code.openset import SCORES
+from fruits_assets.deploy.settings import Settings, SettingsError
+from spark_code.classify.openset import SCORES
+from spark_code.featurize.cnn import ENGINES, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,13 @@ def _line(prediction, as_json: bool) -> str:
 
 def classify(args: argparse.Namespace, settings: Settings) -> int:
     """Load once, classify every photo; unreadable photos are reported on stderr and make the exit status 1."""
-    from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
+    from spark_code.classify.serving import (
+        FruitClassifier,
+        ModelNotFoundError,
+        NotAnImageError,
+        latest_version,
+        load_pipeline,
+    )
 
     try:
         folder = latest_version(args.models)
@@ -102,10 +108,10 @@ def classify(args: argparse.Namespace, settings: Settings) -> int:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Check the models folder, then serve until interrupted (the classifier loads once the server is up)."""
-    from fruits_assets.serve import ServeOptions
-    from fruits_assets.serve import serve as run_server
-    from fruits_assets.serve_models import RemoteModelsError, check_models_folder
-    from spark_code.serving import ModelNotFoundError
+    from fruits_assets.cli.serve import ServeOptions
+    from fruits_assets.cli.serve import serve as run_server
+    from fruits_assets.cli.serve_models import RemoteModelsError, check_models_folder
+    from spark_code.classify.serving import ModelNotFoundError
 
     try:
         folder = check_models_folder(args.models)

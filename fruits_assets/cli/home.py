@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 PROJECT_HOME = PROJECT_DIR / ".dagster"
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 

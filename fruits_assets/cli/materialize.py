@@ -8,10 +8,11 @@ import time
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
 
-from fruits_assets import console, progress
-from fruits_assets.home import dagster_home, instance_at, ui_command
-from fruits_assets.partitions import ingest_batches
-from spark_code import batches, unchanged
+from fruits_assets.cli import console
+from fruits_assets.cli.home import dagster_home, instance_at, ui_command
+from fruits_assets.defs.partitions import ingest_batches
+from fruits_assets.io import progress
+from spark_code.ingest import batches, unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _add_batch(instance, key: str) -> str:
 
 def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     """The main command's run on this machine: (execution result, output folder)."""
-    from fruits_assets.definitions import ASSETS, CHECKS
-    from fruits_assets.deployments import resources_for
+    from fruits_assets.defs import ASSETS, CHECKS
+    from fruits_assets.deploy.deployments import resources_for
 
     resources = resources_for(settings)
     result = materialize_batch(
@@ -82,9 +83,9 @@ def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:
 
 def _expected(settings) -> unchanged.Expected:
     """What a local run would compare the saved tables and models with."""
-    from fruits_assets.assets import PcaConfig
-    from fruits_assets.classifier_assets import fitted_settings
-    from fruits_assets.deployments import resources_for
+    from fruits_assets.defs.classify import fitted_settings
+    from fruits_assets.defs.reduction import PcaConfig
+    from fruits_assets.deploy.deployments import resources_for
 
     resources, pca = resources_for(settings), PcaConfig()
     return unchanged.Expected(
@@ -131,21 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with console.terminal(log_path, args.verbose):
         logger.info("batch %s: every asset, recorded in %s; details in %s", key, home, log_path)
-        from fruits_assets.settings import Settings
+        from fruits_assets.deploy.settings import Settings
 
         settings = Settings.from_env()
         if settings.deployment == "emr":
-            from fruits_assets import emr_run
-            from fruits_assets.emr_settings import DeploymentError
+            from fruits_assets.deploy.emr import job
+            from fruits_assets.deploy.emr.settings import DeploymentError
 
             try:
-                emr_run.check(settings)
+                job.check(settings)
             except DeploymentError as error:
                 logger.error("emr: %s", error)
                 return 2
         with instance_at(home) as instance:
             if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
-                result = emr_run.launch(instance, _add_batch(instance, key), _run_config(args))
+                result = job.launch(instance, _add_batch(instance, key), _run_config(args))
                 output = settings.output_uri
             elif (reason := _nothing_new(settings, instance, args)) is None:
                 return 0

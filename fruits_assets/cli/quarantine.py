@@ -1,32 +1,32 @@
-"""`python -m fruits_assets.quarantine`: list the current quarantined images (path, reason, batch) of the output."""
+"""`python -m fruits_assets.cli.quarantine`: list the current quarantined images (path, reason, batch) of the output."""
 
 import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from fruits_assets import console
-from fruits_assets.settings import Settings
+from fruits_assets.cli import console
+from fruits_assets.deploy.settings import Settings
 
 
 def quarantined_rows(spark, output_uri: str) -> list:
     """The current quarantined rows over every committed batch under `output_uri`, by path ([] when none)."""
-    from spark_code import batches
+    from spark_code.ingest import batches
 
-    rows = batches.read_current(spark, output_uri, "quarantined_images")
+    rows = batches.read_current_rows(spark, output_uri, "quarantined_images")
     return [] if rows is None else rows.select("path", "reason", "batch").orderBy("path").collect()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print one tab-separated line per quarantined image: path, reason, batch."""
-    parser = argparse.ArgumentParser(prog="python -m fruits_assets.quarantine", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fruits_assets.cli.quarantine", description=main.__doc__)
     parser.add_argument(
         "--output", default=Settings.from_env().output_uri, help="default: $FRUITS_OUTPUT_URI or ./data"
     )
     args = parser.parse_args(argv)
     from pyspark.sql import SparkSession
 
-    from fruits_assets.spark_conf import local_spark_config
+    from fruits_assets.deploy.spark_conf import local_spark_config
 
     builder = SparkSession.builder.config("spark.ui.enabled", "false")
     for key, value in local_spark_config().items():

@@ -15,12 +15,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from fruits_assets.serve_batching import BusyError, MicroBatcher
-from fruits_assets.serve_models import RELOAD_ERRORS, LiveModel
-from fruits_assets.settings import Settings
-from spark_code.images import DECODE_ERRORS, register_formats
-from spark_code.onnx_export import file_digest
-from spark_code.serving import FruitClassifier, NotAnImageError, ServingPipeline
+from fruits_assets.cli.serve_batching import BusyError, MicroBatcher
+from fruits_assets.cli.serve_models import RELOAD_ERRORS, LiveModel
+from fruits_assets.deploy.settings import Settings
+from spark_code.classify.serving import FruitClassifier, NotAnImageError, ServingPipeline
+from spark_code.featurize.onnx_export import file_digest
+from spark_code.ingest.images import DECODE_ERRORS, register_formats
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fruits_assets.serve_models import LiveModel, Loaded
-from spark_code.serving import Prediction
+from fruits_assets.cli.serve_models import LiveModel, Loaded
+from spark_code.classify.serving import Prediction
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,14 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from spark_code.s3a import is_s3
-from spark_code.serving import FruitClassifier, ModelNotFoundError, ServingPipeline, latest_version, load_pipeline
+from spark_code.classify.serving import (
+    FruitClassifier,
+    ModelNotFoundError,
+    ServingPipeline,
+    latest_version,
+    load_pipeline,
+)
+from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 

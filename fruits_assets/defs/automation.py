@@ -13,10 +13,10 @@ from dagster import (
     sensor,
 )
 
-from fruits_assets.assets import PcaConfig, ScalerConfig
-from fruits_assets.partitions import CHANGES_TAG, ingest_batches
-from fruits_assets.resources import ImageSource
-from spark_code import batches, s3_events, snapshot
+from fruits_assets.defs.partitions import CHANGES_TAG, ingest_batches
+from fruits_assets.defs.reduction import PcaConfig, ScalerConfig
+from fruits_assets.io.resources import ImageSource
+from spark_code.ingest import batches, s3_events, snapshot
 
 materialize_all = define_asset_job(
     "materialize_all",

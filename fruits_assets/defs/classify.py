@@ -1,4 +1,5 @@
-"""Validation: featurize a training set, train the fruit classifier on the PCA features, score it on the corpus."""
+"""Classify: `fruit_classifier`, trained on the training photos' PCA features and scored on the corpus, reused while
+its inputs are unchanged; with its checks (accuracy floor, cost of the PCA)."""
 
 import json
 from typing import Any
@@ -10,102 +11,24 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
-    Output,
     ResourceParam,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
     asset_check,
 )
-from dagster_pyspark import PySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
-from pyspark.sql import functions as F
 
-from fruits_assets.assets import GROUP, current_features, pca_features
-from fruits_assets.io_managers import UNCHANGED
-from fruits_assets.metadata import latest_metadata
-from fruits_assets.progress import SparkProgress
-from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, classifier_fit, lifecycle, openset, storage, unchanged
-from spark_code import classifier as clf
-from spark_code.images import list_images, require_images
-from spark_code.lifecycle import SavedModel
-from spark_code.serving import CNN_SETTINGS
-from spark_code.triage import featurize_listing
-
-QUARANTINE_ROWS_SHOWN = 100
-
-
-def _table(records: list[dict], columns: list[tuple[str, str]]) -> MetadataValue:
-    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in columns])
-    return MetadataValue.table(records=[TableRecord(r) for r in records], schema=schema)
-
-
-@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"})
-def training_features(
-    context: AssetExecutionContext,
-    pyspark: PySparkResource,
-    training_source: ImageSource,
-    cnn: CnnResource,
-    tables: TableStore,
-    pyspark_step_launcher: ResourceParam[Any],
-):
-    """CNN features of the labelled training photos (same model and settings as `cnn_features`), made once per
-    photo: a run featurizes only training photos that are new, changed or made with other CNN settings, and writes
-    nothing when none is (the saved version stays current: the IO manager records it without a rewrite).
-    """
-    if unchanged.training_changes(training_source.root, tables.base_uri, cnn.model_key()) is None:
-        yield _unchanged_training(context, tables, training_source)  # checked without Spark: nothing to featurize
-        return
-    spark = pyspark.spark_session
-    listing = list_images(spark, training_source.root).cache()
-    listed = listing.count()
-    require_images(listed, training_source.root)
-    previous = tables.table("training_features")
-    kept, todo = batches.reusable(previous, listing, cnn.model_key())
-    run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
-    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
-    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded):
-        featurized = run.features.count()  # the CNN pass over new or changed training photos only
-    quarantined = run.quarantined.orderBy("path").collect()
-    reused = 0 if kept is None else kept.count()
-    context.log.info(
-        "training set: %d listed, %d reused, %d featurized, %d quarantined",
-        listed,
-        reused,
-        featurized,
-        len(quarantined),
-    )
-    all_kept = previous is not None and featurized == 0 and reused == previous.count()
-    if all_kept:
-        context.log.info("training set unchanged: its saved version stays current")
-    shown = [{"path": r.path, "reason": r.reason} for r in quarantined[:QUARANTINE_ROWS_SHOWN]]
-    rows = new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows)
-    yield Output(
-        UNCHANGED if all_kept else rows,
-        metadata={
-            "unchanged": all_kept,
-            "root": training_source.root,
-            "listed": listed,
-            "reused": reused,
-            "featurized": featurized,
-            "cnn_images": run.counters.values()["cnn_images"],
-            "quarantined": len(quarantined),
-            "quarantined_files": _table(shown, [("path", "string"), ("reason", "string")]),
-        },
-    )
-    run.release()
-
-
-def _unchanged_training(context: AssetExecutionContext, tables: TableStore, training_source: ImageSource) -> Output:
-    """The saved training table stays current: every listed photo has its row, made with these CNN settings."""
-    rows = unchanged.table_rows(tables.base_uri, "training_features")
-    context.log.info("training set unchanged (%d photos, checked without Spark): its saved version stays current", rows)
-    metadata = {"unchanged": True, "root": training_source.root, "listed": rows, "reused": rows, "featurized": 0}
-    empty = _table([], [("path", "string"), ("reason", "string")])
-    return Output(UNCHANGED, metadata={**metadata, "cnn_images": 0, "quarantined": 0, "quarantined_files": empty})
+from fruits_assets.defs.featurize import training_features
+from fruits_assets.defs.partitions import GROUP
+from fruits_assets.defs.reduction import pca_features
+from fruits_assets.io.metadata import latest_metadata, table
+from fruits_assets.io.resources import ClassifierSettings, CnnResource, ModelStore, TableStore
+from spark_code.classify import classifier as clf
+from spark_code.classify import classifier_fit, openset
+from spark_code.classify.serving import CNN_SETTINGS
+from spark_code.reduction import lifecycle
+from spark_code.reduction.lifecycle import SavedModel
+from spark_code.storage import versions
 
 
 def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
@@ -116,10 +39,10 @@ def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
     confused = [{"true": t, "predicted": p, "images": n} for t, p, n in evaluation.confused]
     return {
         **evaluation.summary(),
-        "per_class_accuracy": _table(
+        "per_class_accuracy": table(
             per_class, [("label", "string"), ("images", "int"), ("accuracy", "float"), ("f1", "float")]
         ),
-        "most_confused": _table(confused, [("true", "string"), ("predicted", "string"), ("images", "int")]),
+        "most_confused": table(confused, [("true", "string"), ("predicted", "string"), ("images", "int")]),
     }
 
 
@@ -139,14 +62,14 @@ def fruit_classifier(
     Saves scaler + PCA + classifier + label index as one Spark ML pipeline (plus `openset.json`); also scores the
     same classifier on the raw (scaled) 1280-d features, so the cost of the dimension reduction shows.
     """
-    training = tables.require_table("training_features")  # from storage: a run may have written none
+    training = tables.requiretable("training_features")  # from storage: a run may have written none
     inputs = _classifier_inputs(tables, models, classifier, cnn)
     saved = models.latest(PipelineModel, "fruit_classifier")
     if not lifecycle.decide(saved, {"inputs": inputs}).refit:  # same training rows, scaler, PCA and settings
         return _reuse_classifier(context, saved, tables)
     scaler = models.load(StandardScalerModel, "scaled_features")
     pca = models.load(PCAModel, "pca_features")
-    cnn_features, _ = current_features(tables)  # every batch's current rows
+    cnn_features, _ = tables.current_features()  # every batch's current rows
     accept = classifier.known_accept_rate
     fitted = classifier_fit.validate(training, cnn_features, scaler, pca, classifier.logistic(), accept)
     known = fitted.model.labels()
@@ -179,7 +102,7 @@ def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: Class
     """Everything the trained classifier depends on: when all are unchanged, it is reused, not retrained."""
     spark = tables.pyspark.spark_session
     return {
-        "training_features": storage.latest_uri(spark, tables.base_uri, "training_features"),
+        "training_features": versions.latest_uri(spark, tables.base_uri, "training_features"),
         "scaler": models.latest_uri("scaled_features"),
         "pca": models.latest_uri("pca_features"),
         "cnn_model": cnn.model_key(),
@@ -203,10 +126,10 @@ def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> Materia
     """Keep the saved classifier; score only the batches its evaluation has not covered and add them to the
     running totals (accuracy over every evaluated row). The fit-time figures (macro-F1, open set, raw) are kept."""
     spark, model, uri = tables.pyspark.spark_session, saved.model, saved.uri
-    running = storage.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
+    running = versions.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
     record = json.loads(running) if running else saved.fitted_with
     new = [key for key in tables.batches() if key not in set(record["evaluated_batches"])]
-    rows = storage.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
+    rows = versions.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
     batch_rows = batch_hits = 0
     if rows is not None and not rows.isEmpty():
         try:
@@ -220,7 +143,7 @@ def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> Materia
         "rows": record["rows"] + batch_rows,
         "hits": record["hits"] + batch_hits,
     }
-    storage.write_text(spark, f"{uri}/{RUNNING_JSON}", json.dumps(record))
+    versions.write_text(spark, f"{uri}/{RUNNING_JSON}", json.dumps(record))
     accuracy = record["hits"] / record["rows"] if record["rows"] else 0.0
     context.log.info("classifier reused (%s): %d new rows scored, running accuracy %.4f", uri, batch_rows, accuracy)
     return MaterializeResult(
@@ -309,7 +232,3 @@ def pca_costs_little_accuracy(context: AssetCheckExecutionContext, classifier: C
             "max_drop": classifier.max_pca_accuracy_drop,
         },
     )
-
-
-VALIDATION_ASSETS = [training_features, fruit_classifier]
-VALIDATION_CHECKS = [accuracy_above_floor, pca_costs_little_accuracy]

@@ -1,20 +1,77 @@
-"""Asset checks: counts reconcile, vectors are finite and full-length, PCA is complete and reaches its target."""
+"""Featurize: `cnn_features` + `quarantined_images` of each ingest batch (one CNN pass, two tables) and
+`training_features` (the training photos through the same featurizer), with the checks of the features."""
 
+import time
 from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetOut,
+    Output,
     ResourceParam,
+    asset,
     asset_check,
+    multi_asset,
 )
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fruits_assets.metadata import latest_metadata
-from fruits_assets.resources import ModelStore, TableStore
-from spark_code import batches, quality
-from spark_code.cnn import FEATURE_DIM
+from fruits_assets.defs.partitions import GROUP, ingest_batches
+from fruits_assets.io.io_manager import UNCHANGED
+from fruits_assets.io.metadata import latest_metadata, quarantine_table
+from fruits_assets.io.progress import SparkProgress
+from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
+from spark_code.featurize.cnn import FEATURE_DIM
+from spark_code.featurize.triage import featurize_listing
+from spark_code.ingest import batches, unchanged
+from spark_code.ingest.images import list_images, require_images
+from spark_code.storage import quality
+
+
+@multi_asset(
+    group_name=GROUP,
+    partitions_def=ingest_batches,
+    outs={
+        "cnn_features": AssetOut(kinds={"spark", "tensorflow", "parquet"}, description="1280-d MobileNetV2 features."),
+        "quarantined_images": AssetOut(kinds={"parquet"}, description="Images that could not be featurized, with why."),
+    },
+)
+def cnn_features(
+    context: AssetExecutionContext,
+    raw_images: DataFrame,
+    pyspark: PySparkResource,
+    image_source: ImageSource,
+    cnn: CnnResource,
+    pyspark_step_launcher: ResourceParam[Any],
+):
+    """MobileNetV2 (ImageNet, no top, avg-pooled) on the batch's new or changed images, each decoded and inferred
+    once; the CNN settings are recorded per row in `cnn_model`.
+    """
+    started, key = time.perf_counter(), context.partition_key
+    run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
+    run.features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key())).withColumn(
+        batches.BATCH, F.lit(key)
+    )
+    run.quarantined = run.quarantined.withColumn(batches.BATCH, F.lit(key))
+    counts = {"batch": key, "raw": raw_images.count()}
+    with SparkProgress(pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded):
+        counts["featurized"] = run.features.count()  # the CNN pass (persisted for both outputs)
+    quarantined = run.quarantined.orderBy("path").collect()
+    counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
+    counts["seconds"] = round(time.perf_counter() - started, 2)
+    context.log.info("featurization: %s", counts)
+    settings = {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
+    yield Output(run.features, "cnn_features", metadata={**counts, **settings})
+    quarantine = {
+        "batch": key,
+        "quarantined": counts["quarantined"],
+        "quarantined_files": quarantine_table(quarantined),
+    }
+    yield Output(run.quarantined, "quarantined_images", metadata=quarantine)
+    run.release()
 
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
@@ -40,7 +97,7 @@ def counts_reconcile(
     listed = listing_counts(context)
     if listed:
         names = ("raw_images", "cnn_features", "quarantined_images")
-        every = {**quality.reconcile(*(tables.require_current(name) for name in names)), **listed}
+        every = {**quality.reconcile(*(tables.require_current_rows(name) for name in names)), **listed}
         counts, passed = {**counts, **every}, passed and quality.counts_reconcile(every)
     return AssetCheckResult(passed=passed, metadata={**counts, "batch": ",".join(newest)})
 
@@ -54,65 +111,65 @@ def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: Resource
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": ",".join(newest)})
 
 
-@asset_check(asset="pca_features")
-def pca_rows_match_features(
-    tables: TableStore, models: ModelStore, pyspark_step_launcher: ResourceParam[Any]
-) -> AssetCheckResult:
-    """Every batch has a PCA part made by the current PCA model, and the newest batch's part has one row per
-    feature row of that batch."""
-    keys = tables.batches()
-    missing = sorted(set(keys) - models.derived_batches(models.latest_uri("pca_features")))
-    newest = keys[-1:]
-    pca_rows = tables.require_parts("pca_features", newest).count()
-    feature_rows = tables.require_parts("cnn_features", newest).count()
-    metadata = {"pca_rows": pca_rows, "feature_rows": feature_rows, "batch": ",".join(newest)}
-    metadata["batches_without_part"] = len(missing)
-    return AssetCheckResult(passed=pca_rows == feature_rows and not missing, metadata=metadata)
-
-
-@asset_check(asset="pca_features")
-def explained_variance_reaches_target(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """The kept components explain at least the configured share of the variance."""
-    metadata = latest_metadata(context.instance, "pca_features")
-    reached, target = metadata.get("explained_variance"), metadata.get("variance_target")
-    if reached is None:
-        return AssetCheckResult(passed=False, description="pca_features carries no explained_variance metadata")
-    if target is None:
-        return AssetCheckResult(
-            passed=True, description="k was fixed: no variance target", metadata={"reached": reached}
-        )
-    return AssetCheckResult(passed=reached >= target, metadata={"reached": reached, "target": target})
-
-
-@asset_check(asset="pca_features")
-def pca_basis_fits_new_rows(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """The saved PCA explains the new rows about as well as the rows it was fitted on (drift within `max_drift`);
-    a warning, not a failure: the rows are projected anyway, and the refit_models job (daily_refit) refits."""
-    metadata = latest_metadata(context.instance, "pca_features")
-    drift, bound = metadata.get("drift"), metadata.get("max_drift")
-    passed = drift is None or bound is None or drift <= bound
-    description = None if passed else "the data drifted: run the refit_models job (daily_refit runs it at 03:00)"
-    return AssetCheckResult(
-        passed=passed,
-        severity=AssetCheckSeverity.WARN,
-        description=description,
-        metadata={"drift": drift, "max_drift": bound},
+@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"})
+def training_features(
+    context: AssetExecutionContext,
+    pyspark: PySparkResource,
+    training_source: ImageSource,
+    cnn: CnnResource,
+    tables: TableStore,
+    pyspark_step_launcher: ResourceParam[Any],
+):
+    """CNN features of the labelled training photos (same model and settings as `cnn_features`), made once per
+    photo: a run featurizes only training photos that are new, changed or made with other CNN settings, and writes
+    nothing when none is (the saved version stays current: the IO manager records it without a rewrite).
+    """
+    if unchanged.training_changes(training_source.root, tables.base_uri, cnn.model_key()) is None:
+        yield _unchanged_training(context, tables, training_source)  # checked without Spark: nothing to featurize
+        return
+    spark = pyspark.spark_session
+    listing = list_images(spark, training_source.root).cache()
+    listed = listing.count()
+    require_images(listed, training_source.root)
+    previous = tables.table("training_features")
+    kept, todo = batches.reusable(previous, listing, cnn.model_key())
+    run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
+    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
+    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded):
+        featurized = run.features.count()  # the CNN pass over new or changed training photos only
+    quarantined = run.quarantined.orderBy("path").collect()
+    reused = 0 if kept is None else kept.count()
+    context.log.info(
+        "training set: %d listed, %d reused, %d featurized, %d quarantined",
+        listed,
+        reused,
+        featurized,
+        len(quarantined),
     )
+    all_kept = previous is not None and featurized == 0 and reused == previous.count()
+    if all_kept:
+        context.log.info("training set unchanged: its saved version stays current")
+    rows = new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows)
+    yield Output(
+        UNCHANGED if all_kept else rows,
+        metadata={
+            "unchanged": all_kept,
+            "root": training_source.root,
+            "listed": listed,
+            "reused": reused,
+            "featurized": featurized,
+            "cnn_images": run.counters.values()["cnn_images"],
+            "quarantined": len(quarantined),
+            "quarantined_files": quarantine_table(quarantined),
+        },
+    )
+    run.release()
 
 
-@asset_check(asset="pca_features")
-def labels_not_empty(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
-    """Every PCA row of the newest batch carries a non-blank class label."""
-    newest = tables.batches()[-1:]
-    empty = quality.empty_labels(tables.require_parts("pca_features", newest))
-    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty, "batch": ",".join(newest)})
-
-
-ALL_CHECKS = [
-    counts_reconcile,
-    features_are_finite_1280,
-    pca_rows_match_features,
-    explained_variance_reaches_target,
-    pca_basis_fits_new_rows,
-    labels_not_empty,
-]
+def _unchanged_training(context: AssetExecutionContext, tables: TableStore, training_source: ImageSource) -> Output:
+    """The saved training table stays current: every listed photo has its row, made with these CNN settings."""
+    rows = unchanged.table_rows(tables.base_uri, "training_features")
+    context.log.info("training set unchanged (%d photos, checked without Spark): its saved version stays current", rows)
+    metadata = {"unchanged": True, "root": training_source.root, "listed": rows, "reused": rows, "featurized": 0}
+    empty = quarantine_table([])
+    return Output(UNCHANGED, metadata={**metadata, "cnn_images": 0, "quarantined": 0, "quarantined_files": empty})

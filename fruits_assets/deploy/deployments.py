@@ -5,18 +5,19 @@ from __future__ import annotations
 from dagster import ResourceDefinition
 from dagster_pyspark import PySparkResource
 
-from fruits_assets.emr_launcher import (
+from fruits_assets.defs import ASSETS, CHECKS
+from fruits_assets.deploy.emr.launcher import (
     STEP_LAUNCHER_KEY,
     ClusterCnnResource,
     ClusterPySparkResource,
     EmrStepLauncher,
     require_step_launcher,
 )
-from fruits_assets.emr_settings import EmrSettings
-from fruits_assets.io_managers import SparkParquetIOManager
-from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from fruits_assets.settings import Settings
-from fruits_assets.spark_conf import local_spark_config
+from fruits_assets.deploy.emr.settings import EmrSettings
+from fruits_assets.deploy.settings import Settings
+from fruits_assets.deploy.spark_conf import local_spark_config
+from fruits_assets.io.io_manager import SparkParquetIOManager
+from fruits_assets.io.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 
 
 def local_resources(
@@ -28,7 +29,7 @@ def local_resources(
     settings: Settings | None = None,
 ) -> dict:
     """Resources for one machine: local Spark, tables and models under a local folder. Arguments left unset come
-    from `settings` (default: the FRUITS_* variables, see fruits_assets.settings)."""
+    from `settings` (default: the FRUITS_* variables, see fruits_assets.deploy.settings)."""
     settings = settings or Settings.from_env()
     output = output_uri or settings.output_uri
     pyspark = PySparkResource(spark_config=spark_config or local_spark_config(settings=settings))
@@ -82,8 +83,6 @@ def resources_for(settings: Settings | None = None) -> dict:
     """The resources of the deployment the settings name (FRUITS_DEPLOYMENT: local, the default, or emr)."""
     settings = settings or Settings.from_env()
     if settings.deployment == "emr":
-        from fruits_assets.definitions import ASSETS, CHECKS
-
         require_step_launcher([*ASSETS, *CHECKS])
         return emr_resources(settings=settings)
     return local_resources(settings=settings)

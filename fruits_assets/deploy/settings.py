@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spark_code.cnn import ENGINES, WEIGHTS_FILE
+from spark_code.featurize.cnn import ENGINES, WEIGHTS_FILE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_IMAGE_ROOT = SHARED / "fruits-360" / "Test"
 DEFAULT_TRAINING_ROOT = SHARED / "fruits-360" / "Training"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from fruits_assets.settings import Settings
-from spark_code import s3a
+from fruits_assets.deploy.settings import Settings
+from spark_code.storage import s3a
 
 # The job's own needs, wherever it runs: Arrow UDFs, Python worker reuse (one CNN per worker), small image files
 # packed ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each), UTC timestamps, quiet TensorFlow.

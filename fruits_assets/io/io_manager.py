@@ -14,7 +14,8 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field, PrivateAttr
 from pyspark.sql import DataFrame
 
-from spark_code import batches, run_lock, storage
+from spark_code.ingest import batches
+from spark_code.storage import run_lock, versions
 
 UNCHANGED = None  # an asset's output value meaning "my saved version is still current": recorded, not rewritten
 
@@ -34,7 +35,7 @@ class SparkParquetIOManager(ConfigurableIOManager):
     _lock: run_lock.RunLock | run_lock.S3RunLock | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        storage.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
+        versions.check_writable(self.base_uri)  # a read-only output fails the run before any listing or CNN work
         # One run at a time per output: a second run (the sensor's and a manual one) fails here, before any work.
         self._lock = run_lock.acquire(self.base_uri, context.run_id or f"pid-{os.getpid()}")
 
@@ -54,10 +55,10 @@ class SparkParquetIOManager(ConfigurableIOManager):
         if context.has_asset_partitions:
             name = f"{name}/{batches.check_key(context.asset_partition_key)}"
         if obj is UNCHANGED:  # nothing changed: the newest committed version stands, as it is
-            uri = storage.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+            uri = versions.latest_uri(self.pyspark.spark_session, self.base_uri, name)
             context.add_output_metadata({"uri": MetadataValue.path(uri), "rewritten": False})
             return
-        uri = storage.write_table(obj, self.base_uri, name, self.keep_versions)
+        uri = versions.write_table(obj, self.base_uri, name, self.keep_versions)
         rows = obj.sparkSession.read.parquet(uri).count()
         context.add_output_metadata({"uri": MetadataValue.path(uri), "row_count": rows})
 
@@ -65,21 +66,21 @@ class SparkParquetIOManager(ConfigurableIOManager):
         """Write only the parts to (re)make, one version per batch, then the manifest naming every current part."""
         spark, rows = self.pyspark.spark_session, 0
         for key, part in sorted(obj.parts.items()):
-            uri = storage.write_table(part, self.base_uri, f"{name}/{batches.check_key(key)}", self.keep_versions)
+            uri = versions.write_table(part, self.base_uri, f"{name}/{batches.check_key(key)}", self.keep_versions)
             rows += spark.read.parquet(uri).count()
         batches.write_manifest(spark, obj)
-        uri = f"{storage.qualify(self.base_uri)}/{name}"
+        uri = f"{versions.qualify(self.base_uri)}/{name}"
         context.add_output_metadata(
             {"uri": MetadataValue.path(uri), "parts_written": len(obj.parts), "rows_written": rows}
         )
 
     def load_input(self, context: InputContext) -> DataFrame:
         spark, name = self.pyspark.spark_session, self._name(context)
-        if not context.has_asset_partitions and not storage.partition_uris(spark, self.base_uri, name):
-            return storage.read_table(spark, self.base_uri, name)
+        if not context.has_asset_partitions and not versions.partition_uris(spark, self.base_uri, name):
+            return versions.read_table(spark, self.base_uri, name)
         if not context.has_asset_partitions:  # a table derived batch by batch: its current rows
-            return batches.read_current(spark, self.base_uri, name)
-        rows = batches.read_current(spark, self.base_uri, name, context.asset_partition_keys)
+            return batches.read_current_rows(spark, self.base_uri, name)
+        rows = batches.read_current_rows(spark, self.base_uri, name, context.asset_partition_keys)
         if rows is None:
-            raise storage.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")
+            raise versions.TableNotFoundError(f"no committed batch of {name!r} among {context.asset_partition_keys}")
         return rows

@@ -7,12 +7,17 @@ from dagster import AssetKey, DagsterInstance, MetadataValue, TableColumn, Table
 CURVE_POINTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 1280)
 
 
+def table(records: list[dict], columns: list[tuple[str, str]]) -> MetadataValue:
+    """A UI table of `records` with `columns` as (name, type) pairs."""
+    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in columns])
+    return MetadataValue.table(records=[TableRecord(r) for r in records], schema=schema)
+
+
 def class_table(per_class: dict[str | None, int]) -> MetadataValue:
     """A table of image counts per class label, largest first (null label shown as '(none)')."""
     rows = sorted(per_class.items(), key=lambda item: (-item[1], str(item[0])))
-    schema = TableSchema(columns=[TableColumn("label", "string"), TableColumn("images", "int")])
-    records = [TableRecord({"label": label if label is not None else "(none)", "images": n}) for label, n in rows]
-    return MetadataValue.table(records=records, schema=schema)
+    records = [{"label": label if label is not None else "(none)", "images": n} for label, n in rows]
+    return table(records, [("label", "string"), ("images", "int")])
 
 
 def variance_markdown(curve: list[float], k: int) -> str:
@@ -25,9 +30,8 @@ def variance_markdown(curve: list[float], k: int) -> str:
 
 def quarantine_table(rows, limit: int = 100) -> MetadataValue:
     """A table of quarantined files (`path`, `reason`), the first `limit` rows by path."""
-    schema = TableSchema(columns=[TableColumn("path", "string"), TableColumn("reason", "string")])
-    records = [TableRecord({"path": r["path"], "reason": r["reason"]}) for r in rows[:limit]]
-    return MetadataValue.table(records=records, schema=schema)
+    records = [{"path": r["path"], "reason": r["reason"]} for r in rows[:limit]]
+    return table(records, [("path", "string"), ("reason", "string")])
 
 
 def latest_metadata(instance: DagsterInstance, asset: str) -> dict[str, Any]:

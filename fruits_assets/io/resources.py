@@ -9,14 +9,16 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDependenc
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
 
-from spark_code import batches, lifecycle, storage
-from spark_code.classifier import LogisticSettings
-from spark_code.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
-from spark_code.featurize import CnnFeaturizer
-from spark_code.images import ImageRootError
-from spark_code.lifecycle import SavedModel
-from spark_code.model_cache import DRIVER_PAYLOADS
-from spark_code.s3a import is_s3
+from spark_code.classify.classifier import LogisticSettings
+from spark_code.featurize.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
+from spark_code.featurize.model_cache import DRIVER_PAYLOADS
+from spark_code.featurize.udf import CnnFeaturizer
+from spark_code.ingest import batches
+from spark_code.ingest.images import ImageRootError
+from spark_code.reduction import lifecycle
+from spark_code.reduction.lifecycle import SavedModel
+from spark_code.storage import versions
+from spark_code.storage.s3a import is_s3
 
 
 def _is_local(uri: str) -> bool:
@@ -129,16 +131,16 @@ class ModelStore(ConfigurableResource):
         """Save `model` as a new committed version of `name`, with what it was fitted with (its sidecar JSON) and
         small text `extras` beside it."""
         sidecars = {**(extras or {}), lifecycle.FITTED_WITH[name]: json.dumps(fitted_with)}
-        uri = storage.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=sidecars)
+        uri = versions.save_model(self.pyspark.spark_session, model, self.base_uri, name, extras=sidecars)
         return SavedModel(model, uri, fitted_with)
 
     def load(self, model_class, name: str):
         """Load the newest committed version of `name`."""
-        return storage.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
+        return versions.load_model(self.pyspark.spark_session, model_class, self.base_uri, name)
 
     def latest_uri(self, name: str) -> str:
         """URI of the newest committed version of model `name`."""
-        return storage.latest_uri(self.pyspark.spark_session, self.base_uri, name)
+        return versions.latest_uri(self.pyspark.spark_session, self.base_uri, name)
 
     def derived_batches(self, uri: str) -> set[str]:
         """The ingest batches whose part of a derived table the model version `uri` has made."""
@@ -148,10 +150,10 @@ class ModelStore(ConfigurableResource):
         """The newest committed version of `name` with what it was fitted with; None if there is none."""
         spark = self.pyspark.spark_session
         try:
-            uri = storage.latest_uri(spark, self.base_uri, name)
-        except storage.TableNotFoundError:
+            uri = versions.latest_uri(spark, self.base_uri, name)
+        except versions.TableNotFoundError:
             return None
-        fitted_with = storage.read_text(spark, f"{uri}/{lifecycle.FITTED_WITH[name]}")
+        fitted_with = versions.read_text(spark, f"{uri}/{lifecycle.FITTED_WITH[name]}")
         return SavedModel(model_class.load(uri), uri, json.loads(fitted_with or "{}"))
 
 
@@ -164,15 +166,15 @@ class TableStore(ConfigurableResource):
     def table(self, name: str):
         """The newest committed version of the unpartitioned table `name`; None if it has none yet."""
         try:
-            return storage.read_table(self.pyspark.spark_session, self.base_uri, name)
-        except storage.TableNotFoundError:
+            return versions.read_table(self.pyspark.spark_session, self.base_uri, name)
+        except versions.TableNotFoundError:
             return None
 
     def require_table(self, name: str):
         """`table(name)`, or a TableNotFoundError naming it when it was never materialized."""
         rows = self.table(name)
         if rows is None:
-            raise storage.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
+            raise versions.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
         return rows
 
     def batches(self) -> list[str]:
@@ -185,26 +187,31 @@ class TableStore(ConfigurableResource):
 
     def parts(self, name: str, keys: list[str]):
         """Rows of batch table `name` as written by the batches `keys` (current or not); None if there are none."""
-        return storage.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+        return versions.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
 
     def require_parts(self, name: str, keys: list[str]):
         """`parts(name, keys)`, or a TableNotFoundError naming the table when none of them is committed."""
         rows = self.parts(name, keys)
         if rows is None:
-            raise storage.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
+            raise versions.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
         return rows
 
-    def current(self, name: str, without: str | None = None):
+    def current_rows(self, name: str, without: str | None = None):
         """Current rows of batch table `name` over every committed batch except `without`; None if there are none."""
         keys = [key for key in self.batches() if key != without]
-        return batches.read_current(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+        return batches.read_current_rows(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
 
-    def require_current(self, name: str):
-        """`current(name)`, or a TableNotFoundError naming the table when no batch of it is committed yet."""
-        rows = self.current(name)
+    def require_current_rows(self, name: str):
+        """`current_rows(name)`, or a TableNotFoundError naming the table when no batch of it is committed yet."""
+        rows = self.current_rows(name)
         if rows is None:
-            raise storage.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
+            raise versions.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
         return rows
+
+    def current_features(self):
+        """(current rows of `cnn_features` over every batch, their one CNN setting); an error if they mix settings."""
+        features = self.require_current_rows("cnn_features")
+        return features, batches.one_cnn_model(features)
 
 
 class ClassifierSettings(ConfigurableResource):

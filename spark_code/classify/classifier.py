@@ -12,11 +12,11 @@ from pyspark.ml import PipelineModel, Transformer
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel, StringIndexer
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code import logistic, openset, reduce
-from spark_code.reduce import as_vectors
+from spark_code.classify import openset
+from spark_code.reduction.scaler_pca import as_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -124,69 +124,6 @@ def evaluate_model(model: PipelineModel, test_features: DataFrame) -> Evaluation
     """Predict every test row with `model` and score the predictions (a small collect: two strings per row)."""
     rows = predict(model, test_features).select("label", PREDICTED).collect()
     return evaluate([(r["label"], r[PREDICTED]) for r in rows], class_labels(model))
-
-
-def split_per_class(labelled: DataFrame, per_class: int = 40) -> tuple[DataFrame, DataFrame]:
-    """(fit rows, validation rows): up to `per_class` rows of each class, at most half of it, chosen by path hash."""
-    by_class = Window.partitionBy("label")
-    ranked = labelled.filter(F.col("label").isNotNull()).select(
-        "*",
-        F.row_number().over(by_class.orderBy(F.xxhash64("path"), "path")).alias("_rank"),
-        F.count("*").over(by_class).alias("_count"),
-    )
-    usable = ranked.filter(F.col("_count") >= 2)
-    fit = F.col("_rank") <= F.least(F.lit(per_class), F.floor(F.col("_count") / 2))
-    return usable.filter(fit).drop("_rank", "_count"), usable.filter(~fit).drop("_rank", "_count")
-
-
-def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
-    driver, in path order: the same arrays whatever the partitioning."""
-    labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
-    largest = labelled.groupBy("label").count().agg(F.max("count")).first()[0] or 0
-    if largest > per_class:  # rank the keys only (not the vectors), keep the first per_class of each class
-        by_hash = Window.partitionBy("label").orderBy(F.xxhash64("path"), "path")
-        ranked = labelled.select("path", "label").withColumn("_rank", F.row_number().over(by_hash))
-        keep = ranked.filter(F.col("_rank") <= per_class).select("path")
-        labelled = labelled.join(F.broadcast(keep), "path", "left_semi")
-    kept = reduce.transform_arrays(pca, labelled)  # project only the kept rows
-    head = F.slice(pca.getOutputCol(), 1, k).alias("x")
-    table = kept.select("path", "label", head).toPandas().sort_values("path", ignore_index=True)
-    x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))
-    return x, table["label"].to_numpy()
-
-
-def accuracy_curve(
-    fit: DataFrame,
-    validate: DataFrame,
-    pca: PCAModel,
-    ks: list[int],
-    settings: LogisticSettings,
-    validate_per_class: int = 400,
-) -> dict[int, float]:
-    """Accuracy of the logistic regression on the first k components, for each k in `ks`: trained on `fit`,
-    scored on the rows of `validate` whose class it knows (up to `validate_per_class` per class, chosen by path
-    hash: all of them on Fruits-360, a bounded sample at a million photos).
-
-    Both hold `path`, `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks)
-    components. The fits are small (photos × k), so they run on the driver with the classifier's objective
-    (`spark_code.logistic`): seconds, and the same curve on one machine or a cluster.
-    Empty when the labels do not allow it (fewer than 2 classes, or nothing to validate).
-    """
-    if not ks:
-        return {}
-    fit_x, fit_labels = _projected(pca, fit, max(ks), per_class=2**31 - 1)
-    valid_x, valid_labels = _projected(pca, validate, max(ks), per_class=validate_per_class)
-    known = np.isin(valid_labels, fit_labels)
-    if len(np.unique(fit_labels)) < 2 or not known.any():
-        logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
-        return {}
-    curve = logistic.accuracy_by_k(
-        (fit_x, fit_labels), (valid_x[known], valid_labels[known]), ks, settings.reg_param, settings.max_iter
-    )
-    for k, accuracy in curve.items():
-        logger.info("accuracy with k=%d: %.4f", k, accuracy)
-    return curve
 
 
 def _pca_stage(model: PipelineModel) -> PCAModel | None:

@@ -12,9 +12,10 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
-from spark_code import blas, logistic, openset, reduce
-from spark_code.classifier import PREDICTED, LogisticSettings, OpenSetProtocol, ScoredRows
-from spark_code.serving import ServingPipeline
+from spark_code.classify import openset, softmax
+from spark_code.classify.classifier import PREDICTED, LogisticSettings, OpenSetProtocol, ScoredRows
+from spark_code.classify.serving import ServingPipeline
+from spark_code.reduction import blas, scaler_pca
 
 logger = logging.getLogger(__name__)
 
@@ -51,38 +52,38 @@ def fit_classifier(
     start: FittedClassifier | None = None,
 ) -> FittedClassifier:
     """Scaler → PCA (optional) → multinomial logistic regression on CNN features `x`, fitted on the driver with
-    Spark ML's objective (`logistic.fit_softmax`), returned as the Spark ML pipeline the project saves
+    Spark ML's objective (`softmax.fit_softmax`), returned as the Spark ML pipeline the project saves
     (scaler, [PCA], LogisticRegressionModel, IndexToString) and as NumPy arrays; with the feature scores
     (`openset.fit_feature_scores`) of the reduced training rows unless `with_scores` is false. The fit starts from
-    `start`'s solution when given (mapped to this fit's features and classes; see `logistic.fit_softmax`)."""
+    `start`'s solution when given (mapped to this fit's features and classes; see `softmax.fit_softmax`)."""
     if settings.elastic_net:
         raise ValueError("the driver fit has no L1 term: elastic_net must be 0")
-    shift, scale, _ = reduce.affine(scaler)
+    shift, scale, _ = scaler_pca.affine(scaler)
     reduced = (x - shift) * scale if shift is not None else x * scale
     components = None if pca is None else pca.pc.toArray()
     if components is not None:
         reduced = reduced @ components
-    softmax = logistic.fit_softmax(
+    fit = softmax.fit_softmax(
         reduced, labels, settings.reg_param, settings.max_iter, start=_in_space(start, components)
     )
     features_col = scaler.getOutputCol() if pca is None else pca.getOutputCol()
-    head = logistic.spark_model(softmax, features_col)
-    labels_stage = IndexToString(inputCol="prediction", outputCol=PREDICTED, labels=[str(c) for c in softmax.classes])
+    head = softmax.spark_model(fit, features_col)
+    labels_stage = IndexToString(inputCol="prediction", outputCol=PREDICTED, labels=[str(c) for c in fit.classes])
     stages = [scaler] if pca is None else [scaler, pca]
     twin = ServingPipeline(
         mean=np.zeros_like(scale) if shift is None else shift,
         scale=scale,
         components=components,
-        coefficients=softmax.weights.T,
-        intercepts=softmax.intercept,
-        labels=[str(c) for c in softmax.classes],
+        coefficients=fit.weights.T,
+        intercepts=fit.intercept,
+        labels=[str(c) for c in fit.classes],
         image_size=0,
     )
     scores = openset.fit_feature_scores(reduced, labels) if with_scores else None
     return FittedClassifier(PipelineModel([*stages, head, labels_stage]), twin, scores)
 
 
-def _in_space(start: FittedClassifier | None, components: np.ndarray | None) -> logistic.SoftmaxModel | None:
+def _in_space(start: FittedClassifier | None, components: np.ndarray | None) -> softmax.SoftmaxModel | None:
     """`start`'s regression as weights on this fit's features: scaled features (`components` None) or the same PCA."""
     if start is None:
         return None
@@ -91,7 +92,7 @@ def _in_space(start: FittedClassifier | None, components: np.ndarray | None) -> 
     if head.components is not None and components is None:
         weights = head.components @ weights  # from PCA features back to the scaled features they project
     classes = np.asarray(head.labels, dtype=object)
-    return logistic.SoftmaxModel(weights, np.asarray(head.intercepts), classes)
+    return softmax.SoftmaxModel(weights, np.asarray(head.intercepts), classes)
 
 
 def score_corpus(features: DataFrame, models: dict[str, FittedClassifier], column: str = "features") -> dict:

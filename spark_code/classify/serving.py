@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from spark_code.cnn import CnnEngine, CnnSpec, build_predict, model_payload
-from spark_code.images import try_decode
-from spark_code.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
-from spark_code.s3a import is_s3, split
+from spark_code.classify.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
+from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
+from spark_code.ingest.images import try_decode
+from spark_code.storage.s3a import is_s3, split
 
 logger = logging.getLogger(__name__)
 

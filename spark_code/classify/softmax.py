@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from spark_code import blas
+from spark_code.reduction import blas
 
 logger = logging.getLogger(__name__)
 

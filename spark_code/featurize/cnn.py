@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_code import onnx_export
+from spark_code.featurize import onnx_export
 
 logger = logging.getLogger(__name__)
 

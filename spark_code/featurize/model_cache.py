@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from pyspark.sql import SparkSession
 
-from spark_code.cnn import CnnEngine, Predict, build_predict, model_payload, weights_fingerprint
+from spark_code.featurize.cnn import CnnEngine, Predict, build_predict, model_payload, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_code.featurize import CnnFeaturizer, FeaturizeCounters
-from spark_code.images import LISTING_COLUMNS, VANISHED, attach_content, set_aside
+from spark_code.featurize.udf import CnnFeaturizer, FeaturizeCounters
+from spark_code.ingest.images import LISTING_COLUMNS, VANISHED, attach_content, set_aside
 
 
 @dataclass

@@ -18,9 +18,9 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code.cnn import CnnEngine, CnnSpec, Predict, weights_fingerprint
-from spark_code.images import try_decode
-from spark_code.model_cache import BROADCASTS, WorkerModels
+from spark_code.featurize.cnn import CnnEngine, CnnSpec, Predict, weights_fingerprint
+from spark_code.featurize.model_cache import BROADCASTS, WorkerModels
+from spark_code.ingest.images import try_decode
 
 logger = logging.getLogger(__name__)
 

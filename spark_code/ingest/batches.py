@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_code import storage
-from spark_code.images import LISTING_COLUMNS
+from spark_code.ingest.images import LISTING_COLUMNS
+from spark_code.storage import versions
 
 IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
 BATCH = "batch"  # the ingest batch (partition key) a row belongs to
@@ -90,7 +90,7 @@ def current_raw(raw: DataFrame) -> DataFrame:
     return owners(raw).filter(F.col(CHANGE) != DELETED)
 
 
-def current(table: DataFrame, raw: DataFrame) -> DataFrame:
+def current_rows(table: DataFrame, raw: DataFrame) -> DataFrame:
     """Rows of a batch table (features, quarantine) that belong to their path's newest batch, for the same file."""
     live = current_raw(raw).select(*IDENTITY, BATCH)
     return table.join(F.broadcast(live), [*IDENTITY, BATCH], "left_semi").select(*table.columns)
@@ -116,16 +116,18 @@ def tally(batch: DataFrame) -> dict[str, int]:
     return {kind: counts.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}
 
 
-def read_current(spark: SparkSession, base_uri: str, name: str, keys=None, ledger: str = LEDGER) -> DataFrame | None:
+def read_current_rows(
+    spark: SparkSession, base_uri: str, name: str, keys=None, ledger: str = LEDGER
+) -> DataFrame | None:
     """Current rows of the batch table `name` over the committed batches `keys` (default: all); None if none."""
     keys = committed_keys(spark, base_uri, ledger) if keys is None else keys
-    raw = storage.read_partitions(spark, base_uri, ledger, keys) if keys else None
+    raw = versions.read_partitions(spark, base_uri, ledger, keys) if keys else None
     if raw is None:
         return None
     if name == ledger:
         return current_raw(raw)
-    table = storage.read_partitions(spark, base_uri, name, keys)
-    return None if table is None else current(table, raw)
+    table = versions.read_partitions(spark, base_uri, name, keys)
+    return None if table is None else current_rows(table, raw)
 
 
 BATCH_TABLES = (LEDGER, "cnn_features", "quarantined_images")  # a batch counts once all three are committed
@@ -137,10 +139,10 @@ def committed_keys(spark: SparkSession, base_uri: str, ledger: str = LEDGER) -> 
     A batch whose run died after its listing (killed during cnn_features) is not a batch: it is ignored, so its
     files are new again for the next batch and nothing of it is read.
     """
-    keys = list(storage.partition_uris(spark, base_uri, ledger))
+    keys = list(versions.partition_uris(spark, base_uri, ledger))
     if ledger != LEDGER:
         return keys
-    done = [set(storage.partition_uris(spark, base_uri, name, keys)) for name in BATCH_TABLES[1:]]
+    done = [set(versions.partition_uris(spark, base_uri, name, keys)) for name in BATCH_TABLES[1:]]
     complete = [key for key in keys if all(key in tables for tables in done)]
     if len(complete) < len(keys):
         incomplete = sorted(set(keys) - set(complete))
@@ -188,7 +190,7 @@ def manifest_uri(model_uri: str) -> str:
 
 def derived_batches(spark: SparkSession, model_uri: str) -> set[str]:
     """The batches whose part `model_uri` has made (empty for a new model)."""
-    text = storage.read_text(spark, manifest_uri(model_uri))
+    text = versions.read_text(spark, manifest_uri(model_uri))
     try:
         return set(json.loads(text)["batches"]) if text else set()
     except (ValueError, KeyError, TypeError):  # a torn write: derive every part again
@@ -198,4 +200,20 @@ def derived_batches(spark: SparkSession, model_uri: str) -> set[str]:
 
 def write_manifest(spark: SparkSession, parts: DerivedParts) -> None:
     """Record which batches' parts are current; written after the parts, so a crash only means redoing some."""
-    storage.write_text(spark, parts.manifest, json.dumps({"batches": parts.batches()}))
+    versions.write_text(spark, parts.manifest, json.dumps({"batches": parts.batches()}))
+
+
+def cnn_models(features: DataFrame) -> list[str]:
+    """The CNN settings (`cnn_model`) found among feature rows, sorted."""
+    return sorted(row[0] for row in features.select(MODEL_COLUMN).distinct().collect())
+
+
+def one_cnn_model(features: DataFrame) -> str:
+    """The one CNN setting of the feature rows ("" when empty); an error if they mix settings."""
+    models = cnn_models(features)
+    if len(models) > 1:
+        raise ValueError(
+            f"cnn_features mixes CNN settings {models}: materialize a new batch with raw_images config "
+            "full_refresh: true, so every image is featurized with the current settings"
+        )
+    return models[0] if models else ""

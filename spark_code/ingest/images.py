@@ -15,9 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_code import listing as rootwalk
-from spark_code import storage
-from spark_code.s3a import is_s3
+from spark_code.ingest import listing as rootwalk
+from spark_code.storage import versions
+from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ImageRootError(ValueError):
 
 def check_root_exists(spark: SparkSession, root: str) -> None:
     """Fail fast, naming the path, when the image root does not exist."""
-    if not _exists(spark, storage.qualify(root)):
+    if not _exists(spark, versions.qualify(root)):
         raise ImageRootError(
             f"image root {root!r} does not exist: point FRUITS_IMAGE_ROOT (or the image_source "
             "resource's `root`) at a folder with one sub-folder of images per fruit class"
@@ -74,7 +74,7 @@ class Listed:
 
 
 def list_root(spark: SparkSession, root: str) -> Listed:
-    """Every file under `root` by the rules of `spark_code.listing` (the sensor's too), as a DataFrame; no contents.
+    """Every file under `root` by the rules of `listing` (the sensor's too), as a DataFrame; no contents.
 
     The walk runs on the driver (os.scandir locally, ListObjectsV2 on S3): Spark's own file index hides names
     starting with `_` or `.` and follows symbolic links into loops, so it does not decide what is listed.
@@ -88,7 +88,7 @@ def list_root(spark: SparkSession, root: str) -> Listed:
 
 def listing_rows(root: str, entries) -> list[tuple]:
     """Listing rows (path, label, length, modification_time) of (path relative to `root`, (size, mtime_ns)) pairs."""
-    base = storage.qualify(root)
+    base = versions.qualify(root)
     return [(f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns)) for rel, (size, mtime_ns) in entries]
 
 
@@ -112,7 +112,7 @@ EXPLICIT_PATHS_BELOW = 1000
 def _exists(spark: SparkSession, path: str) -> bool:
     if path.startswith("file:"):
         return os.path.exists(rootwalk.local_path(path))
-    fs, hpath = storage.hadoop_fs(spark, path)
+    fs, hpath = versions.hadoop_fs(spark, path)
     return fs.exists(hpath)
 
 
@@ -135,7 +135,7 @@ def _read_explicit(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 
 def _scan(spark: SparkSession, root: str) -> DataFrame:
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(storage.qualify(root))
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(versions.qualify(root))
     return files.filter(F.col("length") <= MAX_FILE_BYTES).select("path", "content")  # pushed down: big files unread
 
 
@@ -149,7 +149,7 @@ def _read_bytes(spark: SparkSession, path: str) -> bytes | None:
             return None
     if not _exists(spark, path):
         return None
-    fs, hpath = storage.hadoop_fs(spark, path)
+    fs, hpath = versions.hadoop_fs(spark, path)
     stream = fs.open(hpath)
     try:
         return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
@@ -180,7 +180,7 @@ def attach_content(
     scans the root once when that is safe. Files Spark cannot read by name are read on the driver; a listed file
     missing here has vanished since.
     """
-    base = storage.qualify(root) + "/"
+    base = versions.qualify(root) + "/"
     paths = [row.path for row in listing.select("path").collect()]
     hidden = {p for p in paths if spark_cannot_read(p[len(base) :] if p.startswith(base) else p)}
     visible = [p for p in paths if p not in hidden]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_plus, urlparse
 
-from spark_code import listing, snapshot
+from spark_code.ingest import listing, snapshot
 
 logger = logging.getLogger(__name__)
 

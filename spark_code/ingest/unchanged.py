@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_code import batches, lifecycle, storage
-from spark_code import listing as rootwalk
-from spark_code.s3a import is_s3
+from spark_code.ingest import batches
+from spark_code.ingest import listing as rootwalk
+from spark_code.reduction import lifecycle
+from spark_code.storage import versions
+from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,8 @@ def committed_versions(folder: str) -> list[str]:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    marked = (n for n in names if n.startswith(storage.VERSION_PREFIX))
-    return sorted(n for n in marked if os.path.exists(os.path.join(folder, n, storage.COMMITTED)))
+    marked = (n for n in names if n.startswith(versions.VERSION_PREFIX))
+    return sorted(n for n in marked if os.path.exists(os.path.join(folder, n, versions.COMMITTED)))
 
 
 def _newest(folder: str) -> str | None:
@@ -81,7 +83,7 @@ def _identities(table: pa.Table) -> dict[str, tuple[int, int]]:
 
 def listed(root: str) -> dict[str, tuple[int, int]]:
     """{path: (length, modification time in ms)} of a root's listing, as the Spark listing makes its rows."""
-    base = storage.qualify(root)
+    base = versions.qualify(root)
     files = rootwalk.walk(root).files
     return {f"{base}/{rel}": (size, mtime_ns // 1_000_000) for rel, (size, mtime_ns) in files.items()}
 

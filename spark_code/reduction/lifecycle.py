@@ -1,12 +1,15 @@
-"""Model lifecycle: a saved model version with what it was fitted with, and the pure reuse-or-refit decision."""
+"""Model lifecycle: a saved model version with what it was fitted with, the reuse-or-refit decision, PCA drift."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spark_code.storage import VERSION_PREFIX, version_name
+from pyspark.sql import DataFrame
+
+from spark_code.reduction import scaler_pca
+from spark_code.storage.versions import VERSION_PREFIX, version_name
 
 # The sidecar beside each saved model version that records what it was fitted with (one name per model).
 FITTED_WITH = {
@@ -72,3 +75,32 @@ def decide(
     if refit_on_drift and drift is not None and max_drift is not None and drift > max_drift:
         return Verdict(True, f"drift {drift} > {max_drift}")
     return Verdict(False, "inputs unchanged")
+
+
+MIN_DRIFT_ROWS = 100  # fewer new rows than this say too little about drift: the saved PCA projects them
+
+
+def drift(saved: SavedModel, new_rows: DataFrame | None) -> float | None:
+    """How much less of the new rows' variance the saved PCA explains than of the rows it was fitted on (None
+    when there are fewer than MIN_DRIFT_ROWS new rows)."""
+    if new_rows is None or new_rows.count() < MIN_DRIFT_ROWS:
+        return None
+    return round(saved.fitted_with["explained_variance"] - scaler_pca.explained_share(saved.model, new_rows), 4)
+
+
+def decide_with_drift(
+    saved: SavedModel | None,
+    wanted: Mapping[str, Any],
+    new_rows: Callable[[SavedModel], DataFrame | None],
+    *,
+    refit: bool,
+    max_drift: float,
+    refit_on_drift: bool,
+) -> tuple[Verdict, float | None]:
+    """`decide` for a PCA, once: drift is measured on `new_rows(saved)` (the rows the saved model has not
+    projected) only when the saved model is otherwise still valid; returns (verdict, drift or None)."""
+    verdict = decide(saved, wanted, refit=refit)
+    if verdict.refit:  # asked, or settings or scaler changed: the saved PCA neither projects nor measures drift
+        return verdict, None
+    measured = drift(saved, new_rows(saved))
+    return decide(saved, wanted, drift=measured, max_drift=max_drift, refit_on_drift=refit_on_drift), measured

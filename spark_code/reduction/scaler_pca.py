@@ -20,7 +20,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType
 
-from spark_code import blas, storage
+from spark_code.ingest import batches
+from spark_code.reduction import blas
+from spark_code.storage import versions
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +224,7 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
 
 def version_literal(uri: str):
     """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
-    return F.lit(storage.version_name(uri))
+    return F.lit(versions.version_name(uri))
 
 
 def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:
@@ -239,3 +241,14 @@ def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
         raise ValueError("cannot choose k from an empty accuracy curve")
     best = max(curve.values())
     return min(k for k, accuracy in curve.items() if accuracy >= best - tolerance - 1e-12)
+
+
+def scaled_part(model: StandardScalerModel, features: DataFrame) -> DataFrame:
+    """One batch's part of `scaled_features`: its feature rows scaled by `model` (float32)."""
+    return transform_arrays(model, features).select(*batches.PART_COLUMNS, "scaled_features")
+
+
+def pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
+    """One batch's part of `pca_features`: its scaled rows projected, with the model version that made them."""
+    projected = transform_arrays(model, scaled).select(*batches.PART_COLUMNS, "pca_features")
+    return projected.withColumn("pca_model", version_literal(model_uri))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from spark_code.s3a import is_s3
+from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def jars(cache: Path = DEFAULT_CACHE) -> list[Path]:
     if not aws.exists():
         raise S3ASetupError(
             f"Spark needs {HADOOP_AWS}:{hadoop_version()} to read or write s3:// ({aws} is missing): run ./install.sh, "
-            f"or {sys.executable} -m spark_code.s3a (fetches it once from Maven Central)"
+            f"or {sys.executable} -m spark_code.storage.s3a (fetches it once from Maven Central)"
         )
     return [aws, *sorted(p for p in folder.glob("*.jar") if not p.name.startswith(HADOOP_AWS.replace(":", "_")))]
 

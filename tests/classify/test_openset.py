@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spark_code import openset
+from spark_code.classify import openset
 
 
 def _clusters(rng, centres: np.ndarray, per_class: int, spread: float) -> tuple[np.ndarray, np.ndarray]:

@@ -5,11 +5,11 @@ import shutil
 import pytest
 from dagster import DagsterInstance, materialize
 
-from fruits_assets.assets import PcaConfig
-from fruits_assets.checks import ALL_CHECKS
-from fruits_assets.definitions import CHECKS, FEATURE_ASSETS
-from fruits_assets.deployments import local_resources
-from spark_code import batches, storage
+from fruits_assets.defs import CHECKS, FEATURE_ASSETS, FEATURE_CHECKS
+from fruits_assets.defs.reduction import PcaConfig
+from fruits_assets.deploy.deployments import local_resources
+from spark_code.ingest import batches
+from spark_code.storage import versions
 from tests.helpers import materialize_features, metadata_of
 
 
@@ -20,9 +20,9 @@ def _rel(path, root):
 def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, expected_outcomes):
     result, output, _ = run
     assert result.success
-    raw = batches.read_current(spark, output, "raw_images")
-    features = batches.read_current(spark, output, "cnn_features")
-    quarantined = batches.read_current(spark, output, "quarantined_images")
+    raw = batches.read_current_rows(spark, output, "raw_images")
+    features = batches.read_current_rows(spark, output, "cnn_features")
+    quarantined = batches.read_current_rows(spark, output, "quarantined_images")
     assert raw.count() == len(expected_outcomes) == features.count() + quarantined.count()
     assert {_rel(r.path, sample_root) for r in features.collect()} == {
         k for k, v in expected_outcomes.items() if v == "featurized"
@@ -45,7 +45,7 @@ def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcome
 
 def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
-    pca = batches.read_current(spark, output, "pca_features")
+    pca = batches.read_current_rows(spark, output, "pca_features")
     meta = metadata_of(result, "pca_features")
     assert pca.columns == [*batches.PART_COLUMNS, "pca_features", "pca_model"]  # identity and batch: per-batch parts
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
@@ -75,8 +75,8 @@ def test_models_saved_and_reloadable(run, spark):
     from pyspark.ml.feature import PCAModel, StandardScalerModel
 
     result, output, _ = run
-    pca = storage.load_model(spark, PCAModel, f"{output}/models", "pca_features")
-    scaler = storage.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    pca = versions.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    scaler = versions.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
     assert pca.getK() == metadata_of(result, "pca_features")["k"]
     assert scaler.mean.size == 1280
 
@@ -84,21 +84,21 @@ def test_models_saved_and_reloadable(run, spark):
 def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, tmp_path):
     output = str(tmp_path / "copy")
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
-    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
+    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
     result = materialize(  # no batch: an unpartitioned asset alone
-        [*FEATURE_ASSETS, *ALL_CHECKS],
+        [*FEATURE_ASSETS, *FEATURE_CHECKS],
         selection=["pca_features"],
         resources=local_resources(str(sample_root), output, weights_path),
         run_config={"ops": {"pca_features": {"config": {"k": 4}}}},
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success and metadata_of(result, "pca_features")["k"] == 4
-    after = storage.latest_uri(spark, f"{output}/models", "pca_features")
-    assert after != before and storage.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
-    rows = batches.read_current(spark, output, "pca_features").collect()
+    after = versions.latest_uri(spark, f"{output}/models", "pca_features")
+    assert after != before and versions.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
+    rows = batches.read_current_rows(spark, output, "pca_features").collect()
     assert {len(r.pca_features) for r in rows} == {4} and {r.pca_model for r in rows} == {after.rsplit("/", 1)[-1]}
     assert metadata_of(result, "pca_features")["batches_projected"] == len(
-        storage.partition_uris(spark, output, "raw_images")
+        versions.partition_uris(spark, output, "raw_images")
     )
 
 

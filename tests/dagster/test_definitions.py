@@ -5,7 +5,7 @@ from dagster import AssetKey
 from pydantic import ValidationError
 
 from fruits_assets.definitions import defs as load_defs
-from fruits_assets.resources import CnnResource
+from fruits_assets.io.resources import CnnResource
 
 defs = load_defs()  # the code location, as Dagster loads it
 

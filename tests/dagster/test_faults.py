@@ -11,14 +11,16 @@ import time
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import batches, storage
+from spark_code.ingest import batches
+from spark_code.storage import versions
 from tests.conftest import CLASSES, FRUITS, first_images
 
 FEATURE_RUN = """
 import sys
-from fruits_assets.assets import cnn_features, raw_images
-from fruits_assets.deployments import local_resources
-from fruits_assets.ingest import materialize_batch
+from fruits_assets.defs.featurize import cnn_features
+from fruits_assets.defs.ingest import raw_images
+from fruits_assets.deploy.deployments import local_resources
+from fruits_assets.cli.materialize import materialize_batch
 root, output, weights = sys.argv[1:4]
 materialize_batch([raw_images, cnn_features], local_resources(root, output, weights))
 """
@@ -45,19 +47,20 @@ def _kill_during_cnn(root, output, weights_path, log):
 
 
 def test_run_killed_during_cnn_features_then_rerun_loses_and_duplicates_nothing(spark, weights_path, tmp_path):
-    from fruits_assets.assets import cnn_features, raw_images
-    from fruits_assets.deployments import local_resources
-    from fruits_assets.ingest import materialize_batch
+    from fruits_assets.cli.materialize import materialize_batch
+    from fruits_assets.defs.featurize import cnn_features
+    from fruits_assets.defs.ingest import raw_images
+    from fruits_assets.deploy.deployments import local_resources
 
     root, output = tmp_path / "root", str(tmp_path / "out")
     _dozen(root)
     _kill_during_cnn(root, output, weights_path, tmp_path / "killed.log")
-    killed = list(storage.partition_uris(spark, output, "raw_images"))
+    killed = list(versions.partition_uris(spark, output, "raw_images"))
     assert len(killed) == 1 and batches.committed_keys(spark, output) == []  # its listing only: not a batch
     result = materialize_batch([raw_images, cnn_features], local_resources(str(root), output, weights_path))
     assert result.success
     (key,) = batches.committed_keys(spark, output)
-    raw, features, quarantined = (batches.read_current(spark, output, n) for n in batches.BATCH_TABLES)
+    raw, features, quarantined = (batches.read_current_rows(spark, output, n) for n in batches.BATCH_TABLES)
     assert raw.count() == 12 == features.count() and quarantined.count() == 0  # the killed batch's photos, again
     assert features.select("path").distinct().count() == 12 and {r.batch for r in features.collect()} == {key}
     assert raw.filter(F.col("batch") == killed[0]).count() == 0
@@ -65,14 +68,15 @@ def test_run_killed_during_cnn_features_then_rerun_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("output", ["/proc/fruits-output", "a-file/output"])
 def test_unwritable_output_fails_before_any_work(sample_root, weights_path, tmp_path, output):
-    from fruits_assets.assets import cnn_features, raw_images
-    from fruits_assets.deployments import local_resources
-    from fruits_assets.ingest import materialize_batch
+    from fruits_assets.cli.materialize import materialize_batch
+    from fruits_assets.defs.featurize import cnn_features
+    from fruits_assets.defs.ingest import raw_images
+    from fruits_assets.deploy.deployments import local_resources
 
     (tmp_path / "a-file").write_text("a file, not a folder")
     uri = output if output.startswith("/") else str(tmp_path / output)
-    with pytest.raises(storage.OutputNotWritableError, match="is not writable.*FRUITS_OUTPUT_URI"):
-        storage.check_writable(uri)
+    with pytest.raises(versions.OutputNotWritableError, match="is not writable.*FRUITS_OUTPUT_URI"):
+        versions.check_writable(uri)
     result = materialize_batch(
         [raw_images, cnn_features], local_resources(str(sample_root), uri, weights_path), raise_on_error=False
     )
@@ -84,7 +88,7 @@ def test_unwritable_output_fails_before_any_work(sample_root, weights_path, tmp_
 
 def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
     base = str(tmp_path)
-    storage.write_table(spark.range(10), base, "t")
+    versions.write_table(spark.range(10), base, "t")
 
     @F.udf("long")
     def fail_midway(n):
@@ -93,22 +97,22 @@ def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
         return n
 
     with pytest.raises(Exception, match="No space left on device"):
-        storage.write_table(spark.range(10_000).repartition(4).select(fail_midway("id").alias("id")), base, "t")
-    committed, pending = storage.list_versions(spark, base, "t")
+        versions.write_table(spark.range(10_000).repartition(4).select(fail_midway("id").alias("id")), base, "t")
+    committed, pending = versions.list_versions(spark, base, "t")
     assert len(committed) == 1 and pending == []  # the failed version is gone, its space given back
-    assert storage.read_table(spark, base, "t").count() == 10
+    assert versions.read_table(spark, base, "t").count() == 10
 
 
 FULL_DISK_WRITE = """
 import sys
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from spark_code import storage
+from spark_code.storage import versions
 spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-storage.write_table(spark.range(10), sys.argv[1], "t")  # small: fits under the file size limit
+versions.write_table(spark.range(10), sys.argv[1], "t")  # small: fits under the file size limit
 big = spark.range(200_000).select(F.sha2(F.col("id").cast("string"), 512).alias("hash"))  # ~13 MB of Parquet
 try:
-    storage.write_table(big, sys.argv[1], "t")
+    versions.write_table(big, sys.argv[1], "t")
 except Exception as error:
     print("WRITE FAILED:", "File too large" in str(error) or "EFBIG" in str(error))
 spark.stop()
@@ -124,6 +128,6 @@ def test_disk_filling_during_a_write_keeps_the_previous_version(spark, tmp_path)
         [sys.executable, "-c", FULL_DISK_WRITE, str(tmp_path)], capture_output=True, preexec_fn=_file_size_limit
     )
     assert b"WRITE FAILED: True" in out.stdout, out.stderr.decode()[-3000:]
-    committed, pending = storage.list_versions(spark, str(tmp_path), "t")
+    committed, pending = versions.list_versions(spark, str(tmp_path), "t")
     assert len(committed) == 1 and pending == []  # the half-written version was deleted
-    assert storage.read_table(spark, str(tmp_path), "t").count() == 10
+    assert versions.read_table(spark, str(tmp_path), "t").count() == 10

@@ -11,12 +11,14 @@ from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_schedul
 from PIL import Image
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 
-from fruits_assets.automation import daily_refit, new_images
 from fruits_assets.definitions import build_defs
-from fruits_assets.deployments import local_resources
-from fruits_assets.partitions import CHANGES_TAG, ingest_batches
-from fruits_assets.resources import CnnResource, ImageSource
-from spark_code import batches, reduce, snapshot, storage
+from fruits_assets.defs.automation import daily_refit, new_images
+from fruits_assets.defs.partitions import CHANGES_TAG, ingest_batches
+from fruits_assets.deploy.deployments import local_resources
+from fruits_assets.io.resources import CnnResource, ImageSource
+from spark_code.ingest import batches, snapshot
+from spark_code.reduction import lifecycle, scaler_pca
+from spark_code.storage import versions
 from tests.conftest import CLASSES, FRUITS, first_images
 from tests.helpers import materialize_features, metadata_of
 
@@ -103,12 +105,12 @@ def test_schedule_refits_scaler_and_pca_daily():
 
 
 def _materialize(root, output, weights, run_config=None, instance=None):
-    from spark_code import featurize
+    from spark_code.featurize import udf
 
-    before = featurize.process_totals()
+    before = udf.process_totals()
     resources = local_resources(str(root), str(output), weights)
     result = materialize_features(resources, instance or DagsterInstance.ephemeral(), run_config=run_config)
-    after = featurize.process_totals()
+    after = udf.process_totals()
     return result, {key: after[key] - before[key] for key in after}
 
 
@@ -121,8 +123,8 @@ def grown(spark, weights_path, tmp_path_factory):
     (root / "Broken Fruit" / "notes.jpg").write_text("not an image")
     instance = DagsterInstance.ephemeral()
     first, first_counts = _materialize(root, output, weights_path, instance=instance)
-    first_batch = storage.partition_uris(spark, str(output), "cnn_features")
-    first_pca = {r.path: r for r in batches.read_current(spark, str(output), "pca_features").collect()}
+    first_batch = versions.partition_uris(spark, str(output), "cnn_features")
+    first_pca = {r.path: r for r in batches.read_current_rows(spark, str(output), "pca_features").collect()}
     new = first_images(FRUITS / CLASSES[2], 2)
     (root / CLASSES[2]).mkdir()
     for image in new:
@@ -161,11 +163,12 @@ def test_each_batch_is_a_partition_and_earlier_batches_are_not_rewritten(grown, 
     output = str(grown["output"])
     keys = grown["instance"].get_dynamic_partitions(ingest_batches.name)
     assert len(keys) == 2 and keys == sorted(keys)
-    (first_key, first_uri), (second_key, _) = storage.partition_uris(spark, output, "cnn_features").items()
+    (first_key, first_uri), (second_key, _) = versions.partition_uris(spark, output, "cnn_features").items()
     assert grown["first_batch"] == {first_key: first_uri}  # the first batch's version was left as it was
     assert (first_key, second_key) == tuple(keys)
     rows = {
-        key: spark.read.parquet(uri).count() for key, uri in storage.partition_uris(spark, output, "raw_images").items()
+        key: spark.read.parquet(uri).count()
+        for key, uri in versions.partition_uris(spark, output, "raw_images").items()
     }
     assert rows == {first_key: 7, second_key: 4}  # 6 photos + the text file; then 2 new, 1 changed, 1 deleted
     checks = {e.check_name: e.passed for e in grown["second"][0].get_asset_check_evaluations()}
@@ -175,34 +178,34 @@ def test_each_batch_is_a_partition_and_earlier_batches_are_not_rewritten(grown, 
 def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, tmp_path):
     root, output = grown["root"], grown["output"]
     features = {
-        r.path: np.array(r.features) for r in batches.read_current(spark, str(output), "cnn_features").collect()
+        r.path: np.array(r.features) for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()
     }
     assert f"file:{grown['deleted']}" not in features
     assert set(features) == {f"file:{p}" for p in root.rglob("*.jpg") if p.parent.name != "Broken Fruit"}
     _materialize(root, tmp_path / "full", weights_path)
     recomputed = {
         r.path: np.array(r.features)
-        for r in batches.read_current(spark, str(tmp_path / "full"), "cnn_features").collect()
+        for r in batches.read_current_rows(spark, str(tmp_path / "full"), "cnn_features").collect()
     }
     assert recomputed.keys() == features.keys()
     assert max(np.abs(recomputed[p] - features[p]).max() for p in features) < 1e-5
-    quarantined = batches.read_current(spark, str(output), "quarantined_images").collect()
+    quarantined = batches.read_current_rows(spark, str(output), "quarantined_images").collect()
     assert [r.path.rsplit("/", 1)[-1] for r in quarantined] == ["notes.jpg"]
 
 
 def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     output = str(grown["output"])
     _, _, first_pca = grown["first"]
-    pca = {r.path: r for r in batches.read_current(spark, output, "pca_features").collect()}
+    pca = {r.path: r for r in batches.read_current_rows(spark, output, "pca_features").collect()}
     assert {r.pca_model for r in pca.values()} == {next(iter(first_pca.values())).pca_model}
     assert metadata_of(grown["second"][0], "pca_features")["refit"] is False
     unchanged = [p for p in pca if p in first_pca and p != f"file:{grown['changed']}"]
     assert unchanged and all(np.allclose(pca[p].pca_features, first_pca[p].pca_features, atol=1e-9) for p in unchanged)
     # the same projection a full recompute gives: the saved scaler + PCA applied to the features again
-    scaler = storage.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
-    model = storage.load_model(spark, PCAModel, f"{output}/models", "pca_features")
-    features = batches.read_current(spark, output, "cnn_features")
-    again = reduce.transform_arrays(model, reduce.transform_arrays(scaler, features)).collect()
+    scaler = versions.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
+    model = versions.load_model(spark, PCAModel, f"{output}/models", "pca_features")
+    features = batches.read_current_rows(spark, output, "cnn_features")
+    again = scaler_pca.transform_arrays(model, scaler_pca.transform_arrays(scaler, features)).collect()
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 
 
@@ -217,11 +220,11 @@ def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
     assert (projected["batches_projected"], projected["rows_written"]) == (1, 3)
     first_key = next(iter(grown["first_batch"]))
     for name in ("scaled_features", "pca_features"):  # the first batch's parts were not written again
-        assert len(storage.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
+        assert len(versions.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
 
 
 def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, weights_path, tmp_path, monkeypatch):
-    from fruits_assets import assets, console
+    from fruits_assets.cli import console
 
     root, output = tmp_path / "root", tmp_path / "out"
     _seed(root, n=3)
@@ -229,14 +232,14 @@ def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, wei
     noise = np.random.default_rng(7).integers(0, 256, size=(2, 100, 100, 3), dtype=np.uint8)
     for i, pixels in enumerate(noise):  # nothing like a fruit: the saved basis explains little of these rows
         Image.fromarray(pixels).save(root / CLASSES[0] / f"noise-{i}.png")
-    monkeypatch.setattr(assets, "MIN_DRIFT_ROWS", 2)  # two rows are enough to measure on this tiny sample
-    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
+    monkeypatch.setattr(lifecycle, "MIN_DRIFT_ROWS", 2)  # two rows are enough to measure on this tiny sample
+    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
     strict = {"ops": {"pca_features": {"config": {"max_drift": 0.03}}}}
     result, counts = _materialize(root, output, weights_path, strict)
     pca = metadata_of(result, "pca_features")
     assert result.success and counts["cnn_images"] == 2
     assert pca["drift"] > 0.03 and pca["refit_due"] is True and pca["refit"] is False
-    assert (pca["rows_written"], storage.latest_uri(spark, f"{output}/models", "pca_features")) == (2, before)
+    assert (pca["rows_written"], versions.latest_uri(spark, f"{output}/models", "pca_features")) == (2, before)
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "pca_basis_fits_new_rows")
     assert not check.passed and check.severity == AssetCheckSeverity.WARN  # a warning: the run still succeeds
     assert console.failed_checks(result) == ([], ["pca_basis_fits_new_rows"])  # the main command exits 0
@@ -245,38 +248,38 @@ def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, wei
 
 
 def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_path):
-    from spark_code import featurize
+    from spark_code.featurize import udf
 
     output = str(grown["output"])
-    before = storage.latest_uri(spark, f"{output}/models", "pca_features")
+    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
     defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
     request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
-    totals = featurize.process_totals()
+    totals = udf.process_totals()
     job = defs.resolve_job_def(daily_refit.job_name)
     result = job.execute_in_process(  # the classifier is left out: this output has no training_features
         run_config=request.run_config,
         instance=DagsterInstance.ephemeral(),
         asset_selection=[AssetKey("scaled_features"), AssetKey("pca_features")],
     )
-    assert featurize.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
+    assert udf.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
-    versions = {r.pca_model for r in batches.read_current(spark, output, "pca_features").collect()}
-    assert len(versions) == 1 and versions != {before.rsplit("/", 1)[-1]}
+    made_by = {r.pca_model for r in batches.read_current_rows(spark, output, "pca_features").collect()}
+    assert len(made_by) == 1 and made_by != {before.rsplit("/", 1)[-1]}
 
 
 def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path, tmp_path):
-    from spark_code import featurize
+    from spark_code.featurize import udf
 
     output = tmp_path / "copy"
     shutil.copytree(grown["output"], output)  # keep the shared tables as they are
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, image_size=96)  # other settings, other features
-    before = featurize.process_totals()["cnn_images"]
+    before = udf.process_totals()["cnn_images"]
     result = materialize_features(resources)
-    assert featurize.process_totals()["cnn_images"] - before == 7  # every image again, with the new settings
+    assert udf.process_totals()["cnn_images"] - before == 7  # every image again, with the new settings
     raw = metadata_of(result, "raw_images")
     assert (raw["new"], raw["changed"], raw["deleted"]) == (0, 8, 0)  # the batches' files, the text file too
-    models = {r.cnn_model for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    models = {r.cnn_model for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
     assert models == {resources["cnn"].model_key()} and "96px" in next(iter(models))
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
 
@@ -284,18 +287,18 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
 def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_numbers(
     grown, spark, weights_path, tmp_path
 ):
-    from spark_code import featurize
-    from spark_code.serving import FruitClassifier, ServingPipeline
+    from spark_code.classify.serving import FruitClassifier, ServingPipeline
+    from spark_code.featurize import udf
 
     output = tmp_path / "copy"
     shutil.copytree(grown["output"], output)
-    onnx_rows = {r.path: r for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    onnx_rows = {r.path: r for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, engine="tensorflow")
-    before = featurize.process_totals()["cnn_images"]
+    before = udf.process_totals()["cnn_images"]
     result = materialize_features(resources)
-    assert result.success and featurize.process_totals()["cnn_images"] - before == 7  # rows never mix engines
-    tf_rows = {r.path: r for r in batches.read_current(spark, str(output), "cnn_features").collect()}
+    assert result.success and udf.process_totals()["cnn_images"] - before == 7  # rows never mix engines
+    tf_rows = {r.path: r for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
     assert {r.cnn_model for r in tf_rows.values()} == {resources["cnn"].model_key()}
     assert "tensorflow" in resources["cnn"].model_key() and all("onnx" in r.cnn_model for r in onnx_rows.values())
     assert set(tf_rows) == set(onnx_rows)
@@ -309,7 +312,7 @@ def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_num
 
 
 def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, weights_path, tmp_path):
-    from spark_code import featurize
+    from spark_code.featurize import udf
 
     root, output = tmp_path / "root", tmp_path / "out"
     _seed(root, n=2)
@@ -322,9 +325,9 @@ def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, we
         nonlocal cursor
         ticked = new_images(build_sensor_context(cursor=cursor, resources={"image_source": source}))
         request, cursor = ticked.run_requests[0], ticked.cursor
-        before = featurize.process_totals()["cnn_images"]
+        before = udf.process_totals()["cnn_images"]
         result = materialize_features(resources, instance, key=request.partition_key, tags=request.tags)
-        return request, result, featurize.process_totals()["cnn_images"] - before
+        return request, result, udf.process_totals()["cnn_images"] - before
 
     request, result, cnn_images = tick_and_run()
     assert CHANGES_TAG in request.tags and cnn_images == 4 and metadata_of(result, "raw_images")["listing"] == "sensor"
@@ -337,5 +340,5 @@ def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, we
     raw = metadata_of(result, "raw_images")
     assert (raw["listing"], raw["new"], raw["changed"], raw["deleted"], cnn_images) == ("sensor", 1, 0, 1, 1)
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    current = {r.path for r in batches.read_current(spark, str(output), "pca_features").collect()}
+    current = {r.path for r in batches.read_current_rows(spark, str(output), "pca_features").collect()}
     assert current == {f"file:{p}" for p in root.rglob("*.jpg")}  # the union of the batches: the root as it is now

@@ -11,7 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 
-from fruits_assets.home import PROJECT_HOME, dagster_home
+from fruits_assets.cli.home import PROJECT_HOME, dagster_home
 from tests.conftest import CLASSES, FRUITS, REPO, first_images
 
 NOISE = ("DEBUG", "alembic", "WARN", "Setting default log level", "STEP_START", "py4j", "tensorflow")
@@ -65,9 +65,9 @@ def test_nothing_new_runs_nothing_and_says_so(two_runs):
 
 
 def test_a_new_changed_or_deleted_file_is_work_to_do(two_runs, training_root, weights_path):
-    from fruits_assets.ingest import _expected
-    from fruits_assets.settings import Settings
-    from spark_code import unchanged
+    from fruits_assets.cli.materialize import _expected
+    from fruits_assets.deploy.settings import Settings
+    from spark_code.ingest import unchanged
 
     *_, out, _, root = two_runs
     env = {"FRUITS_IMAGE_ROOT": str(root), "FRUITS_TRAINING_ROOT": str(training_root), "FRUITS_WEIGHTS": weights_path}
@@ -145,7 +145,7 @@ def test_dagster_dev_finds_the_project_instance_through_env_file(monkeypatch):
 
 def test_quarantine_command_lists_what_the_summary_counted(two_runs):
     _, _, _, out, *_ = two_runs
-    command = [sys.executable, "-m", "fruits_assets.quarantine", "--output", str(out)]
+    command = [sys.executable, "-m", "fruits_assets.cli.quarantine", "--output", str(out)]
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr
     [line] = process.stdout.splitlines()

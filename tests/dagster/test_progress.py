@@ -4,7 +4,7 @@ import logging
 import re
 import time
 
-from fruits_assets.progress import SparkProgress, duration
+from fruits_assets.io.progress import SparkProgress, duration
 
 
 def _slow_rows(counter):
@@ -18,14 +18,14 @@ def _slow_rows(counter):
 
 
 def _progress_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "fruits_assets.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "fruits_assets.io.progress"]
 
 
 def test_progress_lines_follow_the_accumulator_while_tasks_finish(spark, caplog):
     sc = spark.sparkContext
     counter = sc.accumulator(0)
     progress = SparkProgress(sc, "photos", total=80, counter=counter, every_s=0.5)
-    with caplog.at_level(logging.INFO, logger="fruits_assets.progress"), progress:
+    with caplog.at_level(logging.INFO, logger="fruits_assets.io.progress"), progress:
         assert sc.parallelize(range(80), 8).mapPartitions(_slow_rows(counter)).count() == 80
     lines = _progress_lines(caplog)
     assert lines[0] == "photos: 80 images to go through"
@@ -40,7 +40,10 @@ def test_progress_lines_follow_the_accumulator_while_tasks_finish(spark, caplog)
 def test_without_a_counter_done_is_the_share_of_finished_tasks(spark, caplog):
     sc = spark.sparkContext
     unused = sc.accumulator(0)
-    with caplog.at_level(logging.INFO, logger="fruits_assets.progress"), SparkProgress(sc, "rows", 800, every_s=0.5):
+    with (
+        caplog.at_level(logging.INFO, logger="fruits_assets.io.progress"),
+        SparkProgress(sc, "rows", 800, every_s=0.5),
+    ):
         sc.parallelize(range(80), 8).mapPartitions(_slow_rows(unused)).count()
     counts = [
         int(m.group(1)) for m in map(re.compile(r"rows: (\d+)/800 images \(").match, _progress_lines(caplog)) if m
@@ -55,7 +58,7 @@ def test_duration_reads_like_a_person_would_say_it():
 def test_a_failed_step_shows_the_user_codes_error_not_dagsters_or_its_library_cause():
     from dagster._utils.error import SerializableErrorInfo
 
-    from fruits_assets.console import root_cause
+    from fruits_assets.cli.console import root_cause
 
     library = SerializableErrorInfo("ClientError: NoSuchBucket\n", [], "ClientError")
     ours = SerializableErrorInfo(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fruits_assets.definitions import ASSETS as DEFINED_ASSETS
-from spark_code import batches
+from fruits_assets.defs import ASSETS as DEFINED_ASSETS
+from spark_code.ingest import batches
 from tests.conftest import REPO
 from tests.helpers import free_port
 

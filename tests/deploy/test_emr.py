@@ -24,13 +24,13 @@ from dagster import (
     materialize,
 )
 
-from fruits_assets.emr_launcher import STEP_LAUNCHER_KEY, EmrStepLauncher, missing_step_launcher
-from fruits_assets.emr_settings import ENV_VARS, DeploymentError, EmrSettings, deployment
-from fruits_assets.preflight import check_bucket, check_cluster, preflight
-from spark_code.cnn import WEIGHTS_FILE
+from fruits_assets.deploy.emr.launcher import STEP_LAUNCHER_KEY, EmrStepLauncher, missing_step_launcher
+from fruits_assets.deploy.emr.preflight import check_bucket, check_cluster, preflight
+from fruits_assets.deploy.emr.settings import ENV_VARS, DeploymentError, EmrSettings, deployment
+from spark_code.featurize.cnn import WEIGHTS_FILE
 from tests.moto_server import moto_server, set_auth
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"
 BUCKET = "fruits-data"
 
@@ -160,8 +160,8 @@ def test_spark_steps_without_the_launcher_are_named():
 
 def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings(monkeypatch):
 
-    from fruits_assets.deployments import emr_resources
-    from fruits_assets.emr_launcher import ClusterCnnResource, ClusterPySparkResource
+    from fruits_assets.deploy.deployments import emr_resources
+    from fruits_assets.deploy.emr.launcher import ClusterCnnResource, ClusterPySparkResource
 
     settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
     monkeypatch.setenv("FRUITS_ACCURACY_FLOOR", "0.97")
@@ -234,7 +234,11 @@ def test_recipe_uploads_bootstrap_weights_and_package(aws, tmp_path):
     local = tmp_path / "pkg.zip"
     aws.client("s3").download_file(BUCKET, "fruits/staging/packages/fruits-test.zip", str(local))
     names = zipfile.ZipFile(local).namelist()
-    assert {"fruits_assets/definitions.py", "fruits_assets/deployments.py", "spark_code/storage.py"} <= set(names)
+    assert {
+        "fruits_assets/definitions.py",
+        "fruits_assets/deploy/deployments.py",
+        "spark_code/storage/versions.py",
+    } <= set(names)
     assert not [n for n in names if n.startswith(("tests/", ".venv/", "bench/")) or "__pycache__" in n]
 
 
@@ -250,7 +254,7 @@ def test_missing_bucket_and_unknown_cluster_fail_clearly(aws):
 
 
 def test_a_python_mismatch_is_refused_naming_both(aws):
-    from fruits_assets.preflight import check_python, node_python
+    from fruits_assets.deploy.emr.preflight import check_python, node_python
 
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     with pytest.raises(DeploymentError, match=rf"this Python is {here} but the cluster's nodes run Python 3\.9"):
@@ -264,9 +268,9 @@ def test_a_python_mismatch_is_refused_naming_both(aws):
 
 
 def test_each_step_runs_with_the_launching_sides_settings(aws, monkeypatch):
-    from fruits_assets import emr_step_main
-    from fruits_assets.deployments import emr_resources
-    from fruits_assets.settings import Settings
+    from fruits_assets.deploy.deployments import emr_resources
+    from fruits_assets.deploy.emr import step_main
+    from fruits_assets.deploy.settings import Settings
 
     launching = {
         "FRUITS_DEPLOYMENT": "emr",
@@ -286,14 +290,14 @@ def test_each_step_runs_with_the_launching_sides_settings(aws, monkeypatch):
     key = "fruits/staging/run-1/raw_images/step_run_ref.pkl"
     aws.client("s3").put_object(
         Bucket=BUCKET,
-        Key=key.replace("step_run_ref.pkl", emr_step_main.SETTINGS_FILE),
+        Key=key.replace("step_run_ref.pkl", step_main.SETTINGS_FILE),
         Body=json.dumps(launcher.step_env).encode(),
     )
     for name in launching:  # the node's environment, restored after the test
         monkeypatch.setenv(name, "")
     monkeypatch.setenv("FRUITS_OUTPUT_URI", f"s3://{BUCKET}/frozen-at-creation")  # overridden on the node
     monkeypatch.setenv("FRUITS_EMR_NODE", "true")  # what the cluster's spark-env exports
-    emr_step_main.load_settings(aws.client("s3"), BUCKET, key)  # what the step's main file does first
+    step_main.load_settings(aws.client("s3"), BUCKET, key)  # what the step's main file does first
     resources = emr_resources(settings=Settings.from_env())
     assert resources["io_manager"].base_uri == f"s3a://{BUCKET}/run-output"
     assert (resources["cnn"].batch_size, resources["cnn"].image_size) == (32, 160)
@@ -435,14 +439,14 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
     assert {"spark.executor.memoryOverhead=2g", "spark.python.worker.reuse=true", "spark.app.name=where_am_i"} <= confs
     assert "spark.sql.execution.arrow.maxRecordsPerBatch=256" in confs
     assert args[args.index("--py-files") + 1] == f"s3://{BUCKET}/{run_prefix}/code.zip"
-    assert args[-3:] == [f"s3://{BUCKET}/{run_prefix}/emr_step_main.py", BUCKET, f"{run_prefix}/step_run_ref.pkl"]
+    assert args[-3:] == [f"s3://{BUCKET}/{run_prefix}/step_main.py", BUCKET, f"{run_prefix}/step_run_ref.pkl"]
     settings = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{run_prefix}/fruits_settings.json")["Body"].read())
     assert settings["FRUITS_OUTPUT_URI"] == f"s3://{BUCKET}/fruits/output"  # the run's settings, beside the step
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=run_prefix)["Contents"]}
-    assert {f"{run_prefix}/{n}" for n in ("code.zip", "emr_step_main.py", "step_run_ref.pkl", "events.pkl")} <= keys
+    assert {f"{run_prefix}/{n}" for n in ("code.zip", "step_main.py", "step_run_ref.pkl", "events.pkl")} <= keys
     names = zipfile.ZipFile(tmp_path / "code.zip").namelist()
-    assert "fruits_assets/deployments.py" in names and "spark_code/storage.py" in names
+    assert "fruits_assets/deploy/deployments.py" in names and "spark_code/storage/versions.py" in names
     package = zipimport.zipimporter(str(tmp_path / "code.zip"))  # what --py-files puts on the Python path
     assert package.find_spec("fruits_assets") and package.find_spec("spark_code")
     assert not [n for n in names if n.startswith((".venv", "tests/", "bench/", "data/"))]
@@ -491,7 +495,7 @@ def test_the_nodes_get_this_venvs_exact_versions():
 
 
 def test_local_resources_bind_no_step_launcher():
-    from fruits_assets.deployments import local_resources
+    from fruits_assets.deploy.deployments import local_resources
 
     resources = local_resources("/tmp", "/tmp/out", None)
     assert isinstance(resources[STEP_LAUNCHER_KEY], ResourceDefinition)
@@ -500,8 +504,8 @@ def test_local_resources_bind_no_step_launcher():
 
 
 def test_the_project_definitions_build_for_emr(monkeypatch):
-    from fruits_assets.definitions import ASSETS, CHECKS, build_defs
-    from fruits_assets.deployments import resources_for
+    from fruits_assets.defs import ASSETS, CHECKS, build_defs
+    from fruits_assets.deploy.deployments import resources_for
 
     assert missing_step_launcher([*ASSETS, *CHECKS]) == []  # every Spark asset and check goes to the cluster
     settings = _settings(cluster_id="j-1ABCDEFGHIJKL", training_root=f"s3://{BUCKET}/train")
@@ -519,7 +523,7 @@ def test_the_project_definitions_build_for_emr(monkeypatch):
 
 
 def test_s3a_serves_both_schemes_at_pysparks_hadoop_version(tmp_path):
-    from spark_code import s3a
+    from spark_code.storage import s3a
 
     assert s3a.is_s3("s3://b/k") and s3a.is_s3("s3a://b/k") and not s3a.is_s3("/data") and not s3a.is_s3("s3://")
     assert s3a.split("s3a://bucket/a/b") == ("bucket", "a/b")
@@ -536,8 +540,8 @@ def test_s3a_serves_both_schemes_at_pysparks_hadoop_version(tmp_path):
 
 
 def test_a_local_run_with_s3_paths_gets_s3a_and_a_local_one_does_not():
-    from fruits_assets.settings import Settings
-    from fruits_assets.spark_conf import local_spark_config
+    from fruits_assets.deploy.settings import Settings
+    from fruits_assets.deploy.spark_conf import local_spark_config
 
     local = local_spark_config(settings=Settings.from_env({}))
     assert not [key for key in local if "s3a" in key]
@@ -546,13 +550,13 @@ def test_a_local_run_with_s3_paths_gets_s3a_and_a_local_one_does_not():
 
 
 def test_a_failed_steps_stderr_is_summed_up_by_its_python_error():
-    from fruits_assets.emr_launcher import _stderr_summary
+    from fruits_assets.deploy.emr.launcher import _stderr_summary
 
     stderr = "\n".join(
         [
             "26/12/04 19:10:25 WARN Utils: Your hostname resolves to a loopback address",
             "Traceback (most recent call last):",
-            '  File "/tmp/spark-1/code.zip/spark_code/logistic.py", line 8, in <module>',
+            '  File "/tmp/spark-1/code.zip/spark_code/classify/softmax.py", line 8, in <module>',
             "ModuleNotFoundError: No module named 'scipy'",
             "26/12/04 19:10:32 INFO ShutdownHookManager: Shutdown hook called",
             "26/12/04 19:10:32 INFO MetricsSystemImpl: s3a-file-system metrics system shutdown complete.",

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context
 
-from spark_code.run_lock import LOCK_FILE
+from spark_code.storage.run_lock import LOCK_FILE
 from tests.conftest import TRAINING, first_images
 from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell, wait_for
 
@@ -149,10 +149,10 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
 
 
 def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, spark, weights_path, tmp_path):
-    from fruits_assets.definitions import ASSETS as ALL_ASSETS
-    from fruits_assets.definitions import CHECKS
-    from fruits_assets.deployments import local_resources
-    from fruits_assets.ingest import materialize_batch
+    from fruits_assets.cli.materialize import materialize_batch
+    from fruits_assets.defs import ASSETS as ALL_ASSETS
+    from fruits_assets.defs import CHECKS
+    from fruits_assets.deploy.deployments import local_resources
     from tests.helpers import metadata_of
 
     resources = local_resources(
@@ -184,7 +184,7 @@ def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, 
 
 
 def _tick(source, cursor=None):
-    from fruits_assets.automation import new_images
+    from fruits_assets.defs.automation import new_images
 
     context = build_sensor_context(cursor=cursor, resources={"image_source": source})
     result = new_images(context)
@@ -197,19 +197,19 @@ BATCH_ASSETS = ["raw_images", "cnn_features", "quarantined_images"]  # a batch's
 def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
     """Run a sensor's run request as the daemon would, with the emr deployment: one batch, then `assets` (default:
     every asset, as the sensor's job)."""
-    from fruits_assets import emr_run
+    from fruits_assets.deploy.emr import job
 
     for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
         monkeypatch.setenv(name, value)
     instance = _instance(shell)
     instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
-    result = emr_run.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False, assets=assets)
+    result = job.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False, assets=assets)
     assert result.success
     return result
 
 
 def test_sensor_batches_from_a_listing_and_from_s3_events(shell, first_run, photos, monkeypatch):
-    from fruits_assets.resources import ImageSource
+    from fruits_assets.io.resources import ImageSource
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, shell.exports[name])

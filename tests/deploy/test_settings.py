@@ -2,8 +2,8 @@
 
 import pytest
 
-from fruits_assets.emr_settings import DeploymentError, deployment
-from fruits_assets.settings import Settings, SettingsError
+from fruits_assets.deploy.emr.settings import DeploymentError, deployment
+from fruits_assets.deploy.settings import Settings, SettingsError
 
 
 def test_unset_and_blank_variables_take_the_defaults():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import boto3
 
-from spark_code import s3a
+from spark_code.storage import s3a
 from tests.emr_emulator import moto_emr
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import cnn, images, triage
-from spark_code.cnn import CnnSpec, WeightsError
-from spark_code.featurize import CnnFeaturizer
+from spark_code.featurize import cnn, triage
+from spark_code.featurize.cnn import CnnSpec, WeightsError
+from spark_code.featurize.udf import CnnFeaturizer
+from spark_code.ingest import images
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,19 @@ import pytest
 from PIL import Image, ImageDraw
 from pyspark.ml import PipelineModel
 
-from fruits_assets.resources import ClassifierSettings
-from spark_code import batches, openset, reduce, storage
-from spark_code import classifier as clf
-from spark_code.serving import FruitClassifier, ModelNotFoundError, NotAnImageError, latest_version, load_pipeline
+from fruits_assets.io.resources import ClassifierSettings
+from spark_code.classify import classifier as clf
+from spark_code.classify import openset
+from spark_code.classify.serving import (
+    FruitClassifier,
+    ModelNotFoundError,
+    NotAnImageError,
+    latest_version,
+    load_pipeline,
+)
+from spark_code.ingest import batches
+from spark_code.reduction import scaler_pca
+from spark_code.storage import versions
 from tests.conftest import CLASSES, REPO, TRAINING, first_images
 from tests.helpers import metadata_of
 
@@ -62,7 +71,7 @@ def test_pca_k_chosen_by_accuracy_and_stored_as_float32(run, spark):
     assert all(accuracy[k] < max(accuracy.values()) - 0.003 for k in accuracy if k < meta["k"])
     assert meta["bytes_per_photo_vector"] == 4 * meta["k"] and meta["accuracy_plot"].startswith("![")
     for table, column in (("pca_features", "pca_features"), ("scaled_features", "scaled_features")):
-        assert batches.read_current(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
+        assert batches.read_current_rows(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
 
 
 def test_accuracy_floor_cannot_be_set_below_090():
@@ -94,8 +103,8 @@ def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
 
 def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
     model, _, output = saved
-    pca = {r.path: np.array(r.pca_features) for r in batches.read_current(spark, output, "pca_features").collect()}
-    features = batches.read_current(spark, output, "cnn_features")
+    pca = {r.path: np.array(r.pca_features) for r in batches.read_current_rows(spark, output, "pca_features").collect()}
+    features = batches.read_current_rows(spark, output, "cnn_features")
     spark_labels = {r.path: r[clf.PREDICTED] for r in clf.predict(model, features).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.jpg")) if f"file:{p}" in pca][:6]
     assert len(photos) == 6
@@ -109,7 +118,7 @@ def test_classify_and_spark_path_agree_on_score_and_decision(saved, engine, spar
     model, pipeline, output = saved
     decision = pipeline.openset.decision
     assert engine.decision == decision and decision.score == openset.KNN_PROBABILITY
-    features = batches.read_current(spark, output, "cnn_features")
+    features = batches.read_current_rows(spark, output, "cnn_features")
     rows = {r.path: r for r in clf.score_rows(model, pipeline.openset.scores, features, decision).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.*")) if f"file:{p}" in rows]
     assert len(photos) >= 15
@@ -150,16 +159,18 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
         return spark.createDataFrame(rows, "path string, label string, features array<float>")
 
     train, corpus = table(TRAINING, 0, 10), table(fruits_dir, 0, 8)
-    scaler = reduce.fit_scaler(corpus, "features", "scaled_features")
-    pca = reduce.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
+    scaler = scaler_pca.fit_scaler(corpus, "features", "scaled_features")
+    pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
     model = clf.train_classifier(
-        train, scaler, pca.fit(reduce.transform_arrays(scaler, corpus)), clf.LogisticSettings()
+        train, scaler, pca.fit(scaler_pca.transform_arrays(scaler, corpus)), clf.LogisticSettings()
     )
     scores = clf.fit_feature_scores(model, train)
     scored = clf.collect_scores(model, scores, corpus)
     rejection = openset.calibrated(openset.KNN_PROBABILITY, {n: scored.values(n) for n in openset.SCORES}, scores)
     base = str(tmp_path_factory.mktemp("app_models"))
-    uri = storage.save_model(spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()})
+    uri = versions.save_model(
+        spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()}
+    )
     held_back = [p for c in classes for p in first_images(fruits_dir / c, 9)[8:]]
     return FruitClassifier(load_pipeline(uri), weights_path), held_back
 
@@ -195,7 +206,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
     flat = tmp_path / "flat.png"
     flat.write_bytes(_synthetic_non_fruit()["flat white"])
-    cmd = [sys.executable, "-m", "fruits_assets.cli", "classify", "--models", f"{output}/models", "--weights"]
+    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", f"{output}/models", "--weights"]
     done = subprocess.run(
         [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg"), str(flat)],
         cwd=REPO,
@@ -209,7 +220,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     assert lines[1].startswith(f"{large}: ")
     assert lines[2].startswith(f"{flat}: unknown")
     assert "cannot classify" in done.stderr and "notes.jpg" in done.stderr and "Traceback" not in done.stderr
-    no_model = [sys.executable, "-m", "fruits_assets.cli", "classify", "--models", str(sample_root), str(banana)]
+    no_model = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", str(sample_root), str(banana)]
     missing = subprocess.run(no_model, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "materialize the fruit_classifier" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import batches, storage
+from spark_code.ingest import batches
+from spark_code.storage import versions
 
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
@@ -39,7 +40,7 @@ def test_current_rows_are_each_paths_newest_batch(spark):
     assert (current["a/1.jpg"].batch, current["a/2.jpg"].batch, current["a/2.jpg"].length) == ("b1", "b2", 11)
     # a feature table: one row per file its batch featurized; the stale a/2.jpg row of b1 is not current
     features = raw.filter("change != 'deleted'").select(*batches.IDENTITY, batches.BATCH)
-    kept = _by_path(batches.current(features, raw))
+    kept = _by_path(batches.current_rows(features, raw))
     assert {path: row.batch for path, row in kept.items()} == {"a/1.jpg": "b1", "a/2.jpg": "b2"}
 
 
@@ -64,20 +65,20 @@ def test_paths_featurized_with_other_settings_count_as_changed(spark):
 def test_batches_are_read_back_per_partition(spark, tmp_path):
     base = str(tmp_path)
     first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1)]), None, "b1", T0)
-    storage.write_table(first, base, "raw_images/b1")
+    versions.write_table(first, base, "raw_images/b1")
     second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1)]), first, "b2", T0 + timedelta(hours=1))
-    storage.write_table(second, base, "raw_images/b2")
+    versions.write_table(second, base, "raw_images/b2")
     assert batches.committed_keys(spark, base) == []  # listings alone: no batch is complete
-    assert batches.read_current(spark, base, "cnn_features") is None  # no feature batch written
+    assert batches.read_current_rows(spark, base, "cnn_features") is None  # no feature batch written
     for key, batch in (("b1", first), ("b2", second)):
-        storage.write_table(batch.filter("change != 'deleted'"), base, f"cnn_features/{key}")
-        storage.write_table(batch.limit(0), base, f"quarantined_images/{key}")
+        versions.write_table(batch.filter("change != 'deleted'"), base, f"cnn_features/{key}")
+        versions.write_table(batch.limit(0), base, f"quarantined_images/{key}")
     assert batches.committed_keys(spark, base) == ["b1", "b2"]
-    assert set(_by_path(batches.read_current(spark, base, "raw_images"))) == {"a/1.jpg"}
-    assert set(_by_path(batches.read_current(spark, base, "raw_images", ["b1"]))) == {"a/1.jpg", "a/2.jpg"}
-    storage.write_table(first, base, "raw_images/b3")  # a batch killed after its listing: ignored
+    assert set(_by_path(batches.read_current_rows(spark, base, "raw_images"))) == {"a/1.jpg"}
+    assert set(_by_path(batches.read_current_rows(spark, base, "raw_images", ["b1"]))) == {"a/1.jpg", "a/2.jpg"}
+    versions.write_table(first, base, "raw_images/b3")  # a batch killed after its listing: ignored
     assert batches.committed_keys(spark, base) == ["b1", "b2"]
-    assert set(_by_path(batches.read_current(spark, base, "cnn_features"))) == {"a/1.jpg"}
+    assert set(_by_path(batches.read_current_rows(spark, base, "cnn_features"))) == {"a/1.jpg"}
 
 
 @pytest.mark.parametrize("key", ["", "a/b", "../up", "x" * 65, "with space"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from spark_code import images
+from spark_code.ingest import images
 from tests.conftest import CLASSES, ORIGINAL_CLASSES, first_images
 
 
@@ -76,7 +76,7 @@ def test_real_bombs_are_quarantined_with_their_reason():
 
 MEMORY_SCRIPT = """
 import resource, sys
-from spark_code import images
+from spark_code.ingest import images
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 pixels, reason = images.try_decode(data, 224)

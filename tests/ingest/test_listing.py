@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from spark_code import images, listing, snapshot
+from spark_code.ingest import images, listing, snapshot
 from tests.conftest import FRUITS, first_images
 
 

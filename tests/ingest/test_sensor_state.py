@@ -6,9 +6,9 @@ import boto3
 import pytest
 from dagster import build_sensor_context
 
-from fruits_assets.automation import new_images
-from fruits_assets.resources import ImageSource
-from spark_code import snapshot
+from fruits_assets.defs.automation import new_images
+from fruits_assets.io.resources import ImageSource
+from spark_code.ingest import snapshot
 
 
 def _files(root, n, start=0):

@@ -1,6 +1,6 @@
 """The reuse-or-refit decision of saved models: pure, no Spark."""
 
-from spark_code.lifecycle import SavedModel, decide, portable
+from spark_code.reduction.lifecycle import SavedModel, decide, portable
 
 SCALER = "file:/out/models/scaled_features/v-20261202T010000-aaaa1111"
 

@@ -5,8 +5,9 @@ import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 from pyspark.sql import functions as F
 
-from spark_code import reduce, storage
-from spark_code.classifier import LogisticSettings, accuracy_curve, split_per_class
+from spark_code.classify.classifier import LogisticSettings, accuracy_curve, split_per_class
+from spark_code.reduction import scaler_pca
+from spark_code.storage import versions
 
 
 @pytest.fixture(scope="module")
@@ -20,31 +21,33 @@ def synthetic(spark):
 
 
 def test_smallest_k():
-    assert reduce.smallest_k(np.array([0.5, 0.9, 0.96, 1.0]), 0.95) == 3
-    assert reduce.smallest_k(np.array([0.5, 0.9, 0.96, 1.0]), 0.9) == 2
-    assert reduce.smallest_k(np.array([0.5, 0.7]), 0.99) == 2
+    assert scaler_pca.smallest_k(np.array([0.5, 0.9, 0.96, 1.0]), 0.95) == 3
+    assert scaler_pca.smallest_k(np.array([0.5, 0.9, 0.96, 1.0]), 0.9) == 2
+    assert scaler_pca.smallest_k(np.array([0.5, 0.7]), 0.99) == 2
 
 
 def test_scaler_centres_and_scales(synthetic):
-    model = reduce.fit_scaler(synthetic, "features", "scaled")
-    values = np.array([r.scaled for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()])
+    model = scaler_pca.fit_scaler(synthetic, "features", "scaled")
+    values = np.array([r.scaled for r in scaler_pca.transform_arrays(model, synthetic, dtype="float64").collect()])
     assert np.allclose(values.mean(axis=0), 0, atol=1e-9)
     assert np.allclose(values.std(axis=0, ddof=1), 1, atol=1e-9)
 
 
 def test_variance_target_picks_k_from_one_fit(synthetic):
-    estimator = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99)
+    estimator = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99)
     model = estimator.fit(synthetic)
-    curve = reduce.variance_curve(model.fullExplainedVariance)  # the fit result rides on the model
+    curve = scaler_pca.variance_curve(model.fullExplainedVariance)  # the fit result rides on the model
     assert model.getK() == 3 and curve[2] >= 0.99 > curve[1]
     assert len(curve) == 12 and curve[-1] == pytest.approx(1.0)
 
 
 def test_fit_projects_like_spark_pca(synthetic):
-    model = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
-    refit = PCA(k=3, inputCol="features", outputCol="pca").fit(reduce.as_vectors(synthetic, "features"))
-    ours = np.array([r.pca for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()])
-    theirs = np.array([r.pca.toArray() for r in refit.transform(reduce.as_vectors(synthetic, "features")).collect()])
+    model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
+    refit = PCA(k=3, inputCol="features", outputCol="pca").fit(scaler_pca.as_vectors(synthetic, "features"))
+    ours = np.array([r.pca for r in scaler_pca.transform_arrays(model, synthetic, dtype="float64").collect()])
+    theirs = np.array(
+        [r.pca.toArray() for r in refit.transform(scaler_pca.as_vectors(synthetic, "features")).collect()]
+    )
     signs = np.sign((ours * theirs).sum(axis=0))  # principal axes are defined up to sign
     assert np.allclose(ours, theirs * signs, atol=1e-6)
     assert np.allclose(model.explainedVariance.toArray(), refit.explainedVariance.toArray())
@@ -56,98 +59,98 @@ def test_arrays_transform_equals_the_models_own_transform(spark, synthetic, with
     from pyspark.ml.feature import StandardScaler
 
     constant = synthetic.withColumn("features", F.concat("features", F.array(F.lit(4.0))))
-    vectors = reduce.as_vectors(constant, "features")
+    vectors = scaler_pca.as_vectors(constant, "features")
     scaler = StandardScaler(inputCol="features", outputCol="scaled", withMean=with_mean, withStd=True).fit(vectors)
     pca = PCA(k=4, inputCol="features", outputCol="pca").fit(vectors)
     for model, column in ((scaler, "scaled"), (pca, "pca")):
-        ours = {r.path: r[column] for r in reduce.transform_arrays(model, constant, dtype="float64").collect()}
+        ours = {r.path: r[column] for r in scaler_pca.transform_arrays(model, constant, dtype="float64").collect()}
         theirs = {r.path: r[column].toArray() for r in model.transform(vectors).collect()}
         assert ours.keys() == theirs.keys()
         assert all(np.allclose(ours[p], theirs[p], rtol=1e-12, atol=1e-12) for p in ours)
-    assert all(r.scaled[-1] == 0.0 for r in reduce.transform_arrays(scaler, constant).collect())
+    assert all(r.scaled[-1] == 0.0 for r in scaler_pca.transform_arrays(scaler, constant).collect())
     with_null = spark.createDataFrame([("a", None), ("b", [1.0] * 13)], "path string, features array<double>")
-    rows = {r.path: r.pca for r in reduce.transform_arrays(pca, with_null).collect()}
+    rows = {r.path: r.pca for r in scaler_pca.transform_arrays(pca, with_null).collect()}
     assert rows["a"] is None and len(rows["b"]) == 4
 
 
 def test_arrays_transform_names_a_wrong_width(spark, synthetic):
-    pca = reduce.VariancePCA(inputCol="features", outputCol="pca", k=2).fit(synthetic)
+    pca = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=2).fit(synthetic)
     narrow = spark.createDataFrame([("a", [1.0, 2.0])], "path string, features array<double>")
     with pytest.raises(Exception, match="features: 2 values per row, the model expects 12"):
-        reduce.transform_arrays(pca, narrow).collect()
+        scaler_pca.transform_arrays(pca, narrow).collect()
 
 
 def test_fixed_k(synthetic):
-    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
+    model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
     assert model.getK() == 5
-    assert len(reduce.transform_arrays(model, synthetic).first().pca) == 5
+    assert len(scaler_pca.transform_arrays(model, synthetic).first().pca) == 5
 
 
 def test_models_save_and_load(synthetic, tmp_path):
-    pca = reduce.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
-    scaler = reduce.fit_scaler(synthetic, "features", "scaled")
+    pca = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", varianceTarget=0.99).fit(synthetic)
+    scaler = scaler_pca.fit_scaler(synthetic, "features", "scaled")
     pca.save(str(tmp_path / "pca"))
     scaler.save(str(tmp_path / "scaler"))
     pca2, scaler2 = PCAModel.load(str(tmp_path / "pca")), StandardScalerModel.load(str(tmp_path / "scaler"))
     assert pca2.getK() == 3 and np.allclose(pca2.pc.toArray(), pca.pc.toArray())
-    first = reduce.transform_arrays(pca, synthetic).first().pca
-    assert np.allclose(reduce.transform_arrays(pca2, synthetic).first().pca, first)
+    first = scaler_pca.transform_arrays(pca, synthetic).first().pca
+    assert np.allclose(scaler_pca.transform_arrays(pca2, synthetic).first().pca, first)
     assert np.allclose(scaler2.mean.toArray(), scaler.mean.toArray())
 
 
 def test_estimator_params_round_trip(tmp_path):
-    estimator = reduce.VariancePCA(inputCol="x", outputCol="y", varianceTarget=0.8)
+    estimator = scaler_pca.VariancePCA(inputCol="x", outputCol="y", varianceTarget=0.8)
     estimator.save(str(tmp_path / "est"))
-    loaded = reduce.VariancePCA.load(str(tmp_path / "est"))
+    loaded = scaler_pca.VariancePCA.load(str(tmp_path / "est"))
     assert loaded.getOrDefault("varianceTarget") == pytest.approx(0.8) and loaded.getInputCol() == "x"
 
 
 def test_identical_rows_are_a_clear_error(spark):
     df = spark.createDataFrame([([1.0, 2.0],)] * 5, "features array<double>")
     with pytest.raises(ValueError, match="zero variance"):
-        reduce.VariancePCA(inputCol="features").fit(df)
+        scaler_pca.VariancePCA(inputCol="features").fit(df)
 
 
 def test_gram_stats_match_numpy(synthetic):
     x = np.array([r.features for r in synthetic.collect()])
-    n, total, gram = reduce.gram_stats(synthetic, "features")
+    n, total, gram = scaler_pca.gram_stats(synthetic, "features")
     assert n == len(x) and np.allclose(total, x.sum(axis=0)) and np.allclose(gram, x.T @ x)
 
 
 def test_tables_hold_float32(synthetic):
-    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
-    assert reduce.transform_arrays(model, synthetic).schema["pca"].dataType.simpleString() == "array<float>"
-    scaler = reduce.fit_scaler(synthetic, "features", "scaled")
-    assert reduce.transform_arrays(scaler, synthetic).schema["scaled"].dataType.simpleString() == "array<float>"
+    model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
+    assert scaler_pca.transform_arrays(model, synthetic).schema["pca"].dataType.simpleString() == "array<float>"
+    scaler = scaler_pca.fit_scaler(synthetic, "features", "scaled")
+    assert scaler_pca.transform_arrays(scaler, synthetic).schema["scaled"].dataType.simpleString() == "array<float>"
 
 
 def test_float32_round_trip_within_1e_5_of_double_projection(synthetic, spark, tmp_path):
-    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
-    double = {r.path: np.array(r.pca) for r in reduce.transform_arrays(model, synthetic, dtype="float64").collect()}
-    storage.write_table(reduce.transform_arrays(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
-    stored = {r.path: np.array(r.pca) for r in storage.read_table(spark, str(tmp_path), "pca").collect()}
+    model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
+    double = {r.path: np.array(r.pca) for r in scaler_pca.transform_arrays(model, synthetic, dtype="float64").collect()}
+    versions.write_table(scaler_pca.transform_arrays(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
+    stored = {r.path: np.array(r.pca) for r in versions.read_table(spark, str(tmp_path), "pca").collect()}
     assert stored.keys() == double.keys()
     assert max(np.abs(stored[p] - double[p]).max() for p in stored) < 1e-5
     assert max(np.abs(double[p]).max() for p in double) > 1.0  # values large enough for float32 rounding to show
 
 
 def test_truncate_keeps_the_first_components(synthetic):
-    model = reduce.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
-    short = reduce.truncate(model, 2)
+    model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
+    short = scaler_pca.truncate(model, 2)
     assert short.getK() == 2 and np.allclose(short.pc.toArray(), model.pc.toArray()[:, :2])
     with pytest.raises(ValueError, match="k=6"):
-        reduce.truncate(model, 6)
+        scaler_pca.truncate(model, 6)
 
 
 def test_candidate_ks_and_smallest_accurate_k():
     explained = np.r_[np.full(600, 0.95 / 600), np.full(680, 0.05 / 680)]
-    assert reduce.candidate_ks(explained, 0.95) == [8, 16, 32, 64, 128, 256, 512, 600]
-    assert reduce.candidate_ks(np.r_[np.full(10, 0.1), np.zeros(5)], 0.95) == [8, 10]  # never beyond the rank
+    assert scaler_pca.candidate_ks(explained, 0.95) == [8, 16, 32, 64, 128, 256, 512, 600]
+    assert scaler_pca.candidate_ks(np.r_[np.full(10, 0.1), np.zeros(5)], 0.95) == [8, 10]  # never beyond the rank
     curve = {64: 0.953, 128: 0.965, 256: 0.972, 560: 0.9721}  # the issue's measurements
-    assert reduce.smallest_accurate_k(curve, 0.003) == 256
-    assert reduce.smallest_accurate_k(curve, 0.01) == 128
+    assert scaler_pca.smallest_accurate_k(curve, 0.003) == 256
+    assert scaler_pca.smallest_accurate_k(curve, 0.01) == 128
     with pytest.raises(ValueError, match="empty"):
-        reduce.smallest_accurate_k({}, 0.003)
+        scaler_pca.smallest_accurate_k({}, 0.003)
 
 
 def test_accuracy_curve_grows_with_the_informative_components(spark):
@@ -159,13 +162,13 @@ def test_accuracy_curve_grows_with_the_informative_components(spark):
     x[:, 2] += [4.0 * centre[label] for label in labels]
     rows = [(f"img{i}", str(label), row.tolist()) for i, (label, row) in enumerate(zip(labels, x, strict=True))]
     df = spark.createDataFrame(rows, "path string, label string, scaled array<double>")
-    pca = reduce.VariancePCA(inputCol="scaled", outputCol="pca", k=4).fit(df)
+    pca = scaler_pca.VariancePCA(inputCol="scaled", outputCol="pca", k=4).fit(df)
     fit, validate = split_per_class(df, per_class=15)
     assert fit.count() == 45 and validate.count() == 45
     curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100))
     assert sorted(curve) == [1, 2, 3]
     assert curve[3] >= 0.95 and curve[1] < 0.7
-    assert reduce.smallest_accurate_k(curve, 0.003) == 3
+    assert scaler_pca.smallest_accurate_k(curve, 0.003) == 3
 
 
 def test_driver_softmax_regression_matches_spark_ml(spark):
@@ -173,7 +176,7 @@ def test_driver_softmax_regression_matches_spark_ml(spark):
     from pyspark.ml.classification import LogisticRegression
     from pyspark.ml.linalg import Vectors
 
-    from spark_code.logistic import fit_softmax
+    from spark_code.classify.softmax import fit_softmax
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 300)
@@ -194,7 +197,7 @@ def test_driver_softmax_regression_matches_spark_ml(spark):
 def test_a_warm_started_softmax_fit_reaches_the_cold_fits_solution():
     """The classifier's twin fits start from a nearby solution: the objective is strictly convex, so the start
     changes the iterations, not the weights (classes the start lacks start at zero, extra rows are dropped)."""
-    from spark_code.logistic import fit_softmax
+    from spark_code.classify.softmax import fit_softmax
 
     rng = np.random.default_rng(7)
     y = rng.integers(0, 4, 400).astype(str)
@@ -210,7 +213,7 @@ def test_a_warm_started_softmax_fit_reaches_the_cold_fits_solution():
 def test_driver_products_run_on_one_blas_thread_inside_the_block_only():
     import numpy  # noqa: F401  (its OpenBLAS is the one to find)
 
-    from spark_code import blas
+    from spark_code.reduction import blas
 
     libraries = blas._loaded_openblas()
     assert libraries, "no OpenBLAS found in this process"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from fruits_assets.deployments import local_resources
-from spark_code import batches, run_lock
+from fruits_assets.deploy.deployments import local_resources
+from spark_code.ingest import batches
+from spark_code.storage import run_lock
 from tests.conftest import CLASSES, FRUITS, REPO, first_images
 from tests.helpers import materialize_features
 
@@ -102,7 +103,7 @@ def test_two_main_commands_started_together_lose_and_duplicate_nothing(spark, tr
     assert 0 in codes, outputs
     for code, text in zip(codes, outputs, strict=True):  # a run that lost the race says why, and wrote nothing
         assert code == 0 or "is in use by run" in text + _log(text), text
-    current = batches.read_current(spark, str(output), "cnn_features").collect()
+    current = batches.read_current_rows(spark, str(output), "cnn_features").collect()
     paths = [row.path for row in current]
     assert len(paths) == len(set(paths)) == 6  # every photo once, whatever the interleaving
     assert not (output / run_lock.LOCK_FILE).exists()

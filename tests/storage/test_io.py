@@ -3,46 +3,46 @@
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import storage
+from spark_code.storage import versions
 
 
 def test_write_then_read_newest(spark, tmp_path):
     base = str(tmp_path)
-    storage.write_table(spark.range(3), base, "t")
-    uri = storage.write_table(spark.range(5), base, "t")
-    assert storage.latest_uri(spark, base, "t") == uri
-    assert storage.read_table(spark, base, "t").count() == 5
+    versions.write_table(spark.range(3), base, "t")
+    uri = versions.write_table(spark.range(5), base, "t")
+    assert versions.latest_uri(spark, base, "t") == uri
+    assert versions.read_table(spark, base, "t").count() == 5
 
 
 def test_old_versions_pruned(spark, tmp_path):
     base = str(tmp_path)
-    uris = [storage.write_table(spark.range(n), base, "t", keep=2) for n in (1, 2, 3)]
-    committed, pending = storage.list_versions(spark, base, "t")
+    uris = [versions.write_table(spark.range(n), base, "t", keep=2) for n in (1, 2, 3)]
+    committed, pending = versions.list_versions(spark, base, "t")
     assert committed == uris[1:] and pending == []
 
 
 def test_failed_write_keeps_previous_version(spark, tmp_path):
     base = str(tmp_path)
-    good = storage.write_table(spark.range(4), base, "t")
+    good = versions.write_table(spark.range(4), base, "t")
 
     @F.udf("long")
     def explode(x):
         raise RuntimeError("boom")
 
     with pytest.raises(Exception, match="boom"):
-        storage.write_table(spark.range(10).select(explode("id").alias("id")), base, "t")
-    assert storage.latest_uri(spark, base, "t") == good
-    assert storage.read_table(spark, base, "t").count() == 4
+        versions.write_table(spark.range(10).select(explode("id").alias("id")), base, "t")
+    assert versions.latest_uri(spark, base, "t") == good
+    assert versions.read_table(spark, base, "t").count() == 4
 
 
 def test_uncommitted_version_is_invisible(spark, tmp_path):
     base = str(tmp_path)
-    good = storage.write_table(spark.range(2), base, "t")
-    half = storage.new_version_uri(base, "t")
+    good = versions.write_table(spark.range(2), base, "t")
+    half = versions.new_version_uri(base, "t")
     spark.range(7).write.parquet(half)  # written but never committed, as if the writer died here
-    assert storage.latest_uri(spark, base, "t") == good
+    assert versions.latest_uri(spark, base, "t") == good
 
 
 def test_missing_table_is_a_clear_error(spark, tmp_path):
-    with pytest.raises(storage.TableNotFoundError, match="materialize it first"):
-        storage.read_table(spark, str(tmp_path), "nothing")
+    with pytest.raises(versions.TableNotFoundError, match="materialize it first"):
+        versions.read_table(spark, str(tmp_path), "nothing")

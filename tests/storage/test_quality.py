@@ -1,6 +1,6 @@
 """The pure measures behind the asset checks fail on bad data, not only pass on good data."""
 
-from spark_code import quality
+from spark_code.storage import quality
 
 
 def _df(spark, rows, schema):

@@ -12,9 +12,9 @@ from dagster import (
     in_process_executor,
 )
 
-from fruits_assets.emr_settings import EmrSettings
-from fruits_assets.preflight import preflight
-from fruits_assets.settings import Settings
+from fruits_assets.deploy.emr.preflight import preflight
+from fruits_assets.deploy.emr.settings import EmrSettings
+from fruits_assets.deploy.settings import Settings
 
 JOB_NAME = "materialize_batch"  # the main command's job: one ingest batch, then every asset and check
 PARTITION_TAG = "dagster/partition"
@@ -28,9 +28,9 @@ def step_job(with_console: bool = True, assets: list[str] | None = None) -> JobD
     beside each step (`emr_step_main`), not those of the cluster's creation. `assets` selects some assets (and
     their checks); None: all.
     """
-    from fruits_assets import console
-    from fruits_assets.definitions import ASSETS, CHECKS
-    from fruits_assets.deployments import resources_for
+    from fruits_assets.cli import console
+    from fruits_assets.defs import ASSETS, CHECKS
+    from fruits_assets.deploy.deployments import resources_for
 
     settings = Settings.from_env()
     job = define_asset_job(JOB_NAME, selection=assets)

@@ -24,15 +24,15 @@ from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from fruits_assets import emr_step_main
-from fruits_assets.emr_settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings
-from fruits_assets.preflight import preflight
-from fruits_assets.resources import CnnResource
-from fruits_assets.settings import Settings
-from fruits_assets.spark_conf import EMR_SPARK_CONF
+from fruits_assets.deploy.emr import step_main
+from fruits_assets.deploy.emr.preflight import preflight
+from fruits_assets.deploy.emr.settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings
+from fruits_assets.deploy.settings import Settings
+from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
+from fruits_assets.io.resources import CnnResource
 
 STEP_LAUNCHER_KEY = "pyspark_step_launcher"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
 STDERR_TAIL_LINES = 40
 # EmrStepLauncher field -> the EmrSettings field it carries.
@@ -85,7 +85,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
 
     def _main_file_local_path(self) -> str:
         """The step's main file: ours (the run's settings into the environment), then dagster-aws's."""
-        return emr_step_main.__file__
+        return step_main.__file__
 
     def launch_step(self, step_context) -> Iterator:
         """Stage the code and the step, submit it, relay its events; cancel it if the run is stopped meanwhile."""
@@ -96,7 +96,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 self.local_job_package_path = str(copy_packages(Path(folder)))
             step_run_ref = step_context_to_step_run_ref(step_context, self.local_job_package_path)
             self._post_artifacts(step_context.log, step_run_ref, run_id, step_key)
-        settings_key = self._artifact_s3_key(run_id, step_key, emr_step_main.SETTINGS_FILE)
+        settings_key = self._artifact_s3_key(run_id, step_key, step_main.SETTINGS_FILE)
         s3 = boto3.client("s3", region_name=self.region_name)
         s3.put_object(Bucket=self.staging_bucket, Key=settings_key, Body=json.dumps(self.step_env).encode())
         staged = time.monotonic()

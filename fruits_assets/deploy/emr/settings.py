@@ -9,9 +9,9 @@ from collections.abc import Mapping
 import boto3
 from pydantic import BaseModel, Field, field_validator
 
-from fruits_assets.settings import Settings, SettingsError
-from spark_code.cnn import WEIGHTS_FILE
-from spark_code.s3a import is_s3
+from fruits_assets.deploy.settings import Settings, SettingsError
+from spark_code.featurize.cnn import WEIGHTS_FILE
+from spark_code.storage.s3a import is_s3
 
 DEPLOYMENT_ENV = Settings.variable("deployment")
 DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
@@ -146,7 +146,7 @@ class EmrSettings(BaseModel):
 
     def node_env(self) -> dict[str, str]:
         """What every node exports (spark-env): its Python for the driver and the workers, the region, and that it is
-        a node. The steps' FRUITS_* settings travel with each step (fruits_assets.emr_run), not here."""
+        a node. The steps' FRUITS_* settings travel with each step (fruits_assets.deploy.emr.job), not here."""
         return {
             "PYSPARK_PYTHON": self.python,
             "PYSPARK_DRIVER_PYTHON": self.python,

@@ -1,0 +1,153 @@
+"""Choosing the PCA's k: one fit of every component, then k fixed, reaching a variance share, or the smallest k
+whose classifier accuracy is within a tolerance of the best k's (the accuracy-against-k curve)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from spark_code.classify import softmax
+from spark_code.classify.classifier import LogisticSettings
+from spark_code.reduction import scaler_pca
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VARIANCE = 0.95  # the largest k the accuracy curve considers reaches this share of the variance
+CURVE_MAX_ITER = 100  # the curve only compares k values: at most 100 iterations per fit
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """How k is chosen: fixed `k`, else the smallest k reaching `variance_target`, else by accuracy."""
+
+    k: int | None = None
+    variance_target: float | None = None
+    accuracy_tolerance: float = 0.003
+
+    def inputs(self, scaler_uri: str) -> dict:
+        """What a PCA is fitted with and must still match to be reused: k or its target, and the scaler version."""
+        return {
+            "k": self.k,
+            "variance_target": self.variance_target,
+            "accuracy_tolerance": self.accuracy_tolerance,
+            "scaler": scaler_uri,
+        }
+
+
+def curve_rows(
+    scaled: DataFrame, training: DataFrame | None, scaler: Callable[[], StandardScalerModel]
+) -> tuple[DataFrame, DataFrame, str]:
+    """(fit rows, validation rows, where they come from) for the accuracy curve: the classifier's training photos
+    (`training`, raw features) scaled like the corpus, validated on the corpus, as the classifier is; without a
+    training table yet, a split of the corpus (up to 40 photos per class fit, the others validate)."""
+    if training is None:
+        return (*split_per_class(scaled), "corpus split")
+    fit = scaler_pca.transform_arrays(scaler(), training.select("path", "label", "features"))
+    return fit, scaled, "training photos"
+
+
+def fit_pca(
+    scaled: DataFrame,
+    choice: KChoice,
+    scaler_uri: str,
+    logistic: LogisticSettings,
+    rows_for_curve: Callable[[], tuple[DataFrame, DataFrame, str]],
+) -> tuple[PCAModel, dict]:
+    """Fit the PCA once (all components) on `scaled`, choose k; return the model and what it was fitted with
+    (`rows_for_curve` is called only when k is chosen by accuracy, see `curve_rows`)."""
+    estimator = scaler_pca.VariancePCA(
+        inputCol="scaled_features",
+        outputCol="pca_features",
+        k=choice.k or 0,
+        varianceTarget=choice.variance_target or DEFAULT_VARIANCE,
+    )
+    model = estimator.fit(scaled)
+    curve = scaler_pca.variance_curve(model.fullExplainedVariance)
+    accuracy, how, curve_on = {}, "fixed" if choice.k else "variance", None
+    if choice.k is None and choice.variance_target is None:
+        ks = scaler_pca.candidate_ks(model.fullExplainedVariance, DEFAULT_VARIANCE)
+        fit_rows, valid_rows, curve_on = rows_for_curve()
+        quick = dataclasses.replace(logistic, max_iter=min(CURVE_MAX_ITER, logistic.max_iter))
+        accuracy = accuracy_curve(fit_rows, valid_rows, scaler_pca.truncate(model, max(ks)), ks, quick)
+        if accuracy:
+            model = scaler_pca.truncate(model, scaler_pca.smallest_accurate_k(accuracy, choice.accuracy_tolerance))
+            how = "accuracy"
+    fitted_with = {
+        **choice.inputs(scaler_uri),
+        "explained_variance": curve[model.getK() - 1],
+        "curve": curve,
+        "accuracy_curve": {str(k): a for k, a in accuracy.items()},
+        "k_choice": how,
+        "accuracy_curve_on": curve_on,
+    }
+    return model, fitted_with
+
+
+def split_per_class(labelled: DataFrame, per_class: int = 40) -> tuple[DataFrame, DataFrame]:
+    """(fit rows, validation rows): up to `per_class` rows of each class, at most half of it, chosen by path hash."""
+    by_class = Window.partitionBy("label")
+    ranked = labelled.filter(F.col("label").isNotNull()).select(
+        "*",
+        F.row_number().over(by_class.orderBy(F.xxhash64("path"), "path")).alias("_rank"),
+        F.count("*").over(by_class).alias("_count"),
+    )
+    usable = ranked.filter(F.col("_count") >= 2)
+    fit = F.col("_rank") <= F.least(F.lit(per_class), F.floor(F.col("_count") / 2))
+    return usable.filter(fit).drop("_rank", "_count"), usable.filter(~fit).drop("_rank", "_count")
+
+
+def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
+    driver, in path order: the same arrays whatever the partitioning."""
+    labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
+    largest = labelled.groupBy("label").count().agg(F.max("count")).first()[0] or 0
+    if largest > per_class:  # rank the keys only (not the vectors), keep the first per_class of each class
+        by_hash = Window.partitionBy("label").orderBy(F.xxhash64("path"), "path")
+        ranked = labelled.select("path", "label").withColumn("_rank", F.row_number().over(by_hash))
+        keep = ranked.filter(F.col("_rank") <= per_class).select("path")
+        labelled = labelled.join(F.broadcast(keep), "path", "left_semi")
+    kept = scaler_pca.transform_arrays(pca, labelled)  # project only the kept rows
+    head = F.slice(pca.getOutputCol(), 1, k).alias("x")
+    table = kept.select("path", "label", head).toPandas().sort_values("path", ignore_index=True)
+    x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))
+    return x, table["label"].to_numpy()
+
+
+def accuracy_curve(
+    fit: DataFrame,
+    validate: DataFrame,
+    pca: PCAModel,
+    ks: list[int],
+    settings: LogisticSettings,
+    validate_per_class: int = 400,
+) -> dict[int, float]:
+    """Accuracy of the logistic regression on the first k components, for each k in `ks`: trained on `fit`,
+    scored on the rows of `validate` whose class it knows (up to `validate_per_class` per class, chosen by path
+    hash: all of them on Fruits-360, a bounded sample at a million photos).
+
+    Both hold `path`, `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks)
+    components. The fits are small (photos × k), so they run on the driver with the classifier's objective
+    (`spark_code.classify.softmax`): seconds, and the same curve on one machine or a cluster.
+    Empty when the labels do not allow it (fewer than 2 classes, or nothing to validate).
+    """
+    if not ks:
+        return {}
+    fit_x, fit_labels = _projected(pca, fit, max(ks), per_class=2**31 - 1)
+    valid_x, valid_labels = _projected(pca, validate, max(ks), per_class=validate_per_class)
+    known = np.isin(valid_labels, fit_labels)
+    if len(np.unique(fit_labels)) < 2 or not known.any():
+        logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
+        return {}
+    curve = softmax.accuracy_by_k(
+        (fit_x, fit_labels), (valid_x[known], valid_labels[known]), ks, settings.reg_param, settings.max_iter
+    )
+    for k, accuracy in curve.items():
+        logger.info("accuracy with k=%d: %.4f", k, accuracy)
+    return curve
