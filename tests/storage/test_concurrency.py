@@ -58,11 +58,39 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_pa
 
 def test_the_same_owner_reenters_and_another_run_is_refused(tmp_path):
     lock = run_lock.acquire(str(tmp_path), "run-1")
-    assert run_lock.acquire(str(tmp_path), "run-1") == lock
+    again = run_lock.acquire(str(tmp_path), "run-1")
+    assert (again.path, again.owner, again.created) == (lock.path, lock.owner, False)
+    again.release()  # re-entered: releasing it leaves the run's lock in place
+    assert (tmp_path / run_lock.LOCK_FILE).exists()
     with pytest.raises(run_lock.OutputInUseError, match="in use by run run-1"):
         run_lock.acquire(f"file:{tmp_path}", "run-2")
     lock.release()
-    assert run_lock.acquire(str(tmp_path), "run-2") is not None
+    assert not (tmp_path / run_lock.LOCK_FILE).exists()
+    run_lock.acquire(str(tmp_path), "run-2").release()
+
+
+_HOLD = """
+import sys, time
+from spark_code.storage import run_lock
+run_lock.acquire(sys.argv[1], sys.argv[2])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_kernel_releases_the_lock_of_a_killed_holder_and_a_half_written_record_is_not_stale(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path), "run-1"], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        (tmp_path / run_lock.LOCK_FILE).write_text('{"owner": "run-1", "pi')  # as if caught mid-write
+        with pytest.raises(run_lock.OutputInUseError):  # held by a live process: in use, whatever the file says
+            run_lock.acquire(str(tmp_path), "run-2")
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = run_lock.acquire(str(tmp_path), "run-2")  # killed (no clean-up ran): the kernel dropped its lock
+    assert lock.created and json.loads((tmp_path / run_lock.LOCK_FILE).read_text())["owner"] == "run-2"
+    lock.release()
 
 
 def test_an_s3_output_is_locked_with_a_conditional_put(s3_bucket):
