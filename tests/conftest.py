@@ -218,25 +218,17 @@ def s3_bucket(monkeypatch):
 
 # The edit loop's subsets: `pytest -m "not slow"` leaves out the browser, the cluster, the moto server and whole
 # materializations; `-m "not slow and not cnn"` also leaves out every test that builds the CNN (the fast subset, for
-# changes outside the model). The full suite (what CI runs) is plain `pytest`.
-SLOW_MODULES = {
-    "test_ui",
-    "test_cluster",
-    "test_emr",
-    "test_growth",
-    "test_faults",
-    "test_main_command",
-    "test_concurrency",
-}
+# changes outside the model). The full suite (what CI runs) is plain `pytest`. A slow module says so itself
+# (`pytestmark = pytest.mark.slow`); a test elsewhere that takes a whole materialization's fixture is slow too.
 SLOW_FIXTURES = {"run", "grown", "saved", "materialized"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that drive a browser, a cluster, moto or a whole materialization as `slow`, and those that
-    build the CNN (they need the weights) as `cnn`."""
+    """Mark the tests that take a whole materialization's fixture as `slow`, and those that build the CNN (they
+    need the weights) as `cnn`."""
     for item in items:
-        module, fixtures = item.module.__name__.rsplit(".", 1)[-1], set(getattr(item, "fixturenames", ()))
-        if module in SLOW_MODULES or SLOW_FIXTURES & fixtures:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
         if "weights_path" in fixtures:
             item.add_marker(pytest.mark.cnn)

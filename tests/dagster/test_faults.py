@@ -15,6 +15,8 @@ from spark_code.ingest import batches
 from spark_code.storage import versions
 from tests.conftest import CLASSES, FRUITS, first_images
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 FEATURE_RUN = """
 import sys
 from fruits_assets.defs.featurize import cnn_features

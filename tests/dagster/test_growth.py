@@ -22,6 +22,8 @@ from spark_code.storage import versions
 from tests.conftest import CLASSES, FRUITS, first_images
 from tests.helpers import materialize_features, metadata_of
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 # ---- the sensor ------------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from dagster._core.instance.ref import InstanceRef
 from fruits_assets.cli.home import PROJECT_HOME, dagster_home
 from tests.conftest import CLASSES, FRUITS, REPO, first_images
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 NOISE = ("DEBUG", "alembic", "WARN", "Setting default log level", "STEP_START", "py4j", "tensorflow")
 
 

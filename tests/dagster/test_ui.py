@@ -18,6 +18,8 @@ from spark_code.ingest import batches
 from tests.conftest import REPO
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 ASSETS = tuple(key.to_user_string() for definition in DEFINED_ASSETS for key in definition.keys)
 PARTITIONED = tuple(
     key.to_user_string() for definition in DEFINED_ASSETS if definition.partitions_def for key in definition.keys

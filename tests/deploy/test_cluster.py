@@ -15,6 +15,8 @@ from tests.cluster import standalone_cluster, stop
 from tests.conftest import REPO
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):

@@ -30,6 +30,8 @@ from fruits_assets.deploy.emr.settings import ENV_VARS, DeploymentError, EmrSett
 from spark_code.featurize.cnn import WEIGHTS_FILE
 from tests.moto_server import moto_server, set_auth
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"
 BUCKET = "fruits-data"

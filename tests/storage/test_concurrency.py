@@ -17,6 +17,8 @@ from spark_code.storage import run_lock
 from tests.conftest import CLASSES, FRUITS, REPO, first_images
 from tests.helpers import materialize_features
 
+pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
+
 
 def _root(tmp_path, n=2):
     root = tmp_path / "images"
@@ -53,7 +55,14 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_pa
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     record = {"owner": "killed-run", "pid": int(dead.stdout), "host": os.uname().nodename, "since": 0}
     (output / run_lock.LOCK_FILE).write_text(json.dumps(record))
-    assert _materialize(root, output, weights_path).success
+    result = _materialize(root, output, weights_path)
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"} <= materialized
+    photos = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    assert {r.path for r in batches.read_current_rows(spark, str(output), "pca_features").collect()} == photos
+    assert all(c.passed for c in result.get_asset_check_evaluations())  # counts reconcile: nothing lost or twice
+    assert not (output / run_lock.LOCK_FILE).exists()  # the run released the lock it took over
 
 
 def test_the_same_owner_reenters_and_another_run_is_refused(tmp_path):
