@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from fruits_assets.deploy.settings import Settings
-from fruits_assets.deploy.spark_conf import local_spark_config
+from fruits_assets.deploy.spark_conf import local_session
 from spark_code.classify import classifier as clf
 from spark_code.classify import openset
 from spark_code.ingest import batches
@@ -49,10 +49,7 @@ TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features
 
 def session() -> SparkSession:
     """A local Spark session with the project's settings."""
-    builder = SparkSession.builder.appName("bench-openset")
-    for key, value in local_spark_config("local[*]").items():
-        builder = builder.config(key, value)
-    spark = builder.config("spark.driver.memory", "4g").getOrCreate()
+    spark = local_session("local[*]", {"spark.driver.memory": "4g"})
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -53,15 +53,10 @@ def bare_onnx(photos: list[Path], weights: str, batch: int, passes: int = 2) -> 
 
 def sample_models(photos_root: Path, weights: str, per_class: int, folder: str) -> str:
     """A classifier of every Training class (`per_class` photos each), for a machine without a materialized one."""
-    from pyspark.sql import SparkSession
-
     from bench.sample_classifier import cnn, train_and_save
-    from fruits_assets.deploy.spark_conf import local_spark_config
+    from fruits_assets.deploy.spark_conf import local_session
 
-    builder = SparkSession.builder
-    for key, value in local_spark_config("local[2]").items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = local_session("local[2]")
     try:
         training = SHARED / "fruits-360" / "Training"
         classes = sorted(p.name for p in training.iterdir() if p.is_dir())

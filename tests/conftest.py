@@ -57,14 +57,9 @@ def weights_path() -> str:
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] session for the whole run, with the project's own local settings."""
-    from pyspark.sql import SparkSession
+    from fruits_assets.deploy.spark_conf import local_session
 
-    from fruits_assets.deploy.spark_conf import local_spark_config
-
-    builder = SparkSession.builder
-    for key, value in local_spark_config("local[2]").items():
-        builder = builder.config(key, value)
-    session = builder.config("spark.driver.memory", "2g").getOrCreate()
+    session = local_session("local[2]", {"spark.driver.memory": "2g"})
     session.sparkContext.setLogLevel("ERROR")
     try:
         yield session

@@ -59,6 +59,7 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
         console.loggers(frozenset(a.op.name for a in ASSETS)),
         run_config=_run_config(args),
         raise_on_error=False,
+        tags={progress.SECONDS_TAG: str(args.progress_seconds)},
     )
     return result, resources["io_manager"].base_uri
 
@@ -128,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DAGSTER_HOME"] = str(home)  # the runs, batches and materializations go to this instance
     key = batches.check_key(args.batch or batches.new_key())
     log_path = home / "run-logs" / f"{key}.log"  # not logs/: Dagster rotates that folder (telemetry)
-    progress.EVERY_S = args.progress_seconds
     started = time.monotonic()
     with console.terminal(log_path, args.verbose):
         logger.info("batch %s: every asset, recorded in %s; details in %s", key, home, log_path)

@@ -24,15 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=Settings.from_env().output_uri, help="default: $FRUITS_OUTPUT_URI or ./data"
     )
     args = parser.parse_args(argv)
-    from pyspark.sql import SparkSession
+    from fruits_assets.deploy.spark_conf import local_session
 
-    from fruits_assets.deploy.spark_conf import local_spark_config
-
-    builder = SparkSession.builder.config("spark.ui.enabled", "false")
-    for key, value in local_spark_config().items():
-        builder = builder.config(key, value)
     with console.terminal(Path(tempfile.gettempdir()) / "fruits-quarantine.log"):  # Spark's start-up lines
-        spark = builder.getOrCreate()
+        spark = local_session(extra={"spark.ui.enabled": "false"})
         try:
             rows = quarantined_rows(spark, args.output)
         finally:

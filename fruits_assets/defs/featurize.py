@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits_assets.defs.partitions import GROUP, ingest_batches
+from fruits_assets.io import progress
 from fruits_assets.io.io_manager import UNCHANGED
 from fruits_assets.io.metadata import latest_metadata, quarantine_table
 from fruits_assets.io.progress import SparkProgress
@@ -57,7 +58,10 @@ def cnn_features(
     )
     run.quarantined = run.quarantined.withColumn(batches.BATCH, F.lit(key))
     counts = {"batch": key, "raw": raw_images.count()}
-    with SparkProgress(pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded):
+    interval = progress.every_s(context.run.tags)
+    with SparkProgress(
+        pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded, interval
+    ):
         counts["featurized"] = run.features.count()  # the CNN pass (persisted for both outputs)
     quarantined = run.quarantined.orderBy("path").collect()
     counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
@@ -135,7 +139,8 @@ def training_features(
     kept, todo = batches.reusable(previous, listing, cnn.model_key())
     run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
     new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
-    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded):
+    interval = progress.every_s(context.run.tags)
+    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded, interval):
         featurized = run.features.count()  # the CNN pass over new or changed training photos only
     quarantined = run.quarantined.orderBy("path").collect()
     reused = 0 if kept is None else kept.count()

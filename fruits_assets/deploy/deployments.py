@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dagster import ResourceDefinition
-from dagster_pyspark import PySparkResource
 
 from fruits_assets.defs import ASSETS, CHECKS
 from fruits_assets.deploy.emr.launcher import (
@@ -15,7 +14,7 @@ from fruits_assets.deploy.emr.launcher import (
 )
 from fruits_assets.deploy.emr.settings import EmrSettings
 from fruits_assets.deploy.settings import Settings
-from fruits_assets.deploy.spark_conf import local_spark_config
+from fruits_assets.deploy.spark_conf import LocalPySparkResource, local_spark_config
 from fruits_assets.io.io_manager import SparkParquetIOManager
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
 
@@ -32,7 +31,7 @@ def local_resources(
     from `settings` (default: the FRUITS_* variables, see fruits_assets.deploy.settings)."""
     settings = settings or Settings.from_env()
     output = output_uri or settings.output_uri
-    pyspark = PySparkResource(spark_config=spark_config or local_spark_config(settings=settings))
+    pyspark = LocalPySparkResource(spark_config=spark_config or local_spark_config(settings=settings))
     return {
         STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(),  # steps run in this process
         "pyspark": pyspark,

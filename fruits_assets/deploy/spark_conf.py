@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+from dagster import InitResourceContext
+from dagster_pyspark import PySparkResource
+
 from fruits_assets.deploy.settings import Settings
 from spark_code.storage import s3a
 
@@ -44,11 +47,10 @@ def s3_spark_config(settings: Settings) -> dict[str, str]:
 def local_spark_config(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar.
 
-    PySpark started from Python takes the workers' interpreter from PYSPARK_PYTHON (default `python3` on PATH,
-    which is not the venv's when the venv is not activated), so it is pointed at this interpreter too.
+    Reads no environment and writes none: `use_this_python` points PySpark's workers at this interpreter when a
+    session starts (`local_session`, `LocalPySparkResource`).
     """
     settings = settings or Settings.from_env()
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return {
         **s3_spark_config(settings),
         **JOB_SPARK_CONF,
@@ -65,3 +67,31 @@ def local_spark_config(master: str | None = None, settings: Settings | None = No
         "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
         "spark.ui.showConsoleProgress": "false",
     }
+
+
+def use_this_python() -> None:
+    """Point PySpark's Python workers at this interpreter, unless PYSPARK_PYTHON says otherwise. PySpark started
+    from Python reads the workers' interpreter from PYSPARK_PYTHON when its context starts (default `python3` on
+    PATH, not the venv's when the venv is not activated; `spark.pyspark.python` reaches only spark-submit), so this
+    runs just before a local session starts, never when settings are read."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def local_session(master: str | None = None, extra: dict[str, str] | None = None, settings: Settings | None = None):
+    """A Spark session with the local deployment's settings plus `extra`: the one builder outside Dagster's
+    resource (the quarantine listing, the tests, the benchmarks)."""
+    from pyspark.sql import SparkSession
+
+    use_this_python()
+    builder = SparkSession.builder
+    for key, value in {**local_spark_config(master, settings), **(extra or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+class LocalPySparkResource(PySparkResource):
+    """Dagster's PySparkResource for the local deployment: the workers run this interpreter (`use_this_python`)."""
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        use_this_python()
+        super().setup_for_execution(context)

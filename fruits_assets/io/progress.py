@@ -6,7 +6,13 @@ import time
 
 logger = logging.getLogger(__name__)
 
-EVERY_S = 10.0  # the main command's --progress-seconds sets this
+EVERY_S = 10.0  # between two progress lines, unless the run's tag says otherwise
+SECONDS_TAG = "fruits/progress_seconds"  # a run's own interval (the main command's --progress-seconds)
+
+
+def every_s(tags: dict[str, str]) -> float:
+    """Seconds between two progress lines for a run with these tags."""
+    return float(tags.get(SECONDS_TAG, EVERY_S))
 
 
 def duration(seconds: float) -> str:
@@ -27,9 +33,9 @@ class SparkProgress:
     counts come from the status tracker.
     """
 
-    def __init__(self, spark_context, name: str, total: int, counter=None, every_s: float | None = None):
+    def __init__(self, spark_context, name: str, total: int, counter=None, every_s: float = EVERY_S):
         self.tracker, self.name, self.total, self.counter = spark_context.statusTracker(), name, total, counter
-        self.every_s = EVERY_S if every_s is None else every_s
+        self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"progress-{name}", daemon=True)
         self.started = time.monotonic()
