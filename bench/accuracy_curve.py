@@ -8,7 +8,7 @@ import argparse
 import json
 import time
 
-from bench.openset import session
+from bench.common import session
 
 
 def main() -> None:

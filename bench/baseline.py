@@ -12,16 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import image_files
 from bench.memory import PeakRss
 from fruits_assets.deploy.settings import Settings
 from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.ingest.images import try_decode
-
-
-def image_files(root: Path) -> list[Path]:
-    """Every image file under root, in a stable order (same glob as the pipeline)."""
-    extensions = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
 def run(root: Path, weights: str, batch_size: int, image_size: int, engine: str = "tensorflow") -> dict:

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.run import SHARED
+from bench.common import SHARED
 from fruits_assets.deploy.settings import Settings
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bench import main_command
-from bench.run import SHARED, link_tree, stratified, warm_cache
+from bench.common import SHARED, link_tree, stratified, warm_cache
 
 logger = logging.getLogger("bench")
 NEW_PHOTOS = SHARED / "fruits-360" / "Training"

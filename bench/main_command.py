@@ -5,10 +5,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import REPO
 from bench.memory import PeakRss
 from bench.pipeline import step_seconds
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def materializations(instance, run_id: str) -> dict[str, dict]:

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from bench import main_command
+from bench.common import REPO, SHARED, link_tree, run_side, stratified, warm_cache
 from bench.incremental import add_new_photos
 from bench.memory import PeakRss
-from bench.run import SHARED, link_tree, run_side, stratified, warm_cache
 
 logger = logging.getLogger("bench")
 TRAINING = SHARED / "fruits-360" / "Training"
@@ -45,7 +45,7 @@ def nothing_new_run(env: dict, home: Path) -> dict:
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "fruits_assets"],
-            cwd=main_command.REPO,
+            cwd=REPO,
             env={**env, "DAGSTER_HOME": str(home)},
             capture_output=True,
             text=True,

@@ -36,8 +36,8 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from bench.common import session
 from fruits_assets.deploy.settings import Settings
-from fruits_assets.deploy.spark_conf import local_session
 from spark_code.classify import classifier as clf
 from spark_code.classify import openset
 from spark_code.ingest import batches
@@ -45,13 +45,6 @@ from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
 
 TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")
-
-
-def session() -> SparkSession:
-    """A local Spark session with the project's settings."""
-    spark = local_session("local[*]", {"spark.driver.memory": "4g"})
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
 
 
 def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel) -> dict[int, dict]:

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from bench import main_command
-from bench.run import REPO
+from bench.common import REPO, stratified
 
 logger = logging.getLogger("bench")
 BATCH_ROWS = 10_000  # rows per synthetic batch: 100 batches at a million photos
@@ -43,7 +43,6 @@ def add_photos(images: Path, count: int, prefix: str) -> int:
     """Hard-link exactly `count` Training photos into the root's class folders, one class after the other (hard
     links: new files to the listing, where a second symbolic link to a listed file is skipped by rule)."""
     from bench.incremental import NEW_PHOTOS
-    from bench.run import stratified
 
     by_class = sorted(stratified(NEW_PHOTOS, None).items())
     picked = [(label, files[r]) for r in range(40) for label, files in by_class if r < len(files)][:count]
@@ -175,7 +174,7 @@ def run_scale(
 ) -> dict:
     """Every N in turn, growing `reference` in place; the figures and ratios (also written to `partial` after
     each N, so a long run that is stopped keeps what it measured)."""
-    from bench.openset import session
+    from bench.common import session
 
     spark = session()
     results = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.run import DEFAULT_ROOT, REPO, SHARED, stratified
+from bench.common import DEFAULT_ROOT, REPO, SHARED, stratified
 from fruits_assets.deploy.settings import Settings
 from spark_code.featurize.cnn import CnnSpec
 from spark_code.ingest.images import try_decode
