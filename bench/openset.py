@@ -3,7 +3,7 @@
 Reads the current `cnn_features` (the corpus, e.g. the 22,688 Test photos) and `training_features` of an output
 folder, then measures, with the product's own code:
 - accuracy against k on every class (logistic regression trained on the training photos, scored on the corpus);
-- the held-out-classes protocol (`openset.held_out_classes`: the classes at sorted positions 2, 7, 12, …
+- the held-out-classes protocol (`rejection_metrics.held_out_classes`: the classes at sorted positions 2, 7, 12, …
   are unknown) for each score, with the run's saved scaler and PCA, and again with a scaler and PCA refitted on the
   knowns' photos only (the unknown classes then reach no fitted part at all);
 - the saved classifier (its scaler, PCA and logistic regression) with the current open-set code: its accuracy, every
@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from bench.common import session
 from fruits_assets.deploy.settings import Settings
 from spark_code.classify import classifier as clf
-from spark_code.classify import openset
+from spark_code.classify import openset, rejection_metrics
 from spark_code.ingest import batches
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
@@ -76,14 +76,14 @@ def protocol(train, test, scaler, pca, accept: float) -> dict:
         "known_photos": result.known_rows,
         "unknown_photos": result.unknown_rows,
         "scores": reports,
-        "best": openset.best(result.reports).score,
+        "best": rejection_metrics.best(result.reports).score,
     }
 
 
 def strict_protocol(train, test, k: int, accept: float) -> dict:
     """The protocol with scaler and PCA refitted on the known classes' corpus photos only."""
     classes = sorted(r.label for r in train.select("label").distinct().collect())
-    known_test = test.filter(~F.col("label").isin(openset.held_out_classes(classes)))
+    known_test = test.filter(~F.col("label").isin(rejection_metrics.held_out_classes(classes)))
     scaler = scaler_pca.fit_scaler(known_test, "features", "scaled_features")
     pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=k)
     return protocol(train, test, scaler, pca.fit(scaler_pca.transform_arrays(scaler, known_test, "float64")), accept)

@@ -24,7 +24,7 @@ from fruits_assets.defs.reduction import pca_features
 from fruits_assets.io.metadata import latest_metadata, table
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ModelStore, TableStore
 from spark_code.classify import classifier as clf
-from spark_code.classify import classifier_fit, openset
+from spark_code.classify import classifier_fit, openset, rejection_metrics
 from spark_code.classify.serving import CNN_SETTINGS
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
@@ -169,7 +169,7 @@ def _open_set_model(
     """The configured score (or, for `auto`, the protocol's best), calibrated on the corpus's known-class rows."""
     score = classifier.unknown_score
     if score == "auto":
-        score = openset.best(protocol.reports).score if protocol else openset.KNN_PROBABILITY
+        score = rejection_metrics.best(protocol.reports).score if protocol else openset.KNN_PROBABILITY
     is_known = np.isin(scored.labels, known)
     values = {name: scored.values(name)[is_known] for name in openset.SCORES}
     return openset.calibrated(score, values, scores, classifier.known_accept_rate)
@@ -197,7 +197,7 @@ def _openset_metadata(
 def _protocol_markdown(protocol: clf.OpenSetProtocol, accept_rate: float) -> str:
     lines = [
         f"Held out {len(protocol.held_out)} of {len(protocol.held_out) + len(protocol.known_classes)} training classes "
-        f"(sorted positions {openset.HELD_OUT_OFFSET} mod {openset.HELD_OUT_EVERY}); knowns: "
+        f"(sorted positions {rejection_metrics.HELD_OUT_OFFSET} mod {rejection_metrics.HELD_OUT_EVERY}); knowns: "
         f"{protocol.known_rows} test photos, unknowns: {protocol.unknown_rows}.",
         "",
         f"| score | AUROC | unknowns rejected at {accept_rate:.0%} knowns accepted |",

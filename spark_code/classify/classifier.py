@@ -15,7 +15,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code.classify import openset
+from spark_code.classify import openset, rejection_metrics
 from spark_code.reduction.scaler_pca import as_vectors
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def collect_scores(model: PipelineModel, scores: openset.FeatureScores, features
 class OpenSetProtocol:
     """The held-out-classes protocol: both scores' reports, and which classes were known / held out."""
 
-    reports: list[openset.ScoreReport]
+    reports: list[rejection_metrics.ScoreReport]
     known_classes: list[str]
     held_out: list[str]
     known_rows: int
@@ -236,11 +236,11 @@ def openset_protocol(
     settings: LogisticSettings,
     accept_rate: float = 0.95,
 ) -> OpenSetProtocol | None:
-    """Hold out ~20 % of the training classes (`openset.held_out_classes`), train on the rest, and measure how well
+    """Hold out ~20 % of the training classes (`held_out_classes`), train on the rest, and measure how well
     each score tells the test rows of known classes from all other test rows. None when there is nothing to hold out
     or no unknown test row."""
     classes = sorted(r.label for r in train.select("label").distinct().collect())
-    held_out = openset.held_out_classes(classes)
+    held_out = rejection_metrics.held_out_classes(classes)
     known = [c for c in classes if c not in held_out]
     if not held_out or not known:
         return None
@@ -250,5 +250,5 @@ def openset_protocol(
     is_known = np.isin(scored.labels, known)
     if is_known.all() or not is_known.any():
         return None
-    reports = [openset.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
+    reports = [rejection_metrics.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
     return OpenSetProtocol(reports, known, held_out, int(is_known.sum()), int((~is_known).sum()))

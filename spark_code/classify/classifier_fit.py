@@ -12,7 +12,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
-from spark_code.classify import openset, softmax
+from spark_code.classify import openset, rejection_metrics, softmax
 from spark_code.classify.classifier import PREDICTED, LogisticSettings, OpenSetProtocol, ScoredRows
 from spark_code.classify.serving import ServingPipeline
 from spark_code.reduction import blas, scaler_pca
@@ -136,7 +136,7 @@ def score_corpus(features: DataFrame, models: dict[str, FittedClassifier], colum
 def protocol_split(labels: np.ndarray) -> tuple[list[str], list[str]] | None:
     """(known classes, held-out classes) of the held-out-classes protocol; None when either would be empty."""
     classes = sorted({str(label) for label in labels})
-    held_out = openset.held_out_classes(classes)
+    held_out = rejection_metrics.held_out_classes(classes)
     known = [c for c in classes if c not in held_out]
     return (known, held_out) if held_out and known else None
 
@@ -149,7 +149,7 @@ def protocol_result(
     is_known = np.isin(scored.labels, known)
     if is_known.all() or not is_known.any():
         return None
-    reports = [openset.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
+    reports = [rejection_metrics.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
     return OpenSetProtocol(reports, known, held_out, int(is_known.sum()), int((~is_known).sum()))
 
 

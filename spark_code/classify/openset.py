@@ -1,4 +1,5 @@
-"""Open-set rejection: is a photo one of the known classes? Scores, calibration, the held-out-classes protocol."""
+"""Open-set rejection: is a photo one of the known classes? The scores and their calibration (the protocol that
+measures them: `spark_code.classify.rejection_metrics`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ KNN_PROBABILITY = "knn_probability"
 SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS, MAX_PROBABILITY)
 FEATURE_SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS)  # computed from the reduced features (and the probabilities)
 OPENSET_JSON = "openset.json"  # saved beside the classifier pipeline
-HELD_OUT_EVERY, HELD_OUT_OFFSET = 5, 2  # the protocol holds out the classes at sorted positions 2, 7, 12, … (~20 %)
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:
@@ -245,67 +245,3 @@ def calibrate(score: str, known_values: np.ndarray, accept_rate: float = 0.95) -
         raise ValueError("cannot calibrate the unknown threshold: no photo of a known class")
     quantile = 1 - accept_rate if score == MAX_PROBABILITY else accept_rate
     return Decision(score, float(np.quantile(values, quantile)))
-
-
-def unknownness(score: str, values: np.ndarray) -> np.ndarray:
-    """Values turned so that larger always means "more likely unknown" (for the metrics)."""
-    values = np.asarray(values, dtype=np.float64)
-    return -values if score == MAX_PROBABILITY else values
-
-
-def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
-    """Area under the ROC curve of "unknown vs known" for unknownness values (ties count one half)."""
-    known, unknown = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
-    if not known.size or not unknown.size:
-        raise ValueError("AUROC needs both known and unknown rows")
-    ranks = _average_ranks(np.concatenate([known, unknown]))
-    unknown_ranks = ranks[known.size :].sum()
-    return float((unknown_ranks - unknown.size * (unknown.size + 1) / 2) / (known.size * unknown.size))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    unique, inverse = np.unique(values, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / np.bincount(inverse))[inverse] if len(unique) < len(values) else ranks
-
-
-def rejected_at(known: np.ndarray, unknown: np.ndarray, accept_rate: float = 0.95) -> float:
-    """Share of unknowns rejected by the threshold that accepts `accept_rate` of the knowns (unknownness values)."""
-    threshold = np.quantile(np.asarray(known, dtype=np.float64), accept_rate)
-    return float(np.mean(np.asarray(unknown) > threshold))
-
-
-def held_out_classes(classes: list[str], every: int = HELD_OUT_EVERY, offset: int = HELD_OUT_OFFSET) -> list[str]:
-    """The protocol's unknown classes: every `every`-th class of the sorted list, from position `offset`."""
-    return sorted(classes)[offset::every]
-
-
-@dataclass(frozen=True)
-class ScoreReport:
-    """How well one score separates known from unknown photos."""
-
-    score: str
-    auroc: float
-    rejected_at_accept: float  # share of unknowns rejected when `accept_rate` of knowns are accepted
-
-    def summary(self, prefix: str = "openset") -> dict[str, float]:
-        """Flat figures for metadata and JSON."""
-        return {
-            f"{prefix}_auroc_{self.score}": round(self.auroc, 4),
-            f"{prefix}_rejected_{self.score}": round(self.rejected_at_accept, 4),
-        }
-
-
-def report(score: str, values: np.ndarray, is_known: np.ndarray, accept_rate: float = 0.95) -> ScoreReport:
-    """AUROC and rejection of one score's values over rows flagged known / unknown."""
-    turned, is_known = unknownness(score, values), np.asarray(is_known, dtype=bool)
-    known, unknown = turned[is_known], turned[~is_known]
-    return ScoreReport(score, auroc(known, unknown), rejected_at(known, unknown, accept_rate))
-
-
-def best(reports: list[ScoreReport]) -> ScoreReport:
-    """The report with the highest AUROC (a feature-space score wins a tie with the probability)."""
-    return max(reports, key=lambda r: (r.auroc, r.score != MAX_PROBABILITY))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spark_code.classify import openset
+from spark_code.classify import openset, rejection_metrics
 
 
 def _clusters(rng, centres: np.ndarray, per_class: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
@@ -22,14 +22,14 @@ def world():
 
 
 def test_auroc_and_rejection_metrics():
-    assert openset.auroc([0, 1, 2], [3, 4]) == 1.0
-    assert openset.auroc([3, 4], [0, 1, 2]) == 0.0
-    assert openset.auroc([1, 1], [1, 1]) == 0.5  # ties count one half
-    assert openset.auroc([0, 2], [1, 3]) == pytest.approx(0.75)
+    assert rejection_metrics.auroc([0, 1, 2], [3, 4]) == 1.0
+    assert rejection_metrics.auroc([3, 4], [0, 1, 2]) == 0.0
+    assert rejection_metrics.auroc([1, 1], [1, 1]) == 0.5  # ties count one half
+    assert rejection_metrics.auroc([0, 2], [1, 3]) == pytest.approx(0.75)
     known = np.arange(100.0)
-    assert openset.rejected_at(known, np.array([50.0, 99.5, 200.0]), 0.95) == pytest.approx(2 / 3)
+    assert rejection_metrics.rejected_at(known, np.array([50.0, 99.5, 200.0]), 0.95) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="both known and unknown"):
-        openset.auroc([], [1.0])
+        rejection_metrics.auroc([], [1.0])
 
 
 def test_mahalanobis_equals_the_textbook_formula(world):
@@ -68,7 +68,7 @@ def test_feature_scores_reject_unknown_classes(world, name):
     train_x, train_y, test_x, _, is_known = world
     scores = openset.fit_feature_scores(train_x, train_y)
     values = scores.values(name, test_x, _probabilities(is_known))
-    report = openset.report(name, values, is_known, 0.95)
+    report = rejection_metrics.report(name, values, is_known, 0.95)
     assert report.auroc >= 0.95 and report.rejected_at_accept >= 0.9
     decision = openset.calibrate(name, values[is_known], 0.95)
     assert decision.known(values[is_known]).mean() == pytest.approx(0.95, abs=0.01)
@@ -144,12 +144,14 @@ def test_decisions_validate_their_settings():
 
 def test_held_out_classes_are_a_fixed_fifth():
     classes = [f"fruit {i:03d}" for i in range(131)]
-    held_out = openset.held_out_classes(list(reversed(classes)))
+    held_out = rejection_metrics.held_out_classes(list(reversed(classes)))
     assert len(held_out) == 26 and held_out[:2] == ["fruit 002", "fruit 007"]
     assert (
-        openset.best([openset.ScoreReport("max_probability", 0.9, 0.5), openset.ScoreReport("knn", 0.9, 0.4)]).score
+        rejection_metrics.best(
+            [rejection_metrics.ScoreReport("max_probability", 0.9, 0.5), rejection_metrics.ScoreReport("knn", 0.9, 0.4)]
+        ).score
         == "knn"
     )
     aurocs = dict(zip(openset.SCORES, [0.96, 0.95, 0.9, 0.93], strict=True))
-    reports = [openset.ScoreReport(name, auroc, 0.5) for name, auroc in aurocs.items()]
-    assert openset.best(reports).score == openset.KNN_PROBABILITY
+    reports = [rejection_metrics.ScoreReport(name, auroc, 0.5) for name, auroc in aurocs.items()]
+    assert rejection_metrics.best(reports).score == openset.KNN_PROBABILITY
