@@ -15,6 +15,7 @@ def main() -> None:
     """Fit, time the curve, print the curve, the chosen k and the seconds."""
     from pyspark.ml.feature import StandardScalerModel
 
+    from spark_code.classify import choose_k
     from spark_code.classify import classifier as clf
     from spark_code.ingest import batches
     from spark_code.reduction import scaler_pca
@@ -33,7 +34,7 @@ def main() -> None:
     scaler = versions.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
     training = versions.read_table(spark, args.output, "training_features").select("path", "label", "features")
     started = time.perf_counter()
-    curve = clf.accuracy_curve(
+    curve = choose_k.accuracy_curve(
         scaler_pca.transform_arrays(scaler, training),
         scaled,
         scaler_pca.truncate(model, max(ks)),

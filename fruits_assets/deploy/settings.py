@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spark_code.featurize.cnn import ENGINES, WEIGHTS_FILE
+from spark_code.featurize import cnn
+from spark_code.featurize.cnn import WEIGHTS_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"
@@ -41,9 +42,11 @@ class Settings(BaseModel):
         default_factory=_workspace_weights,
         description=f"Keras weights file; default ../shared/weights/{WEIGHTS_FILE}, else Keras downloads them.",
     )
-    batch_size: int = Field(default=16, gt=0, le=4096, description="Images per model call.")
-    image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
-    engine: Literal[ENGINES] = Field(default="onnx", description="CNN runtime: onnx or tensorflow.")
+    batch_size: int = Field(default=cnn.BATCH_SIZE, gt=0, le=cnn.MAX_BATCH_SIZE, description="Images per model call.")
+    image_size: int = Field(
+        default=cnn.IMAGE_SIZE, ge=cnn.MIN_IMAGE_SIZE, le=cnn.MAX_IMAGE_SIZE, description="Square model input, pixels."
+    )
+    engine: Literal[cnn.ENGINES] = Field(default=cnn.DEFAULT_ENGINE, description="CNN runtime: onnx or tensorflow.")
     onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
     events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
     accuracy_floor: float = Field(default=0.95, ge=0.90, le=1.0, description="Least test accuracy the check accepts.")

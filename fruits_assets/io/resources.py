@@ -10,7 +10,8 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
 
 from spark_code.classify.classifier import LogisticSettings
-from spark_code.featurize.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec, WeightsError
+from spark_code.featurize import cnn
+from spark_code.featurize.cnn import CnnEngine, CnnSpec
 from spark_code.featurize.model_cache import DRIVER_PAYLOADS
 from spark_code.featurize.udf import CnnFeaturizer
 from spark_code.ingest import batches
@@ -69,11 +70,20 @@ class CnnResource(ConfigurableResource):
         default=None, description="Keras weights file (env FRUITS_WEIGHTS); None lets Keras download them."
     )
     batch_size: int = Field(
-        default=16, gt=0, le=4096, description="Images per model call (16: as fast as 64 in ONNX Runtime, less memory)."
+        default=cnn.BATCH_SIZE,
+        gt=0,
+        le=cnn.MAX_BATCH_SIZE,
+        description="Images per model call (env FRUITS_BATCH_SIZE).",
     )
-    image_size: int = Field(default=224, ge=32, le=1024, description="Square model input size in pixels.")
-    engine: Literal["onnx", "tensorflow"] = Field(
-        default="onnx", description="CNN runtime (env FRUITS_ENGINE): ONNX Runtime on the converted Keras model, or TF."
+    image_size: int = Field(
+        default=cnn.IMAGE_SIZE,
+        ge=cnn.MIN_IMAGE_SIZE,
+        le=cnn.MAX_IMAGE_SIZE,
+        description="Square model input size in pixels (env FRUITS_IMAGE_SIZE).",
+    )
+    engine: Literal[cnn.ENGINES] = Field(
+        default=cnn.DEFAULT_ENGINE,
+        description="CNN runtime (env FRUITS_ENGINE): ONNX Runtime on the converted Keras model, or TF.",
     )
     threads: int = Field(default=1, ge=0, le=256, description="CNN threads per Spark task (0: the engine's default).")
     onnx_cache: str | None = Field(
@@ -88,12 +98,7 @@ class CnnResource(ConfigurableResource):
         return value
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        if self.weights_path is not None and not os.path.isfile(self.weights_path):
-            raise WeightsError(
-                f"weights file {self.weights_path!r} not found: set FRUITS_WEIGHTS to the path of "
-                f"{WEIGHTS_FILE} (here: ../shared/weights/), or unset it to let "
-                "Keras download the ImageNet weights"
-            )
+        cnn.require_weights_file(self.weights_path, " (here: ../shared/weights/)")
         DRIVER_PAYLOADS.preload(self.cnn_engine(), self.weights_path)  # overlaps the listing
 
     def cnn_engine(self) -> CnnEngine:

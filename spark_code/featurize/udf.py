@@ -18,7 +18,15 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code.featurize.cnn import CnnEngine, CnnSpec, Predict, weights_fingerprint
+from spark_code.featurize.cnn import (
+    BATCH_SIZE,
+    DEFAULT_ENGINE,
+    IMAGE_SIZE,
+    CnnEngine,
+    CnnSpec,
+    Predict,
+    weights_fingerprint,
+)
 from spark_code.featurize.model_cache import BROADCASTS, WorkerModels
 from spark_code.ingest.images import try_decode
 
@@ -136,15 +144,15 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         outputCol: str = "features",
         errorCol: str = "error",
         weightsPath: str | None = None,
-        batchSize: int = 16,
-        imageSize: int = 224,
+        batchSize: int = BATCH_SIZE,
+        imageSize: int = IMAGE_SIZE,
         threads: int = 0,
-        engine: str = "onnx",
+        engine: str = DEFAULT_ENGINE,
         onnxCache: str | None = None,
     ):
         super().__init__()
         self._setDefault(inputCol="content", outputCol="features", errorCol="error")
-        self._setDefault(batchSize=16, imageSize=224, threads=0, engine="onnx")
+        self._setDefault(batchSize=BATCH_SIZE, imageSize=IMAGE_SIZE, threads=0, engine=DEFAULT_ENGINE)
         self._set(**self._input_kwargs)
         self.counters: FeaturizeCounters | None = None
 

@@ -5,7 +5,8 @@ import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 from pyspark.sql import functions as F
 
-from spark_code.classify.classifier import LogisticSettings, accuracy_curve, split_per_class
+from spark_code.classify.choose_k import accuracy_curve, split_per_class
+from spark_code.classify.classifier import LogisticSettings
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
 
