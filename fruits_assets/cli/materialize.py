@@ -8,11 +8,11 @@ import time
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
 
-from fruits_assets.cli import console
 from fruits_assets.cli.home import dagster_home, instance_at, ui_command
 from fruits_assets.defs.partitions import ingest_batches
-from fruits_assets.io import progress
-from spark_code.ingest import batches, unchanged
+from fruits_assets.io import console, progress
+from spark_code import unchanged
+from spark_code.ingest import batches
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fruits_assets.cli import console
 from fruits_assets.deploy.settings import Settings
+from fruits_assets.io import console
 
 
 def quarantined_rows(spark, output_uri: str) -> list:

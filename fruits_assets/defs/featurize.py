@@ -25,9 +25,10 @@ from fruits_assets.io.io_manager import UNCHANGED
 from fruits_assets.io.metadata import latest_metadata, quarantine_table
 from fruits_assets.io.progress import SparkProgress
 from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
+from spark_code import unchanged
 from spark_code.featurize.cnn import FEATURE_DIM
 from spark_code.featurize.triage import featurize_listing
-from spark_code.ingest import batches, unchanged
+from spark_code.ingest import batches
 from spark_code.ingest.images import list_images, require_images
 from spark_code.storage import quality
 

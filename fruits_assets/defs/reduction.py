@@ -59,7 +59,10 @@ def scaled_features(
         model = scaler_pca.fit_scaler(cnn_features, "features", "scaled_features")
         saved, done, todo = models.save(model, "scaled_features", {"cnn_model": cnn_model}), set(), keys
     context.log.info("scaler %s (%s): %d batch(es) to scale", saved.uri, verdict.reason, len(todo))
-    parts = {key: scaler_pca.scaled_part(saved.model, tables.parts("cnn_features", [key])) for key in todo}
+    parts = {
+        key: scaler_pca.scaled_part(saved.model, tables.parts("cnn_features", [key]), batches.PART_COLUMNS)
+        for key in todo
+    }
     metadata = {
         "model_uri": MetadataValue.path(saved.uri),
         "refit": verdict.refit,
@@ -158,7 +161,10 @@ def pca_features(
         len(todo),
     )
     scaled_parts = {key: tables.parts("scaled_features", [key]) for key in todo}
-    parts = {key: scaler_pca.pca_part(saved.model, saved.uri, scaled) for key, scaled in scaled_parts.items()}
+    parts = {
+        key: scaler_pca.pca_part(saved.model, saved.uri, scaled, batches.PART_COLUMNS)
+        for key, scaled in scaled_parts.items()
+    }
     done = sorted(set(keys) - set(todo))
     derived = batches.DerivedParts(parts, done, batches.manifest_uri(saved.uri))
     refit_due = drift is not None and drift > config.max_drift

@@ -20,7 +20,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType
 
-from spark_code.ingest import batches
 from spark_code.reduction import blas
 from spark_code.storage import versions
 
@@ -243,12 +242,13 @@ def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
     return min(k for k, accuracy in curve.items() if accuracy >= best - tolerance - 1e-12)
 
 
-def scaled_part(model: StandardScalerModel, features: DataFrame) -> DataFrame:
-    """One batch's part of `scaled_features`: its feature rows scaled by `model` (float32)."""
-    return transform_arrays(model, features).select(*batches.PART_COLUMNS, "scaled_features")
+def scaled_part(model: StandardScalerModel, features: DataFrame, keep: list[str]) -> DataFrame:
+    """One batch's part of `scaled_features`: its feature rows scaled by `model` (float32), with the columns `keep`."""
+    return transform_arrays(model, features).select(*keep, "scaled_features")
 
 
-def pca_part(model: PCAModel, model_uri: str, scaled: DataFrame) -> DataFrame:
-    """One batch's part of `pca_features`: its scaled rows projected, with the model version that made them."""
-    projected = transform_arrays(model, scaled).select(*batches.PART_COLUMNS, "pca_features")
+def pca_part(model: PCAModel, model_uri: str, scaled: DataFrame, keep: list[str]) -> DataFrame:
+    """One batch's part of `pca_features`: its scaled rows projected, with the columns `keep` and the model version
+    that made them."""
+    projected = transform_arrays(model, scaled).select(*keep, "pca_features")
     return projected.withColumn("pca_model", version_literal(model_uri))

@@ -226,7 +226,7 @@ def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
 
 
 def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, weights_path, tmp_path, monkeypatch):
-    from fruits_assets.cli import console
+    from fruits_assets.io import console
 
     root, output = tmp_path / "root", tmp_path / "out"
     _seed(root, n=3)

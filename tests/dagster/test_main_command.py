@@ -69,7 +69,7 @@ def test_nothing_new_runs_nothing_and_says_so(two_runs):
 def test_a_new_changed_or_deleted_file_is_work_to_do(two_runs, training_root, weights_path):
     from fruits_assets.cli.materialize import _expected
     from fruits_assets.deploy.settings import Settings
-    from spark_code.ingest import unchanged
+    from spark_code import unchanged
 
     *_, out, _, root = two_runs
     env = {"FRUITS_IMAGE_ROOT": str(root), "FRUITS_TRAINING_ROOT": str(training_root), "FRUITS_WEIGHTS": weights_path}

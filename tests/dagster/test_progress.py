@@ -58,7 +58,7 @@ def test_duration_reads_like_a_person_would_say_it():
 def test_a_failed_step_shows_the_user_codes_error_not_dagsters_or_its_library_cause():
     from dagster._utils.error import SerializableErrorInfo
 
-    from fruits_assets.cli.console import root_cause
+    from fruits_assets.io.console import root_cause
 
     library = SerializableErrorInfo("ClientError: NoSuchBucket\n", [], "ClientError")
     ours = SerializableErrorInfo(

@@ -28,9 +28,9 @@ def step_job(with_console: bool = True, assets: list[str] | None = None) -> JobD
     beside each step (`emr_step_main`), not those of the cluster's creation. `assets` selects some assets (and
     their checks); None: all.
     """
-    from fruits_assets.cli import console
     from fruits_assets.defs import ASSETS, CHECKS
     from fruits_assets.deploy.deployments import resources_for
+    from fruits_assets.io import console
 
     settings = Settings.from_env()
     job = define_asset_job(JOB_NAME, selection=assets)
