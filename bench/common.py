@@ -76,3 +76,23 @@ def session():
     spark = local_session("local[*]", {"spark.driver.memory": "4g"})
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def drawn_non_fruit() -> dict[str, bytes]:
+    """PNG bytes of flat colours, noise and text: what a fruit classifier must not name (the tests' and the open-set
+    benchmark's non-fruit images)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    images = {f"flat {c}": Image.new("RGB", (120, 120), c) for c in ("white", "black", "#3060d0", "#d04040")}
+    images["noise"] = Image.fromarray(np.random.default_rng(5).integers(0, 256, size=(160, 160, 3), dtype=np.uint8))
+    images["text"] = Image.new("RGB", (200, 120), "white")
+    ImageDraw.Draw(images["text"]).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR\nThank you!", fill="black")
+    encoded = {}
+    for name, image in images.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded[name] = buffer.getvalue()
+    return encoded

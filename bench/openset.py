@@ -31,12 +31,12 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from bench.common import session
+from bench.common import drawn_non_fruit, session
 from fruits_assets.deploy.settings import Settings
 from spark_code.classify import classifier as clf
 from spark_code.classify import openset, rejection_metrics
@@ -90,19 +90,13 @@ def strict_protocol(train, test, k: int, accept: float) -> dict:
 
 
 def non_fruit_images() -> dict[str, bytes]:
-    """matplotlib's sample photos and drawings, flat colours, noise and text."""
+    """matplotlib's sample photos and drawings, a yellow flat colour, and the tests' flat colours, noise and text."""
     sample = Path(matplotlib.get_data_path()) / "sample_data"
     images = {name: (sample / name).read_bytes() for name in ("logo2.png", "Minduka_Present_Blue_Pack.png")}
     images["grace_hopper.jpg"] = (sample / "grace_hopper.jpg").read_bytes()
-    drawn = {f"flat {c}": Image.new("RGB", (120, 120), c) for c in ("white", "black", "#3060d0", "#d04040", "#e0c020")}
-    drawn["noise"] = Image.fromarray(np.random.default_rng(5).integers(0, 256, (160, 160, 3), dtype=np.uint8))
-    drawn["text"] = Image.new("RGB", (200, 120), "white")
-    ImageDraw.Draw(drawn["text"]).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR", fill="black")
-    for name, image in drawn.items():
-        buffer = bytes_io.BytesIO()
-        image.save(buffer, format="PNG")
-        images[name] = buffer.getvalue()
-    return images
+    yellow = bytes_io.BytesIO()
+    Image.new("RGB", (120, 120), "#e0c020").save(yellow, format="PNG")
+    return {**images, **drawn_non_fruit(), "flat #e0c020": yellow.getvalue()}
 
 
 def classify_non_fruit(models: str, rejection: openset.OpenSetModel) -> dict:

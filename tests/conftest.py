@@ -34,6 +34,15 @@ def first_images(folder: Path, n: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[:n]
 
 
+def copy_photos(root: Path, classes, n: int, source: Path = FRUITS) -> Path:
+    """The first n photos of each class of `source` copied into `root/<class>/`; returns `root`."""
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for image in first_images(source / name, n):
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
 @pytest.fixture(scope="session")
 def fruits_dir() -> Path:
     """../shared/fruits-360/Test (131 classes of 100×100 photos)."""
@@ -133,10 +142,8 @@ def sample_root(tmp_path_factory) -> Path:
     """3 Fruits-360 classes × 4 photos (100×100), 2 original-size classes × 2 photos, and the broken files."""
     _require_shared()
     root = tmp_path_factory.mktemp("images")
-    for name, source, n in [(c, FRUITS, 4) for c in CLASSES] + [(c, ORIGINAL, 2) for c in ORIGINAL_CLASSES]:
-        (root / name).mkdir()
-        for image in first_images(source / name, n):
-            shutil.copy(image, root / name / image.name)
+    copy_photos(root, CLASSES, 4)
+    copy_photos(root, ORIGINAL_CLASSES, 2, ORIGINAL)
     expected = make_broken_files(root, first_images(FRUITS / CLASSES[0], 1)[0])
     expected_file(root).write_text("\n".join(f"{k}\t{v}" for k, v in expected.items()))
     return root
@@ -151,12 +158,7 @@ def expected_file(root: Path) -> Path:
 def training_root(tmp_path_factory) -> Path:
     """A labelled training sample: the sample's 3 Fruits-360 classes × 6 photos from ../shared/fruits-360/Training."""
     _require_shared()
-    root = tmp_path_factory.mktemp("training")
-    for name in CLASSES:
-        (root / name).mkdir()
-        for image in first_images(TRAINING / name, 6):
-            shutil.copy(image, root / name / image.name)
-    return root
+    return copy_photos(tmp_path_factory.mktemp("training"), CLASSES, 6, TRAINING)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from spark_code.storage import files
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def cached_onnx(spec, weights_path: str | None, cache_dir: str | None, weights: 
         return cached
     logger.info("converting the Keras model to ONNX (%s)", problem)
     data = export(spec, weights())
-    _write_atomic(model_path, data)
+    files.write_whole(str(model_path), data)
     record = {**expected, **_versions(), "sha256": hashlib.sha256(data).hexdigest()}
-    _write_atomic(sidecar, json.dumps(record, indent=2).encode())
+    files.write_whole(str(sidecar), json.dumps(record, indent=2).encode())
     return data
 
 
@@ -95,15 +96,6 @@ def _io_shape(data: bytes) -> tuple[list, object]:
     dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     return dims[1:], out[-1] if out else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so a reader sees either nothing or all of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 def export(spec, weights: list[np.ndarray]) -> bytes:

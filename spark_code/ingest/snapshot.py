@@ -8,8 +8,10 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spark_code.ingest import listing
+from spark_code.storage import files
 from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ def _state_of(table) -> State:
     return state
 
 
-def store(state: State, folder: str, client=None) -> str:
+def store(state: State, folder: str) -> str:
     """Write the state as Parquet in `folder` (local or s3://) and return a cursor of a few bytes pointing at it.
 
     The cursor's size does not grow with the corpus; the newest KEEP_SNAPSHOTS files are kept.
@@ -143,20 +145,19 @@ def store(state: State, folder: str, client=None) -> str:
     pq.write_table(_state_table(state), sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
     name = f"snapshot-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet"
-    uri = _files(folder, client).write(name, data)
+    uri = _write(folder, name, data)
     return json.dumps({"snapshot": uri, "files": len(state.accepted), "pending": len(state.pending)})
 
 
-def restore(cursor: str | None, client=None) -> State:
+def restore(cursor: str | None) -> State:
     """The state behind a cursor: a pointer written by `store`, or an inline cursor of `State.encode`."""
     if not cursor or not cursor.startswith("{"):
         return State.decode(cursor)
     import pyarrow.parquet as pq
 
     uri = json.loads(cursor)["snapshot"]
-    folder, name = uri.rsplit("/", 1)
     try:
-        return _state_of(pq.read_table(_files(folder, client).open(name)))
+        return _state_of(pq.read_table(files.open_input(uri)))
     except (OSError, ValueError) as error:  # removed by hand: the next batch's diff with the tables still holds
         logger.warning("sensor snapshot %s unreadable (%s): starting from an empty snapshot", uri, error)
         return State()
@@ -167,7 +168,7 @@ def restore(cursor: str | None, client=None) -> State:
 KEEP_FILES = 20  # per kind (snapshot-, changes-): a run queued behind more ticks than this lists the root itself
 
 
-def store_changes(changes: Changes, before: State, state: State, folder: str, client=None) -> str:
+def store_changes(changes: Changes, before: State, state: State, folder: str) -> str:
     """Write what a tick found as Parquet in `folder` (rel path, size, mtime, new/changed/deleted; a deleted file
     with its last entry); return its URI, for the run that ingests exactly this batch."""
     import hashlib
@@ -185,76 +186,25 @@ def store_changes(changes: Changes, before: State, state: State, folder: str, cl
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
-    return _files(folder, client).write(
-        f"changes-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet", data
-    )
+    return _write(folder, f"changes-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet", data)
 
 
-def load_changes(uri: str, client=None) -> list[tuple[str, int, int, str]] | None:
+def load_changes(uri: str) -> list[tuple[str, int, int, str]] | None:
     """The (rel path, size, mtime_ns, change) rows `store_changes` wrote; None if the file is gone or unreadable."""
     import pyarrow.parquet as pq
 
-    folder, name = uri.rsplit("/", 1)
     try:
-        table = pq.read_table(_files(folder, client).open(name))
+        table = pq.read_table(files.open_input(uri))
     except (OSError, ValueError) as error:
         logger.warning("sensor changes %s unreadable (%s): the batch lists the root instead", uri, error)
         return None
     return list(zip(*(table.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "change")), strict=True))
 
 
-def _kind(name: str) -> str:
-    return name.split("-", 1)[0] + "-"
-
-
-class _LocalFolder:
-    def __init__(self, folder: str):
-        from pathlib import Path
-
-        self.folder = Path(folder.removeprefix("file:"))
-
-    def write(self, name: str, data: bytes) -> str:
-        import os
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f".{name}").write_bytes(data)
-        os.replace(self.folder / f".{name}", self.folder / name)
-        keep = KEEP_SNAPSHOTS if name.startswith("snapshot-") else KEEP_FILES
-        for old in sorted(self.folder.glob(f"{_kind(name)}*.parquet"))[:-keep]:
-            old.unlink(missing_ok=True)
-        return str(self.folder / name)
-
-    def open(self, name: str):
-        return str(self.folder / name)
-
-
-class _S3Folder:
-    def __init__(self, folder: str, client=None):
-        from urllib.parse import urlparse
-
-        import boto3
-
-        parsed = urlparse(folder)
-        self.scheme, self.bucket, self.prefix = parsed.scheme, parsed.netloc, parsed.path.strip("/")
-        self.client = client or boto3.client("s3")
-
-    def write(self, name: str, data: bytes) -> str:
-        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}", Body=data)
-        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{_kind(name)}")
-        keys = sorted(item["Key"] for item in listed.get("Contents", []))
-        for key in keys[: -(KEEP_SNAPSHOTS if name.startswith("snapshot-") else KEEP_FILES)]:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        return f"{self.scheme}://{self.bucket}/{self.prefix}/{name}"
-
-    def open(self, name: str):
-        import io
-
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")["Body"].read()
-        except self.client.exceptions.NoSuchKey as error:
-            raise FileNotFoundError(f"{self.scheme}://{self.bucket}/{self.prefix}/{name}") from error
-        return io.BytesIO(body)
-
-
-def _files(folder: str, client=None):
-    return _S3Folder(folder, client) if is_s3(folder) else _LocalFolder(folder)
+def _write(folder: str, name: str, data: bytes) -> str:
+    """Write file `name` whole into `folder`, keep the newest files of its kind; return its URI."""
+    uri = f"{folder.rstrip('/')}/{name}" if is_s3(folder) else str(Path(folder.removeprefix("file:")) / name)
+    files.write_whole(uri, data)
+    kind = name.split("-", 1)[0] + "-"
+    files.prune(folder, kind, ".parquet", KEEP_SNAPSHOTS if kind == "snapshot-" else KEEP_FILES)
+    return uri

@@ -2,7 +2,6 @@
 
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pyspark.sql import functions as F
 
 from spark_code.ingest import batches
 from spark_code.storage import versions
-from tests.conftest import CLASSES, FRUITS, first_images
+from tests.conftest import CLASSES, copy_photos
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -29,10 +28,7 @@ materialize_batch([raw_images, cnn_features], local_resources(root, output, weig
 
 
 def _dozen(root):
-    for name in CLASSES:
-        (root / name).mkdir(parents=True)
-        for image in first_images(FRUITS / name, 4):
-            shutil.copy(image, root / name / image.name)
+    copy_photos(root, CLASSES, 4)
 
 
 def _kill_during_cnn(root, output, weights_path, log):

@@ -19,7 +19,7 @@ from fruits_assets.io.resources import CnnResource, ImageSource
 from spark_code.ingest import batches, snapshot
 from spark_code.reduction import lifecycle, scaler_pca
 from spark_code.storage import versions
-from tests.conftest import CLASSES, FRUITS, first_images
+from tests.conftest import CLASSES, FRUITS, copy_photos, first_images
 from tests.helpers import materialize_features, metadata_of
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
@@ -36,10 +36,7 @@ def _tick(root, cursor=None, settle=0.0):
 
 
 def _seed(root, n=2):
-    for name in CLASSES[:2]:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for image in first_images(FRUITS / name, n):
-            shutil.copy(image, root / name / image.name)
+    copy_photos(root, CLASSES[:2], n)
 
 
 def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):

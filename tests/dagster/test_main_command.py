@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 
 from fruits_assets.cli.home import PROJECT_HOME, dagster_home
-from tests.conftest import CLASSES, FRUITS, REPO, first_images
+from tests.conftest import CLASSES, FRUITS, REPO, copy_photos, first_images
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -37,10 +37,7 @@ def two_runs(training_root, weights_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("main-command")
     root, home = tmp / "images", tmp / "home"
     home.mkdir()
-    for name in CLASSES:
-        (root / name).mkdir(parents=True)
-        for image in first_images(FRUITS / name, 2):
-            shutil.copy(image, root / name / image.name)
+    copy_photos(root, CLASSES, 2)
     (root / CLASSES[1] / "notes.jpg").write_text("not an image\n")
     env = {
         **os.environ,

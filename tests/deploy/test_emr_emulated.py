@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context
 
 from spark_code.storage.run_lock import LOCK_FILE
-from tests.conftest import TRAINING, first_images
+from tests.conftest import TRAINING, copy_photos, first_images
 from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.cnn]
@@ -33,11 +32,8 @@ ASSETS = ("raw_images", "cnn_features", "quarantined_images", "scaled_features",
 def photos(tmp_path_factory, fruits_dir) -> dict[str, Path]:
     """A handful of Test photos (4 per class), Training photos (6 per class) and three more for later batches."""
     root = tmp_path_factory.mktemp("emr-photos")
-    for cls in CLASSES:
-        for folder, source, n in (("images", fruits_dir, 4), ("training", TRAINING, 6)):
-            (root / folder / cls).mkdir(parents=True)
-            for path in first_images(source / cls, n):
-                shutil.copy(path, root / folder / cls / path.name)
+    copy_photos(root / "images", CLASSES, 4, fruits_dir)
+    copy_photos(root / "training", CLASSES, 6, TRAINING)
     extra = [first_images(fruits_dir / cls, 6)[-1] for cls in CLASSES]
     return {"images": root / "images", "training": root / "training", "extra": extra}
 

@@ -1,14 +1,13 @@
 """The fruit classifier: metrics, its checks, the saved pipeline read without Spark, and `fruits classify`."""
 
-import io as bytes_io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 from pyspark.ml import PipelineModel
 
+from bench.common import drawn_non_fruit
 from fruits_assets.io.resources import ClassifierSettings
 from spark_code.classify import classifier as clf
 from spark_code.classify import openset
@@ -130,22 +129,6 @@ def test_classify_and_spark_path_agree_on_score_and_decision(saved, engine, spar
     assert 0 < sum(row[clf.KNOWN] for row in rows.values()) < len(rows)  # some accepted, some rejected
 
 
-def _synthetic_non_fruit() -> dict[str, bytes]:
-    """Flat colours, noise and text: what a fruit app must not name."""
-    rng = np.random.default_rng(5)
-    images = {f"flat {c}": Image.new("RGB", (120, 120), c) for c in ("white", "black", "#3060d0", "#d04040")}
-    images["noise"] = Image.fromarray(rng.integers(0, 256, size=(160, 160, 3), dtype=np.uint8))
-    text = Image.new("RGB", (200, 120), "white")
-    ImageDraw.Draw(text).multiline_text((10, 10), "Invoice 2026\nTotal: 42.00 EUR\nThank you!", fill="black")
-    images["text"] = text
-    encoded = {}
-    for name, image in images.items():
-        buffer = bytes_io.BytesIO()
-        image.save(buffer, format="PNG")
-        encoded[name] = buffer.getvalue()
-    return encoded
-
-
 @pytest.fixture(scope="module")
 def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
     """A classifier built as the asset builds it, on 30 classes: 10 Training photos each; scaler, PCA (95 % of the
@@ -178,7 +161,7 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
 def test_non_fruit_images_are_unknown(fruit_app):
     app, held_back = fruit_app
     assert app.decision.score == openset.KNN_PROBABILITY  # the default
-    for name, data in _synthetic_non_fruit().items():
+    for name, data in drawn_non_fruit().items():
         prediction = app.classify_bytes(data, name)
         assert prediction.label == "unknown", (name, prediction.score, app.decision)
     named = [app.classify(photo).label for photo in held_back]  # unseen photos of its classes
@@ -205,7 +188,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     banana = next((training_root / "Banana").glob("*.jpg"))
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
     flat = tmp_path / "flat.png"
-    flat.write_bytes(_synthetic_non_fruit()["flat white"])
+    flat.write_bytes(drawn_non_fruit()["flat white"])
     cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", f"{output}/models", "--weights"]
     done = subprocess.run(
         [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg"), str(flat)],

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,19 +13,14 @@ from dagster import DagsterInstance
 from fruits_assets.deploy.deployments import local_resources
 from spark_code.ingest import batches
 from spark_code.storage import run_lock
-from tests.conftest import CLASSES, FRUITS, REPO, first_images
+from tests.conftest import CLASSES, REPO, copy_photos
 from tests.helpers import materialize_features
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
 
 def _root(tmp_path, n=2):
-    root = tmp_path / "images"
-    for name in CLASSES[:2]:
-        (root / name).mkdir(parents=True)
-        for image in first_images(FRUITS / name, n):
-            shutil.copy(image, root / name / image.name)
-    return root
+    return copy_photos(tmp_path / "images", CLASSES[:2], n)
 
 
 def _materialize(root, output, weights_path):

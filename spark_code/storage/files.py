@@ -1,0 +1,54 @@
+"""Small files beside the tables (sensor snapshots and change lists, the ONNX cache) on a local disk or S3, through
+`pyarrow.fs`: written whole or not at all, read, listed by prefix and pruned."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from pyarrow import fs as pafs
+
+from spark_code.storage.s3a import is_s3, split
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(file system, path inside it) of a local path (`file:` or none) or an s3:// / s3a:// URI."""
+    if is_s3(uri):
+        bucket, key = split(uri)
+        return pafs.FileSystem.from_uri(f"s3://{bucket}/{key}")
+    return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file:"))
+
+
+def write_whole(uri: str, data: bytes) -> None:
+    """Write `data` so a reader sees either nothing or all of it: on a local disk a temporary file renamed over the
+    target, on S3 one PUT (an object appears only when complete)."""
+    files, path = filesystem(uri)
+    folder, name = path.rsplit("/", 1)
+    files.create_dir(folder, recursive=True)
+    if not isinstance(files, pafs.LocalFileSystem):
+        with files.open_output_stream(path) as out:
+            out.write(data)
+        return
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def open_input(uri: str):
+    """A readable file of `uri` (FileNotFoundError if there is none)."""
+    files, path = filesystem(uri)
+    return files.open_input_file(path)
+
+
+def prune(folder: str, prefix: str, suffix: str, keep: int) -> None:
+    """Delete all but the `keep` last (by name) files of `folder` whose names start with `prefix`, end with `suffix`."""
+    files, path = filesystem(folder)
+    found = files.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = sorted(
+        info.path
+        for info in found
+        if info.type == pafs.FileType.File and info.base_name.startswith(prefix) and info.base_name.endswith(suffix)
+    )
+    for old in names[: max(len(names) - keep, 0)]:
+        files.delete_file(old)
