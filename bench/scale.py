@@ -66,9 +66,9 @@ def synthesize_batches(spark, images: Path, out: Path, n: int) -> dict:
     from pyspark.sql import functions as F
 
     from spark_code.ingest import batches
-    from spark_code.ingest.images import list_root
+    from spark_code.ingest.images import list_frame
 
-    listing = list_root(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
+    listing = list_frame(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
     known = batches.read_current_rows(spark, str(out), "raw_images").select("path")
     listing = listing.join(known, "path", "left_anti").cache()
     total = listing.count()

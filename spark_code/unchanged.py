@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_code.ingest import batches
-from spark_code.ingest import listing as rootwalk
+from spark_code.ingest.listing import local_path, walk
 from spark_code.reduction import lifecycle
 from spark_code.storage import versions
 from spark_code.storage.s3a import is_s3
@@ -39,7 +39,7 @@ def pending_work(expected: Expected) -> str | None:
     and score nothing. Reads listings, Parquet columns and JSON sidecars only; s3:// roots or outputs always run."""
     if any(is_s3(uri) for uri in (expected.image_root, expected.training_root, expected.output)):
         return "an s3:// root or output"
-    out = rootwalk.local_path(expected.output)
+    out = local_path(expected.output)
     keys = complete_batches(out)
     if not keys:
         return "no committed batch yet"
@@ -84,7 +84,7 @@ def _identities(table: pa.Table) -> dict[str, tuple[int, int]]:
 def listed(root: str) -> dict[str, tuple[int, int]]:
     """{path: (length, modification time in ms)} of a root's listing, as the Spark listing makes its rows."""
     base = versions.qualify(root)
-    files = rootwalk.walk(root).files
+    files = walk(root).files
     return {f"{base}/{rel}": (size, mtime_ns // 1_000_000) for rel, (size, mtime_ns) in files.items()}
 
 
@@ -130,7 +130,7 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
     table yet, an s3:// root or output), or None when every listed photo has its row, made with `model_key`."""
     if is_s3(root) or is_s3(output):
         return "an s3:// root or output"
-    version = _newest(os.path.join(rootwalk.local_path(output), "training_features"))
+    version = _newest(os.path.join(local_path(output), "training_features"))
     if version is None:
         return "no training features yet"
     table = pq.read_table(version, columns=[*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
@@ -143,7 +143,7 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
 
 def table_rows(output: str, name: str) -> int:
     """Rows of the newest committed version of an unpartitioned local table (from the Parquet footers)."""
-    version = _newest(os.path.join(rootwalk.local_path(output), name))
+    version = _newest(os.path.join(local_path(output), name))
     return 0 if version is None else pq.ParquetDataset(version).read(columns=[]).num_rows
 
 

@@ -14,7 +14,7 @@ from fruits_assets.defs.partitions import CHANGES_TAG, GROUP, ingest_batches
 from fruits_assets.io.metadata import class_table
 from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
 from spark_code.ingest import batches, snapshot
-from spark_code.ingest.images import LISTING_SCHEMA, list_root, listing_rows, require_images
+from spark_code.ingest.images import LISTING_SCHEMA, list_frame, listing_rows, require_images
 
 
 class RawConfig(Config):
@@ -70,7 +70,7 @@ def raw_images(
 
 def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key, now):
     """(batch, listing counts): the root listed and compared with the current rows of the other batches."""
-    found = list_root(spark, image_source.root)
+    found = list_frame(spark, image_source.root)
     listing = found.frame.cache()
     require_images(listing.count(), image_source.root)
     before = None if config.full_refresh else tables.current_rows("raw_images", without=key)

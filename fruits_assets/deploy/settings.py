@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import WEIGHTS_FILE
 
@@ -49,7 +50,9 @@ class Settings(BaseModel):
     engine: Literal[cnn.ENGINES] = Field(default=cnn.DEFAULT_ENGINE, description="CNN runtime: onnx or tensorflow.")
     onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
     events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
-    accuracy_floor: float = Field(default=0.95, ge=0.90, le=1.0, description="Least test accuracy the check accepts.")
+    accuracy_floor: float = Field(
+        default=ACCURACY_FLOOR, ge=LOWEST_ACCURACY_FLOOR, le=1.0, description="Least test accuracy the check accepts."
+    )
     spark_master: str = Field(default="local[*]", description="Spark master of the local deployment.")
     driver_memory: str = Field(default="2g", pattern=r"^\d+[kmgt]?$", description="Spark driver memory, e.g. 4g.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="WARNING", description="`fruits` CLI.")

@@ -9,7 +9,7 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDependenc
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
 
-from spark_code.classify.classifier import LogisticSettings
+from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR, LogisticSettings
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
 from spark_code.featurize.model_cache import DRIVER_PAYLOADS
@@ -225,7 +225,10 @@ class ClassifierSettings(ConfigurableResource):
     max_iter: int = Field(default=200, ge=1, le=10_000, description="Logistic-regression iterations.")
     reg_param: float = Field(default=1e-3, ge=0.0, description="L2 regularisation strength.")
     accuracy_floor: float = Field(
-        default=0.95, ge=0.90, le=1.0, description="Least test accuracy the check accepts; env FRUITS_ACCURACY_FLOOR."
+        default=ACCURACY_FLOOR,
+        ge=LOWEST_ACCURACY_FLOOR,
+        le=1.0,
+        description="Least test accuracy the check accepts; env FRUITS_ACCURACY_FLOOR.",
     )
     max_pca_accuracy_drop: float = Field(
         default=0.02, ge=0.0, le=1.0, description="Largest accuracy loss of PCA vs the raw 1280-d features."

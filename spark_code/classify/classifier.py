@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 PREDICTED = "predicted_label"
 
 
+ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR = 0.95, 0.90  # least test accuracy the classifier's check accepts, and its bound
+
+
 @dataclass(frozen=True)
 class LogisticSettings:
     """Multinomial logistic-regression settings (Spark ML names)."""

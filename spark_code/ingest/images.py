@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_code.ingest import listing as rootwalk
+from spark_code.ingest.listing import RULES, RootListing, local_path, walk, walk_local
 from spark_code.storage import versions
 from spark_code.storage.s3a import is_s3
 
@@ -61,7 +61,7 @@ class Listed:
     """The listing as a DataFrame (`path`, `label`, `length`, `modification_time`) and the walk that found it."""
 
     frame: DataFrame
-    found: rootwalk.RootListing
+    found: RootListing
 
     def counts(self) -> dict:
         """Files found, listed and skipped (in total and by rule), for metadata and the reconciliation check."""
@@ -69,18 +69,18 @@ class Listed:
             "files_found": self.found.found(),
             "listed": len(self.found.files),
             "skipped": sum(self.found.skipped.values()),
-            "skipped_by_rule": {rule: self.found.skipped[rule] for rule in rootwalk.RULES if self.found.skipped[rule]},
+            "skipped_by_rule": {rule: self.found.skipped[rule] for rule in RULES if self.found.skipped[rule]},
         }
 
 
-def list_root(spark: SparkSession, root: str) -> Listed:
+def list_frame(spark: SparkSession, root: str) -> Listed:
     """Every file under `root` by the rules of `listing` (the sensor's too), as a DataFrame; no contents.
 
     The walk runs on the driver (os.scandir locally, ListObjectsV2 on S3): Spark's own file index hides names
     starting with `_` or `.` and follows symbolic links into loops, so it does not decide what is listed.
     """
     check_root_exists(spark, root)
-    found = rootwalk.walk(root)
+    found = walk(root)
     rows = listing_rows(root, sorted(found.files.items()))
     logger.info("listed %d files under %s, skipped %s", len(rows), root, dict(found.skipped))
     return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
@@ -93,8 +93,8 @@ def listing_rows(root: str, entries) -> list[tuple]:
 
 
 def list_images(spark: SparkSession, root: str) -> DataFrame:
-    """The listing of `root`: `path`, `label`, `length`, `modification_time` (see `list_root`)."""
-    return list_root(spark, root).frame
+    """The listing of `root`: `path`, `label`, `length`, `modification_time` (see `list_frame`)."""
+    return list_frame(spark, root).frame
 
 
 def require_images(count: int, root: str) -> None:
@@ -111,7 +111,7 @@ EXPLICIT_PATHS_BELOW = 1000
 
 def _exists(spark: SparkSession, path: str) -> bool:
     if path.startswith("file:"):
-        return os.path.exists(rootwalk.local_path(path))
+        return os.path.exists(local_path(path))
     fs, hpath = versions.hadoop_fs(spark, path)
     return fs.exists(hpath)
 
@@ -143,7 +143,7 @@ def _read_bytes(spark: SparkSession, path: str) -> bytes | None:
     """A file's bytes (a local file with Python, others through Hadoop's FileSystem); None if it is gone."""
     if path.startswith("file:"):
         try:
-            with open(rootwalk.local_path(path), "rb") as file:
+            with open(local_path(path), "rb") as file:
                 return file.read()
         except FileNotFoundError:
             return None
@@ -168,7 +168,7 @@ def _can_scan(root: str, count: int, unreadable: int, explicit_below: int) -> bo
     the root holds a file the scan would fail on or read twice (one Spark cannot read by name)."""
     if count < explicit_below or unreadable:
         return False
-    return is_s3(root) or rootwalk.walk_local(root).linked_folders == 0
+    return is_s3(root) or walk_local(root).linked_folders == 0
 
 
 def attach_content(

@@ -21,7 +21,7 @@ Entry = listing.Entry  # (size in bytes, modification time in ns)
 
 def list_local(root: str) -> dict[str, Entry]:
     """Every file under a local root that the Spark listing lists, by path relative to the root; stat only."""
-    return listing.walk_local(root).files  # the same walk as spark_code.ingest.images.list_root: the two always agree
+    return listing.walk_local(root).files  # the same walk as spark_code.ingest.images.list_frame: the two always agree
 
 
 def list_s3(root: str, client=None) -> dict[str, Entry]:

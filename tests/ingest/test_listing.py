@@ -58,7 +58,7 @@ def test_spark_listing_and_sensor_agree_and_labels_are_class_folders(spark, tmp_
     root = tmp_path / "root"
     root.mkdir()
     expected = _tree(root)
-    listed = images.list_root(spark, str(root))
+    listed = images.list_frame(spark, str(root))
     rows = {r.path[len(f"file:{root}/") :]: r for r in listed.frame.collect()}
     assert set(rows) == expected == set(snapshot.list_local(str(root)))
     assert rows["Kiwi/2024-05/nested.jpg"].label == "Kiwi" and rows["Cherry/far.jpg"].label == "Cherry"
