@@ -25,7 +25,7 @@ from fruits_assets.io.metadata import latest_metadata, table
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ModelStore, TableStore
 from spark_code.classify import classifier as clf
 from spark_code.classify import classifier_fit, openset, rejection_metrics
-from spark_code.classify.serving import CNN_SETTINGS
+from spark_code.classify.serving import CNN_SETTINGS, SERVING_JSON
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import versions
@@ -89,6 +89,7 @@ def fruit_classifier(
     extras = {
         CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
         openset.OPENSET_JSON: rejection.to_json(),
+        SERVING_JSON: fitted.model.numpy.arrays_json(),
     }
     uri = models.save(model, "fruit_classifier", record, extras=extras).uri
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from spark_code.classify import spark_layout
 from spark_code.classify.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
 from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.ingest.images import try_decode
@@ -20,6 +20,7 @@ from spark_code.storage.s3a import is_s3, split
 logger = logging.getLogger(__name__)
 
 CNN_SETTINGS = "cnn.json"
+SERVING_JSON = "serving.json"  # the NumPy arrays of a saved classifier, written beside it (no Spark to read)
 UNKNOWN = "unknown"
 
 
@@ -77,38 +78,6 @@ def latest_version(base: str, name: str = "fruit_classifier") -> Path:
     return versions[-1]
 
 
-def _vector(cell: dict) -> np.ndarray:
-    """A Spark ML vector (its Parquet struct) as a dense array."""
-    values = np.asarray(cell["values"], dtype=np.float64)
-    if cell["type"] == 1:
-        return values
-    dense = np.zeros(cell["size"])
-    dense[np.asarray(cell["indices"], dtype=np.int64)] = values
-    return dense
-
-
-def _matrix(cell: dict) -> np.ndarray:
-    """A Spark ML matrix (its Parquet struct: column-major, or row-major when transposed) as a dense array."""
-    rows, cols, values = cell["numRows"], cell["numCols"], np.asarray(cell["values"], dtype=np.float64)
-    if cell["type"] == 1:
-        return values.reshape(rows, cols) if cell["isTransposed"] else values.reshape(cols, rows).T
-    major, minor = (rows, cols) if cell["isTransposed"] else (cols, rows)
-    dense = np.zeros((major, minor))
-    pointers, indices = cell["colPtrs"], cell["rowIndices"]
-    for outer in range(major):
-        for position in range(pointers[outer], pointers[outer + 1]):
-            dense[outer, indices[position]] = values[position]
-    return dense if cell["isTransposed"] else dense.T
-
-
-def _stage(folder: Path) -> tuple[dict, dict | None]:
-    """A saved stage's params (metadata JSON) and its single data row, if it has data."""
-    metadata = json.loads((folder / "metadata" / "part-00000").read_text().splitlines()[0])
-    data = folder / "data"
-    row = pq.read_table(data).to_pylist()[0] if data.exists() else None
-    return metadata, row
-
-
 @dataclass
 class ServingPipeline:
     """The saved scaler → PCA → logistic regression → labels, as NumPy arrays."""
@@ -121,6 +90,12 @@ class ServingPipeline:
     labels: list[str]
     image_size: int
     openset: OpenSetModel | None = None  # saved with the classifier since the open-set rejection; None before
+
+    def arrays_json(self) -> str:
+        """The scaler, PCA, regression and labels as the `serving.json` sidecar saved beside the classifier."""
+        arrays = {"mean": self.mean, "scale": self.scale, "components": self.components}
+        arrays |= {"coefficients": self.coefficients, "intercepts": self.intercepts, "labels": self.labels}
+        return json.dumps({key: None if a is None else np.asarray(a).tolist() for key, a in arrays.items()})
 
     def decision(self, score: str | None = None, threshold: float | None = None) -> Decision:
         """How `unknown` is decided: the saved default score and calibrated threshold unless given.
@@ -155,32 +130,25 @@ class ServingPipeline:
 
 
 def load_pipeline(folder: str | Path) -> ServingPipeline:
-    """Read a saved classifier PipelineModel (scaler, [PCA], logistic regression, IndexToString) with pyarrow."""
+    """Read a saved classifier version: its arrays from the `serving.json` sidecar (versions saved before it from
+    the Spark pipeline's files, see `spark_code.classify.spark_layout`), its CNN input size and open-set model."""
     folder = Path(str(folder).removeprefix("file:"))
-    stages = {}
-    for path in sorted((folder / "stages").iterdir()):
-        metadata, row = _stage(path)
-        stages[metadata["class"].rsplit(".", 1)[-1]] = (metadata["paramMap"], row)
-    params, scaler = stages["StandardScalerModel"]
-    std = _vector(scaler["std"])
-    mean = _vector(scaler["mean"]) if params.get("withMean", False) else np.zeros_like(std)
-    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0) if params.get("withStd", True) else 1.0
-    components = _matrix(stages["PCAModel"][1]["pc"]) if "PCAModel" in stages else None
-    regression = stages["LogisticRegressionModel"][1]
-    labels = stages["IndexToString"][0]["labels"]
+    sidecar = folder / SERVING_JSON
+    if sidecar.exists():
+        arrays = {key: _array(value) for key, value in json.loads(sidecar.read_text()).items()}
+        arrays["labels"] = list(arrays["labels"])
+    else:
+        arrays = spark_layout.pipeline_arrays(folder)
     settings = json.loads((folder / CNN_SETTINGS).read_text()) if (folder / CNN_SETTINGS).exists() else {}
     saved_openset = folder / OPENSET_JSON
     rejection = OpenSetModel.from_json(saved_openset.read_text()) if saved_openset.exists() else None
-    return ServingPipeline(
-        mean=mean,
-        scale=scale,
-        components=components,
-        coefficients=_matrix(regression["coefficientMatrix"]),
-        intercepts=_vector(regression["interceptVector"]),
-        labels=list(labels),
-        image_size=int(settings.get("image_size", 224)),
-        openset=rejection,
-    )
+    return ServingPipeline(**arrays, image_size=int(settings.get("image_size", 224)), openset=rejection)
+
+
+def _array(value):
+    if value is None or (isinstance(value, list) and value and isinstance(value[0], str)):
+        return value
+    return np.asarray(value, dtype=np.float64)
 
 
 @dataclass(frozen=True)

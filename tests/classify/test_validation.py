@@ -10,8 +10,9 @@ from pyspark.ml import PipelineModel
 from bench.common import drawn_non_fruit
 from fruits_assets.io.resources import ClassifierSettings
 from spark_code.classify import classifier as clf
-from spark_code.classify import openset
+from spark_code.classify import openset, spark_layout
 from spark_code.classify.serving import (
+    SERVING_JSON,
     FruitClassifier,
     ModelNotFoundError,
     NotAnImageError,
@@ -98,6 +99,16 @@ def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
     assert names == ["StandardScalerModel", "PCAModel", "LogisticRegressionModel", "IndexToString"]
     assert sorted(pipeline.labels) == sorted(CLASSES) == sorted(clf.class_labels(model))
     assert pipeline.components.shape == (1280, model.stages[1].getK())
+
+
+def test_the_serving_sidecar_holds_the_arrays_of_the_saved_spark_pipeline(saved):
+    _, pipeline, output = saved
+    folder = latest_version(f"{output}/models")
+    assert (folder / SERVING_JSON).exists()  # read by `fruits classify` and `fruits serve`: no Spark file layout
+    spark_files = spark_layout.pipeline_arrays(folder)  # what versions saved before the sidecar are read from
+    for name in ("mean", "scale", "components", "coefficients", "intercepts"):
+        np.testing.assert_allclose(getattr(pipeline, name), spark_files[name], rtol=0, atol=1e-12, err_msg=name)
+    assert pipeline.labels == spark_files["labels"]
 
 
 def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
