@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 
 import numpy as np
 import pandas as pd
-from pyspark import SparkContext, keyword_only
+from pyspark import keyword_only
 from pyspark.ml import Estimator
-from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector, VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType
 
@@ -131,18 +132,33 @@ def principal_components(n: int, total: np.ndarray, gram: np.ndarray) -> tuple[n
     return vectors * signs, variances / variances.sum()
 
 
+SCRATCH = "/tmp/fruits-scratch"  # on Spark's default file system (local, or the cluster's HDFS): every task sees it
+
+
 def pca_model(pc: np.ndarray, explained: np.ndarray, input_col: str, output_col: str) -> PCAModel:
-    """A standard Spark `PCAModel` (saves, loads and transforms like one fitted by `PCA`) from NumPy arrays."""
-    sc = SparkContext._active_spark_context
+    """A standard Spark `PCAModel` (saves, loads and transforms like one fitted by `PCA`) from NumPy arrays, through
+    public API only: Spark ML's own save layout of a PCAModel (its metadata JSON, one Parquet row of `pc` and
+    `explainedVariance`) written to a scratch folder of Spark's default file system, then `PCAModel.load`."""
+    spark = SparkSession.getActiveSession()
     d, k = pc.shape
-    jpc = _py2java(sc, DenseMatrix(d, k, pc.flatten(order="F").tolist()))
-    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(
-        f"PCA_{uuid.uuid4().hex[-12:]}", jpc, _py2java(sc, DenseVector(explained))
-    )
-    model = PCAModel(java_model)
-    model._set(k=k, inputCol=input_col, outputCol=output_col)
-    model._transfer_params_to_java()
-    return model
+    uid = f"PCA_{uuid.uuid4().hex[-12:]}"
+    folder = f"{SCRATCH}/{uid}-{uuid.uuid4().hex}"
+    metadata = {
+        "class": "org.apache.spark.ml.feature.PCAModel",
+        "timestamp": int(time.time() * 1000),
+        "sparkVersion": spark.version,
+        "uid": uid,
+        "paramMap": {"k": int(k), "inputCol": input_col, "outputCol": output_col},
+        "defaultParamMap": {"outputCol": f"{uid}__output"},
+    }
+    try:
+        spark.sparkContext.parallelize([json.dumps(metadata)], 1).saveAsTextFile(f"{folder}/metadata")
+        row = (DenseMatrix(d, k, pc.flatten(order="F").tolist()), DenseVector(explained))
+        spark.createDataFrame([row], ["pc", "explainedVariance"]).write.parquet(f"{folder}/data")
+        return PCAModel.load(folder)
+    finally:
+        files, path = versions.hadoop_fs(spark, folder)
+        files.delete(path, True)
 
 
 class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):

@@ -23,12 +23,12 @@ def write_whole(uri: str, data: bytes) -> None:
     """Write `data` so a reader sees either nothing or all of it: on a local disk a temporary file renamed over the
     target, on S3 one PUT (an object appears only when complete)."""
     files, path = filesystem(uri)
-    folder, name = path.rsplit("/", 1)
-    files.create_dir(folder, recursive=True)
-    if not isinstance(files, pafs.LocalFileSystem):
+    if not isinstance(files, pafs.LocalFileSystem):  # no folder to make on S3 (a marker object would be listed)
         with files.open_output_stream(path) as out:
             out.write(data)
         return
+    folder, name = path.rsplit("/", 1)
+    files.create_dir(folder, recursive=True)
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
