@@ -24,6 +24,41 @@ class EmrShell:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    def client(self, service: str):
+        """A boto3 client of the emulated AWS, with the emulator's identity."""
+        import boto3
+
+        names = {"endpoint_url": "AWS_ENDPOINT_URL", "aws_access_key_id": "AWS_ACCESS_KEY_ID"}
+        names |= {"aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "region_name": "AWS_DEFAULT_REGION"}
+        return boto3.client(service, **{arg: self.exports[var] for arg, var in names.items()})
+
+    def instance(self):
+        """The Dagster instance the shell's commands record their runs in."""
+        from dagster import DagsterInstance
+
+        return DagsterInstance.from_config(str(self.home))
+
+    def output_keys(self, prefix: str) -> list[str]:
+        """The keys of the output on S3 that start with `prefix`."""
+        listed = self.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{prefix}")
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    def committed(self, prefix: str) -> list[str]:
+        """The `_COMMITTED` markers of the output's versions under `prefix`."""
+        return [key for key in self.output_keys(prefix) if key.endswith("/_COMMITTED")]
+
+    def table(self, committed_key: str) -> list[dict]:
+        """The rows of one committed version on S3, read with pyarrow (what Spark wrote through S3A)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder, s3, rows = committed_key.rsplit("/", 1)[0], self.client("s3"), []
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=folder + "/")["Contents"]:
+            if item["Key"].endswith(".parquet"):
+                body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                rows += pq.read_table(pa.BufferReader(body)).to_pylist()
+        return rows
+
     @classmethod
     def start(cls, root: Path) -> EmrShell:
         """Start `python -m tests.emr_emulator` and read what it says to export."""

@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context
+from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context
 
 from spark_code.storage.run_lock import LOCK_FILE
 from tests.conftest import TRAINING, copy_photos, first_images
@@ -47,21 +46,6 @@ def shell(tmp_path_factory):
         session.stop()
 
 
-def _client(shell: EmrShell, service: str):
-    """A boto3 client of the emulated AWS, with the emulator's identity."""
-    names = {"endpoint_url": "AWS_ENDPOINT_URL", "aws_access_key_id": "AWS_ACCESS_KEY_ID"}
-    names |= {"aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "region_name": "AWS_DEFAULT_REGION"}
-    return boto3.client(service, **{arg: shell.exports[var] for arg, var in names.items()})
-
-
-def _s3(shell: EmrShell):
-    return _client(shell, "s3")
-
-
-def _emr(shell: EmrShell):
-    return _client(shell, "emr")
-
-
 @pytest.fixture(scope="module")
 def cluster(shell, photos, weights_path) -> str:
     """The README's set-up: bucket, photos, bootstrap upload, `create --wait` (the bootstrap runs on the node)."""
@@ -80,37 +64,13 @@ def first_run(shell, cluster):
     return shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
 
 
-def _instance(shell: EmrShell) -> DagsterInstance:
-    return DagsterInstance.from_config(str(shell.home))
-
-
-def _committed(shell: EmrShell, prefix: str) -> list[str]:
-    listed = _s3(shell).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{prefix}")
-    return sorted(o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith("/_COMMITTED"))
-
-
-def _table(shell: EmrShell, committed_key: str) -> list[dict]:
-    """The rows of one committed version on S3, read with pyarrow (what Spark wrote through S3A)."""
-    folder = committed_key.rsplit("/", 1)[0]
-    s3, rows = _s3(shell), []
-    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=folder + "/")["Contents"]:
-        if item["Key"].endswith(".parquet"):
-            body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-            rows += pq.read_table(pa_buffer(body)).to_pylist()
-    return rows
-
-
-def pa_buffer(body: bytes):
-    import pyarrow as pa
-
-    return pa.BufferReader(body)
-
-
 # ---- the recipe ------------------------------------------------------------------------------------------------
 
 
 def test_bootstrap_installs_the_launching_versions_and_no_pyspark(shell, cluster):
-    record = _s3(shell).get_object(Bucket=BUCKET, Key=f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json")
+    record = shell.client("s3").get_object(
+        Bucket=BUCKET, Key=f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json"
+    )
     node = json.loads(record["Body"].read())
     assert node["python"].rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert "pyspark" not in node["packages"] and "dagster-pyspark" in node["packages"]
@@ -120,7 +80,7 @@ def test_bootstrap_installs_the_launching_versions_and_no_pyspark(shell, cluster
     shared = set(node["packages"]) & set(here) - {"pip", "setuptools", "wheel"}
     assert len(shared) > 50  # transitive dependencies too, not only the top-level pins
     assert {name: node["packages"][name] for name in shared} == {name: here[name] for name in shared}
-    state = _emr(shell).describe_cluster(ClusterId=cluster)["Cluster"]["Status"]["State"]
+    state = shell.client("emr").describe_cluster(ClusterId=cluster)["Cluster"]["Status"]["State"]
     assert state == "WAITING"
 
 
@@ -129,17 +89,17 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
     for asset in ("raw_images", "cnn_features", "scaled_features", "pca_features", "fruit_classifier"):
         assert f"{asset}: done in" in out, out[-3000:]
     assert "checks: 8/8 passed" in out and f"output: {OUTPUT}" in out
-    steps = _emr(shell).list_steps(ClusterId=cluster)["Steps"]
+    steps = shell.client("emr").list_steps(ClusterId=cluster)["Steps"]
     assert len(steps) >= 6 and {s["Status"]["State"] for s in steps} == {"COMPLETED"}
     assert all(s["Config"]["Args"][0] == "/usr/lib/spark/bin/spark-submit" for s in steps)
     for table in ("raw_images/", "cnn_features/", "quarantined_images/", "scaled_features/", "pca_features/"):
-        assert _committed(shell, table), table
-    assert _committed(shell, "models/fruit_classifier/")
-    run = _instance(shell).get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
+        assert shell.committed(table), table
+    assert shell.committed("models/fruit_classifier/")
+    run = shell.instance().get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
     assert run.status == DagsterRunStatus.SUCCESS and run.tags["dagster/partition"]
     materialized = {
         e.asset_materialization.asset_key.to_user_string()
-        for e in _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        for e in shell.instance().all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     }
     assert set(ASSETS) <= materialized
 
@@ -160,8 +120,8 @@ def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, 
     def by_path(rows, root):
         return {r["path"].split(root.rstrip("/") + "/", 1)[-1]: r for r in rows}
 
-    (emr_key,) = _committed(shell, "cnn_features/")
-    remote = by_path(_table(shell, emr_key), IMAGES.replace("s3://", ""))
+    (emr_key,) = shell.committed("cnn_features/")
+    remote = by_path(shell.table(emr_key), IMAGES.replace("s3://", ""))
     (local_marker,) = (tmp_path / "out" / "cnn_features").glob("*/v-*/_COMMITTED")
     local_rows = pq.read_table(local_marker.parent).to_pylist()
     here = by_path(local_rows, str(photos["images"]))
@@ -169,8 +129,8 @@ def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, 
     for path, row in here.items():
         assert remote[path]["label"] == row["label"]
         assert np.abs(np.asarray(remote[path]["features"]) - np.asarray(row["features"])).max() < 1e-4
-    run = _instance(shell).get_runs(limit=1)[0]
-    events = _instance(shell).all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    run = shell.instance().get_runs(limit=1)[0]
+    events = shell.instance().all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     pca = next(
         e.asset_materialization.metadata
         for e in events
@@ -197,7 +157,7 @@ def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
 
     for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
         monkeypatch.setenv(name, value)
-    instance = _instance(shell)
+    instance = shell.instance()
     instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
     result = job.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False, assets=assets)
     assert result.success
@@ -221,10 +181,10 @@ def test_sensor_batches_from_a_listing_and_from_s3_events(shell, first_run, phot
     raw = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "raw_images"]
     assert raw[0].materialization.metadata["image_count"].value == 1
 
-    sqs = _client(shell, "sqs")
+    sqs = shell.client("sqs")
     queue = sqs.create_queue(QueueName="fruits-images")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    _s3(shell).put_bucket_notification_configuration(
+    shell.client("s3").put_bucket_notification_configuration(
         Bucket=BUCKET,
         NotificationConfiguration={
             "QueueConfigurations": [
@@ -279,10 +239,10 @@ def test_wrong_endpoint_and_refused_credentials_are_named(shell, first_run):
 
 
 def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, first_run):
-    before = len(_emr(shell).list_steps(ClusterId=cluster)["Steps"])
+    before = len(shell.client("emr").list_steps(ClusterId=cluster)["Steps"])
     out = _main_fails(shell, FRUITS_IMAGE_ROOT=f"s3://{BUCKET}/{PREFIX}/nothing-here")
     assert "holds no photos" in out
-    assert len(_emr(shell).list_steps(ClusterId=cluster)["Steps"]) == before
+    assert len(shell.client("emr").list_steps(ClusterId=cluster)["Steps"]) == before
 
 
 def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
@@ -301,7 +261,7 @@ def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
 
 def _start_and_wait_for_a_running_step(shell, cluster):
     """The main command, started; returns (process, the id of the first EMR step it submitted, once RUNNING)."""
-    emr = _emr(shell)
+    emr = shell.client("emr")
     before = {s["Id"] for s in emr.list_steps(ClusterId=cluster)["Steps"]}
     running = subprocess.Popen(
         [sys.executable, "-m", "fruits_assets"],
@@ -319,19 +279,14 @@ def _start_and_wait_for_a_running_step(shell, cluster):
     return running, wait_for(a_step_runs, timeout_s=120)[0]
 
 
-def _lock_released(shell) -> bool:
-    listed = _s3(shell).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{LOCK_FILE}")
-    return not listed.get("Contents")
-
-
 def test_a_cancelled_run_cancels_its_emr_step_then_unlocks(shell, cluster, first_run):
     running, step = _start_and_wait_for_a_running_step(shell, cluster)
     running.send_signal(signal.SIGINT)  # Ctrl-C, or the UI's terminate
     out, _ = running.communicate(timeout=300)
     assert running.returncode != 0
-    state = _emr(shell).describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]
+    state = shell.client("emr").describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]
     assert state in ("CANCELLED", "CANCEL_PENDING"), out[-3000:]
-    assert _lock_released(shell)
+    assert not shell.output_keys(LOCK_FILE)  # the run lock released
 
 
 def test_terminating_the_cluster_mid_run_names_it(shell, cluster, first_run):
@@ -340,4 +295,4 @@ def test_terminating_the_cluster_mid_run_names_it(shell, cluster, first_run):
     out, _ = running.communicate(timeout=300)
     assert running.returncode == 1
     assert f"cluster {cluster} is TERMINATED" in out and "start a new one" in out, out[-3000:]
-    assert _lock_released(shell)
+    assert not shell.output_keys(LOCK_FILE)  # the run lock released
