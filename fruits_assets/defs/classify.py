@@ -62,7 +62,7 @@ def fruit_classifier(
     Saves scaler + PCA + classifier + label index as one Spark ML pipeline (plus `openset.json`); also scores the
     same classifier on the raw (scaled) 1280-d features, so the cost of the dimension reduction shows.
     """
-    training = tables.requiretable("training_features")  # from storage: a run may have written none
+    training = tables.require_table("training_features")  # from storage: a run may have written none
     inputs = _classifier_inputs(tables, models, classifier, cnn)
     saved = models.latest(PipelineModel, "fruit_classifier")
     if not lifecycle.decide(saved, {"inputs": inputs}).refit:  # same training rows, scaler, PCA and settings
