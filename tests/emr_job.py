@@ -6,6 +6,7 @@ import socket
 from dagster import In, Nothing, Output, in_process_executor, job, op
 
 from fruits_assets.deploy.emr.launcher import STEP_LAUNCHER_KEY, EmrStepLauncher
+from fruits_assets.deploy.emr.settings import EmrSettings
 
 
 @op(required_resource_keys={STEP_LAUNCHER_KEY})
@@ -25,16 +26,16 @@ def after(context) -> None:
 
 def launcher() -> EmrStepLauncher:
     """The project's launcher resource, configured from the env vars the test sets (as on a real cluster)."""
-    return EmrStepLauncher(
+    emr = EmrSettings(
         cluster_id=os.environ["FRUITS_EMR_CLUSTER_ID"],
-        region_name=os.environ["FRUITS_EMR_REGION"],
+        region=os.environ["FRUITS_EMR_REGION"],
         staging_bucket=os.environ["FRUITS_EMR_STAGING_BUCKET"],
         staging_prefix=os.environ["FRUITS_EMR_STAGING_PREFIX"],
         output_uri=os.environ["FRUITS_OUTPUT_URI"],
         image_root=os.environ["FRUITS_IMAGE_ROOT"],
         poll_seconds=0.1,
-        step_env={"FRUITS_OUTPUT_URI": os.environ["FRUITS_OUTPUT_URI"]},
     )
+    return EmrStepLauncher(emr=emr, step_env={"FRUITS_OUTPUT_URI": os.environ["FRUITS_OUTPUT_URI"]})
 
 
 @job(resource_defs={STEP_LAUNCHER_KEY: launcher()}, executor_def=in_process_executor)

@@ -154,13 +154,10 @@ def test_each_step_runs_with_the_launching_sidesemr_settings(aws, monkeypatch):
 
 def test_bad_cluster_stops_the_run_before_the_step_starts(aws):
     ran = []
-    launcher = EmrStepLauncher(
-        cluster_id="j-3NOSUCHCLUSTER",
-        region_name=REGION,
-        staging_bucket=BUCKET,
-        output_uri=f"s3://{BUCKET}/out",
-        image_root=f"s3://{BUCKET}/images",
+    emr = emr_settings(
+        cluster_id="j-3NOSUCHCLUSTER", output_uri=f"s3://{BUCKET}/out", image_root=f"s3://{BUCKET}/images"
     )
+    launcher = EmrStepLauncher(emr=emr)
 
     @asset(required_resource_keys={STEP_LAUNCHER_KEY})
     def spark_work():

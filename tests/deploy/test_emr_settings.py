@@ -102,7 +102,7 @@ def test_emr_resources_replace_spark_and_paths_and_keep_plainemr_settings(monkey
     assert resources["classifier"].accuracy_floor == 0.97  # plain settings come from the same FRUITS_* variables
     assert isinstance(resources["pyspark"], ClusterPySparkResource)
     assert isinstance(resources[STEP_LAUNCHER_KEY], EmrStepLauncher)
-    assert resources[STEP_LAUNCHER_KEY].cluster_id == "j-1ABCDEFGHIJKL"
+    assert resources[STEP_LAUNCHER_KEY].emr.cluster_id == "j-1ABCDEFGHIJKL"
     assert resources["io_manager"].base_uri == f"s3://{BUCKET}/fruits/output"
     assert resources["models"].base_uri == f"s3://{BUCKET}/fruits/output/models"
     assert (resources["image_source"].root, resources["training_source"].root) == (

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from fruits_assets.deploy.emr import step_main
 from fruits_assets.deploy.emr.preflight import preflight
-from fruits_assets.deploy.emr.settings import DEFAULT_REGION, DEPLOYMENT_ENV, DeploymentError, EmrSettings
+from fruits_assets.deploy.emr.settings import DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
 from fruits_assets.io.resources import CnnResource
@@ -35,18 +35,6 @@ STEP_LAUNCHER_KEY = "pyspark_step_launcher"
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
 STDERR_TAIL_LINES = 40
-# EmrStepLauncher field -> the EmrSettings field it carries.
-LAUNCHER_FIELDS = {
-    "cluster_id": "cluster_id",
-    "region_name": "region",
-    "staging_bucket": "staging_bucket",
-    "staging_prefix": "staging_prefix",
-    "package_uri": "package_uri",
-    "output_uri": "output_uri",
-    "image_root": "image_root",
-    "python": "python",
-    "poll_seconds": "poll_seconds",
-}
 
 
 @dataclass(frozen=True)
@@ -195,15 +183,7 @@ def _log_text(s3, bucket: str, key: str) -> str | None:
 class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     """Runs each Spark step on an EMR cluster with spark-submit; checks cluster, buckets and Python first."""
 
-    cluster_id: str = Field(description="EMR cluster id; env FRUITS_EMR_CLUSTER_ID.")
-    region_name: str = Field(default=DEFAULT_REGION, description="AWS region; env FRUITS_EMR_REGION.")
-    staging_bucket: str = Field(description="Staging bucket; env FRUITS_EMR_STAGING_BUCKET.")
-    staging_prefix: str = Field(default="fruits/staging", description="Staging key prefix.")
-    package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3; None deploys local code.")
-    output_uri: str = Field(description="s3:// base of tables and models (checked before the run).")
-    image_root: str = Field(description="s3:// image root (checked before the run).")
-    python: str = Field(default="/usr/bin/python3.11", description="The nodes' Python; env FRUITS_EMR_PYTHON.")
-    poll_seconds: float = Field(default=15.0, description="Seconds between step polls; env FRUITS_EMR_POLL_SECONDS.")
+    emr: EmrSettings = Field(description="Cluster, region, buckets, paths, the nodes' Python (FRUITS_EMR_*, roots).")
     spark_config: dict[str, str] = Field(default_factory=lambda: dict(EMR_SPARK_CONF))
     wait_for_logs: bool = Field(default=False, description="Copy the step's driver logs back (adds minutes).")
     preflight: bool = Field(default=True, description="Check cluster, buckets and Python when the run starts.")
@@ -214,15 +194,10 @@ class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
     def for_settings(cls, emr: EmrSettings, settings: Settings) -> EmrStepLauncher:
         """The launcher of these emr settings; each step gets `settings`' FRUITS_* variables (no preflight on a
         node: the launching process did it)."""
-        fields = {field: getattr(emr, source) for field, source in LAUNCHER_FIELDS.items()}
-        return cls(**fields, preflight=not settings.emr_node, step_env=settings.to_env())
-
-    def settings(self) -> EmrSettings:
-        """These fields as validated EmrSettings."""
-        return EmrSettings(**{source: getattr(self, field) for field, source in LAUNCHER_FIELDS.items()})
+        return cls(emr=emr, preflight=not settings.emr_node, step_env=settings.to_env())
 
     def create_resource(self, context: InitResourceContext) -> StepLauncher:
-        settings = self.settings()
+        settings = self.emr
         if self.preflight:
             preflight(settings)
         return FruitsEmrStepLauncher(

@@ -7,7 +7,8 @@ import re
 from collections.abc import Mapping
 
 import boto3
-from pydantic import BaseModel, Field, field_validator
+from dagster import Config
+from pydantic import Field, field_validator
 
 from fruits_assets.deploy.settings import Settings, SettingsError
 from spark_code.featurize.cnn import WEIGHTS_FILE
@@ -57,8 +58,9 @@ def _s3_uri(value: str, field: str) -> str:
     return value.rstrip("/")
 
 
-class EmrSettings(BaseModel):
-    """Where and how the emr deployment runs; built from FRUITS_* env vars by `from_env`."""
+class EmrSettings(Config):
+    """Where and how the emr deployment runs; built from FRUITS_* env vars by `from_env`. The one declaration of
+    these fields: the step launcher's config holds them as one nested value (`EmrStepLauncher.emr`)."""
 
     cluster_id: str | None = Field(default=None, description="EMR cluster (job flow) id, j-…; None at creation.")
     region: str = Field(default=DEFAULT_REGION, description="AWS region of the cluster and buckets.")
