@@ -89,7 +89,7 @@ def fruit_classifier(
     extras = {
         CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
         openset.OPENSET_JSON: rejection.to_json(),
-        SERVING_JSON: fitted.model.numpy.arrays_json(),
+        SERVING_JSON: classifier_fit.serving_json(model),
     }
     uri = models.save(model, "fruit_classifier", record, extras=extras).uri
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())

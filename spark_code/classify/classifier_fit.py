@@ -194,3 +194,22 @@ def validate(
         time.perf_counter() - fitted,
     )
     return Validation(models["model"], scored["model"], scored["raw"], models["raw"].labels(), protocol)
+
+
+def serving_json(pipeline: PipelineModel) -> str:
+    """The `serving.json` sidecar of a classifier pipeline: the numbers its Spark ML stages hold (scaler, PCA,
+    logistic regression as Spark stores it, labels), read through their public API, for the app to read without
+    Spark."""
+    stages = {type(stage).__name__: stage for stage in pipeline.stages}
+    shift, scale, _ = scaler_pca.affine(stages["StandardScalerModel"])
+    regression = stages["LogisticRegressionModel"]
+    pca = stages.get("PCAModel")
+    return ServingPipeline(
+        mean=np.zeros_like(scale) if shift is None else shift,
+        scale=scale,
+        components=None if pca is None else pca.pc.toArray(),
+        coefficients=regression.coefficientMatrix.toArray(),
+        intercepts=regression.interceptVector.toArray(),
+        labels=list(stages["IndexToString"].getLabels()),
+        image_size=0,
+    ).arrays_json()

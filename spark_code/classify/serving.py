@@ -148,7 +148,8 @@ def load_pipeline(folder: str | Path) -> ServingPipeline:
 def _array(value):
     if value is None or (isinstance(value, list) and value and isinstance(value[0], str)):
         return value
-    return np.asarray(value, dtype=np.float64)
+    array = np.asarray(value, dtype=np.float64)
+    return np.asfortranarray(array) if array.ndim == 2 else array  # column-major, as Spark ML's matrices are
 
 
 @dataclass(frozen=True)
