@@ -113,7 +113,7 @@ def test_a_python_mismatch_is_refused_naming_both(aws):
     assert node_python(aws.client("s3"), settings) == "3.12"  # what the node's bootstrap recorded wins
 
 
-def test_each_step_runs_with_the_launching_sidesemr_settings(aws, monkeypatch):
+def test_each_step_runs_with_the_launching_sides_settings(aws, monkeypatch):
     from fruits_assets.deploy.deployments import emr_resources
     from fruits_assets.deploy.emr import step_main
     from fruits_assets.deploy.settings import Settings
@@ -143,7 +143,7 @@ def test_each_step_runs_with_the_launching_sidesemr_settings(aws, monkeypatch):
         monkeypatch.setenv(name, "")
     monkeypatch.setenv("FRUITS_OUTPUT_URI", f"s3://{BUCKET}/frozen-at-creation")  # overridden on the node
     monkeypatch.setenv("FRUITS_EMR_NODE", "true")  # what the cluster's spark-env exports
-    step_main.loademr_settings(aws.client("s3"), BUCKET, key)  # what the step's main file does first
+    step_main.load_settings(aws.client("s3"), BUCKET, key)  # what the step's main file does first
     resources = emr_resources(settings=Settings.from_env())
     assert resources["io_manager"].base_uri == f"s3a://{BUCKET}/run-output"
     assert (resources["cnn"].batch_size, resources["cnn"].image_size) == (32, 160)

@@ -44,6 +44,7 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
 
     settings = emr_settings()
     cluster_id = make_cluster(aws, settings)
+    aws.client("s3").put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")  # preflight: photos
     for field, var in [
         ("staging_bucket", "FRUITS_EMR_STAGING_BUCKET"),
         ("staging_prefix", "FRUITS_EMR_STAGING_PREFIX"),

@@ -91,7 +91,7 @@ def test_spark_steps_without_the_launcher_are_named():
     assert missing_step_launcher([wired, unwired, no_data_check, data_check]) == ["unwired", "wired_data_check"]
 
 
-def test_emr_resources_replace_spark_and_paths_and_keep_plainemr_settings(monkeypatch):
+def test_emr_resources_replace_spark_and_paths_and_keep_plain_settings(monkeypatch):
 
     from fruits_assets.deploy.deployments import emr_resources
     from fruits_assets.deploy.emr.launcher import ClusterCnnResource, ClusterPySparkResource
@@ -163,7 +163,8 @@ def test_local_resources_bind_no_step_launcher():
 
 
 def test_the_project_definitions_build_for_emr(monkeypatch):
-    from fruits_assets.defs import ASSETS, CHECKS, build_defs
+    from fruits_assets.definitions import build_defs
+    from fruits_assets.defs import ASSETS, CHECKS
     from fruits_assets.deploy.deployments import resources_for
 
     assert missing_step_launcher([*ASSETS, *CHECKS]) == []  # every Spark asset and check goes to the cluster
