@@ -53,7 +53,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_pa
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"} <= materialized
-    photos = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    photos = {f"file:{p}" for p in root.rglob("*.jpg")}
     assert {r.path for r in batches.read_current_rows(spark, str(output), "pca_features").collect()} == photos
     assert all(c.passed for c in result.get_asset_check_evaluations())  # counts reconcile: nothing lost or twice
     assert not (output / run_lock.LOCK_FILE).exists()  # the run released the lock it took over
