@@ -30,10 +30,11 @@ from fruits_assets.metadata import class_table, quarantine_table, variance_markd
 from fruits_assets.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.progress import SparkProgress
 from fruits_assets.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
-from spark_code import batches, lifecycle, reduce, snapshot, storage
+from spark_code import batches, lifecycle, local_batch, reduce, snapshot, storage
 from spark_code import classifier as clf
-from spark_code.images import LISTING_SCHEMA, list_root, listing_rows, require_images
+from spark_code.images import LISTING_SCHEMA, listing_counts, listing_rows, require_images, walk_rows
 from spark_code.lifecycle import SavedModel
+from spark_code.s3a import is_s3
 from spark_code.triage import featurize_listing
 
 GROUP = "fruits"
@@ -69,13 +70,15 @@ def raw_images(
     changes_uri = None if config.full_refresh else context.run.tags.get(CHANGES_TAG)
     sensed = None if changes_uri is None else snapshot.load_changes(changes_uri)
     if sensed is not None:  # the sensor's run: the batch it found, without listing the root again
-        batch, listing_counts = _sensed_batch(pyspark.spark_session, image_source.root, sensed, key, now), {}
+        planned, listing_counts = _sensed_rows(image_source.root, sensed), {}
     else:
-        batch, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key, now)
-    batch = batch.cache()
-    changes = batches.tally(batch)
-    taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
-    per_class = {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
+        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key, now)
+    if isinstance(planned, list):  # rows planned on the driver: the batch is small, its counts known
+        batch = batches.from_rows(pyspark.spark_session, planned, key, now)
+        changes, per_class = batches.tally_rows(planned)
+    else:
+        batch = planned.cache()
+        changes, per_class = batches.tally(batch), _per_class(batch)
     metadata = {
         "batch": key,
         "image_count": changes[batches.NEW] + changes[batches.CHANGED],
@@ -91,23 +94,30 @@ def raw_images(
 
 
 def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key, now):
-    """(batch, listing counts): the root listed and compared with the current rows of the other batches."""
-    found = list_root(spark, image_source.root)
-    listing = found.frame.cache()
-    require_images(listing.count(), image_source.root)
+    """(batch, listing counts): the root listed and compared with the current rows of the other batches. For a
+    local output the batch is planned on the driver with pyarrow (its rows: no Spark job over the corpus); for an
+    S3 output it is a DataFrame planned by Spark."""
+    rows, found = walk_rows(spark, image_source.root)
+    require_images(len(rows), image_source.root)
+    if not is_s3(tables.base_uri):
+        return local_batch.plan(rows, tables.base_uri, key, cnn.model_key(), config.full_refresh), listing_counts(found)
+    listing = spark.createDataFrame(rows, LISTING_SCHEMA).cache()
     before = None if config.full_refresh else tables.current("raw_images", without=key)
     redo = None if before is None else batches.stale(before, tables.rows("cnn_features", without=key), cnn.model_key())
     batch = batches.plan(listing, before, key, now, redo).cache()
     batch.count()  # made while the listing is cached; then the listing's cache can go
     listing.unpersist()
-    return batch, found.counts()
+    return batch, listing_counts(found)
 
 
-def _sensed_batch(spark, root: str, sensed: list[tuple[str, int, int, str]], key: str, now) -> DataFrame:
-    """The batch the sensor found (new, changed, deleted files with their entries) as raw rows."""
-    rows = [(*row, change) for row, (*_, change) in zip(listing_rows(root, _entries(sensed)), sensed, strict=True)]
-    listed = spark.createDataFrame(rows, f"{LISTING_SCHEMA}, {batches.CHANGE} string")
-    return batches.from_changes(listed, key, now)
+def _per_class(batch: DataFrame) -> dict[str | None, int]:
+    taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
+    return {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
+
+
+def _sensed_rows(root: str, sensed: list[tuple[str, int, int, str]]) -> list[tuple]:
+    """The batch the sensor found (new, changed, deleted files with their entries) as raw rows with their change."""
+    return [(*row, change) for row, (*_, change) in zip(listing_rows(root, _entries(sensed)), sensed, strict=True)]
 
 
 def _entries(sensed):

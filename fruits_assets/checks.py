@@ -13,8 +13,9 @@ from pyspark.sql import functions as F
 
 from fruits_assets.metadata import latest_metadata
 from fruits_assets.resources import ModelStore, TableStore
-from spark_code import batches, quality
+from spark_code import batches, quality, unchanged
 from spark_code.cnn import FEATURE_DIM
+from spark_code.s3a import is_s3
 
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
@@ -39,10 +40,17 @@ def counts_reconcile(
     counts, passed = {f"batch_{k}": v for k, v in batch.items()}, quality.counts_reconcile(batch)
     listed = listing_counts(context)
     if listed:
-        names = ("raw_images", "cnn_features", "quarantined_images")
-        every = {**quality.reconcile(*(tables.require_current(name) for name in names)), **listed}
+        every = {**_every_batch(tables), **listed}
         counts, passed = {**counts, **every}, passed and quality.counts_reconcile(every)
     return AssetCheckResult(passed=passed, metadata={**counts, "batch": ",".join(newest)})
+
+
+def _every_batch(tables: TableStore) -> dict[str, int]:
+    """Reconciliation counts over every batch's current rows (with pyarrow on the driver for a local output)."""
+    if not is_s3(tables.base_uri):
+        return unchanged.reconcile(tables.base_uri)
+    names = ("raw_images", "cnn_features", "quarantined_images")
+    return quality.reconcile(*(tables.require_current(name) for name in names))
 
 
 @asset_check(asset="cnn_features")

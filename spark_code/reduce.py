@@ -77,7 +77,7 @@ def affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np
     """(shift, scale, matrix) with model.transform(x) = ((x − shift) · scale) @ matrix, None meaning identity:
     Spark's StandardScalerModel (a zero std scales to 0; always a scale) and PCAModel (no centering) arithmetic."""
     if isinstance(model, PCAModel):
-        return None, None, model.pc.toArray()
+        return None, None, components(model)
     if isinstance(model, StandardScalerModel):
         std = model.std.toArray()
         shift = model.mean.toArray() if model.getWithMean() else None
@@ -141,6 +141,7 @@ def pca_model(pc: np.ndarray, explained: np.ndarray, input_col: str, output_col:
     model = PCAModel(java_model)
     model._set(k=k, inputCol=input_col, outputCol=output_col)
     model._transfer_params_to_java()
+    model.numpy_components = pc
     return model
 
 
@@ -187,8 +188,17 @@ def truncate(model: PCAModel, k: int) -> PCAModel:
     """The same PCA keeping only its first k components."""
     if not 1 <= k <= model.getK():
         raise ValueError(f"k={k} must lie between 1 and the model's {model.getK()} components")
-    pc, explained = model.pc.toArray()[:, :k], model.explainedVariance.toArray()[:k]
+    pc, explained = components(model)[:, :k], model.explainedVariance.toArray()[:k]
     return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
+
+
+def components(model: PCAModel) -> np.ndarray:
+    """The model's components (input dimension × k) as NumPy: read from the JVM once per model object (Py4J
+    decodes a 1280 × 256 matrix in about a second); a model built by `pca_model` has them from the start."""
+    cached = getattr(model, "numpy_components", None)
+    if cached is None:
+        cached = model.numpy_components = model.pc.toArray()
+    return cached
 
 
 def variance_curve(explained: np.ndarray) -> list[float]:
@@ -216,7 +226,7 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
     data = as_arrays(df, input_col) if _is_vector(df, input_col) else df
     n, total, gram = gram_stats(data, input_col)
     covariance = (gram - np.outer(total, total) / n) / max(1, n - 1)
-    pc = model.pc.toArray()
+    pc = components(model)
     return float(np.sum((covariance @ pc) * pc) / np.trace(covariance))
 
 
