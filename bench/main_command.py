@@ -59,4 +59,5 @@ def run(env: dict, home: Path) -> dict:
         "metadata": meta,
         "terminal": done.stdout[-3000:],
         "peak_rss_mib": memory.peak_mib(),
+        "cpu_s": memory.cpu_seconds(),
     }

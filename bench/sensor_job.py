@@ -66,11 +66,12 @@ def main() -> None:
     parser.add_argument("--cursor-file", type=Path, required=True)
     parser.add_argument("--tick-only", action="store_true")
     args = parser.parse_args()
-    with PeakRss() as memory, DagsterInstance.get() as instance:
+    with PeakRss(whole_process=True) as memory, DagsterInstance.get() as instance:
         result, figures = tick(args.cursor_file, instance)
         if result.run_requests and not args.tick_only:
             figures.update(run_request(instance, result.run_requests[0]))
     figures["peak_rss_mib"] = memory.peak_mib()
+    figures["cpu_s"] = memory.cpu_seconds()
     print(json.dumps(figures))
 
 

@@ -8,12 +8,14 @@ import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spark_code.ingest import batches
+from spark_code.ingest.images import LISTING_COLUMNS
 from spark_code.ingest.listing import local_path, walk
 from spark_code.reduction import lifecycle
-from spark_code.storage import versions
+from spark_code.storage import quality, versions
 from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
@@ -89,15 +91,52 @@ def listed(root: str) -> dict[str, tuple[int, int]]:
 
 
 def current_raw(out: str, keys: list[str]) -> dict[str, tuple[int, int]]:
-    """The listing the committed batches describe: each path's newest raw row, deleted paths left out."""
-    columns = [*IDENTITY_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
+    """The listing the committed batches describe: {path: (length, modification time in ms)}."""
+    return _identities(current_raw_rows(out, keys))
+
+
+def current_raw_rows(out: str, keys: list[str]) -> pa.Table:
+    """The committed batches `keys`' current raw rows (listing columns, `batch`): each path's newest raw row,
+    deleted paths left out (as `batches.current_raw`, read with pyarrow from a local output)."""
+    columns = [*LISTING_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
     parts = [_nullable(pq.read_table(_newest(os.path.join(out, batches.LEDGER, k)), columns=columns)) for k in keys]
     rows = pa.concat_tables(parts).sort_by([(batches.INGESTED_AT, "ascending"), (batches.BATCH, "ascending")])
     newest = {path: index for index, path in enumerate(rows.column("path").to_pylist())}  # the last row wins
     latest = rows.take(pa.array(sorted(newest.values()), pa.int64()))
-    paths, changes = latest.column("path").to_pylist(), latest.column(batches.CHANGE).to_pylist()
-    deleted = {path for path, change in zip(paths, changes, strict=True) if change == batches.DELETED}
-    return {path: entry for path, entry in _identities(latest).items() if path not in deleted}
+    return latest.filter(pc.not_equal(latest.column(batches.CHANGE), batches.DELETED))
+
+
+def listing_entries(current: pa.Table) -> dict[str, tuple[str | None, int, int]]:
+    """{path: (label, length, modification time in ms)} of raw rows (see `batches.plan_rows`)."""
+    labels = current.column("label").to_pylist()
+    return {path: (labels[i], *entry) for i, (path, entry) in enumerate(_identities(current).items())}
+
+
+def current_paths(out: str, keys: list[str], name: str, current: pa.Table) -> list[str]:
+    """Paths of the batch table `name`'s current rows over `keys`: the rows of each path's current raw row (its
+    identity and batch, as `batches.current`)."""
+    columns = [*IDENTITY_COLUMNS, batches.BATCH]
+    parts = [_nullable(pq.read_table(_newest(os.path.join(out, name, k)), columns=columns)) for k in keys]
+    rows = pa.concat_tables(parts)
+    return rows.join(current.select(columns), columns, join_type="left semi").column("path").to_pylist()
+
+
+def reconcile(output: str) -> dict[str, int]:
+    """`quality.reconcile` over every complete batch's current rows of a local output, read with pyarrow."""
+    out = local_path(output)
+    keys = complete_batches(out)
+    current = current_raw_rows(out, keys)
+    tables = (current_paths(out, keys, name, current) for name in batches.BATCH_TABLES[1:])
+    return quality.reconcile_paths(current.column("path").to_pylist(), *tables)
+
+
+def stale_paths(out: str, keys: list[str], current: pa.Table, model_key: str) -> set[str]:
+    """Current paths (of `current_raw_rows`) whose batch featurized them with other CNN settings than `model_key`
+    (as `batches.stale`): a batch runs one CNN setting, so only its features' model column is read."""
+    other = [key for key in keys if _model_keys(_newest(os.path.join(out, "cnn_features", key))) - {model_key}]
+    if not other:
+        return set()
+    return set(current.filter(pc.is_in(current.column(batches.BATCH), pa.array(other))).column("path").to_pylist())
 
 
 def _nullable(table: pa.Table) -> pa.Table:

@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
@@ -51,6 +52,7 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     from fruits_assets.deploy.deployments import resources_for
 
     resources = resources_for(settings)
+    _start_spark(resources["pyspark"].spark_config)
     result = materialize_batch(
         [*ASSETS, *CHECKS],
         resources,
@@ -62,6 +64,14 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
         tags={progress.SECONDS_TAG: str(args.progress_seconds)},
     )
     return result, resources["io_manager"].base_uri
+
+
+def _start_spark(spark_config: dict) -> None:
+    """Start the local Spark session in the background, so the JVM starts while Dagster builds the job (about 2 s);
+    the pyspark resource then gets this session (`getOrCreate` waits for it under the builder's lock)."""
+    from dagster_pyspark.resources import spark_session_from_config
+
+    threading.Thread(target=spark_session_from_config, args=(spark_config,), name="spark-start", daemon=True).start()
 
 
 def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:

@@ -60,7 +60,7 @@ def fit_classifier(
         raise ValueError("the driver fit has no L1 term: elastic_net must be 0")
     shift, scale, _ = scaler_pca.affine(scaler)
     reduced = (x - shift) * scale if shift is not None else x * scale
-    components = None if pca is None else pca.pc.toArray()
+    components = None if pca is None else scaler_pca.components(pca)
     if components is not None:
         reduced = reduced @ components
     fit = softmax.fit_softmax(

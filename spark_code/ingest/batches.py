@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_code.ingest.images import LISTING_COLUMNS
+from spark_code.ingest.images import EPOCH, LISTING_COLUMNS, LISTING_SCHEMA
 from spark_code.storage import versions
 
 IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
@@ -69,6 +71,35 @@ def plan(
     return rows.withColumn(BATCH, F.lit(key)).withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
 
 
+def plan_rows(listing: list[tuple], before: dict[str, tuple] | None, redo: set[str] | None = None) -> list[tuple]:
+    """`plan` on the driver, for a listing of Python rows (path, label, length, modification_time): the rows of
+    the batch with their `change`. `before` is {path: (label, length, modification time in ms)} of the other
+    batches' current rows (None: every file is new); paths in `redo` count as changed."""
+    if before is None:
+        return [(*row, NEW) for row in listing]
+    known, redo = dict(before), redo or set()
+    rows = []
+    for path, label, length, modified in listing:
+        was = known.pop(path, None)
+        if was is None:
+            rows.append((path, label, length, modified, NEW))
+        elif was[1:] != (length, to_millis(modified)) or path in redo:
+            rows.append((path, label, length, modified, CHANGED))
+    gone = [(path, label, length, from_millis(millis), DELETED) for path, (label, length, millis) in known.items()]
+    return rows + gone
+
+
+def to_millis(moment: datetime) -> int:
+    """A listing's modification time as milliseconds since the epoch (a naive time is local, as Spark gives it)."""
+    aware = moment if moment.tzinfo is not None else moment.astimezone()
+    return (aware - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_millis(millis: int) -> datetime:
+    """Milliseconds since the epoch as the listing's (UTC) modification time."""
+    return EPOCH + timedelta(milliseconds=millis)
+
+
 def from_changes(listed: DataFrame, key: str, ingested_at: datetime) -> DataFrame:
     """The batch `key` from a change list already made (the sensor's): listing rows plus their `change` column."""
     columns = [*LISTING_COLUMNS, CHANGE]
@@ -77,6 +108,22 @@ def from_changes(listed: DataFrame, key: str, ingested_at: datetime) -> DataFram
         .withColumn(BATCH, F.lit(key))
         .withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
     )
+
+
+def from_rows(spark: SparkSession, rows: list[tuple], key: str, ingested_at: datetime) -> DataFrame:
+    """The batch `key` from Python rows (listing columns + `change`, e.g. `plan_rows`'), held by the JVM: made
+    through Arrow, so no Python worker starts and no job runs."""
+    table = pd.DataFrame(rows, columns=[*LISTING_COLUMNS, CHANGE])
+    table["modification_time"] = pd.to_datetime(table["modification_time"], utc=True)
+    table["length"] = table["length"].astype("int64")
+    return from_changes(spark.createDataFrame(table, f"{LISTING_SCHEMA}, {CHANGE} string"), key, ingested_at)
+
+
+def tally_rows(rows: list[tuple]) -> tuple[dict[str, int], dict[str | None, int]]:
+    """(`tally`, files taken per class) of a batch's Python rows."""
+    changes = Counter(row[-1] for row in rows)
+    per_class = Counter(row[1] for row in rows if row[-1] != DELETED)
+    return {kind: changes.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}, dict(per_class)
 
 
 def owners(raw: DataFrame) -> DataFrame:

@@ -64,13 +64,18 @@ class Listed:
     found: RootListing
 
     def counts(self) -> dict:
-        """Files found, listed and skipped (in total and by rule), for metadata and the reconciliation check."""
-        return {
-            "files_found": self.found.found(),
-            "listed": len(self.found.files),
-            "skipped": sum(self.found.skipped.values()),
-            "skipped_by_rule": {rule: self.found.skipped[rule] for rule in RULES if self.found.skipped[rule]},
-        }
+        """Files found, listed and skipped (see `listing_counts`)."""
+        return listing_counts(self.found)
+
+
+def listing_counts(found: RootListing) -> dict:
+    """Files found, listed and skipped (in total and by rule), for metadata and the reconciliation check."""
+    return {
+        "files_found": found.found(),
+        "listed": len(found.files),
+        "skipped": sum(found.skipped.values()),
+        "skipped_by_rule": {rule: found.skipped[rule] for rule in RULES if found.skipped[rule]},
+    }
 
 
 def list_frame(spark: SparkSession, root: str) -> Listed:
@@ -79,11 +84,17 @@ def list_frame(spark: SparkSession, root: str) -> Listed:
     The walk runs on the driver (os.scandir locally, ListObjectsV2 on S3): Spark's own file index hides names
     starting with `_` or `.` and follows symbolic links into loops, so it does not decide what is listed.
     """
+    rows, found = walk_rows(spark, root)
+    return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
+
+
+def walk_rows(spark: SparkSession, root: str) -> tuple[list[tuple], RootListing]:
+    """(listing rows, the walk) of `root` on the driver, as `list_frame` lists it, without a DataFrame."""
     check_root_exists(spark, root)
     found = walk(root)
     rows = listing_rows(root, sorted(found.files.items()))
     logger.info("listed %d files under %s, skipped %s", len(rows), root, dict(found.skipped))
-    return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
+    return rows, found
 
 
 def listing_rows(root: str, entries) -> list[tuple]:

@@ -102,11 +102,15 @@ def advance(
     return State(accepted, pending), changes
 
 
-def digest(state: State) -> str:
-    """A short id of an accepted snapshot (the sensor's run key: one run per distinct snapshot)."""
+def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:
+    """A short id of the snapshot a tick accepted (the sensor's run key: one run per distinct snapshot): the
+    previous snapshot's cursor and the changes applied to it, with the new entries. The same tick evaluated again
+    gets the same key; it costs what the batch costs, not a hash of every entry of the corpus."""
     import hashlib
 
-    return hashlib.sha1(json.dumps(sorted(state.accepted.items())).encode()).hexdigest()[:16]
+    entries = [(path, state.accepted[path]) for path in (*changes.new, *changes.changed)]
+    key = json.dumps([previous_cursor or "", entries, changes.deleted])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 # ---- a cursor that stays small: the snapshot itself lives as Parquet beside the tables --------------------------
@@ -117,11 +121,14 @@ KEEP_SNAPSHOTS = 3
 def _state_table(state: State):
     import pyarrow as pa
 
-    rows = [(path, *entry, False) for path, entry in state.accepted.items()]
-    rows += [(path, *entry, True) for path, entry in state.pending.items()]
-    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
-    schema = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("pending", pa.bool_())])
-    return pa.Table.from_arrays([pa.array(c, type=t.type) for c, t in zip(columns, schema, strict=True)], schema=schema)
+    entries = [*state.accepted.values(), *state.pending.values()]
+    columns = {
+        "path": pa.array([*state.accepted, *state.pending], pa.string()),
+        "size": pa.array([entry[0] for entry in entries], pa.int64()),
+        "mtime_ns": pa.array([entry[1] for entry in entries], pa.int64()),
+        "pending": pa.array([False] * len(state.accepted) + [True] * len(state.pending), pa.bool_()),
+    }
+    return pa.table(columns)
 
 
 def _state_of(table) -> State:

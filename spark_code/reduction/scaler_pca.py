@@ -79,7 +79,7 @@ def affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np
     """(shift, scale, matrix) with model.transform(x) = ((x − shift) · scale) @ matrix, None meaning identity:
     Spark's StandardScalerModel (a zero std scales to 0; always a scale) and PCAModel (no centering) arithmetic."""
     if isinstance(model, PCAModel):
-        return None, None, model.pc.toArray()
+        return None, None, components(model)
     if isinstance(model, StandardScalerModel):
         std = model.std.toArray()
         shift = model.mean.toArray() if model.getWithMean() else None
@@ -155,10 +155,12 @@ def pca_model(pc: np.ndarray, explained: np.ndarray, input_col: str, output_col:
         spark.sparkContext.parallelize([json.dumps(metadata)], 1).saveAsTextFile(f"{folder}/metadata")
         row = (DenseMatrix(d, k, pc.flatten(order="F").tolist()), DenseVector(explained))
         spark.createDataFrame([row], ["pc", "explainedVariance"]).write.parquet(f"{folder}/data")
-        return PCAModel.load(folder)
+        model = PCAModel.load(folder)
     finally:
         files, path = versions.hadoop_fs(spark, folder)
         files.delete(path, True)
+    model.numpy_components = pc
+    return model
 
 
 class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
@@ -204,8 +206,17 @@ def truncate(model: PCAModel, k: int) -> PCAModel:
     """The same PCA keeping only its first k components."""
     if not 1 <= k <= model.getK():
         raise ValueError(f"k={k} must lie between 1 and the model's {model.getK()} components")
-    pc, explained = model.pc.toArray()[:, :k], model.explainedVariance.toArray()[:k]
+    pc, explained = components(model)[:, :k], model.explainedVariance.toArray()[:k]
     return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
+
+
+def components(model: PCAModel) -> np.ndarray:
+    """The model's components (input dimension × k) as NumPy: read from the JVM once per model object (Py4J
+    decodes a 1280 × 256 matrix in about a second); a model built by `pca_model` has them from the start."""
+    cached = getattr(model, "numpy_components", None)
+    if cached is None:
+        cached = model.numpy_components = model.pc.toArray()
+    return cached
 
 
 def variance_curve(explained: np.ndarray) -> list[float]:
@@ -233,7 +244,7 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
     data = as_arrays(df, input_col) if _is_vector(df, input_col) else df
     n, total, gram = gram_stats(data, input_col)
     covariance = (gram - np.outer(total, total) / n) / max(1, n - 1)
-    pc = model.pc.toArray()
+    pc = components(model)
     return float(np.sum((covariance @ pc) * pc) / np.trace(covariance))
 
 

@@ -26,6 +26,18 @@ def reconcile(raw: DataFrame, features: DataFrame, quarantined: DataFrame) -> di
     }
 
 
+def reconcile_paths(raw: list[str], features: list[str], quarantined: list[str]) -> dict[str, int]:
+    """`reconcile` for the paths of the three tables' rows, read on the driver."""
+    featurized, set_aside = set(features), set(quarantined)
+    return {
+        "raw": len(raw),
+        "featurized": len(features),
+        "quarantined": len(quarantined),
+        "missing": sum(1 for path in raw if path not in featurized and path not in set_aside),
+        "in_both": sum(1 for path in raw if path in featurized and path in set_aside),
+    }
+
+
 def counts_reconcile(counts: dict[str, int]) -> bool:
     """raw = featurized + quarantined, with every raw image in exactly one output; and, when the listing's counts
     are known, files found = featurized + quarantined + skipped (by rule)."""

@@ -5,15 +5,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code.ingest import batches
-from spark_code.storage import versions
+from spark_code import local_batch, unchanged
+from spark_code.ingest import batches, images
+from spark_code.storage import quality, versions
 
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
 
+def _rows(files):
+    return [(f"file:/r/{path}", path.split("/")[0], size, T0 + timedelta(seconds=mtime)) for path, size, mtime in files]
+
+
 def _listing(spark, files):
-    rows = [(f"file:/r/{path}", path.split("/")[0], size, T0 + timedelta(seconds=mtime)) for path, size, mtime in files]
-    return spark.createDataFrame(rows, "path string, label string, length long, modification_time timestamp")
+    return spark.createDataFrame(_rows(files), "path string, label string, length long, modification_time timestamp")
 
 
 def _by_path(df):
@@ -86,3 +90,56 @@ def test_bad_batch_keys_are_named(key):
     with pytest.raises(batches.BatchKeyError, match="ingest batch key"):
         batches.check_key(key)
     assert batches.check_key(batches.new_key()).endswith("Z")
+
+
+def _write_batch(base: str, key: str, batch, model: str = "new", quarantine: str = "") -> None:
+    versions.write_table(batch, base, f"raw_images/{key}")
+    taken = batch.filter("change != 'deleted'").withColumn(batches.MODEL_COLUMN, F.lit(model))
+    set_aside = F.col("path").endswith(quarantine) if quarantine else F.lit(False)
+    versions.write_table(taken.filter(~set_aside), base, f"cnn_features/{key}")
+    versions.write_table(taken.filter(set_aside), base, f"quarantined_images/{key}")
+
+
+def _changes(rows):
+    return {(row[0].rsplit("/r/", 1)[1], row[1], row[2], batches.to_millis(row[3]), row[4]) for row in rows}
+
+
+def test_the_driver_plan_equals_sparks_plan_on_a_written_output(spark, tmp_path):
+    base = str(tmp_path)
+    first = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)]), None, "b1", T0)
+    _write_batch(base, "b1", first, model="old")  # featurized with other CNN settings: its files are redone
+    second = batches.plan(_listing(spark, [("a/1.jpg", 10, 1), ("c/5.jpg", 7, 1)]), first, "b2", T0)
+    _write_batch(base, "b2", second, quarantine="c/5.jpg")
+    versions.write_table(first, base, "raw_images/b9")  # a batch killed after its listing: not read
+    rows = _rows([("a/1.jpg", 10, 1), ("a/2.jpg", 12, 3), ("c/4.jpg", 5, 1), ("c/5.jpg", 7, 1)])
+    listing = _listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 12, 3), ("c/4.jpg", 5, 1), ("c/5.jpg", 7, 1)])
+    before = batches.read_current(spark, base, "raw_images")
+    redo = batches.stale(before, batches.read_current(spark, base, "cnn_features"), "new")
+    by_spark = batches.plan(listing, before, "b3", T0, redo).select(*images.LISTING_COLUMNS, batches.CHANGE)
+    by_driver = local_batch.plan(rows, base, "b3", "new")
+    assert _changes(by_driver) == _changes(by_spark.collect())
+    assert {(path, change) for path, *_, change in _changes(by_driver)} == {
+        ("a/1.jpg", batches.CHANGED),  # b1's settings were "old"; its current a/1.jpg row is b1's
+        ("a/2.jpg", batches.NEW),  # deleted by b2, back now
+        ("c/4.jpg", batches.NEW),
+    }
+    assert {row[0] for row in local_batch.plan(rows, base, "b3", "new", full_refresh=True)} == {r[0] for r in rows}
+    made = batches.from_rows(spark, by_driver, "b3", T0).select(*images.LISTING_COLUMNS, batches.CHANGE).collect()
+    assert _changes(made) == _changes(by_driver)
+    assert batches.tally_rows(by_driver) == (
+        batches.tally(by_spark),
+        {"a": 2, "c": 1},
+    )
+    assert batches.from_rows(spark, [], "b4", T0).count() == 0
+    every = [batches.read_current(spark, base, name) for name in batches.BATCH_TABLES]
+    assert (
+        unchanged.reconcile(base)
+        == quality.reconcile(*every)
+        == {
+            "raw": 2,  # a/1.jpg (b1, unchanged since) and c/5.jpg (b2); a/2.jpg and b/3.jpg were deleted in b2
+            "featurized": 1,
+            "quarantined": 1,
+            "missing": 0,
+            "in_both": 0,
+        }
+    )
