@@ -30,7 +30,7 @@ def main() -> None:
     started = time.perf_counter()
     model = estimator.fit(scaled)
     fit_s = time.perf_counter() - started
-    ks = scaler_pca.candidate_ks(model.fullExplainedVariance, 0.95)
+    ks = choose_k.candidate_ks(model.fullExplainedVariance, 0.95)
     scaler = versions.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
     training = versions.read_table(spark, args.output, "training_features").select("path", "label", "features")
     started = time.perf_counter()
@@ -48,7 +48,7 @@ def main() -> None:
                 "pca_fit_s": round(fit_s, 1),
                 "curve_s": round(curve_s, 1),
                 "curve": curve,
-                "k": scaler_pca.smallest_accurate_k(curve, 0.003),
+                "k": choose_k.smallest_accurate_k(curve, 0.003),
             }
         )
     )

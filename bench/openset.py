@@ -38,8 +38,8 @@ from pyspark.sql import functions as F
 
 from bench.common import drawn_non_fruit, session
 from fruits_assets.deploy.settings import Settings
+from spark_code.classify import choose_k, openset, rejection_metrics
 from spark_code.classify import classifier as clf
-from spark_code.classify import openset, rejection_metrics
 from spark_code.ingest import batches
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
@@ -50,7 +50,7 @@ TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features
 def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel) -> dict[int, dict]:
     """Accuracy and macro-F1 on every corpus class for each candidate k (the issue's measure)."""
     curve = {}
-    for k in scaler_pca.candidate_ks(explained):
+    for k in choose_k.candidate_ks(explained):
         started = time.perf_counter()
         model = clf.train_classifier(train, scaler, scaler_pca.truncate(full_pca, k), clf.LogisticSettings())
         evaluation = clf.evaluate_model(model, test)

@@ -227,7 +227,7 @@ def _scatter(model: PCAModel, scaled_parts: dict[str, DataFrame]) -> dict:
     if not scaled_parts:
         return {}
     rows = functools.reduce(DataFrame.unionByName, scaled_parts.values())
-    head = scaler_pca.truncate(model, min(2, model.getK()))
+    head = scaler_pca.Projection.first(model, min(2, model.getK()))
     projected = scaler_pca.first_two(
         rows, "scaled_features", project=lambda rows: scaler_pca.transform_arrays(head, rows)
     )

@@ -41,6 +41,22 @@ class KChoice:
         }
 
 
+def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:
+    """The k values an accuracy curve is measured at: powers of two from `smallest`, and the k reaching
+    `variance_target`, none beyond it nor beyond the number of non-zero components."""
+    rank = int(np.sum(explained > 1e-10))
+    top = min(scaler_pca.smallest_k(np.cumsum(explained), variance_target), rank)
+    return sorted({k for k in (2**i for i in range(int(np.log2(smallest)), 12)) if k < top} | {top})
+
+
+def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
+    """The smallest k whose accuracy is within `tolerance` of the best k's."""
+    if not curve:
+        raise ValueError("cannot choose k from an empty accuracy curve")
+    best = max(curve.values())
+    return min(k for k, accuracy in curve.items() if accuracy >= best - tolerance - 1e-12)
+
+
 def curve_rows(
     scaled: DataFrame, training: DataFrame | None, scaler: Callable[[], StandardScalerModel]
 ) -> tuple[DataFrame, DataFrame, str]:
@@ -72,12 +88,12 @@ def fit_pca(
     curve = scaler_pca.variance_curve(model.fullExplainedVariance)
     accuracy, how, curve_on = {}, "fixed" if choice.k else "variance", None
     if choice.k is None and choice.variance_target is None:
-        ks = scaler_pca.candidate_ks(model.fullExplainedVariance, DEFAULT_VARIANCE)
+        ks = candidate_ks(model.fullExplainedVariance, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = rows_for_curve()
         quick = dataclasses.replace(logistic, max_iter=min(CURVE_MAX_ITER, logistic.max_iter))
-        accuracy = accuracy_curve(fit_rows, valid_rows, scaler_pca.truncate(model, max(ks)), ks, quick)
+        accuracy = accuracy_curve(fit_rows, valid_rows, scaler_pca.Projection.first(model, max(ks)), ks, quick)
         if accuracy:
-            model = scaler_pca.truncate(model, scaler_pca.smallest_accurate_k(accuracy, choice.accuracy_tolerance))
+            model = scaler_pca.truncate(model, smallest_accurate_k(accuracy, choice.accuracy_tolerance))
             how = "accuracy"
     fitted_with = {
         **choice.inputs(scaler_uri),

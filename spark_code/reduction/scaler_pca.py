@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def transform_arrays(model: StandardScalerModel | PCAModel, df: DataFrame, dtype
 def affine(model: StandardScalerModel | PCAModel) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(shift, scale, matrix) with model.transform(x) = ((x − shift) · scale) @ matrix, None meaning identity:
     Spark's StandardScalerModel (a zero std scales to 0; always a scale) and PCAModel (no centering) arithmetic."""
-    if isinstance(model, PCAModel):
+    if isinstance(model, PCAModel | Projection):
         return None, None, components(model)
     if isinstance(model, StandardScalerModel):
         std = model.std.toArray()
@@ -210,7 +211,28 @@ def truncate(model: PCAModel, k: int) -> PCAModel:
     return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
 
 
-def components(model: PCAModel) -> np.ndarray:
+@dataclass(frozen=True)
+class Projection:
+    """A PCA's first components as NumPy, applied like the model by `transform_arrays` (no Spark model is built);
+    it answers the model's `getInputCol`/`getOutputCol`, so either can be passed."""
+
+    numpy_components: np.ndarray
+    input_col: str
+    output_col: str
+
+    @classmethod
+    def first(cls, model: PCAModel, k: int) -> Projection:
+        """The model's first k components (to project a sample, or the accuracy curve's rows)."""
+        return cls(components(model)[:, :k], model.getInputCol(), model.getOutputCol())
+
+    def getInputCol(self) -> str:
+        return self.input_col
+
+    def getOutputCol(self) -> str:
+        return self.output_col
+
+
+def components(model: PCAModel | Projection) -> np.ndarray:
     """The model's components (input dimension × k) as NumPy: read from the JVM once per model object (Py4J
     decodes a 1280 × 256 matrix in about a second); a model built by `pca_model` has them from the start."""
     cached = getattr(model, "numpy_components", None)
@@ -251,22 +273,6 @@ def explained_share(model: PCAModel, df: DataFrame) -> float:
 def version_literal(uri: str):
     """A column holding a model version's folder name (`v-<time>-<id>`), to record which model made each row."""
     return F.lit(versions.version_name(uri))
-
-
-def candidate_ks(explained: np.ndarray, variance_target: float = 0.95, smallest: int = 8) -> list[int]:
-    """The k values an accuracy curve is measured at: powers of two from `smallest`, and the k reaching
-    `variance_target`, none beyond it nor beyond the number of non-zero components."""
-    rank = int(np.sum(explained > 1e-10))
-    top = min(smallest_k(np.cumsum(explained), variance_target), rank)
-    return sorted({k for k in (2**i for i in range(int(np.log2(smallest)), 12)) if k < top} | {top})
-
-
-def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
-    """The smallest k whose accuracy is within `tolerance` of the best k's."""
-    if not curve:
-        raise ValueError("cannot choose k from an empty accuracy curve")
-    best = max(curve.values())
-    return min(k for k, accuracy in curve.items() if accuracy >= best - tolerance - 1e-12)
 
 
 def scaled_part(model: StandardScalerModel, features: DataFrame, keep: list[str]) -> DataFrame:

@@ -5,6 +5,7 @@ import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 from pyspark.sql import functions as F
 
+from spark_code.classify import choose_k
 from spark_code.classify.choose_k import accuracy_curve, split_per_class
 from spark_code.classify.classifier import LogisticSettings
 from spark_code.reduction import scaler_pca
@@ -145,13 +146,13 @@ def test_truncate_keeps_the_first_components(synthetic):
 
 def test_candidate_ks_and_smallest_accurate_k():
     explained = np.r_[np.full(600, 0.95 / 600), np.full(680, 0.05 / 680)]
-    assert scaler_pca.candidate_ks(explained, 0.95) == [8, 16, 32, 64, 128, 256, 512, 600]
-    assert scaler_pca.candidate_ks(np.r_[np.full(10, 0.1), np.zeros(5)], 0.95) == [8, 10]  # never beyond the rank
+    assert choose_k.candidate_ks(explained, 0.95) == [8, 16, 32, 64, 128, 256, 512, 600]
+    assert choose_k.candidate_ks(np.r_[np.full(10, 0.1), np.zeros(5)], 0.95) == [8, 10]  # never beyond the rank
     curve = {64: 0.953, 128: 0.965, 256: 0.972, 560: 0.9721}  # the measurements
-    assert scaler_pca.smallest_accurate_k(curve, 0.003) == 256
-    assert scaler_pca.smallest_accurate_k(curve, 0.01) == 128
+    assert choose_k.smallest_accurate_k(curve, 0.003) == 256
+    assert choose_k.smallest_accurate_k(curve, 0.01) == 128
     with pytest.raises(ValueError, match="empty"):
-        scaler_pca.smallest_accurate_k({}, 0.003)
+        choose_k.smallest_accurate_k({}, 0.003)
 
 
 def test_accuracy_curve_grows_with_the_informative_components(spark):
@@ -169,7 +170,7 @@ def test_accuracy_curve_grows_with_the_informative_components(spark):
     curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100))
     assert sorted(curve) == [1, 2, 3]
     assert curve[3] >= 0.95 and curve[1] < 0.7
-    assert scaler_pca.smallest_accurate_k(curve, 0.003) == 3
+    assert choose_k.smallest_accurate_k(curve, 0.003) == 3
 
 
 def test_driver_softmax_regression_matches_spark_ml(spark):
