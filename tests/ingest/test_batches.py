@@ -113,8 +113,8 @@ def test_the_driver_plan_equals_sparks_plan_on_a_written_output(spark, tmp_path)
     versions.write_table(first, base, "raw_images/b9")  # a batch killed after its listing: not read
     rows = _rows([("a/1.jpg", 10, 1), ("a/2.jpg", 12, 3), ("c/4.jpg", 5, 1), ("c/5.jpg", 7, 1)])
     listing = _listing(spark, [("a/1.jpg", 10, 1), ("a/2.jpg", 12, 3), ("c/4.jpg", 5, 1), ("c/5.jpg", 7, 1)])
-    before = batches.read_current(spark, base, "raw_images")
-    redo = batches.stale(before, batches.read_current(spark, base, "cnn_features"), "new")
+    before = batches.read_current_rows(spark, base, "raw_images")
+    redo = batches.stale(before, batches.read_current_rows(spark, base, "cnn_features"), "new")
     by_spark = batches.plan(listing, before, "b3", T0, redo).select(*images.LISTING_COLUMNS, batches.CHANGE)
     by_driver = local_batch.plan(rows, base, "b3", "new")
     assert _changes(by_driver) == _changes(by_spark.collect())
@@ -131,7 +131,7 @@ def test_the_driver_plan_equals_sparks_plan_on_a_written_output(spark, tmp_path)
         {"a": 2, "c": 1},
     )
     assert batches.from_rows(spark, [], "b4", T0).count() == 0
-    every = [batches.read_current(spark, base, name) for name in batches.BATCH_TABLES]
+    every = [batches.read_current_rows(spark, base, name) for name in batches.BATCH_TABLES]
     assert (
         unchanged.reconcile(base)
         == quality.reconcile(*every)
