@@ -24,12 +24,24 @@ def materializations(instance, run_id: str) -> dict[str, dict]:
     return found
 
 
+def _last_run_id(home: Path) -> str | None:
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    if not (home / "history").exists() and not (home / "storage").exists():
+        return None
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        records = instance.get_run_records(limit=1)
+        return records[0].dagster_run.run_id if records else None
+
+
 def run(env: dict, home: Path) -> dict:
     """Run the main command with DAGSTER_HOME=`home`; return its wall seconds, step seconds, counts and peak RSS."""
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
     home.mkdir(parents=True, exist_ok=True)
+    before = _last_run_id(home)
     with PeakRss() as memory:
         started = time.perf_counter()
         done = subprocess.run(
@@ -43,10 +55,12 @@ def run(env: dict, home: Path) -> dict:
         seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"main command failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
+    steps, meta = {}, {}  # nothing new: no run recorded, no step, nothing materialized
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        record = instance.get_run_records(limit=1)[0]
-        steps = step_seconds(instance, record.dagster_run.run_id)
-        meta = materializations(instance, record.dagster_run.run_id)
+        records = instance.get_run_records(limit=1)
+        if records and records[0].dagster_run.run_id != before:
+            steps = step_seconds(instance, records[0].dagster_run.run_id)
+            meta = materializations(instance, records[0].dagster_run.run_id)
     cnn = meta.get("cnn_features", {})
     training = meta.get("training_features", {})
     return {
@@ -60,4 +74,5 @@ def run(env: dict, home: Path) -> dict:
         "terminal": done.stdout[-3000:],
         "peak_rss_mib": memory.peak_mib(),
         "cpu_s": memory.cpu_seconds(),
+        "recorded_a_run": bool(steps),
     }
