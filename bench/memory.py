@@ -10,17 +10,20 @@ class PeakRss:
     """Context manager sampling RSS every `interval` s; peaks per kind: driver, jvm, python_workers, total. It also
     sums the CPU seconds (user + system) of every process of the tree while inside: each process's last reading
     (a process that ends between two readings loses at most `interval` of CPU); this process's own CPU counts from
-    its start with `whole_process`, else from entering."""
+    its start with `whole_process`, else from entering. Descendants already running on entering are left out (the
+    bench's own Spark session is not the measured run's)."""
 
     def __init__(self, interval: float = 0.25, whole_process: bool = False):
         self.interval = interval
         self.peaks = {"driver": 0, "jvm": 0, "python_workers": 0, "total": 0}
         self._cpu: dict[tuple[int, float], tuple[str, float]] = {}  # (pid, start time) → (kind, CPU seconds)
         self._cpu_before = 0.0 if whole_process else _cpu(psutil.Process())  # whole_process: from its start
+        self._before: set[tuple[int, float]] = set()  # descendants already running (e.g. the bench's own Spark)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self) -> "PeakRss":
+        self._before = {(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)}
         self._thread.start()
         return self
 
@@ -40,6 +43,8 @@ class PeakRss:
         self._cpu[(me.pid, me.create_time())] = ("driver", _cpu(me) - self._cpu_before)
         for child in me.children(recursive=True):
             try:
+                if (child.pid, child.create_time()) in self._before:
+                    continue
                 kind = "jvm" if "java" in child.name() else "python_workers"
                 sizes[kind] += child.memory_info().rss
                 self._cpu[(child.pid, child.create_time())] = (kind, _cpu(child))
