@@ -46,3 +46,24 @@ def test_uncommitted_version_is_invisible(spark, tmp_path):
 def test_missing_table_is_a_clear_error(spark, tmp_path):
     with pytest.raises(versions.TableNotFoundError, match="materialize it first"):
         versions.read_table(spark, str(tmp_path), "nothing")
+
+
+def test_a_local_output_is_listed_as_the_hadoop_file_system_lists_it(spark, tmp_path):
+    base = str(tmp_path)
+    for key in ("b1", "b2"):
+        versions.write_table(spark.range(3), base, f"raw_images/{key}")
+    (tmp_path / "raw_images" / "b2" / "v-20990101T000000000000Z-unfinished").mkdir()  # not committed
+    (tmp_path / "raw_images" / "b3").mkdir()  # a batch folder without any version
+    fs, root = versions.hadoop_fs(spark, versions.qualify(base) + "/raw_images")
+    by_hadoop = {}
+    for status in fs.listStatus(root):
+        children = [c.getPath() for c in fs.listStatus(status.getPath())]
+        done = sorted(p.toString() for p in children if fs.exists(p.suffix("/" + versions.COMMITTED)))
+        if done:
+            by_hadoop[status.getPath().getName()] = done[-1]
+    assert versions.partition_uris(spark, base, "raw_images") == by_hadoop and set(by_hadoop) == {"b1", "b2"}
+    committed, pending = versions.list_versions(spark, base, "raw_images/b2")
+    assert committed == [by_hadoop["b2"]] and [p.rsplit("/", 1)[1] for p in pending] == [
+        "v-20990101T000000000000Z-unfinished"
+    ]
+    assert spark.read.parquet(by_hadoop["b1"]).count() == 3
