@@ -191,7 +191,7 @@ def _upload(page, path: Path) -> str:
 def test_page_names_the_fruit_in_chromium(served_command, server, fruits_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from tests.test_ui import CHROMIUM, FLAGS
+    from tests.dagster.test_ui import CHROMIUM, FLAGS
 
     candidates = first_photos(fruits_dir / "Pineapple", 8, skip=20)  # one the classifier names (95 % are)
     photo = next(p for p in candidates if classify(server[0], p.read_bytes())[1]["label"] == "Pineapple")
