@@ -23,7 +23,7 @@ py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 # --- System packages, only the missing ones (apt-get) --------------------------------------------------------
 packages=()
 command -v java >/dev/null 2>&1 || packages+=(JAVA)  # Spark's JVM (Spark 3.5: Java 8/11/17/21), chosen below
-command -v chromium >/dev/null 2>&1 || packages+=(chromium)              # tests/test_ui.py drives it headless
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)              # tests/dagster/test_ui.py drives it headless
 [ -d .venv ] || "$PYTHON" -c 'import ensurepip' 2>/dev/null || packages+=("python${py_version}-venv")  # python -m venv
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""

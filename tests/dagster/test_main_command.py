@@ -50,7 +50,7 @@ def two_runs(training_root, weights_path, tmp_path_factory):
     first = _main_command(env, "--progress-seconds", "1")
     nothing = _main_command(env)  # nothing new anywhere: no run at all
     shutil.copy(first_images(FRUITS / CLASSES[0], 3)[-1], root / CLASSES[0] / "new.jpg")
-    second = _main_command(env)  # one new photo: a real run (growth itself: tests/test_growth.py)
+    second = _main_command(env)  # one new photo: a real run (growth itself: tests/dagster/test_growth.py)
     return first, second, home, tmp / "out", nothing, root
 
 
