@@ -133,6 +133,19 @@ def sensor_job(env: dict, cursor: Path, tick_only: bool = False) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+QUIET_LOAD = 1.0  # the 1-min load average under which a timed batch starts (the machine is shared)
+QUIET_WAIT_S = 45 * 60
+
+
+def wait_until_quiet(below: float = QUIET_LOAD, most_s: float = QUIET_WAIT_S) -> list[float]:
+    """Wait (up to `most_s`) for the 1-min load average to fall under `below`, so the timed batch runs on an
+    otherwise idle machine; the load averages then (recorded with the point)."""
+    deadline = time.monotonic() + most_s
+    while os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(10)
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def one_scale(spark, n: int, reference: Path, weights: str, env: dict, batch: int) -> dict:
     """Grow the corpus to `n` photos, catch up, then time one batch of `batch` new photos (wall and CPU seconds)."""
     started = time.perf_counter()
@@ -153,7 +166,7 @@ def one_scale(spark, n: int, reference: Path, weights: str, env: dict, batch: in
     catch_up = main_command.run(env, home)
     added = add_photos(reference / "images", batch, prefix=f"batch{files}_")
     logger.info("N=%d: %d new photos; sensor tick + its run", files, added)
-    loadavg = [round(x, 2) for x in os.getloadavg()]
+    loadavg = wait_until_quiet()
     timed = sensor_job(env, cursor)
     logger.info("N=%d: the main command with nothing new", files)
     nothing = main_command.run(env, home)
