@@ -247,16 +247,15 @@ def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, firs
 
 def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
     node = wait_for(lambda: sorted((Path.home() / ".cache/fruits/emr-emulator").glob("node-*/bin/python")))[0]
-    version = shell.run(str(node), "-c", "import scipy; print(scipy.__version__)").stdout.strip()
-    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "scipy")
+    # Pillow: every step imports it with the asset graph (SciPy is imported only by the steps that fit)
+    version = shell.run(str(node), "-c", "import PIL; print(PIL.__version__)").stdout.strip()
+    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow")
     try:
         out = _main_fails(shell)
     finally:
-        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"scipy=={version}")
+        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"pillow=={version}")
     # The step's Python dies importing the project: the EMR step fails, and the run's error ends with its stderr.
-    assert re.search(r"raw_images: FAILED — .*EMR step s-\w+ on j-\w+ FAILED .*No module named 'scipy'", out), out[
-        -3000:
-    ]
+    assert re.search(r"raw_images: FAILED — .*EMR step s-\w+ on j-\w+ FAILED .*No module named 'PIL'", out), out[-3000:]
 
 
 def _start_and_wait_for_a_running_step(shell, cluster):
