@@ -38,6 +38,22 @@ class EmrShell:
 
         return DagsterInstance.from_config(str(self.home))
 
+    def node_python(self) -> Path:
+        """The emulated node's Python, as the emulator picks it: the venv kept for the requirements uploaded to the
+        bootstrap prefix (the cache may hold venvs of other requirements, from other checkouts)."""
+        import hashlib
+
+        from tests.emr_emulator import CACHE
+        from tests.emr_emulator.node import node_python
+
+        s3, digest = self.client("s3"), hashlib.sha256()
+        for name in ("requirements-emr.txt", "requirements-emr-nodeps.txt", "constraints-emr.txt"):
+            try:
+                digest.update(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/staging/bootstrap/{name}")["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                continue
+        return node_python(CACHE, digest.hexdigest())
+
     def output_keys(self, prefix: str) -> list[str]:
         """The keys of the output on S3 that start with `prefix`."""
         listed = self.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/output/{prefix}")

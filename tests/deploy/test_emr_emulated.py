@@ -246,7 +246,7 @@ def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, firs
 
 
 def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
-    node = wait_for(lambda: sorted((Path.home() / ".cache/fruits/emr-emulator").glob("node-*/bin/python")))[0]
+    node = shell.node_python()
     # Pillow: every step imports it with the asset graph (SciPy is imported only by the steps that fit)
     version = shell.run(str(node), "-c", "import PIL; print(PIL.__version__)").stdout.strip()
     shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow")
