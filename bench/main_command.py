@@ -24,6 +24,23 @@ def materializations(instance, run_id: str) -> dict[str, dict]:
     return found
 
 
+def invoke(env: dict, home: Path) -> tuple[subprocess.CompletedProcess, float, PeakRss]:
+    """The main command in its own process with DAGSTER_HOME=`home`: (its completed process, wall seconds, the
+    process tree's peak RSS and CPU)."""
+    with PeakRss() as memory:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "fruits_assets"],
+            cwd=REPO,
+            env={**env, "DAGSTER_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+    return done, seconds, memory
+
+
 def _last_run_id(home: Path) -> str | None:
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
@@ -42,17 +59,7 @@ def run(env: dict, home: Path) -> dict:
 
     home.mkdir(parents=True, exist_ok=True)
     before = _last_run_id(home)
-    with PeakRss() as memory:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "fruits_assets"],
-            cwd=REPO,
-            env={**env, "DAGSTER_HOME": str(home)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
+    done, seconds, memory = invoke(env, home)
     if done.returncode != 0:
         raise SystemExit(f"main command failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
     steps, meta = {}, {}  # nothing new: no run recorded, no step, nothing materialized

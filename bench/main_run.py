@@ -3,15 +3,12 @@ new, and with one new photo, in one invocation (ratios measured side by side); J
 
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bench import main_command
-from bench.common import REPO, SHARED, link_tree, run_side, stratified, warm_cache
+from bench.common import SHARED, link_tree, run_side, stratified, warm_cache
 from bench.incremental import add_new_photos
-from bench.memory import PeakRss
 
 logger = logging.getLogger("bench")
 TRAINING = SHARED / "fruits-360" / "Training"
@@ -41,17 +38,7 @@ def runs_recorded(home: Path) -> int:
 def nothing_new_run(env: dict, home: Path) -> dict:
     """The main command with nothing new: wall seconds, exit code, its terminal, whether it recorded a run."""
     before = runs_recorded(home)
-    with PeakRss() as memory:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "fruits_assets"],
-            cwd=REPO,
-            env={**env, "DAGSTER_HOME": str(home)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
+    done, seconds, memory = main_command.invoke(env, home)
     return {
         "seconds": round(seconds, 2),
         "returncode": done.returncode,
