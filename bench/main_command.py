@@ -41,7 +41,8 @@ def invoke(env: dict, home: Path) -> tuple[subprocess.CompletedProcess, float, P
     return done, seconds, memory
 
 
-def _last_run_id(home: Path) -> str | None:
+def last_run_id(home: Path) -> str | None:
+    """The id of the newest run the Dagster instance in `home` holds (None if none, or no instance yet)."""
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
@@ -58,7 +59,7 @@ def run(env: dict, home: Path) -> dict:
     from dagster._core.instance.ref import InstanceRef
 
     home.mkdir(parents=True, exist_ok=True)
-    before = _last_run_id(home)
+    before = last_run_id(home)
     done, seconds, memory = invoke(env, home)
     if done.returncode != 0:
         raise SystemExit(f"main command failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
