@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,21 +102,23 @@ def accuracy_by_k(
 
 def spark_model(model: SoftmaxModel, features_col: str):
     """The same weights as a Spark ML `LogisticRegressionModel` (multinomial; intercepts centred as Spark centres
-    them): it saves, loads and transforms like one `LogisticRegression.fit` returns. Class i is prediction i."""
-    from pyspark import SparkContext
+    them): it saves, loads and transforms like one `LogisticRegression.fit` returns. Class i is prediction i.
+    Built through public API only: Spark ML's save layout of the model, loaded (`storage.ml_layout`)."""
     from pyspark.ml.classification import LogisticRegressionModel
-    from pyspark.ml.common import _py2java
     from pyspark.ml.linalg import DenseMatrix, DenseVector
+    from pyspark.sql import SparkSession
 
-    sc = SparkContext._active_spark_context
+    from spark_code.storage import ml_layout
+
     coefficients = model.weights.T  # classes × features
     rows, cols = coefficients.shape
-    matrix = DenseMatrix(rows, cols, coefficients.flatten(order="F").tolist())
-    intercept = DenseVector((model.intercept - model.intercept.mean()).tolist())
-    java_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
-        f"logreg_{uuid.uuid4().hex[-12:]}", _py2java(sc, matrix), _py2java(sc, intercept), rows, True
-    )
-    wrapped = LogisticRegressionModel(java_model)
-    wrapped._set(featuresCol=features_col, family="multinomial", standardization=False)
-    wrapped._transfer_params_to_java()
-    return wrapped
+    data = {
+        "numClasses": rows,
+        "numFeatures": cols,
+        "interceptVector": DenseVector((model.intercept - model.intercept.mean()).tolist()),
+        "coefficientMatrix": DenseMatrix(rows, cols, coefficients.flatten(order="F").tolist()),
+        "isMultinomial": True,
+    }
+    params = {"featuresCol": features_col, "family": "multinomial", "standardization": False}
+    spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()  # the running session, any thread
+    return ml_layout.build_model(spark, LogisticRegressionModel, "logreg", params, data)

@@ -178,10 +178,15 @@ def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
     """Write a small text file through Hadoop's FileSystem (local, HDFS or S3 alike)."""
+    write_bytes(spark, uri, text.encode())
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write a small file through Hadoop's FileSystem (local, HDFS or S3 alike), replacing any file there."""
     fs, path = hadoop_fs(spark, uri)
     stream = fs.create(path, True)
     try:
-        stream.write(bytearray(text.encode()))
+        stream.write(bytearray(data))
     finally:
         stream.close()
 
