@@ -43,6 +43,16 @@ def copy_photos(root: Path, classes, n: int, source: Path = FRUITS) -> Path:
     return root
 
 
+def copy_photo_as(photo: Path, folder: Path, names) -> list[Path]:
+    """`photo` copied to `folder/<name>` for each of `names` (a name may hold sub-folders: they are made); returns the
+    copies."""
+    copies = []
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        copies.append(Path(shutil.copy(photo, folder / name)))
+    return copies
+
+
 @pytest.fixture(scope="session")
 def fruits_dir() -> Path:
     """../shared/fruits-360/Test (131 classes of 100×100 photos)."""

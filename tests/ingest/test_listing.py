@@ -7,18 +7,16 @@ from datetime import datetime, timezone
 import pytest
 
 from spark_code.ingest import images, listing, snapshot
-from tests.conftest import FRUITS, first_images
+from tests.conftest import FRUITS, copy_photo_as, first_images
 
 
 def _tree(root):
     """A root with tricky names, a nested folder, clutter, a loop, a second way in and a broken link."""
     photo = first_images(FRUITS / "Banana", 1)[0]
     kiwi = root / "Kiwi"
-    (kiwi / "2024-05").mkdir(parents=True)
     names = ["a.jpg", "p%20x.jpg", "h#.jpg", "q?.jpg", "b[1].jpg", "c{a,b}.jpg", "é.jpg", "🍋.jpg", "-dash.jpg"]
     names += ["y.Jpg", "z.jfif", "_DSC0001.JPG", "col:on.jpg", "new\nline.jpg", "2024-05/nested.jpg", "notes.txt"]
-    for name in names:
-        shutil.copy(photo, kiwi / name)
+    copy_photo_as(photo, kiwi, names)
     (kiwi / ".DS_Store").write_bytes(b"x")
     (kiwi / "Thumbs.db").write_bytes(b"x")
     (root / ".thumbnails").mkdir()
