@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import WEIGHTS_FILE
+from spark_code.storage.s3a import is_s3
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"
@@ -28,6 +31,52 @@ class SettingsError(ValueError):
 
 def _workspace_weights() -> str | None:
     return str(WORKSPACE_WEIGHTS) if WORKSPACE_WEIGHTS.exists() else None
+
+
+# ---- the emr deployment's checks: they travel with the emr_* fields into EmrSettings (deploy/emr/settings.py) ----
+
+DEFAULT_STAGING_PREFIX = "fruits/staging"
+
+
+@functools.cache
+def known_regions() -> tuple[str, ...]:
+    """Regions where EMR exists, from botocore's bundled endpoint data (no network)."""
+    import boto3  # only when FRUITS_EMR_REGION is set
+
+    return tuple(boto3.session.Session().get_available_regions("emr"))
+
+
+def s3_uri(value: str, field: str, variable: str) -> str:
+    """`value` without its trailing slash when it is an s3://bucket/prefix (or s3a://) URI; else a ValueError."""
+    if not is_s3(value):
+        raise ValueError(f"{field} {value!r} must be an s3://bucket/prefix (or s3a://) URI ({variable})")
+    return value.rstrip("/")
+
+
+def _region(value: str | None) -> str | None:
+    if value is not None and value not in known_regions():
+        raise ValueError(f"region {value!r} is not an AWS region with EMR (FRUITS_EMR_REGION), e.g. eu-west-3")
+    return value
+
+
+def _cluster_id(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"j-[0-9A-Z]{8,20}", value):
+        raise ValueError(f"cluster_id {value!r} is not an EMR cluster id like j-2AXXXXXXGAPLF")
+    return value
+
+
+def _bucket(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError(f"staging_bucket {value!r} is not an S3 bucket name (FRUITS_EMR_STAGING_BUCKET)")
+    return value
+
+
+def _prefix(value: str) -> str:
+    return value.strip("/") or DEFAULT_STAGING_PREFIX
+
+
+def _package_uri(value: str | None) -> str | None:
+    return None if value is None else s3_uri(value, "package_uri", "FRUITS_EMR_PACKAGE_URI")
 
 
 class Settings(BaseModel):
@@ -60,16 +109,32 @@ class Settings(BaseModel):
     serve_queue: int = Field(default=128, gt=0, le=10_000, description="`fruits serve`: photos admitted at once.")
     serve_batch_window_ms: float = Field(default=5.0, ge=0, le=1000, description="`fruits serve`: batch window, ms.")
     serve_poll_seconds: float = Field(default=5.0, gt=0, le=3600, description="`fruits serve`: new-model check, s.")
-    emr_cluster_id: str | None = Field(default=None, description="EMR cluster id (emr deployment).")
-    emr_region: str | None = Field(default=None, description="AWS region of the cluster and buckets.")
-    emr_staging_bucket: str | None = Field(default=None, description="Bucket for the step launcher's files.")
-    emr_staging_prefix: str | None = Field(default=None, description="Key prefix inside the staging bucket.")
-    emr_package_uri: str | None = Field(default=None, description="Prebuilt code zip on S3 (else local code).")
-    emr_python: str = Field(default="/usr/bin/python3.11", description="Python of the EMR nodes (EMR 7.x: 3.11).")
+    # The emr deployment's FRUITS_EMR_* variables, declared here only: EmrSettings (deploy/emr/settings.py) takes
+    # these fields as they are (type, default, description, check), less the emr_ prefix.
+    emr_cluster_id: Annotated[str | None, AfterValidator(_cluster_id)] = Field(
+        default=None, description="EMR cluster (job flow) id, j-…; unset when creating one."
+    )
+    emr_region: Annotated[str | None, AfterValidator(_region)] = Field(
+        default=None, description="AWS region of the cluster and buckets; unset: AWS_REGION, else eu-west-3."
+    )
+    emr_staging_bucket: Annotated[str | None, AfterValidator(_bucket)] = Field(
+        default=None, description="Bucket for the step launcher's package, step refs, events and logs."
+    )
+    emr_staging_prefix: Annotated[str, AfterValidator(_prefix)] = Field(
+        default=DEFAULT_STAGING_PREFIX, description="Key prefix inside the staging bucket."
+    )
+    emr_package_uri: Annotated[str | None, AfterValidator(_package_uri)] = Field(
+        default=None, description="Prebuilt code zip on S3; unset: each step zips the local code."
+    )
+    emr_python: str = Field(
+        default="/usr/bin/python3.11", description="Python of the driver and workers on the EMR nodes (EMR 7.x: 3.11)."
+    )
     emr_node_dir: str = Field(
         default="/mnt", description="EMR nodes' disk: <dir>/fruits/weights, <dir>/var/lib/info/job-flow.json."
     )
-    emr_poll_seconds: float = Field(default=15.0, ge=0.1, le=300, description="Seconds between EMR step polls.")
+    emr_poll_seconds: float = Field(
+        default=15.0, ge=0.1, le=300, description="Seconds between two polls of a running EMR step."
+    )
     emr_node: bool = Field(default=False, description="Set by the cluster's spark-env on EMR nodes, never by hand.")
 
     @field_validator("deployment", "engine", mode="before")
