@@ -55,28 +55,27 @@ def cnn_features(
     """
     started, key = time.perf_counter(), context.partition_key
     run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
-    run.features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key())).withColumn(
-        batches.BATCH, F.lit(key)
-    )
-    run.quarantined = run.quarantined.withColumn(batches.BATCH, F.lit(key))
     counts = {"batch": key, "raw": raw_images.count()}
     interval = progress.every_s(context.run.tags)
     with SparkProgress(
         pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded, interval
     ):
-        counts["featurized"] = run.features.count()  # the CNN pass (persisted for both outputs)
-    quarantined = run.quarantined.orderBy("path").collect()
+        counts["featurized"] = run.run_pass()  # the CNN pass (cached for both outputs)
+    features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
+    features = features.withColumn(batches.BATCH, F.lit(key))
+    quarantined_rows = run.quarantined.withColumn(batches.BATCH, F.lit(key))
+    quarantined = quarantined_rows.orderBy("path").collect()
     counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
     settings = {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
-    yield Output(run.features, "cnn_features", metadata={**counts, **settings})
+    yield Output(features, "cnn_features", metadata={**counts, **settings})
     quarantine = {
         "batch": key,
         "quarantined": counts["quarantined"],
         "quarantined_files": quarantine_table(quarantined),
     }
-    yield Output(run.quarantined, "quarantined_images", metadata=quarantine)
+    yield Output(quarantined_rows, "quarantined_images", metadata=quarantine)
     run.release()
 
 
@@ -147,10 +146,10 @@ def training_features(
     previous = tables.table("training_features")
     kept, todo = batches.reusable(previous, listing, cnn.model_key())
     run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
-    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
     interval = progress.every_s(context.run.tags)
     with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded, interval):
-        featurized = run.features.count()  # the CNN pass over new or changed training photos only
+        featurized = run.run_pass()  # the CNN pass over new or changed training photos only
+    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
     quarantined = run.quarantined.orderBy("path").collect()
     reused = 0 if kept is None else kept.count()
     context.log.info(

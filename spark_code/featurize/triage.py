@@ -15,18 +15,46 @@ from spark_code.ingest.images import LISTING_COLUMNS, VANISHED, attach_content, 
 
 @dataclass
 class Featurized:
-    """One featurization pass: features and quarantine rows, both served from a single cached CNN pass."""
+    """One featurization pass: features and quarantine rows, both served from a single cached CNN pass.
+
+    `run_pass` runs it; `quarantined` then holds only the sources that can have rows (decode errors when some image
+    failed, vanished files when fewer files were read than listed), so neither is scanned again for nothing.
+    """
 
     features: DataFrame
     quarantined: DataFrame
     counters: FeaturizeCounters
     _cached: DataFrame
-    _also_cached: tuple[DataFrame, ...] = ()
+    _reasons: QuarantineSources
+
+    def run_pass(self) -> int:
+        """The CNN pass: every row computed once and cached for both tables; returns the number featurized."""
+        error = F.col(self._reasons.error_col)
+        totals = self._cached.agg(F.count(F.lit(1)).alias("read"), F.count(F.when(error.isNull(), 1)).alias("ok"))
+        read, featurized = totals.first()
+        self.quarantined = self._reasons.present(failed=read > featurized, vanished=read < self._reasons.readable)
+        return featurized
 
     def release(self) -> None:
-        """Drop the cached CNN output (and any other cached input of the two tables) once both are written."""
-        for frame in (self._cached, *self._also_cached):
-            frame.unpersist()
+        """Drop the cached CNN output once both tables are written."""
+        self._cached.unpersist()
+
+
+@dataclass(frozen=True)
+class QuarantineSources:
+    """Where quarantine rows come from: files not read (set aside by rule), images that failed to decode, and files
+    that vanished between the listing and the read (`readable` files were to be read)."""
+
+    not_read: DataFrame
+    failed: DataFrame
+    vanished: DataFrame
+    readable: int
+    error_col: str
+
+    def present(self, failed: bool = True, vanished: bool = True) -> DataFrame:
+        """The quarantine rows of the sources that can have some."""
+        chosen = [self.not_read, *([self.failed] if failed else []), *([self.vanished] if vanished else [])]
+        return reduce(DataFrame.unionByName, chosen)
 
 
 def target_partitions(images: int, parallelism: int, images_per_task: int = 384) -> int:
@@ -46,15 +74,17 @@ def featurize_listing(spark: SparkSession, listing: DataFrame, root: str, featur
     keys = list(LISTING_COLUMNS)
     usable, not_read = set_aside(listing)
     count = usable.count()
-    images = attach_content(spark, usable, root)
-    images = images.coalesce(target_partitions(count, spark.sparkContext.defaultParallelism))
+    parallelism = spark.sparkContext.defaultParallelism
+    images = attach_content(spark, usable, root).coalesce(target_partitions(count, parallelism))
     error_col = featurizer.getOrDefault(featurizer.errorCol)
     result = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
-    features = result.filter(F.col(error_col).isNull()).select(*keys, featurizer.getOutputCol())
-    reasons = [
-        result.filter(F.col(error_col).isNotNull()).select(*keys, F.col(error_col).alias("reason")),
-        not_read,
-        usable.join(result.select("path"), "path", "left_anti").select(*keys, F.lit(VANISHED).alias("reason")),
-    ]
-    quarantined = reduce(DataFrame.unionByName, reasons)
-    return Featurized(features, quarantined, featurizer.counters, result)
+    # small tasks for the pass (progress, balance); one file per core for the table (fewer, faster writes)
+    features = result.filter(F.col(error_col).isNull()).select(*keys, featurizer.getOutputCol()).coalesce(parallelism)
+    reasons = QuarantineSources(
+        not_read=not_read,
+        failed=result.filter(F.col(error_col).isNotNull()).select(*keys, F.col(error_col).alias("reason")),
+        vanished=usable.join(result.select("path"), "path", "left_anti").select(*keys, F.lit(VANISHED).alias("reason")),
+        readable=count,
+        error_col=error_col,
+    )
+    return Featurized(features, reasons.present(), featurizer.counters, result, reasons)

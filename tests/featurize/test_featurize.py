@@ -10,6 +10,7 @@ from spark_code.featurize import cnn, triage
 from spark_code.featurize.cnn import CnnSpec, WeightsError
 from spark_code.featurize.udf import CnnFeaturizer
 from spark_code.ingest import images
+from tests.conftest import copy_photos
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,31 @@ def test_featurize_listing_quarantines_every_bad_row(spark, sample_root, weights
     assert {k for k, v in expected_outcomes.items() if v == "quarantined"} == set(quarantined)
     assert {k for k, v in expected_outcomes.items() if v == "featurized"} == featurized
     assert run.features.filter(F.size("features") != 1280).count() == 0
+
+
+def test_the_pass_counts_and_quarantines_a_file_that_vanished(spark, tmp_path, weights_path):
+    root = copy_photos(tmp_path / "root", ["Banana"], 3)
+    listing = images.list_images(spark, str(root)).cache()
+    assert listing.count() == 3
+    gone = sorted((root / "Banana").iterdir())[0]
+    gone.unlink()  # listed, then gone before the read
+    run = triage.featurize_listing(spark, listing, str(root), CnnFeaturizer(weightsPath=weights_path))
+    try:
+        assert run.run_pass() == 2
+        reasons = {r.path.rsplit("/", 1)[1]: r.reason for r in run.quarantined.collect()}
+        assert reasons == {gone.name: images.VANISHED}
+        assert run.features.count() == 2
+    finally:
+        run.release()
+        listing.unpersist()
+
+
+def test_after_the_pass_a_clean_batch_quarantines_nothing(spark, tmp_path, weights_path):
+    root = copy_photos(tmp_path / "root", ["Banana", "Kiwi"], 2)
+    listing = images.list_images(spark, str(root))
+    run = triage.featurize_listing(spark, listing, str(root), CnnFeaturizer(weightsPath=weights_path))
+    try:
+        assert run.run_pass() == 4
+        assert run.quarantined.count() == 0 and run.features.count() == 4
+    finally:
+        run.release()
