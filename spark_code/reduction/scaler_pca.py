@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType
 
 from spark_code.reduction import blas
-from spark_code.storage import versions
+from spark_code.storage import ml_layout, versions
 
 logger = logging.getLogger(__name__)
 
@@ -133,33 +130,18 @@ def principal_components(n: int, total: np.ndarray, gram: np.ndarray) -> tuple[n
     return vectors * signs, variances / variances.sum()
 
 
-SCRATCH = "/tmp/fruits-scratch"  # on Spark's default file system (local, or the cluster's HDFS): every task sees it
-
-
 def pca_model(pc: np.ndarray, explained: np.ndarray, input_col: str, output_col: str) -> PCAModel:
     """A standard Spark `PCAModel` (saves, loads and transforms like one fitted by `PCA`) from NumPy arrays, through
-    public API only: Spark ML's own save layout of a PCAModel (its metadata JSON, one Parquet row of `pc` and
-    `explainedVariance`) written to a scratch folder of Spark's default file system, then `PCAModel.load`."""
-    spark = SparkSession.getActiveSession()
+    public API only: Spark ML's save layout of a PCAModel written from the driver, then `PCAModel.load`
+    (`spark_code.storage.ml_layout`). It keeps its components as NumPy (`numpy_components`)."""
     d, k = pc.shape
-    uid = f"PCA_{uuid.uuid4().hex[-12:]}"
-    folder = f"{SCRATCH}/{uid}-{uuid.uuid4().hex}"
-    metadata = {
-        "class": "org.apache.spark.ml.feature.PCAModel",
-        "timestamp": int(time.time() * 1000),
-        "sparkVersion": spark.version,
-        "uid": uid,
-        "paramMap": {"k": int(k), "inputCol": input_col, "outputCol": output_col},
-        "defaultParamMap": {"outputCol": f"{uid}__output"},
-    }
-    try:
-        spark.sparkContext.parallelize([json.dumps(metadata)], 1).saveAsTextFile(f"{folder}/metadata")
-        row = (DenseMatrix(d, k, pc.flatten(order="F").tolist()), DenseVector(explained))
-        spark.createDataFrame([row], ["pc", "explainedVariance"]).write.parquet(f"{folder}/data")
-        model = PCAModel.load(folder)
-    finally:
-        files, path = versions.hadoop_fs(spark, folder)
-        files.delete(path, True)
+    model = ml_layout.build_model(
+        SparkSession.getActiveSession(),
+        PCAModel,
+        "PCA",
+        {"k": int(k), "inputCol": input_col, "outputCol": output_col},
+        {"pc": DenseMatrix(d, k, pc.flatten(order="F")), "explainedVariance": DenseVector(explained)},
+    )
     model.numpy_components = pc
     return model
 
