@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import ResourceDefinition
 
-from fruits_assets.defs import ASSETS, CHECKS
-from fruits_assets.deploy.emr.launcher import (
-    STEP_LAUNCHER_KEY,
-    ClusterCnnResource,
-    ClusterPySparkResource,
-    EmrStepLauncher,
-    require_step_launcher,
-)
-from fruits_assets.deploy.emr.settings import EmrSettings
+from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import LocalPySparkResource, local_spark_config
 from fruits_assets.io.io_manager import SparkParquetIOManager
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
+
+if TYPE_CHECKING:
+    from fruits_assets.deploy.emr.settings import EmrSettings
 
 
 def local_resources(
@@ -53,6 +50,10 @@ def local_resources(
 
 def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = None) -> dict:
     """Resources of the emr deployment: Spark on the cluster via the step launcher, tables and models on S3."""
+    # imported here: dagster_aws costs ~0.6 s, which a local run (each start of the main command) need not pay
+    from fruits_assets.deploy.emr.launcher import ClusterCnnResource, ClusterPySparkResource, EmrStepLauncher
+    from fruits_assets.deploy.emr.settings import EmrSettings
+
     settings = settings or Settings.from_env()
     emr = emr or EmrSettings.from_settings(settings)
     pyspark = ClusterPySparkResource(spark_config={"spark.app.name": "fruits-features"})
@@ -82,6 +83,9 @@ def resources_for(settings: Settings | None = None) -> dict:
     """The resources of the deployment the settings name (FRUITS_DEPLOYMENT: local, the default, or emr)."""
     settings = settings or Settings.from_env()
     if settings.deployment == "emr":
+        from fruits_assets.defs import ASSETS, CHECKS
+        from fruits_assets.deploy.emr.launcher import require_step_launcher
+
         require_step_launcher([*ASSETS, *CHECKS])
         return emr_resources(settings=settings)
     return local_resources(settings=settings)

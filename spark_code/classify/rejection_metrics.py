@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from spark_code.classify.openset import MAX_PROBABILITY
 
@@ -24,6 +23,8 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     known, unknown = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
     if not known.size or not unknown.size:
         raise ValueError("AUROC needs both known and unknown rows")
+    from scipy.stats import rankdata  # imported here: scipy.stats costs ~0.5 s at every start of the main command
+
     ranks = rankdata(np.concatenate([known, unknown]))  # ties: the average of their ranks
     unknown_ranks = ranks[known.size :].sum()
     return float((unknown_ranks - unknown.size * (unknown.size + 1) / 2) / (known.size * unknown.size))

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 from spark_code.reduction import blas
 
@@ -43,6 +42,8 @@ def fit_softmax(
 
     `start` (optional) is where the search starts, e.g. the solution of a nearby problem (`warm_start`): the
     objective is strictly convex, so it changes how many iterations are needed, not the solution they reach."""
+    from scipy.optimize import minimize  # imported when fitting: not at every start of the main command
+
     classes, y = np.unique(labels, return_inverse=True)
     x = np.ascontiguousarray(x, dtype=np.float32)  # the products in float32 (twice as fast), the optimiser in float64
     n, d = x.shape

@@ -24,14 +24,13 @@ from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from fruits_assets.deploy.emr import step_main
+from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY, step_main
 from fruits_assets.deploy.emr.preflight import preflight
 from fruits_assets.deploy.emr.settings import DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
 from fruits_assets.io.resources import CnnResource
 
-STEP_LAUNCHER_KEY = "pyspark_step_launcher"
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
 STDERR_TAIL_LINES = 40
