@@ -52,7 +52,7 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     from fruits_assets.deploy.deployments import resources_for
 
     resources = resources_for(settings)
-    _start_spark(resources["pyspark"].spark_config)
+    _start_spark(resources["pyspark"].spark_config, resources["cnn"])
     result = materialize_batch(
         [*ASSETS, *CHECKS],
         resources,
@@ -66,12 +66,23 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     return result, resources["io_manager"].base_uri
 
 
-def _start_spark(spark_config: dict) -> None:
+def _start_spark(spark_config: dict, cnn) -> None:
     """Start the local Spark session in the background, so the JVM starts while Dagster builds the job (about 2 s);
-    the pyspark resource then gets this session (`getOrCreate` waits for it under the builder's lock)."""
+    the pyspark resource then gets this session (`getOrCreate` waits for it under the builder's lock). Then the
+    Python workers build the CNN (`model_cache.warm_workers`) while the driver lists and plans the batch."""
+    threading.Thread(target=_spark_and_workers, args=(spark_config, cnn), name="spark-start", daemon=True).start()
+
+
+def _spark_and_workers(spark_config: dict, cnn) -> None:
     from dagster_pyspark.resources import spark_session_from_config
 
-    threading.Thread(target=spark_session_from_config, args=(spark_config,), name="spark-start", daemon=True).start()
+    from spark_code.featurize.model_cache import warm_workers
+
+    spark = spark_session_from_config(spark_config)
+    try:
+        warm_workers(spark, cnn.cnn_engine(), cnn.weights_path)
+    except Exception as error:  # the featurizing step builds the CNN itself and reports what fails
+        logger.debug("the Python workers could not build the CNN ahead of the pass: %s", error)
 
 
 def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:

@@ -79,3 +79,17 @@ class Broadcasts:
 
 
 BROADCASTS = Broadcasts()
+
+
+def warm_workers(spark: SparkSession, engine: CnnEngine, weights_path: str | None) -> None:
+    """Build the CNN in this session's Python workers ahead of the first pass: one task per core, each building
+    (`WorkerModels`) what the featurizer's tasks then find built. The main command runs it in the background while
+    the driver lists the roots, so a small batch does not wait for a worker to start and load the model."""
+    payload_bc, fingerprint = BROADCASTS.get(spark, engine, weights_path), weights_fingerprint(weights_path)
+    slots = spark.sparkContext.defaultParallelism
+
+    def build(batches):
+        WorkerModels.get(engine, fingerprint, lambda: payload_bc.value)
+        yield from batches
+
+    spark.range(slots, numPartitions=slots).mapInPandas(build, "id long").collect()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code.featurize import cnn, triage
+from spark_code.featurize import cnn, model_cache, triage
 from spark_code.featurize.cnn import CnnSpec, WeightsError
 from spark_code.featurize.udf import CnnFeaturizer
 from spark_code.ingest import images
@@ -143,3 +143,22 @@ def test_after_the_pass_a_clean_batch_quarantines_nothing(spark, tmp_path, weigh
         assert run.quarantined.count() == 0 and run.features.count() == 4
     finally:
         run.release()
+
+
+def test_warmed_workers_featurize_without_building_the_cnn(spark, tmp_path, weights_path):
+    root = copy_photos(tmp_path / "root", ["Banana"], 2)
+    listing = images.list_images(spark, str(root))
+
+    def models_built(featurizer, warm: bool) -> int:
+        if warm:
+            model_cache.warm_workers(spark, featurizer.cnn_engine(), weights_path)
+        run = triage.featurize_listing(spark, listing, str(root), featurizer)
+        try:
+            assert run.run_pass() == 2
+            return featurizer.counters.values()["models_built"]
+        finally:
+            run.release()
+
+    # engines of their own (threads: part of a worker model's key), so no earlier test built them
+    assert models_built(CnnFeaturizer(weightsPath=weights_path, threads=3), warm=False) >= 1
+    assert models_built(CnnFeaturizer(weightsPath=weights_path, threads=5), warm=True) == 0
