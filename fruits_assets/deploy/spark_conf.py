@@ -8,6 +8,7 @@ import sys
 from dagster import InitResourceContext
 from dagster_pyspark import PySparkResource
 
+from fruits_assets.deploy import class_archive
 from fruits_assets.deploy.settings import Settings
 from spark_code.storage import s3a
 
@@ -45,13 +46,15 @@ def s3_spark_config(settings: Settings) -> dict[str, str]:
 
 
 def local_spark_config(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
-    """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar.
+    """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar, and
+    the driver JVM's class archive when install.sh made one (`class_archive`).
 
     Reads no environment and writes none: `use_this_python` points PySpark's workers at this interpreter when a
     session starts (`local_session`, `LocalPySparkResource`).
     """
     settings = settings or Settings.from_env()
     return {
+        **class_archive.java_options(),
         **s3_spark_config(settings),
         **JOB_SPARK_CONF,
         "spark.app.name": "fruits-features",
