@@ -78,23 +78,26 @@ def fit_pca(
 ) -> tuple[PCAModel, dict]:
     """Fit the PCA once (all components) on `scaled`, choose k; return the model and what it was fitted with
     (`rows_for_curve` is called only when k is chosen by accuracy, see `curve_rows`)."""
-    estimator = scaler_pca.VariancePCA(
-        inputCol="scaled_features",
-        outputCol="pca_features",
-        k=choice.k or 0,
-        varianceTarget=choice.variance_target or DEFAULT_VARIANCE,
-    )
-    model = estimator.fit(scaled)
-    curve = scaler_pca.variance_curve(model.fullExplainedVariance)
     accuracy, how, curve_on = {}, "fixed" if choice.k else "variance", None
-    if choice.k is None and choice.variance_target is None:
-        ks = candidate_ks(model.fullExplainedVariance, DEFAULT_VARIANCE)
+    if choice.k is None and choice.variance_target is None:  # by accuracy: every component, then only k's model
+        pc, explained = scaler_pca.fit_components(scaled, "scaled_features")
+        ks = candidate_ks(explained, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = rows_for_curve()
         quick = dataclasses.replace(logistic, max_iter=min(CURVE_MAX_ITER, logistic.max_iter))
-        accuracy = accuracy_curve(fit_rows, valid_rows, scaler_pca.Projection.first(model, max(ks)), ks, quick)
-        if accuracy:
-            model = scaler_pca.truncate(model, smallest_accurate_k(accuracy, choice.accuracy_tolerance))
-            how = "accuracy"
+        head = scaler_pca.Projection(pc[:, : max(ks)], "scaled_features", "pca_features")
+        accuracy = accuracy_curve(fit_rows, valid_rows, head, ks, quick)
+        how = "accuracy" if accuracy else "variance"
+        k = smallest_accurate_k(accuracy, choice.accuracy_tolerance) if accuracy else max(ks)
+        model = scaler_pca.model_keeping(pc, explained, k, "scaled_features", "pca_features")
+    else:
+        estimator = scaler_pca.VariancePCA(
+            inputCol="scaled_features",
+            outputCol="pca_features",
+            k=choice.k or 0,
+            varianceTarget=choice.variance_target or DEFAULT_VARIANCE,
+        )
+        model = estimator.fit(scaled)
+    curve = scaler_pca.variance_curve(model.fullExplainedVariance)
     fitted_with = {
         **choice.inputs(scaler_uri),
         "explained_variance": curve[model.getK() - 1],
@@ -157,7 +160,8 @@ def accuracy_curve(
         return {}
     fit_x, fit_labels = _projected(pca, fit, max(ks), per_class=2**31 - 1)
     valid_x, valid_labels = _projected(pca, validate, max(ks), per_class=validate_per_class)
-    known = np.isin(valid_labels, fit_labels)
+    classes = set(fit_labels)
+    known = np.fromiter((label in classes for label in valid_labels), bool, len(valid_labels))
     if len(np.unique(fit_labels)) < 2 or not known.any():
         logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
         return {}

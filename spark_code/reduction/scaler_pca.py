@@ -169,28 +169,31 @@ class VariancePCA(Estimator, HasInputCol, HasOutputCol, DefaultParamsReadable, D
         self._set(**self._input_kwargs)
 
     def _fit(self, dataset: DataFrame) -> PCAModel:
-        input_col = self.getInputCol()
-        data = as_arrays(dataset, input_col) if _is_vector(dataset, input_col) else dataset
-        pc, explained = principal_components(*gram_stats(data, input_col))
+        pc, explained = fit_components(dataset, self.getInputCol())
         k = self.getOrDefault(self.k) or smallest_k(np.cumsum(explained), self.getOrDefault(self.varianceTarget))
-        if k > len(explained):
-            raise ValueError(f"k={k} is larger than the input dimension {len(explained)}")
-        logger.info("PCA keeps k=%d of %d components (%.4f of the variance)", k, len(explained), explained[:k].sum())
-        model = pca_model(pc[:, :k], explained[:k], input_col, self.getOutputCol())
-        model.fullExplainedVariance, model.fullComponents = explained, pc
-        return model
+        return model_keeping(pc, explained, k, self.getInputCol(), self.getOutputCol())
+
+
+def fit_components(dataset: DataFrame, input_col: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every principal component of an array or vector column (as columns) and its share of the variance, largest
+    first: one data pass (`gram_stats`), one eigendecomposition."""
+    data = as_arrays(dataset, input_col) if _is_vector(dataset, input_col) else dataset
+    return principal_components(*gram_stats(data, input_col))
+
+
+def model_keeping(pc: np.ndarray, explained: np.ndarray, k: int, input_col: str, output_col: str) -> PCAModel:
+    """The `PCAModel` keeping the first k of these components (built once), carrying them all as its fit result
+    (`fullExplainedVariance`, `fullComponents`)."""
+    if not 1 <= k <= len(explained):
+        raise ValueError(f"k={k} must lie between 1 and the input dimension {len(explained)}")
+    logger.info("PCA keeps k=%d of %d components (%.4f of the variance)", k, len(explained), explained[:k].sum())
+    model = pca_model(pc[:, :k], explained[:k], input_col, output_col)
+    model.fullExplainedVariance, model.fullComponents = explained, pc
+    return model
 
 
 def _is_vector(df: DataFrame, column: str) -> bool:
     return isinstance(df.schema[column].dataType, VectorUDT)
-
-
-def truncate(model: PCAModel, k: int) -> PCAModel:
-    """The same PCA keeping only its first k components."""
-    if not 1 <= k <= model.getK():
-        raise ValueError(f"k={k} must lie between 1 and the model's {model.getK()} components")
-    pc, explained = components(model)[:, :k], model.explainedVariance.toArray()[:k]
-    return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
 
 
 @dataclass(frozen=True)

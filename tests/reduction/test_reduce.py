@@ -136,12 +136,13 @@ def test_float32_round_trip_within_1e_5_of_double_projection(synthetic, spark, t
     assert max(np.abs(double[p]).max() for p in double) > 1.0  # values large enough for float32 rounding to show
 
 
-def test_truncate_keeps_the_first_components(synthetic):
+def test_a_model_keeping_fewer_components_is_the_same_basis(synthetic):
     model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=5).fit(synthetic)
-    short = scaler_pca.truncate(model, 2)
+    short = scaler_pca.model_keeping(model.fullComponents, model.fullExplainedVariance, 2, "features", "pca")
     assert short.getK() == 2 and np.allclose(short.pc.toArray(), model.pc.toArray()[:, :2])
-    with pytest.raises(ValueError, match="k=6"):
-        scaler_pca.truncate(model, 6)
+    assert np.allclose(short.explainedVariance.toArray(), model.explainedVariance.toArray()[:2])
+    with pytest.raises(ValueError, match="k=0"):
+        scaler_pca.model_keeping(model.fullComponents, model.fullExplainedVariance, 0, "features", "pca")
 
 
 def test_candidate_ks_and_smallest_accurate_k():
