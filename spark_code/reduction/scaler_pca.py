@@ -196,6 +196,14 @@ def _is_vector(df: DataFrame, column: str) -> bool:
     return isinstance(df.schema[column].dataType, VectorUDT)
 
 
+def truncate(model: PCAModel, k: int) -> PCAModel:
+    """The same PCA keeping only its first k components (the benchmarks compare several k of one fit)."""
+    if not 1 <= k <= model.getK():
+        raise ValueError(f"k={k} must lie between 1 and the model's {model.getK()} components")
+    pc, explained = components(model)[:, :k], model.explainedVariance.toArray()[:k]
+    return pca_model(pc, explained, model.getInputCol(), model.getOutputCol())
+
+
 @dataclass(frozen=True)
 class Projection:
     """A PCA's first components as NumPy, applied like the model by `transform_arrays` (no Spark model is built);

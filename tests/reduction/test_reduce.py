@@ -143,6 +143,10 @@ def test_a_model_keeping_fewer_components_is_the_same_basis(synthetic):
     assert np.allclose(short.explainedVariance.toArray(), model.explainedVariance.toArray()[:2])
     with pytest.raises(ValueError, match="k=0"):
         scaler_pca.model_keeping(model.fullComponents, model.fullExplainedVariance, 0, "features", "pca")
+    shorter = scaler_pca.truncate(model, 2)
+    assert shorter.getK() == 2 and np.allclose(shorter.pc.toArray(), short.pc.toArray())
+    with pytest.raises(ValueError, match="k=6"):
+        scaler_pca.truncate(model, 6)
 
 
 def test_candidate_ks_and_smallest_accurate_k():
