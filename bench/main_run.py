@@ -9,6 +9,7 @@ from pathlib import Path
 from bench import main_command
 from bench.common import SHARED, link_tree, run_side, stratified, warm_cache
 from bench.incremental import add_new_photos
+from fruits_assets.deploy.settings import Settings
 
 logger = logging.getLogger("bench")
 TRAINING = SHARED / "fruits-360" / "Training"
@@ -68,6 +69,7 @@ def run_main(tmp: Path, weights: str, env: dict, images: int | None = None) -> d
     logger.info("main command with %d new photo", added)
     one = main_command.run(env, home)
     result = summarise(bare, first, zero, one)
+    result["settings"] = {"driver_memory": Settings.from_env(env).driver_memory}  # what the runs' Spark had
     loads["end"] = os.getloadavg()
     result["loadavg"] = {phase: [round(value, 2) for value in load] for phase, load in loads.items()}
     return result

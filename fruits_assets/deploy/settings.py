@@ -103,7 +103,9 @@ class Settings(BaseModel):
         default=ACCURACY_FLOOR, ge=LOWEST_ACCURACY_FLOOR, le=1.0, description="Least test accuracy the check accepts."
     )
     spark_master: str = Field(default="local[*]", description="Spark master of the local deployment.")
-    driver_memory: str = Field(default="2g", pattern=r"^\d+[kmgt]?$", description="Spark driver memory, e.g. 4g.")
+    driver_memory: str = Field(
+        default="1536m", pattern=r"^\d+[kmgt]?$", description="Spark driver memory (JVM heap), e.g. 1536m or 4g."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="WARNING", description="`fruits` CLI.")
     serve_max_upload_mb: float = Field(default=20.0, gt=0, le=1024, description="`fruits serve`: largest upload, MB.")
     serve_queue: int = Field(default=128, gt=0, le=10_000, description="`fruits serve`: photos admitted at once.")
