@@ -6,7 +6,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -60,52 +60,73 @@ def local_path(path: str) -> str:
     return rest[rest.index("/", 2) :] if rest.startswith("//") else rest
 
 
-def _sorted_entries(folder: str, listing: RootListing) -> list[os.DirEntry]:
+def _scan(folder: str, listing: RootListing) -> Iterator[os.DirEntry]:
+    """The entries of `folder` as the OS yields them (nothing if it cannot be read: counted, logged)."""
     try:
-        with os.scandir(folder) as entries:
-            return sorted(entries, key=lambda e: e.name)
+        entries = os.scandir(folder)
     except OSError as error:
         logger.warning("cannot read folder %s (%s): its files are not listed", folder, error.strerror)
         listing.skipped[UNREADABLE_FOLDER] += 1
-        return []
+        return
+    with entries:
+        yield from entries
 
 
 class _Walker:
-    """Walks real folders first, then follows deferred symbolic links once each, never twice into one folder."""
+    """Walks real folders first, then follows deferred symbolic links once each, never twice into one folder.
+
+    In the real walk a file's real path is the root's real path joined with its listed path, so it is known to be
+    listed without being remembered; only files reached through links are remembered by real path (`linked_files`).
+    """
 
     def __init__(self, base: str):
         self.base, self.listing = base, RootListing()
         self.real_base = os.path.realpath(base)
-        self.seen_folders, self.seen_files = {self.real_base}, set()
-        self.links: list[tuple[str, str]] = []  # (path, path relative to the root), met during the real walk
+        self.seen_folders, self.linked_files = {self.real_base}, set()
+        self.links: list[tuple[str, str]] = []  # (path, path relative to the root), met during the walks
 
-    def walk(self, folder: str, rel: str, real: str) -> None:
-        """List `folder` (real path `real`) and its real sub-folders; defer the links met."""
-        for entry in _sorted_entries(folder, self.listing):
-            rule, child_rel = skip_rule(entry.name), f"{rel}{entry.name}"
-            if rule:
-                self.listing.skipped[rule] += 1
-            elif entry.is_symlink():
-                self.links.append((entry.path, child_rel))
-            elif entry.is_dir(follow_symlinks=False):
-                self._enter(entry.path, child_rel, f"{real}/{entry.name}")
+    def walk(self, folder: str, rel: str, real: str, linked: bool = False) -> None:
+        """List `folder` (real path `real`) and its real sub-folders; defer the links met. `linked`: the folder was
+        reached through a link, so its files may be listed already under their real paths (and its entries are
+        taken in name order, for the links met there). The hot loop of a large root: one `lstat` per file."""
+        files, skipped = self.listing.files, self.listing.skipped
+        entries = _scan(folder, self.listing)  # consumed as read: a folder's entries are not held (1 s in 1 M)
+        for entry in sorted(entries, key=lambda e: e.name) if linked else entries:
+            name = entry.name
+            if name[0] == "." or name.lower() in OS_CLUTTER:
+                skipped[skip_rule(name)] += 1
             elif entry.is_file(follow_symlinks=False):
-                self._add(child_rel, f"{real}/{entry.name}", entry.stat(follow_symlinks=False))
+                if linked:
+                    self._add(f"{rel}{name}", f"{real}/{name}", entry.stat(follow_symlinks=False))
+                else:  # in the real walk: the real path is the root's joined with `rel`, listed nowhere else
+                    info = entry.stat(follow_symlinks=False)
+                    files[f"{rel}{name}"] = (info.st_size, info.st_mtime_ns)
+            elif entry.is_dir(follow_symlinks=False):
+                self._enter(entry.path, f"{rel}{name}", f"{real}/{name}", linked)
+            elif entry.is_symlink():
+                self.links.append((entry.path, f"{rel}{name}"))
             else:
-                self.listing.skipped[NOT_REGULAR] += 1
+                skipped[NOT_REGULAR] += 1
 
-    def _enter(self, folder: str, rel: str, real: str) -> None:
+    def _enter(self, folder: str, rel: str, real: str, linked: bool) -> None:
         if real in self.seen_folders:
             self.listing.skipped[LINK_TO_SEEN_FOLDER] += 1
             return
         self.seen_folders.add(real)
-        self.walk(folder, rel + "/", real)
+        self.walk(folder, rel + "/", real, linked)
+
+    def _listed(self, real: str) -> bool:
+        """Whether the file at real path `real` is listed already (by the real walk, or through a link)."""
+        if real in self.linked_files:
+            return True
+        inside = real.startswith(f"{self.real_base}/")
+        return inside and real[len(self.real_base) + 1 :] in self.listing.files
 
     def _add(self, rel: str, real: str, info: os.stat_result) -> None:
-        if real in self.seen_files:
+        if self._listed(real):
             self.listing.skipped[LINK_TO_SEEN_FILE] += 1
             return
-        self.seen_files.add(real)
+        self.linked_files.add(real)
         self.listing.files[rel] = (info.st_size, info.st_mtime_ns)
 
     def follow_links(self) -> None:
@@ -120,7 +141,7 @@ class _Walker:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 self.listing.linked_folders += 1
-                self._enter(path, rel, real)
+                self._enter(path, rel, real, linked=True)
             elif stat.S_ISREG(info.st_mode):
                 self._add(rel, real, info)
             else:

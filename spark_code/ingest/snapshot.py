@@ -83,10 +83,11 @@ def advance(
     same size and mtime as on the previous tick; otherwise it may still be being written and waits (deferred).
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
+    get = state.accepted.get
+    moved = [path for path, entry in current.items() if get(path) != entry]  # the one pass over every file
     changes, accepted, pending = Changes(), dict(state.accepted), {}
-    for path, entry in current.items():
-        if state.accepted.get(path) == entry:
-            continue
+    for path in moved:
+        entry = current[path]
         settled = now_ns - entry[1] >= settle_s * 1e9 or state.pending.get(path) == entry
         if not settled:
             pending[path] = entry
@@ -94,7 +95,7 @@ def advance(
             continue
         (changes.changed if path in state.accepted else changes.new).append(path)
         accepted[path] = entry
-    for path in set(state.accepted) - set(current):
+    for path in state.accepted.keys() - current.keys():
         changes.deleted.append(path)
         del accepted[path]
     for kind in (changes.new, changes.changed, changes.deleted, changes.deferred):
@@ -132,10 +133,14 @@ def _state_table(state: State):
 
 
 def _state_of(table) -> State:
-    state = State()
-    for path, size, mtime, pending in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-        (state.pending if pending else state.accepted)[path] = (size, mtime)
-    return state
+    import pyarrow.compute as pc
+
+    def entries(rows) -> dict[str, Entry]:
+        sizes, mtimes = rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist()
+        return dict(zip(rows.column("path").to_pylist(), zip(sizes, mtimes, strict=True), strict=True))
+
+    pending = table.column("pending")
+    return State(entries(table.filter(pc.invert(pending))), entries(table.filter(pending)))
 
 
 def store(state: State, folder: str) -> str:
