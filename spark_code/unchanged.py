@@ -78,21 +78,40 @@ def complete_batches(out: str) -> list[str]:
 
 def _identities(table: pa.Table) -> dict[str, tuple[int, int]]:
     """{path: (length, modification time in ms)} of a table's rows."""
-    millis = table.column("modification_time").cast(pa.timestamp("ms"), safe=False).cast(pa.int64()).to_pylist()
+    millis = _identity_table(table).column("modification_time").to_pylist()
     entries = zip(table.column("length").to_pylist(), millis, strict=True)
     return dict(zip(table.column("path").to_pylist(), entries, strict=True))
 
 
-def listed(root: str) -> dict[str, tuple[int, int]]:
-    """{path: (length, modification time in ms)} of a root's listing, as the Spark listing makes its rows."""
-    base = versions.qualify(root)
-    files = walk(root).files
-    return {f"{base}/{rel}": (size, mtime_ns // 1_000_000) for rel, (size, mtime_ns) in files.items()}
+def _identity_table(table: pa.Table) -> pa.Table:
+    """`path`, `length` and `modification_time` (ms since the epoch, int64) of a table's rows."""
+    millis = table.column("modification_time").cast(pa.timestamp("ms"), safe=False).cast(pa.int64())
+    return pa.table({"path": table.column("path"), "length": table.column("length"), "modification_time": millis})
 
 
-def current_raw(out: str, keys: list[str]) -> dict[str, tuple[int, int]]:
-    """The listing the committed batches describe: {path: (length, modification time in ms)}."""
-    return _identities(current_raw_rows(out, keys))
+def listed_table(root: str) -> pa.Table:
+    """The identities (`path`, `length`, `modification_time` in ms) of a root's listing, as the Spark listing makes
+    its rows; built column by column."""
+    base, files = versions.qualify(root), walk(root).files
+    entries = files.values()
+    columns = {
+        "path": pa.array([f"{base}/{rel}" for rel in files], pa.string()),
+        "length": pa.array([entry[0] for entry in entries], pa.int64()),
+        "modification_time": pa.array([entry[1] // 1_000_000 for entry in entries], pa.int64()),
+    }
+    return pa.table(columns)
+
+
+def differences(now: pa.Table, before: pa.Table) -> dict[str, int] | None:
+    """How many paths of identity table `now` are new or changed against `before`, and how many of `before`'s are
+    gone; None when the two hold the same identities (compared sorted by path: no per-row Python)."""
+    now, before = now.sort_by("path"), before.select(now.column_names).sort_by("path")
+    if now.num_rows == before.num_rows and now.equals(before):
+        return None
+    new = now.join(before, "path", join_type="left anti").num_rows
+    same = now.join(before, now.column_names, join_type="left semi").num_rows
+    gone = before.join(now, "path", join_type="left anti").num_rows
+    return {"new": new, "changed": now.num_rows - new - same, "deleted": gone}
 
 
 def current_raw_rows(out: str, keys: list[str]) -> pa.Table:
@@ -101,8 +120,9 @@ def current_raw_rows(out: str, keys: list[str]) -> pa.Table:
     columns = [*LISTING_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
     parts = [_nullable(pq.read_table(_newest(os.path.join(out, batches.LEDGER, k)), columns=columns)) for k in keys]
     rows = pa.concat_tables(parts).sort_by([(batches.INGESTED_AT, "ascending"), (batches.BATCH, "ascending")])
-    newest = {path: index for index, path in enumerate(rows.column("path").to_pylist())}  # the last row wins
-    latest = rows.take(pa.array(sorted(newest.values()), pa.int64()))
+    order = pa.table({"path": rows.column("path"), "row": pa.array(range(rows.num_rows), pa.int64())})
+    newest = order.group_by("path", use_threads=False).aggregate([("row", "max")])  # the last row wins
+    latest = rows.take(newest.sort_by("row_max").column("row_max"))
     return latest.filter(pc.not_equal(latest.column(batches.CHANGE), batches.DELETED))
 
 
@@ -149,11 +169,10 @@ def _model_keys(folder: str) -> set[str]:
 
 
 def _image_root(expected: Expected, out: str, keys: list[str]) -> str | None:
-    now, before = listed(expected.image_root), current_raw(out, keys)
-    if now != before:
-        new, gone = len(now.keys() - before.keys()), len(before.keys() - now.keys())
-        changed = sum(1 for p in now.keys() & before.keys() if now[p] != before[p])
-        return f"{expected.image_root}: {new} new, {changed} changed, {gone} deleted"
+    now, before = listed_table(expected.image_root), _identity_table(current_raw_rows(out, keys))
+    counts = differences(now, before)
+    if counts:
+        return f"{expected.image_root}: {counts['new']} new, {counts['changed']} changed, {counts['deleted']} deleted"
     for key in keys:
         if _model_keys(_newest(os.path.join(out, "cnn_features", key))) - {expected.model_key}:
             return f"batch {key} was featurized with other CNN settings"
@@ -173,7 +192,7 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
     if version is None:
         return "no training features yet"
     table = pq.read_table(version, columns=[*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
-    if _identities(table) != listed(root):
+    if differences(listed_table(root), _identity_table(table)):
         return f"{root}: new, changed or deleted photos"
     if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {model_key}:
         return "training features made with other CNN settings"

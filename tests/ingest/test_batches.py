@@ -143,3 +143,17 @@ def test_the_driver_plan_equals_sparks_plan_on_a_written_output(spark, tmp_path)
             "in_both": 0,
         }
     )
+
+
+def test_identity_differences_are_counted_whatever_the_row_order():
+    import pyarrow as pa
+
+    def table(rows):
+        paths, lengths, millis = zip(*rows, strict=True)
+        return pa.table({"path": list(paths), "length": list(lengths), "modification_time": list(millis)})
+
+    before = table([("a", 1, 5), ("b", 2, 5), ("c", 3, 5)])
+    assert unchanged.differences(table([("c", 3, 5), ("a", 1, 5), ("b", 2, 5)]), before) is None
+    now = table([("b", 2, 6), ("d", 4, 5), ("a", 1, 5)])  # b touched, c deleted, d new
+    assert unchanged.differences(now, before) == {"new": 1, "changed": 1, "deleted": 1}
+    assert unchanged.differences(table([("a", 1, 5)]), before) == {"new": 0, "changed": 0, "deleted": 2}
