@@ -60,16 +60,14 @@ def local_path(path: str) -> str:
     return rest[rest.index("/", 2) :] if rest.startswith("//") else rest
 
 
-def _scan(folder: str, listing: RootListing) -> Iterator[os.DirEntry]:
-    """The entries of `folder` as the OS yields them (nothing if it cannot be read: counted, logged)."""
+def _scandir(folder: str, listing: RootListing) -> Iterator[os.DirEntry] | None:
+    """`os.scandir(folder)`, or None when the folder cannot be read (counted, logged)."""
     try:
-        entries = os.scandir(folder)
+        return os.scandir(folder)
     except OSError as error:
         logger.warning("cannot read folder %s (%s): its files are not listed", folder, error.strerror)
         listing.skipped[UNREADABLE_FOLDER] += 1
-        return
-    with entries:
-        yield from entries
+        return None
 
 
 class _Walker:
@@ -88,10 +86,17 @@ class _Walker:
     def walk(self, folder: str, rel: str, real: str, linked: bool = False) -> None:
         """List `folder` (real path `real`) and its real sub-folders; defer the links met. `linked`: the folder was
         reached through a link, so its files may be listed already under their real paths (and its entries are
-        taken in name order, for the links met there). The hot loop of a large root: one `lstat` per file."""
+        taken in name order, for the links met there)."""
+        entries = _scandir(folder, self.listing)
+        if entries is None:
+            return
+        with entries:  # consumed as read: a folder's entries are not held (1 s in 1 M files)
+            self._walk_entries(sorted(entries, key=lambda e: e.name) if linked else entries, rel, real, linked)
+
+    def _walk_entries(self, entries: Iterator[os.DirEntry], rel: str, real: str, linked: bool) -> None:
+        """The hot loop of a large root: one `lstat` per file, no call of our own per file in the real walk."""
         files, skipped = self.listing.files, self.listing.skipped
-        entries = _scan(folder, self.listing)  # consumed as read: a folder's entries are not held (1 s in 1 M)
-        for entry in sorted(entries, key=lambda e: e.name) if linked else entries:
+        for entry in entries:
             name = entry.name
             if name[0] == "." or name.lower() in OS_CLUTTER:
                 skipped[skip_rule(name)] += 1

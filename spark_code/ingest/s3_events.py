@@ -78,20 +78,16 @@ def acknowledge(queue_url: str, handles: list[str], client=None) -> None:
 
 
 def apply(state: snapshot.State, events: list[ObjectEvent]) -> tuple[snapshot.State, snapshot.Changes]:
-    """The state after the events, and the changes against the state before (S3 writes are atomic: none deferred)."""
-    accepted = dict(state.accepted)
-    for event in events:
-        if event.created:
-            accepted[event.key] = (event.size, event.time_ns)
-        else:
-            accepted.pop(event.key, None)
-    changes = snapshot.Changes()
-    for key in {event.key for event in events}:  # only what the events touched: no pass over the whole corpus
-        before, after = state.accepted.get(key), accepted.get(key)
-        if after is None and before is not None:
+    """The state after the events, and the changes against the state before (S3 writes are atomic: none deferred).
+    Only what the events touched is looked at: no pass over the whole corpus."""
+    final: dict[str, snapshot.Entry | None] = {}
+    for event in events:  # in time order: the last event of a key wins
+        final[event.key] = (event.size, event.time_ns) if event.created else None
+    before, changes = state.lookup(list(final)), snapshot.Changes()
+    for key, after in sorted(final.items()):
+        if after is None and key in before:
             changes.deleted.append(key)
-        elif after is not None and after != before:
-            (changes.new if before is None else changes.changed).append(key)
-    for kind in (changes.new, changes.changed, changes.deleted):
-        kind.sort()
-    return snapshot.State(accepted, dict(state.pending)), changes
+        elif after is not None and after != before.get(key):
+            (changes.new if key not in before else changes.changed).append(key)
+    added = {key: entry for key, entry in final.items() if entry is not None}
+    return state.replaced(changes.deleted, added, state.pending), changes

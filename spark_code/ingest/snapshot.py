@@ -10,6 +10,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from spark_code.ingest import listing
 from spark_code.storage import files
 from spark_code.storage.s3a import is_s3
@@ -51,12 +55,57 @@ class Changes:
         return {k: len(v) for k, v in vars(self).items()}
 
 
-@dataclass
-class State:
-    """The sensor's memory between ticks: the accepted snapshot and the files seen still moving last tick."""
+ENTRY_COLUMNS = ("path", "size", "mtime_ns")
 
-    accepted: dict[str, Entry] = field(default_factory=dict)
-    pending: dict[str, Entry] = field(default_factory=dict)
+
+def entries_table(entries: dict[str, Entry]) -> pa.Table:
+    """{path: (size, mtime_ns)} as a table (`path`, `size`, `mtime_ns`), built column by column."""
+    values = entries.values()
+    columns = (list(entries), [entry[0] for entry in values], [entry[1] for entry in values])
+    types = (pa.string(), pa.int64(), pa.int64())
+    return pa.table([pa.array(c, t) for c, t in zip(columns, types, strict=True)], names=list(ENTRY_COLUMNS))
+
+
+def entries_of(table: pa.Table) -> dict[str, Entry]:
+    """A table of entries (see `entries_table`) as {path: (size, mtime_ns)}."""
+    sizes, mtimes = table.column("size").to_pylist(), table.column("mtime_ns").to_pylist()
+    return dict(zip(table.column("path").to_pylist(), zip(sizes, mtimes, strict=True), strict=True))
+
+
+class State:
+    """The sensor's memory between ticks: the accepted snapshot (a table: the corpus, compared and stored without
+    a Python object per file) and the few files seen still moving last tick (`pending`, a dict)."""
+
+    def __init__(self, accepted: dict[str, Entry] | pa.Table | None = None, pending: dict[str, Entry] | None = None):
+        self.table = accepted if isinstance(accepted, pa.Table) else entries_table(accepted or {})
+        self.pending = dict(pending or {})
+
+    @property
+    def accepted(self) -> dict[str, Entry]:
+        """The accepted snapshot as {path: (size, mtime_ns)} (a Python object per file: for small states)."""
+        return entries_of(self.table)
+
+    def lookup(self, paths: list[str]) -> dict[str, Entry]:
+        """The accepted entries of `paths` (those it holds)."""
+        if not paths:
+            return {}
+        return entries_of(
+            self.table.filter(pc.is_in(self.table.column("path"), value_set=pa.array(paths, pa.string())))
+        )
+
+    def replaced(self, removed: list[str], added: dict[str, Entry], pending: dict[str, Entry]) -> State:
+        """A new state: these accepted paths removed, then these entries added; with `pending`."""
+        if not removed and not added:
+            return State(self.table, pending)
+        gone = pc.is_in(self.table.column("path"), value_set=pa.array([*removed, *added], pa.string()))
+        return State(pa.concat_tables([self.table.filter(pc.invert(gone)), entries_table(added)]), pending)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State) or self.pending != other.pending:
+            return False
+        if self.table is other.table or self.table.num_rows != other.table.num_rows:
+            return self.table is other.table
+        return self.table.sort_by("path").equals(other.table.sort_by("path"))
 
     def encode(self) -> str:
         """A compact cursor string (zlib + base64 of JSON)."""
@@ -81,26 +130,22 @@ def advance(
 
     A new or changed file is accepted when it has not been modified for `settle_s` seconds, or when it has the
     same size and mtime as on the previous tick; otherwise it may still be being written and waits (deferred).
+    The corpus is compared as tables (two hash joins); only the files that moved are looked at one by one.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    get = state.accepted.get
-    moved = [path for path, entry in current.items() if get(path) != entry]  # the one pass over every file
-    changes, accepted, pending = Changes(), dict(state.accepted), {}
-    for path in moved:
-        entry = current[path]
-        settled = now_ns - entry[1] >= settle_s * 1e9 or state.pending.get(path) == entry
-        if not settled:
+    now = entries_table(current)
+    moved = entries_of(now.join(state.table, list(ENTRY_COLUMNS), join_type="left anti"))
+    gone = state.table.join(now, "path", join_type="left anti").column("path").to_pylist()
+    known = state.lookup(list(moved))
+    changes, settled, pending = Changes(deleted=sorted(gone)), {}, {}
+    for path, entry in sorted(moved.items()):
+        if now_ns - entry[1] >= settle_s * 1e9 or state.pending.get(path) == entry:
+            settled[path] = entry
+            (changes.changed if path in known else changes.new).append(path)
+        else:
             pending[path] = entry
             changes.deferred.append(path)
-            continue
-        (changes.changed if path in state.accepted else changes.new).append(path)
-        accepted[path] = entry
-    for path in state.accepted.keys() - current.keys():
-        changes.deleted.append(path)
-        del accepted[path]
-    for kind in (changes.new, changes.changed, changes.deleted, changes.deferred):
-        kind.sort()
-    return State(accepted, pending), changes
+    return state.replaced(gone, settled, pending), changes
 
 
 def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:
@@ -109,7 +154,8 @@ def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:
     gets the same key; it costs what the batch costs, not a hash of every entry of the corpus."""
     import hashlib
 
-    entries = [(path, state.accepted[path]) for path in (*changes.new, *changes.changed)]
+    paths = [*changes.new, *changes.changed]
+    entries = sorted(state.lookup(paths).items())
     key = json.dumps([previous_cursor or "", entries, changes.deleted])
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -119,28 +165,17 @@ def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:
 KEEP_SNAPSHOTS = 3
 
 
-def _state_table(state: State):
-    import pyarrow as pa
-
-    entries = [*state.accepted.values(), *state.pending.values()]
-    columns = {
-        "path": pa.array([*state.accepted, *state.pending], pa.string()),
-        "size": pa.array([entry[0] for entry in entries], pa.int64()),
-        "mtime_ns": pa.array([entry[1] for entry in entries], pa.int64()),
-        "pending": pa.array([False] * len(state.accepted) + [True] * len(state.pending), pa.bool_()),
-    }
-    return pa.table(columns)
+def _state_table(state: State) -> pa.Table:
+    pending = entries_table(state.pending)
+    flags = (pa.repeat(False, state.table.num_rows), pa.repeat(True, pending.num_rows))
+    tables = [t.append_column("pending", f) for t, f in zip((state.table, pending), flags, strict=True)]
+    return pa.concat_tables(tables)
 
 
-def _state_of(table) -> State:
-    import pyarrow.compute as pc
-
-    def entries(rows) -> dict[str, Entry]:
-        sizes, mtimes = rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist()
-        return dict(zip(rows.column("path").to_pylist(), zip(sizes, mtimes, strict=True), strict=True))
-
+def _state_of(table: pa.Table) -> State:
     pending = table.column("pending")
-    return State(entries(table.filter(pc.invert(pending))), entries(table.filter(pending)))
+    accepted = table.filter(pc.invert(pending)).select(list(ENTRY_COLUMNS))
+    return State(accepted, entries_of(table.filter(pending)))
 
 
 def store(state: State, folder: str) -> str:
@@ -150,23 +185,18 @@ def store(state: State, folder: str) -> str:
     """
     import hashlib
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     sink = pa.BufferOutputStream()
     pq.write_table(_state_table(state), sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
     name = f"snapshot-{time.time_ns():020d}-{hashlib.sha1(data).hexdigest()[:12]}.parquet"
     uri = _write(folder, name, data)
-    return json.dumps({"snapshot": uri, "files": len(state.accepted), "pending": len(state.pending)})
+    return json.dumps({"snapshot": uri, "files": state.table.num_rows, "pending": len(state.pending)})
 
 
 def restore(cursor: str | None) -> State:
     """The state behind a cursor: a pointer written by `store`, or an inline cursor of `State.encode`."""
     if not cursor or not cursor.startswith("{"):
         return State.decode(cursor)
-    import pyarrow.parquet as pq
-
     uri = json.loads(cursor)["snapshot"]
     try:
         return _state_of(pq.read_table(files.open_input(uri)))
@@ -185,11 +215,9 @@ def store_changes(changes: Changes, before: State, state: State, folder: str) ->
     with its last entry); return its URI, for the run that ingests exactly this batch."""
     import hashlib
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [(path, *state.accepted[path], kind) for kind in ("new", "changed") for path in getattr(changes, kind)]
-    rows += [(path, *before.accepted[path], "deleted") for path in changes.deleted]
+    accepted, deleted = state.lookup([*changes.new, *changes.changed]), before.lookup(changes.deleted)
+    rows = [(path, *accepted[path], kind) for kind in ("new", "changed") for path in getattr(changes, kind)]
+    rows += [(path, *deleted[path], "deleted") for path in changes.deleted]
     columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
     types = (pa.string(), pa.int64(), pa.int64(), pa.string())
     table = pa.table(
@@ -203,7 +231,6 @@ def store_changes(changes: Changes, before: State, state: State, folder: str) ->
 
 def load_changes(uri: str) -> list[tuple[str, int, int, str]] | None:
     """The (rel path, size, mtime_ns, change) rows `store_changes` wrote; None if the file is gone or unreadable."""
-    import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(files.open_input(uri))

@@ -8,7 +8,7 @@ from dagster import build_sensor_context
 
 from fruits_assets.defs.automation import new_images
 from fruits_assets.io.resources import ImageSource
-from spark_code.ingest import snapshot
+from spark_code.ingest import s3_events, snapshot
 
 
 def _files(root, n, start=0):
@@ -34,8 +34,7 @@ def test_cursor_size_does_not_grow_with_the_corpus(tmp_path):
         assert result.run_requests[0].tags["fruits/new"] == str(n)
         assert snapshot.restore(cursor).accepted == snapshot.list_local(str(root))  # the whole snapshot, stored
         sizes[n] = len(cursor)
-        inline = snapshot.State.decode(None)
-        inline.accepted = snapshot.list_local(str(root))
+        inline = snapshot.State(snapshot.list_local(str(root)))
         assert len(inline.encode()) > 20 * len(cursor) or n == 50
     assert sizes[5000] <= sizes[50] + 8 and sizes[5000] < 300  # a pointer, not the snapshot
 
@@ -54,6 +53,29 @@ def test_pointer_cursor_sees_only_changes_and_keeps_few_snapshot_files(tmp_path)
     (state / json.loads(cursor)["snapshot"].rsplit("/", 1)[1]).unlink()  # removed by hand: start again, no crash
     result, _ = _tick(root, str(state), cursor)
     assert result.run_requests[0].tags["fruits/new"] == "40"
+
+
+def test_a_deferred_change_keeps_the_accepted_entry_until_it_settles():
+    before = snapshot.State({"a.jpg": (1, 0), "b.jpg": (1, 0)})
+    now = {"a.jpg": (2, 10**12), "b.jpg": (1, 0), "c.jpg": (3, 10**12)}  # a edited, c new: both just now
+    state, changes = snapshot.advance(before, now, settle_s=60, now_ns=10**12)
+    assert changes.deferred == ["a.jpg", "c.jpg"] and not changes
+    assert state.accepted == before.accepted and state.pending == {"a.jpg": (2, 10**12), "c.jpg": (3, 10**12)}
+    assert state != before  # the pending files are remembered: a new cursor
+    state, changes = snapshot.advance(state, now, settle_s=60, now_ns=10**12 + 1)  # the same entries: settled
+    assert (changes.new, changes.changed) == (["c.jpg"], ["a.jpg"]) and state.accepted == now and not state.pending
+    state, changes = snapshot.advance(state, {"c.jpg": (3, 10**12)}, settle_s=60)
+    assert changes.deleted == ["a.jpg", "b.jpg"] and state.accepted == {"c.jpg": (3, 10**12)}
+
+
+def test_s3_events_change_only_the_keys_they_touch_the_last_event_winning():
+    event = s3_events.ObjectEvent
+    before = snapshot.State({"a.jpg": (1, 1), "b.jpg": (1, 1), "z.jpg": (9, 1)})
+    events = [event("a.jpg", True, 2, 5), event("c.jpg", True, 3, 5), event("c.jpg", False, 0, 6)]
+    events += [event("b.jpg", False, 0, 6), event("d.jpg", True, 4, 7)]
+    state, changes = s3_events.apply(before, events)
+    assert (changes.new, changes.changed, changes.deleted) == (["d.jpg"], ["a.jpg"], ["b.jpg"])
+    assert state.accepted == {"a.jpg": (2, 5), "d.jpg": (4, 7), "z.jpg": (9, 1)}
 
 
 @pytest.mark.slow  # a moto server
