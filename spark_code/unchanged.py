@@ -104,12 +104,12 @@ def listed_table(root: str) -> pa.Table:
 
 def differences(now: pa.Table, before: pa.Table) -> dict[str, int] | None:
     """How many paths of identity table `now` are new or changed against `before`, and how many of `before`'s are
-    gone; None when the two hold the same identities (compared sorted by path: no per-row Python)."""
-    now, before = now.sort_by("path"), before.select(now.column_names).sort_by("path")
-    if now.num_rows == before.num_rows and now.equals(before):
+    gone; None when the two hold the same identities (paths are unique in each: hash joins, no per-row Python)."""
+    before = before.select(now.column_names)
+    same = now.join(before, now.column_names, join_type="left semi").num_rows
+    if same == now.num_rows == before.num_rows:
         return None
     new = now.join(before, "path", join_type="left anti").num_rows
-    same = now.join(before, now.column_names, join_type="left semi").num_rows
     gone = before.join(now, "path", join_type="left anti").num_rows
     return {"new": new, "changed": now.num_rows - new - same, "deleted": gone}
 
@@ -119,11 +119,28 @@ def current_raw_rows(out: str, keys: list[str]) -> pa.Table:
     deleted paths left out (as `batches.current_raw`, read with pyarrow from a local output)."""
     columns = [*LISTING_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
     parts = [_nullable(pq.read_table(_newest(os.path.join(out, batches.LEDGER, k)), columns=columns)) for k in keys]
-    rows = pa.concat_tables(parts).sort_by([(batches.INGESTED_AT, "ascending"), (batches.BATCH, "ascending")])
-    order = pa.table({"path": rows.column("path"), "row": pa.array(range(rows.num_rows), pa.int64())})
-    newest = order.group_by("path", use_threads=False).aggregate([("row", "max")])  # the last row wins
-    latest = rows.take(newest.sort_by("row_max").column("row_max"))
-    return latest.filter(pc.not_equal(latest.column(batches.CHANGE), batches.DELETED))
+    rows = _oldest_first(parts, keys)
+    counts = pc.value_counts(rows.column("path"))
+    again = counts.field("values").filter(pc.greater(counts.field("counts"), 1))  # paths taken by several batches
+    if len(again):  # each such path's last row wins; every other row is its path's only one
+        repeated = pc.is_in(rows.column("path"), value_set=again)
+        index = pa.table({"path": rows.column("path"), "row": pa.array(range(rows.num_rows), pa.int64())})
+        newest = index.filter(repeated).group_by("path", use_threads=False).aggregate([("row", "max")])
+        rows = pa.concat_tables([rows.filter(pc.invert(repeated)), rows.take(newest.column("row_max"))])
+    return rows.filter(pc.not_equal(rows.column(batches.CHANGE), batches.DELETED))
+
+
+def _oldest_first(parts: list[pa.Table], keys: list[str]) -> pa.Table:
+    """The batches' rows in the order they were ingested (time, then key): whole parts put in order when each
+    batch has one ingestion time (as a run writes them), else the rows sorted."""
+    order = [(batches.INGESTED_AT, "ascending"), (batches.BATCH, "ascending")]
+    times = [pc.min_max(part.column(batches.INGESTED_AT)) for part in parts]
+    if any(t["min"] != t["max"] for t in times):
+        return pa.concat_tables(parts).sort_by(order)
+    by_time = sorted(
+        range(len(parts)), key=lambda i: (times[i]["min"].as_py() is None, times[i]["min"].as_py(), keys[i])
+    )
+    return pa.concat_tables([parts[i] for i in by_time])
 
 
 def listing_entries(current: pa.Table) -> dict[str, tuple[str | None, int, int]]:
