@@ -116,3 +116,18 @@ def test_s3_listing_and_sensor_agree_over_a_real_s3_api(s3_bucket):
         == set(snapshot.list_s3("s3://fruits/img/", client))
     )
     assert dict(found.skipped) == {listing.HIDDEN: 2} and found.files["z.jfif"][0] == 1
+
+
+def test_a_file_reached_twice_through_links_is_listed_once(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "Kiwi").mkdir(parents=True)
+    outside.mkdir()
+    (root / "Kiwi" / "a.jpg").write_bytes(b"a")
+    (outside / "far.jpg").write_bytes(b"far")
+    (outside / "again.jpg").symlink_to(outside / "far.jpg")  # met inside a linked folder: the same file
+    (outside / "kiwi.jpg").symlink_to(root / "Kiwi" / "a.jpg")  # back into the real walk: listed already
+    (root / "Cherry").symlink_to(outside, target_is_directory=True)
+    (root / "Kiwi" / "b.jpg").symlink_to(outside / "far.jpg")  # the linked folder's file, by another way
+    found = listing.walk_local(str(root))
+    assert set(found.files) == {"Kiwi/a.jpg", "Cherry/far.jpg"}
+    assert dict(found.skipped) == {listing.LINK_TO_SEEN_FILE: 3} and found.linked_folders == 1
