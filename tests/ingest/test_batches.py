@@ -157,3 +157,38 @@ def test_identity_differences_are_counted_whatever_the_row_order():
     now = table([("b", 2, 6), ("d", 4, 5), ("a", 1, 5)])  # b touched, c deleted, d new
     assert unchanged.differences(now, before) == {"new": 1, "changed": 1, "deleted": 1}
     assert unchanged.differences(table([("a", 1, 5)]), before) == {"new": 0, "changed": 0, "deleted": 2}
+
+
+def test_current_raw_rows_take_each_paths_newest_row_whatever_the_parts_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def part(key, rows):
+        folder = tmp_path / "raw_images" / key / "v-1"
+        folder.mkdir(parents=True)
+        (folder / versions.COMMITTED).touch()
+        paths, changes, hours = zip(*rows, strict=True)
+        columns = {
+            "path": list(paths),
+            "label": ["a"] * len(rows),
+            "length": [1] * len(rows),
+            "modification_time": [T0] * len(rows),
+            batches.CHANGE: list(changes),
+            batches.BATCH: [key] * len(rows),
+            batches.INGESTED_AT: [T0 + timedelta(hours=h) for h in hours],
+        }
+        pq.write_table(pa.table(columns), folder / "part-0.parquet")
+
+    part("b1", [("x", batches.NEW, 3), ("y", batches.NEW, 3), ("z", batches.NEW, 3)])  # the newest, whatever its key
+    part("b2", [("x", batches.NEW, 1), ("w", batches.NEW, 1)])
+    part("b3", [("y", batches.DELETED, 2), ("w", batches.CHANGED, 2)])
+    current = unchanged.current_raw_rows(str(tmp_path), ["b1", "b2", "b3"])
+    assert sorted(zip(current["path"].to_pylist(), current[batches.BATCH].to_pylist(), strict=True)) == [
+        ("w", "b3"),
+        ("x", "b1"),
+        ("y", "b1"),  # deleted in b3, then taken again by b1 (later)
+        ("z", "b1"),
+    ]
+    part("b4", [("z", batches.DELETED, 4), ("v", batches.NEW, 0)])  # a part of two times: its rows are sorted
+    current = unchanged.current_raw_rows(str(tmp_path), ["b1", "b2", "b3", "b4"])
+    assert sorted(current["path"].to_pylist()) == ["v", "w", "x", "y"]
