@@ -94,11 +94,13 @@ class State:
         )
 
     def replaced(self, removed: list[str], added: dict[str, Entry], pending: dict[str, Entry]) -> State:
-        """A new state: these accepted paths removed, then these entries added; with `pending`."""
-        if not removed and not added:
-            return State(self.table, pending)
-        gone = pc.is_in(self.table.column("path"), value_set=pa.array([*removed, *added], pa.string()))
-        return State(pa.concat_tables([self.table.filter(pc.invert(gone)), entries_table(added)]), pending)
+        """A new state: these accepted paths removed (deleted, or changed: their new entry is in `added`), then
+        these entries added (new or changed paths); with `pending`."""
+        kept = self.table
+        if removed:
+            gone = pc.is_in(kept.column("path"), value_set=pa.array(removed, pa.string()))
+            kept = kept.filter(pc.invert(gone))
+        return State(pa.concat_tables([kept, entries_table(added)]) if added else kept, pending)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State) or self.pending != other.pending:
@@ -145,7 +147,7 @@ def advance(
         else:
             pending[path] = entry
             changes.deferred.append(path)
-    return state.replaced(gone, settled, pending), changes
+    return state.replaced([*gone, *changes.changed], settled, pending), changes
 
 
 def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:

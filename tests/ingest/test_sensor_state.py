@@ -64,6 +64,7 @@ def test_a_deferred_change_keeps_the_accepted_entry_until_it_settles():
     assert state != before  # the pending files are remembered: a new cursor
     state, changes = snapshot.advance(state, now, settle_s=60, now_ns=10**12 + 1)  # the same entries: settled
     assert (changes.new, changes.changed) == (["c.jpg"], ["a.jpg"]) and state.accepted == now and not state.pending
+    assert state.table.num_rows == 3  # each path once: the changed file's old entry was replaced
     state, changes = snapshot.advance(state, {"c.jpg": (3, 10**12)}, settle_s=60)
     assert changes.deleted == ["a.jpg", "b.jpg"] and state.accepted == {"c.jpg": (3, 10**12)}
 
@@ -72,10 +73,10 @@ def test_s3_events_change_only_the_keys_they_touch_the_last_event_winning():
     event = s3_events.ObjectEvent
     before = snapshot.State({"a.jpg": (1, 1), "b.jpg": (1, 1), "z.jpg": (9, 1)})
     events = [event("a.jpg", True, 2, 5), event("c.jpg", True, 3, 5), event("c.jpg", False, 0, 6)]
-    events += [event("b.jpg", False, 0, 6), event("d.jpg", True, 4, 7)]
+    events += [event("b.jpg", False, 0, 6), event("d.jpg", True, 4, 7), event("z.jpg", True, 9, 1)]  # z: as it was
     state, changes = s3_events.apply(before, events)
     assert (changes.new, changes.changed, changes.deleted) == (["d.jpg"], ["a.jpg"], ["b.jpg"])
-    assert state.accepted == {"a.jpg": (2, 5), "d.jpg": (4, 7), "z.jpg": (9, 1)}
+    assert state.accepted == {"a.jpg": (2, 5), "d.jpg": (4, 7), "z.jpg": (9, 1)} and state.table.num_rows == 3
 
 
 @pytest.mark.slow  # a moto server
