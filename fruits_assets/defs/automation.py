@@ -69,8 +69,8 @@ def new_images(context: SensorEvaluationContext, image_source: ImageSource) -> S
     key = batches.new_key()
     tags = {f"fruits/{kind}": str(n) for kind, n in counts.items()}
     if image_source.state_uri is not None:  # the run ingests exactly these files: it lists nothing again
-        tags[CHANGES_TAG] = snapshot.store_changes(changes, before, state, image_source.state_uri)
-    request = RunRequest(run_key=snapshot.run_key(context.cursor, changes, state), partition_key=key, tags=tags)
+        tags[CHANGES_TAG] = snapshot.store_changes(changes, before, image_source.state_uri)
+    request = RunRequest(run_key=snapshot.run_key(context.cursor, changes), partition_key=key, tags=tags)
     return SensorResult(
         run_requests=[request],
         dynamic_partitions_requests=[ingest_batches.build_add_request([key])],

@@ -89,5 +89,5 @@ def apply(state: snapshot.State, events: list[ObjectEvent]) -> tuple[snapshot.St
             changes.deleted.append(key)
         elif after is not None and after != before.get(key):
             (changes.new if key not in before else changes.changed).append(key)
-    added = {key: final[key] for key in (*changes.new, *changes.changed)}
-    return state.replaced([*changes.deleted, *changes.changed], added, state.pending), changes
+    changes.accepted = {key: final[key] for key in (*changes.new, *changes.changed)}
+    return state.replaced([*changes.deleted, *changes.changed], changes.accepted, state.pending), changes

@@ -46,13 +46,17 @@ class Changes:
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
+    accepted: dict[str, Entry] = field(default_factory=dict, repr=False)  # the new and changed files' entries
 
     def __bool__(self) -> bool:
         return bool(self.new or self.changed or self.deleted)
 
     def counts(self) -> dict[str, int]:
         """How many files of each kind."""
-        return {k: len(v) for k, v in vars(self).items()}
+        return {kind: len(getattr(self, kind)) for kind in KINDS}
+
+
+KINDS = ("new", "changed", "deleted", "deferred")
 
 
 ENTRY_COLUMNS = ("path", "size", "mtime_ns")
@@ -139,25 +143,24 @@ def advance(
     moved = entries_of(now.join(state.table, list(ENTRY_COLUMNS), join_type="left anti"))
     gone = state.table.join(now, "path", join_type="left anti").column("path").to_pylist()
     known = state.lookup(list(moved))
-    changes, settled, pending = Changes(deleted=sorted(gone)), {}, {}
+    changes, pending = Changes(deleted=sorted(gone)), {}
     for path, entry in sorted(moved.items()):
         if now_ns - entry[1] >= settle_s * 1e9 or state.pending.get(path) == entry:
-            settled[path] = entry
+            changes.accepted[path] = entry
             (changes.changed if path in known else changes.new).append(path)
         else:
             pending[path] = entry
             changes.deferred.append(path)
-    return state.replaced([*gone, *changes.changed], settled, pending), changes
+    return state.replaced([*gone, *changes.changed], changes.accepted, pending), changes
 
 
-def run_key(previous_cursor: str | None, changes: Changes, state: State) -> str:
+def run_key(previous_cursor: str | None, changes: Changes) -> str:
     """A short id of the snapshot a tick accepted (the sensor's run key: one run per distinct snapshot): the
-    previous snapshot's cursor and the changes applied to it, with the new entries. The same tick evaluated again
+    previous snapshot's cursor and the changes applied to it, with the accepted entries. The same tick evaluated again
     gets the same key; it costs what the batch costs, not a hash of every entry of the corpus."""
     import hashlib
 
-    paths = [*changes.new, *changes.changed]
-    entries = sorted(state.lookup(paths).items())
+    entries = sorted(changes.accepted.items())
     key = json.dumps([previous_cursor or "", entries, changes.deleted])
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -212,12 +215,12 @@ def restore(cursor: str | None) -> State:
 KEEP_FILES = 20  # per kind (snapshot-, changes-): a run queued behind more ticks than this lists the root itself
 
 
-def store_changes(changes: Changes, before: State, state: State, folder: str) -> str:
+def store_changes(changes: Changes, before: State, folder: str) -> str:
     """Write what a tick found as Parquet in `folder` (rel path, size, mtime, new/changed/deleted; a deleted file
     with its last entry); return its URI, for the run that ingests exactly this batch."""
     import hashlib
 
-    accepted, deleted = state.lookup([*changes.new, *changes.changed]), before.lookup(changes.deleted)
+    accepted, deleted = changes.accepted, before.lookup(changes.deleted)
     rows = [(path, *accepted[path], kind) for kind in ("new", "changed") for path in getattr(changes, kind)]
     rows += [(path, *deleted[path], "deleted") for path in changes.deleted]
     columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]

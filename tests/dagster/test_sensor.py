@@ -63,10 +63,10 @@ def test_changes_name_exactly_the_files():
     assert (changes.new, changes.changed, changes.deleted) == (["c/4.jpg"], ["a/2.jpg"], ["b/3.jpg"])
     assert state.accepted == now
     assert snapshot.State.decode(state.encode()).accepted == now  # the cursor survives a restart
-    key = snapshot.run_key("cursor-1", changes, state)  # the same tick evaluated again: the same run
-    assert key == snapshot.run_key("cursor-1", changes, state) != snapshot.run_key("cursor-2", changes, state)
-    again, other = snapshot.advance(before, {**now, "a/2.jpg": (12, 3)}, settle_s=0, now_ns=10**12)
-    assert snapshot.run_key("cursor-1", other, again) != key  # the same paths, another version of one of them
+    key = snapshot.run_key("cursor-1", changes)  # the same tick evaluated again: the same run
+    assert key == snapshot.run_key("cursor-1", changes) != snapshot.run_key("cursor-2", changes)
+    _, other = snapshot.advance(before, {**now, "a/2.jpg": (12, 3)}, settle_s=0, now_ns=10**12)
+    assert snapshot.run_key("cursor-1", other) != key  # the same paths, another version of one of them
 
 
 def test_half_written_file_waits_until_its_size_holds(tmp_path):
