@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from spark_code.ingest import batches
+from spark_code.ingest import batches, snapshot
 from spark_code.ingest.images import LISTING_COLUMNS
 from spark_code.ingest.listing import local_path, walk
 from spark_code.reduction import lifecycle
@@ -91,15 +91,11 @@ def _identity_table(table: pa.Table) -> pa.Table:
 
 def listed_table(root: str) -> pa.Table:
     """The identities (`path`, `length`, `modification_time` in ms) of a root's listing, as the Spark listing makes
-    its rows; built column by column."""
-    base, files = versions.qualify(root), walk(root).files
-    entries = files.values()
-    columns = {
-        "path": pa.array([f"{base}/{rel}" for rel in files], pa.string()),
-        "length": pa.array([entry[0] for entry in entries], pa.int64()),
-        "modification_time": pa.array([entry[1] // 1_000_000 for entry in entries], pa.int64()),
-    }
-    return pa.table(columns)
+    its rows: the walk's entries as the sensor tabulates them (`snapshot.entries_table`), then qualified paths."""
+    entries = snapshot.entries_table(walk(root).files)
+    paths = pc.binary_join_element_wise(f"{versions.qualify(root)}/", entries.column("path"), "")
+    millis = pc.divide(entries.column("mtime_ns"), 1_000_000)  # integer division, as the listing's milliseconds
+    return pa.table({"path": paths, "length": entries.column("size"), "modification_time": millis})
 
 
 def differences(now: pa.Table, before: pa.Table) -> dict[str, int] | None:
