@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,13 +17,40 @@ DEFAULT_FOLDER = Path.home() / ".cache" / "fruits" / "jvm"
 
 
 def archive_path(folder: Path = DEFAULT_FOLDER) -> Path:
-    """Where the archive of this venv's Spark lives: one per pyspark version and jars folder (the JVM maps an archive
-    only for the class path it was made with, and ignores any other)."""
+    """Where the archive of this venv's Spark lives, named for the venv and for the state of its jars and its Java.
+    The JVM maps an archive only while every jar has the size and time it had when the archive was made, and silently
+    ignores it otherwise: a venv re-installed in place gets a new name, so `build` makes a new archive."""
     import pyspark
 
     jars = Path(pyspark.__file__).parent / "jars"
-    key = hashlib.sha256(f"{pyspark.__version__}:{jars.resolve()}".encode()).hexdigest()[:12]
-    return folder / f"spark-{pyspark.__version__}-{key}.jsa"
+    return folder / f"{_venv_prefix(pyspark.__version__, jars)}-{_digest(_class_path_state(jars))}.jsa"
+
+
+def _venv_prefix(version: str, jars: Path) -> str:
+    """The part of an archive's name that names the venv (its pyspark version and jars folder), not its state."""
+    return f"spark-{version}-{_digest(f'{version}:{jars.resolve()}')}"
+
+
+def _class_path_state(jars: Path) -> str:
+    """What the JVM checks before it maps an archive: each jar's size and time, and the Java that maps it."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home, "bin", "java") if java_home else Path(shutil.which("java") or "java")
+    files = [*sorted(jars.glob("*.jar")), java.resolve()]
+    return "\n".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _prune_stale(path: Path) -> None:
+    """Remove the archives this venv's jars or Java outgrew (~150 MB each); other venvs' archives stay."""
+    prefix = path.name[: path.name.rindex("-")]
+    legacy = path.with_name(f"{prefix}.jsa")  # named for the venv alone, before the state was in the name
+    for stale in [*path.parent.glob(f"{prefix}-*.jsa"), legacy]:
+        if stale != path and stale.is_file():
+            stale.unlink()
+            logger.info("removed a stale class archive: %s", stale)
 
 
 def java_options(folder: Path = DEFAULT_FOLDER) -> dict[str, str]:
@@ -38,6 +66,7 @@ def build(folder: Path = DEFAULT_FOLDER) -> Path:
     """Make the archive (once; ~20 s): a JVM runs the jobs a run runs (Arrow, Parquet, pandas UDFs, Spark ML) and
     archives the classes it loaded when it exits; then it is moved into place."""
     path = archive_path(folder)
+    _prune_stale(path)
     if path.is_file():
         return path
     import subprocess
