@@ -35,8 +35,8 @@ def _class_path_state(jars: Path) -> str:
     """What the JVM checks before it maps an archive: each jar's size and time, and the Java that maps it."""
     java_home = os.environ.get("JAVA_HOME")
     java = Path(java_home, "bin", "java") if java_home else Path(shutil.which("java") or "java")
-    files = [*sorted(jars.glob("*.jar")), java.resolve()]
-    return "\n".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
+    stats = {f: f.stat() for f in [*sorted(jars.glob("*.jar")), java.resolve()] if f.exists()}
+    return "\n".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in stats.items())
 
 
 def _digest(text: str) -> str:
