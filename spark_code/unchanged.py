@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -13,10 +12,9 @@ import pyarrow.parquet as pq
 
 from spark_code.ingest import batches, snapshot
 from spark_code.ingest.images import LISTING_COLUMNS
-from spark_code.ingest.listing import local_path, walk
+from spark_code.ingest.listing import walk
 from spark_code.reduction import lifecycle
-from spark_code.storage import quality, versions
-from spark_code.storage.s3a import is_s3
+from spark_code.storage import files, quality, versions
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +36,9 @@ class Expected:
 def pending_work(expected: Expected) -> str | None:
     """Why a run has work to do (the first reason found), or None when nothing is new, changed or deleted in either
     root and every table and model is current for every committed batch: the run would featurize, scale, project
-    and score nothing. Reads listings, Parquet columns and JSON sidecars only; s3:// roots or outputs always run."""
-    if any(is_s3(uri) for uri in (expected.image_root, expected.training_root, expected.output)):
-        return "an s3:// root or output"
-    out = local_path(expected.output)
+    and score nothing. Reads listings (os.scandir, or ListObjectsV2 on S3), Parquet columns and JSON sidecars only,
+    local or on S3 alike (`storage.files`)."""
+    out = expected.output
     keys = complete_batches(out)
     if not keys:
         return "no committed batch yet"
@@ -52,28 +49,31 @@ def pending_work(expected: Expected) -> str | None:
     return None
 
 
+def _join(*parts: str) -> str:
+    return "/".join(part.rstrip("/") for part in parts)
+
+
 def committed_versions(folder: str) -> list[str]:
-    """Names of the committed versions in a table's or model's folder, oldest first ([] if none)."""
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    marked = (n for n in names if n.startswith(versions.VERSION_PREFIX))
-    return sorted(n for n in marked if os.path.exists(os.path.join(folder, n, versions.COMMITTED)))
+    """Names of the committed versions in a table's or model's folder (local or s3://), oldest first ([] if none)."""
+    marked = [n for n in files.list_names(folder) if n.startswith(versions.VERSION_PREFIX)]
+    return sorted(n for n in marked if files.exists(_join(folder, n, versions.COMMITTED)))
 
 
 def _newest(folder: str) -> str | None:
     versions = committed_versions(folder)
-    return os.path.join(folder, versions[-1]) if versions else None
+    return _join(folder, versions[-1]) if versions else None
 
 
 def complete_batches(out: str) -> list[str]:
     """Keys of the batches whose listing, features and quarantine are all committed (as `batches.committed_keys`)."""
-    try:
-        keys = sorted(os.listdir(os.path.join(out, batches.LEDGER)))
-    except FileNotFoundError:
-        return []
-    return [k for k in keys if all(_newest(os.path.join(out, t, k)) for t in batches.BATCH_TABLES)]
+    keys = sorted(files.list_names(_join(out, batches.LEDGER)))
+    return [k for k in keys if all(_newest(_join(out, t, k)) for t in batches.BATCH_TABLES)]
+
+
+def _read(version: str, columns: list[str]) -> pa.Table:
+    """Columns of a committed version (a folder of Parquet files, local or on S3)."""
+    filesystem, path = files.filesystem(version)
+    return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
 def _identities(table: pa.Table) -> dict[str, tuple[int, int]]:
@@ -114,7 +114,7 @@ def current_raw_rows(out: str, keys: list[str]) -> pa.Table:
     """The committed batches `keys`' current raw rows (listing columns, `batch`): each path's newest raw row,
     deleted paths left out (as `batches.current_raw`, read with pyarrow from a local output)."""
     columns = [*LISTING_COLUMNS, batches.CHANGE, batches.BATCH, batches.INGESTED_AT]
-    parts = [_nullable(pq.read_table(_newest(os.path.join(out, batches.LEDGER, k)), columns=columns)) for k in keys]
+    parts = [_nullable(_read(_newest(_join(out, batches.LEDGER, k)), columns)) for k in keys]
     rows = _oldest_first(parts, keys)
     counts = pc.value_counts(rows.column("path"))
     again = counts.field("values").filter(pc.greater(counts.field("counts"), 1))  # paths taken by several batches
@@ -149,14 +149,14 @@ def current_paths(out: str, keys: list[str], name: str, current: pa.Table) -> li
     """Paths of the batch table `name`'s current rows over `keys`: the rows of each path's current raw row (its
     identity and batch, as `batches.current`)."""
     columns = [*IDENTITY_COLUMNS, batches.BATCH]
-    parts = [_nullable(pq.read_table(_newest(os.path.join(out, name, k)), columns=columns)) for k in keys]
+    parts = [_nullable(_read(_newest(_join(out, name, k)), columns)) for k in keys]
     rows = pa.concat_tables(parts)
     return rows.join(current.select(columns), columns, join_type="left semi").column("path").to_pylist()
 
 
 def reconcile(output: str) -> dict[str, int]:
-    """`quality.reconcile` over every complete batch's current rows of a local output, read with pyarrow."""
-    out = local_path(output)
+    """`quality.reconcile` over every complete batch's current rows of an output, read with pyarrow."""
+    out = output
     keys = complete_batches(out)
     current = current_raw_rows(out, keys)
     tables = (current_paths(out, keys, name, current) for name in batches.BATCH_TABLES[1:])
@@ -166,7 +166,7 @@ def reconcile(output: str) -> dict[str, int]:
 def stale_paths(out: str, keys: list[str], current: pa.Table, model_key: str) -> set[str]:
     """Current paths (of `current_raw_rows`) whose batch featurized them with other CNN settings than `model_key`
     (as `batches.stale`): a batch runs one CNN setting, so only its features' model column is read."""
-    other = [key for key in keys if _model_keys(_newest(os.path.join(out, "cnn_features", key))) - {model_key}]
+    other = [key for key in keys if _model_keys(_newest(_join(out, "cnn_features", key))) - {model_key}]
     if not other:
         return set()
     return set(current.filter(pc.is_in(current.column(batches.BATCH), pa.array(other))).column("path").to_pylist())
@@ -178,7 +178,7 @@ def _nullable(table: pa.Table) -> pa.Table:
 
 
 def _model_keys(folder: str) -> set[str]:
-    return set(pq.read_table(folder, columns=[batches.MODEL_COLUMN]).column(0).unique().to_pylist())
+    return set(_read(folder, [batches.MODEL_COLUMN]).column(0).unique().to_pylist())
 
 
 def _image_root(expected: Expected, out: str, keys: list[str]) -> str | None:
@@ -187,7 +187,7 @@ def _image_root(expected: Expected, out: str, keys: list[str]) -> str | None:
     if counts:
         return f"{expected.image_root}: {counts['new']} new, {counts['changed']} changed, {counts['deleted']} deleted"
     for key in keys:
-        if _model_keys(_newest(os.path.join(out, "cnn_features", key))) - {expected.model_key}:
+        if _model_keys(_newest(_join(out, "cnn_features", key))) - {expected.model_key}:
             return f"batch {key} was featurized with other CNN settings"
     return None
 
@@ -198,13 +198,11 @@ def _training_root(expected: Expected, out: str, keys: list[str]) -> str | None:
 
 def training_changes(root: str, output: str, model_key: str) -> str | None:
     """Why the training table is not current for `root` (new, changed or deleted photos, other CNN settings, no
-    table yet, an s3:// root or output), or None when every listed photo has its row, made with `model_key`."""
-    if is_s3(root) or is_s3(output):
-        return "an s3:// root or output"
-    version = _newest(os.path.join(local_path(output), "training_features"))
+    table yet), or None when every listed photo has its row, made with `model_key` (local or s3://)."""
+    version = _newest(_join(output, "training_features"))
     if version is None:
         return "no training features yet"
-    table = pq.read_table(version, columns=[*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
+    table = _read(version, [*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
     if differences(listed_table(root), _identity_table(table)):
         return f"{root}: new, changed or deleted photos"
     if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {model_key}:
@@ -213,21 +211,19 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
 
 
 def table_rows(output: str, name: str) -> int:
-    """Rows of the newest committed version of an unpartitioned local table (from the Parquet footers)."""
-    version = _newest(os.path.join(local_path(output), name))
-    return 0 if version is None else pq.ParquetDataset(version).read(columns=[]).num_rows
+    """Rows of the newest committed version of an unpartitioned table (from the Parquet footers)."""
+    version = _newest(_join(output, name))
+    return 0 if version is None else _read(version, []).num_rows
 
 
 def _sidecar(version: str, name: str) -> dict:
-    path = os.path.join(version, name)
-    if not os.path.exists(path):
-        return {}
-    return json.loads(open(path, encoding="utf-8").read() or "{}")
+    data = files.read_bytes(_join(version, name))
+    return {} if data is None else json.loads(data.decode("utf-8") or "{}")
 
 
 def _models(expected: Expected, out: str, keys: list[str]) -> str | None:
-    folder = os.path.join(out, "models")
-    scaler, pca, classifier = (_newest(os.path.join(folder, n)) for n in lifecycle.FITTED_WITH)
+    folder = _join(out, "models")
+    scaler, pca, classifier = (_newest(_join(folder, n)) for n in lifecycle.FITTED_WITH)
     if scaler is None or pca is None or classifier is None:
         return "a model is missing"
     for version in (scaler, pca):
@@ -245,7 +241,7 @@ def _models(expected: Expected, out: str, keys: list[str]) -> str | None:
 def _classifier(expected: Expected, out: str, keys: list[str], versions: tuple[str, str, str]) -> str | None:
     scaler, pca, classifier = versions
     inputs = {
-        "training_features": _newest(os.path.join(out, "training_features")),
+        "training_features": _newest(_join(out, "training_features")),
         "scaler": scaler,
         "pca": pca,
         "cnn_model": expected.model_key,

@@ -52,3 +52,28 @@ def prune(folder: str, prefix: str, suffix: str, keep: int) -> None:
     )
     for old in names[: max(len(names) - keep, 0)]:
         files.delete_file(old)
+
+
+def list_names(folder: str) -> list[str]:
+    """Names of the files and folders directly under `folder` (on S3: the keys' next path parts); [] if none."""
+    files, path = filesystem(folder)
+    try:
+        found = files.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except NotADirectoryError:
+        return []
+    return [info.base_name for info in found]
+
+
+def exists(uri: str) -> bool:
+    """Whether a file (or folder) exists at `uri`."""
+    files, path = filesystem(uri)
+    return files.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The whole content of the file at `uri`, or None when there is none."""
+    try:
+        with open_input(uri) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
