@@ -1,9 +1,9 @@
-"""Benchmark: where an EMR step's time goes, on the emulated EMR: the launcher's fixed cost against the step's work.
+"""Benchmark: what a batch costs on the emulated EMR (EMR steps, wall time), against the same batch run locally.
 
-`python -m bench.emr_emulated [--per-class 4] [--classes 3]` starts the emulator, runs the README's recipe on a few
-photos (first batch: every asset; then a one-photo batch), and writes bench/results/emr-emulated.json: per step,
-staging (code zip, step pickle, main file to S3), submission, the EMR step's own life (spark-submit to exit) and the
-Dagster step inside it (the asset's work), so fixed cost = launcher time - Dagster step time.
+`python -m bench.emr_emulated [--per-class 4] [--classes 3]` starts the emulator with a cold node (no pip cache, no
+node venv, no ONNX model kept from earlier runs), runs the README's recipe on a few photos as a user runs it
+(`FRUITS_DEPLOYMENT=emr python -m fruits_assets`): the first batch, a run with nothing new, a one-photo batch; then
+the same photos locally (first run, then the same one-photo batch, timed). Writes bench/results/emr-emulated.json.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from tests.conftest import FRUITS, TRAINING, WEIGHTS, first_images
-from tests.emr_session import BUCKET, PREFIX, EmrShell
+from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell
 
 logger = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,66 +34,65 @@ def _photos(root: Path, classes: list[str], per_class: int) -> None:
                 shutil.copy(path, root / folder / cls / path.name)
 
 
-def _steps(shell: EmrShell, instance, result, timings) -> list[dict]:
-    """One row per launched step: the launcher's times, EMR's Start/End of the step, the Dagster step's duration."""
-    import boto3
-    from dagster import DagsterEventType
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """(wall seconds, output) of a command of the README, which must succeed."""
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return wall, done.stdout + done.stderr
 
-    emr = boto3.client("emr", region_name="eu-west-3")
-    durations = {
-        e.step_key: e.dagster_event.event_specific_data.duration_ms / 1000
-        for e in instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_SUCCESS)
-    }
+
+def _emr_batch(shell: EmrShell, cluster: str) -> dict:
+    """The main command on the cluster: its wall time and the EMR steps it submitted (each with its own time)."""
+    emr = shell.client("emr")
+    before = {s["Id"] for s in emr.list_steps(ClusterId=cluster)["Steps"]}
+    wall, output = _timed([sys.executable, "-m", "fruits_assets"], shell.env | {"FRUITS_DEPLOYMENT": "emr"})
+    steps = [s for s in emr.list_steps(ClusterId=cluster)["Steps"] if s["Id"] not in before]
     rows = []
-    for timing in timings:
-        timeline = emr.describe_step(ClusterId=shell.env["FRUITS_EMR_CLUSTER_ID"], StepId=timing.emr_step_id)
-        timeline = timeline["Step"]["Status"]["Timeline"]
-        launcher_s = timing.staged_s + timing.submit_s + timing.waited_s
-        work_s = durations.get(timing.step_key, 0.0)
+    for step in reversed(steps):  # ListSteps: newest first
+        timeline = step["Status"]["Timeline"]
         rows.append(
             {
-                "step": timing.step_key,
-                "staged_s": round(timing.staged_s, 2),
-                "submit_s": round(timing.submit_s, 2),
-                "waited_s": round(timing.waited_s, 2),
+                "name": step["Name"],
+                "state": step["Status"]["State"],
                 "emr_step_s": round((timeline["EndDateTime"] - timeline["StartDateTime"]).total_seconds(), 2),
-                "dagster_step_s": round(work_s, 2),
-                "fixed_s": round(launcher_s - work_s, 2),
             }
         )
-    return rows
+    logger.info("emr batch: %.1f s, %d EMR step(s); %s", wall, len(rows), output.strip().splitlines()[-1:])
+    return {"emr_steps": len(rows), "wall_s": round(wall, 1), "steps": rows}
 
 
-def _batch(shell: EmrShell, key: str) -> dict:
-    """One main-command batch through emr_run in this process; its per-step breakdown and totals."""
-    from fruits_assets.deploy.emr import job, launcher
-    from tests.emr_session import REPO
+def _node_install(shell: EmrShell, cluster: str) -> tuple[float, list[str]]:
+    """(MiB the bootstrap installed into the node's Python, its packages) from the node venv and node.json."""
+    venv = shell.node_python().parent.parent
+    size = int(subprocess.run(["du", "-sb", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0])
+    key = f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json"
+    node = json.loads(shell.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    return size / 2**20, sorted(node["packages"])
 
-    os.environ.update(shell.env | {"FRUITS_DEPLOYMENT": "emr"})
-    os.chdir(REPO)
-    from dagster import DagsterInstance
 
-    instance = DagsterInstance.from_config(str(shell.home))
-    instance.add_dynamic_partitions("ingest_batches", [key])
-    launcher.TIMINGS.clear()
-    started = time.monotonic()
-    result = job.launch(instance, key, with_console=False)
-    wall = time.monotonic() - started
-    steps = _steps(shell, instance, result, list(launcher.TIMINGS))
-    fixed, work = sum(s["fixed_s"] for s in steps), sum(s["dagster_step_s"] for s in steps)
-    return {
-        "success": result.success,
-        "wall_s": round(wall, 1),
-        "emr_steps": len(steps),
-        "fixed_s": round(fixed, 1),
-        "work_s": round(work, 1),
-        "fixed_per_step_s": round(fixed / max(1, len(steps)), 1),
-        "steps": steps,
+def _local_one_photo(work: Path, new: Path, cls: str) -> dict:
+    """The same photos run locally with the main command (first run, then the same one new photo, timed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRUITS_", "AWS_", "DAGSTER_"))}
+    (work / "local-home").mkdir()
+    env |= {
+        "DAGSTER_HOME": str(work / "local-home"),
+        "FRUITS_IMAGE_ROOT": str(work / "photos" / "images"),
+        "FRUITS_TRAINING_ROOT": str(work / "photos" / "training"),
+        "FRUITS_OUTPUT_URI": str(work / "local-out"),
+        "FRUITS_WEIGHTS": str(WEIGHTS),
     }
+    first, _ = _timed([sys.executable, "-m", "fruits_assets"], env)
+    shutil.copy(new, work / "photos" / "images" / cls / new.name)
+    one, _ = _timed([sys.executable, "-m", "fruits_assets"], env)
+    logger.info("local: first run %.1f s, one photo %.1f s", first, one)
+    return {"local_first_batch_s": round(first, 1), "local_one_photo_s": round(one, 1)}
 
 
 def main() -> None:
-    """Run the recipe on the emulator and write the JSON."""
+    """Run the recipe on the emulator, then locally, and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=4)
@@ -101,7 +102,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-emr-"))
     classes = sorted(p.name for p in FRUITS.iterdir() if p.is_dir())[: args.classes]
     _photos(work / "photos", classes, args.per_class)
-    shell = EmrShell.start(work / "emr")
+    new = first_images(FRUITS / classes[0], args.per_class + 1)[-1]
+    shell = EmrShell.start(work / "emr", cold=True)
     try:
         shell.aws("s3", "mb", f"s3://{BUCKET}", "--region", "eu-west-3")
         for folder in ("images", "training"):
@@ -109,39 +111,39 @@ def main() -> None:
         shell.python("bootstrap/emr_cluster.py", "upload", "--weights", str(WEIGHTS))
         started = time.monotonic()
         cluster = shell.python("bootstrap/emr_cluster.py", "create", "--wait").stdout.strip().splitlines()[-1]
+        bootstrap_s = time.monotonic() - started
         shell.env["FRUITS_EMR_CLUSTER_ID"] = cluster
-        create_s = time.monotonic() - started
-        logger.info("cluster %s ready in %.1f s", cluster, create_s)
-        first = _batch(shell, "20260101T000000.000Z")
-        new = first_images(FRUITS / classes[0], args.per_class + 1)[-1]
+        logger.info("cluster %s ready in %.1f s (cold bootstrap)", cluster, bootstrap_s)
+        install_mib, packages = _node_install(shell, cluster)
+        first = _emr_batch(shell, cluster)
+        nothing = _emr_batch(shell, cluster)
         shell.aws("s3", "cp", str(new), f"s3://{BUCKET}/{PREFIX}/images/{classes[0]}/{new.name}", "--quiet")
-        one = _batch(shell, "20260101T000100.000Z")
+        one = _emr_batch(shell, cluster)
     finally:
         shell.stop()
+    local = _local_one_photo(work, new, classes[0])
     result = {
-        "what": "the README's EMR recipe on the emulated EMR (tests/emr_emulator): moto + a local node, "
-        "spark-submit --master local[2], S3A to moto on loopback",
+        "what": "the README's EMR recipe on the emulated EMR (tests/emr_emulator, cold node): moto + a local node, "
+        "spark-submit --master local[2], S3A to moto on loopback; each batch is `FRUITS_DEPLOYMENT=emr python -m "
+        "fruits_assets` as a user runs it; local_* the same photos and batch with the local main command",
         "photos": {
             "classes": len(classes),
             "images": len(classes) * args.per_class,
             "training": len(classes) * (args.per_class + 2),
         },
         "poll_seconds": float(shell.env.get("FRUITS_EMR_POLL_SECONDS", 15)),
-        "create_wait_s": round(create_s, 1),
+        "bootstrap_s": round(bootstrap_s, 1),
+        "node_install_mib": round(install_mib, 1),
+        "node_has_tensorflow": any(p.startswith(("tensorflow", "keras", "tf2onnx")) for p in packages),
         "first_batch": first,
-        "one_photo_batch": one,
+        "nothing_new": nothing,
+        "one_photo": one,
+        **local,
+        "one_photo_vs_local": round(one["wall_s"] / local["local_one_photo_s"], 2),
         "load_average_after": os.getloadavg()[0],
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    logger.info(
-        "wrote %s: first batch %.0f s (%d steps, fixed %.0f s, work %.0f s); one photo %.0f s",
-        args.json,
-        first["wall_s"],
-        first["emr_steps"],
-        first["fixed_s"],
-        first["work_s"],
-        one["wall_s"],
-    )
+    logger.info("wrote %s: %s", args.json, {k: v for k, v in result.items() if not isinstance(v, dict)})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# EMR bootstrap action (every node): the project's pinned packages for python3.11 (never pyspark), and the weights.
+# EMR bootstrap action (every node): the project's pinned packages for python3.11 (never pyspark, never TensorFlow),
+# the weights and the ONNX model converted from them at upload (the nodes run it with ONNX Runtime).
 #
 # Usage (set by bootstrap/emr_cluster.py):
 #   bootstrap-emr.sh s3://<staging bucket>/<prefix>/bootstrap <weights file name> [python] [node folder]
 # That S3 folder holds requirements-emr.txt, requirements-emr-nodeps.txt, constraints-emr.txt (the launching venv's
-# exact versions) and weights/<weights file>. python defaults to /usr/bin/python3.11, the node folder to /mnt.
+# exact versions), weights/<weights file> and onnx/ (the converted model and its sidecar). python defaults to /usr/bin/python3.11, the node folder to /mnt.
 # Runs before EMR installs Spark ("bootstrap actions run before Amazon EMR installs the applications"): nothing here
 # may import pyspark, or anything that imports it (dagster_pyspark does).
 # Idempotent: re-running it installs nothing new and copies nothing already there.
@@ -16,6 +17,7 @@ WEIGHTS_NAME="${2:?$usage}"
 PYTHON="${3:-/usr/bin/python3.11}"
 NODE_DIR="${4:-/mnt}"
 WEIGHTS_DIR="$NODE_DIR/fruits/weights"
+ONNX_DIR="$NODE_DIR/fruits/onnx"
 JOB_FLOW="$NODE_DIR/var/lib/info/job-flow.json"
 WORK="$(mktemp -d /tmp/fruits-bootstrap.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
@@ -52,7 +54,7 @@ install_packages() {
   # Import what can be imported before Spark exists; dagster-pyspark imports pyspark, so it is only looked up.
   "$PYTHON" - <<'PY'
 import importlib.metadata
-import dagster, dagster_aws, tensorflow, onnxruntime, tf2onnx, pillow_heif, PIL, pyarrow  # noqa: F401
+import dagster, dagster_aws, onnxruntime, onnx, pillow_heif, PIL, pyarrow  # noqa: F401
 for name in ("dagster-pyspark", "dagster-spark"):
     importlib.metadata.version(name)  # installed (--no-deps), imported once spark-submit provides pyspark
 print("imports ok")
@@ -73,6 +75,15 @@ copy_weights() {
   aws s3 cp --quiet "$ARTIFACTS/weights/$WEIGHTS_NAME" "$target.partial"
   mv "$target.partial" "$target"
   chmod a+r "$target"
+}
+
+copy_onnx() {
+  # The model converted once by `emr_cluster.py upload` (TensorFlow stays on the launching side); its sidecar holds
+  # the weights' digest and the model's SHA-256, which the featurizer checks before use.
+  sudo mkdir -p "$ONNX_DIR"
+  sudo chown "$(id -u):$(id -g)" "$ONNX_DIR"
+  aws s3 cp --quiet --recursive "$ARTIFACTS/onnx/" "$ONNX_DIR/"
+  log "ONNX model in $ONNX_DIR: $(ls "$ONNX_DIR" | tr '\n' ' ')"
 }
 
 record_node() {
@@ -96,5 +107,6 @@ log "start (artifacts: $ARTIFACTS, python: $PYTHON, node folder: $NODE_DIR)"
 ensure_python
 install_packages
 copy_weights
+copy_onnx
 record_node
 log "done"

@@ -21,7 +21,8 @@ from fruits_assets.deploy.emr.launcher import PACKAGE_ROOT, PACKAGES
 from fruits_assets.deploy.emr.settings import EmrSettings
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
-from spark_code.featurize.cnn import WEIGHTS_FILE
+from spark_code.featurize import cnn, onnx_export
+from spark_code.featurize.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec
 from spark_code.storage.s3a import split
 
 logger = logging.getLogger(__name__)
@@ -164,12 +165,24 @@ def constraints() -> str:
     return "\n".join(sorted(pins, key=str.lower)) + "\n"
 
 
-def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path) -> list[str]:
-    """Upload the bootstrap script, its requirements, the launching venv's constraints and the Keras weights;
-    return their URIs."""
+def converted_model(weights: Path, image_size: int) -> list[Path]:
+    """The ONNX model of these weights and input size and its sidecar, converted here once (TensorFlow runs on the
+    launching side only: the nodes install ONNX Runtime) and kept in this machine's ONNX cache."""
+    spec = CnnSpec(input_size=image_size)
+    cnn.model_payload(CnnEngine("onnx", spec), str(weights))  # converts, or finds the cached conversion intact
+    model, sidecar = onnx_export.cache_paths(
+        onnx_export.default_cache_dir(), image_size, onnx_export.file_digest(str(weights))
+    )
+    return [model, sidecar]
+
+
+def upload_bootstrap(s3_client, settings: EmrSettings, weights: Path, image_size: int = 224) -> list[str]:
+    """Upload the bootstrap script, its requirements, the launching venv's constraints, the Keras weights and the
+    ONNX model converted from them (with its sidecar: digest, input size); return their URIs."""
     bucket, prefix = split(bootstrap_uri(settings))
     files = [(HERE / name, f"{prefix}/{name}") for name in BOOTSTRAP_FILES]
     files.append((weights, f"{prefix}/weights/{WEIGHTS_FILE}"))
+    files += [(path, f"{prefix}/onnx/{path.name}") for path in converted_model(weights, image_size)]
     for path, key in files:
         s3_client.upload_file(str(path), bucket, key)
     s3_client.put_object(Bucket=bucket, Key=f"{prefix}/{CONSTRAINTS}", Body=constraints().encode())
@@ -227,7 +240,9 @@ def render_iam_policy(settings: EmrSettings, account_id: str, events_queue: str 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    upload = sub.add_parser("upload", help="upload bootstrap, requirements and weights")
+    upload = sub.add_parser(
+        "upload", help="upload bootstrap, requirements, weights and the ONNX model (converted here)"
+    )
     upload.add_argument("--weights", type=Path, required=True, help="local Keras weights file")
     sub.add_parser("package", help="upload the code zip; prints its URI (FRUITS_EMR_PACKAGE_URI)")
     for name in ("create", "request"):
@@ -261,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = EmrSettings.from_env(require_cluster=args.command == "terminate")
     session = boto3.session.Session(region_name=settings.region)
     if args.command == "upload":
-        print("\n".join(upload_bootstrap(session.client("s3"), settings, args.weights)))
+        size = Settings.from_env().image_size
+        print("\n".join(upload_bootstrap(session.client("s3"), settings, args.weights, size)))
     elif args.command == "package":
         print(upload_package(session.client("s3"), settings))
     elif args.command == "request":

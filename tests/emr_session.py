@@ -23,6 +23,7 @@ class EmrShell:
     exports: dict[str, str]
     home: Path
     env: dict[str, str] = field(default_factory=dict)
+    cold: bool = False  # started with --cold: the node's venvs are its own
 
     def client(self, service: str):
         """A boto3 client of the emulated AWS, with the emulator's identity."""
@@ -52,7 +53,7 @@ class EmrShell:
                 digest.update(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/staging/bootstrap/{name}")["Body"].read())
             except s3.exceptions.NoSuchKey:
                 continue
-        return node_python(CACHE, digest.hexdigest())
+        return node_python(self.home.parent / "node" / "node-venvs" if self.cold else CACHE, digest.hexdigest())
 
     def output_keys(self, prefix: str) -> list[str]:
         """The keys of the output on S3 that start with `prefix`."""
@@ -76,12 +77,13 @@ class EmrShell:
         return rows
 
     @classmethod
-    def start(cls, root: Path) -> EmrShell:
-        """Start `python -m tests.emr_emulator` and read what it says to export."""
+    def start(cls, root: Path, cold: bool = False) -> EmrShell:
+        """Start `python -m tests.emr_emulator` (`--cold`: nodes share no pip cache or venv with this machine) and
+        read what it says to export."""
         root.mkdir(parents=True, exist_ok=True)
         log = open(root / "emulator.log", "wb")  # noqa: SIM115  closed with the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.emr_emulator", "--root", str(root / "node")],
+            [sys.executable, "-m", "tests.emr_emulator", "--root", str(root / "node"), *(["--cold"] if cold else [])],
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=REPO,
@@ -95,7 +97,7 @@ class EmrShell:
             exports[name] = value.strip("'")
         if process.poll() is not None or "AWS_ENDPOINT_URL" not in exports:
             raise RuntimeError(f"the EMR emulator did not start: see {root / 'emulator.log'}")
-        shell = cls(process, exports, root / "dagster")
+        shell = cls(process, exports, root / "dagster", cold=cold)
         shell.home.mkdir(exist_ok=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("FRUITS_", "AWS_", "DAGSTER_"))}
         shell.env = (

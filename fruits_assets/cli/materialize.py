@@ -46,6 +46,22 @@ def _add_batch(instance, key: str) -> str:
     return key
 
 
+def _deployment_ready(settings, cluster: bool) -> bool:
+    """Whether the emr deployment's checks pass (the cluster's too when `cluster`); says what to fix when not.
+    Always true for a local run."""
+    if settings.deployment != "emr":
+        return True
+    from fruits_assets.deploy.emr import job
+    from fruits_assets.deploy.emr.settings import DeploymentError
+
+    try:
+        job.check(settings, cluster=cluster)
+    except DeploymentError as error:
+        logger.error("emr: %s", error)
+        return False
+    return True
+
+
 def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     """The main command's run on this machine: (execution result, output folder)."""
     from fruits_assets.defs import ASSETS, CHECKS
@@ -103,6 +119,19 @@ def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:
     return reason
 
 
+def _emr_selection(settings, args: argparse.Namespace) -> list[str] | None:
+    """The assets an EMR run materializes: every one, less `training_features` while the training table is current
+    (the classifier then reads the saved one), so the cluster runs only what changed; None: all."""
+    from fruits_assets.defs import ASSETS
+
+    expected = _expected(settings)
+    if args.full_refresh or unchanged.training_changes(expected.training_root, expected.output, expected.model_key):
+        return None
+    names = [key.to_user_string() for asset in ASSETS for key in asset.keys]
+    logger.debug("training photos unchanged: training_features is not run on the cluster")
+    return [name for name in names if name != "training_features"]
+
+
 def _expected(settings) -> unchanged.Expected:
     """What a local run would compare the saved tables and models with."""
     from fruits_assets.defs.classify import fitted_settings
@@ -156,23 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         from fruits_assets.deploy.settings import Settings
 
         settings = Settings.from_env()
-        if settings.deployment == "emr":
-            from fruits_assets.deploy.emr import job
-            from fruits_assets.deploy.emr.settings import DeploymentError
-
-            try:
-                job.check(settings)
-            except DeploymentError as error:
-                logger.error("emr: %s", error)
-                return 2
+        if not _deployment_ready(settings, cluster=False):
+            return 2
         with instance_at(home) as instance:
-            if settings.deployment == "emr":  # every Spark step on the cluster: a job it can reconstruct
-                result = job.launch(instance, _add_batch(instance, key), _run_config(args))
-                output = settings.output_uri
-            elif (reason := _nothing_new(settings, instance, args)) is None:
+            if (reason := _nothing_new(settings, instance, args)) is None:
                 return 0
+            logger.debug("a run is due: %s", reason)
+            if settings.deployment == "emr":  # the Spark steps on the cluster: a job it can reconstruct
+                from fruits_assets.deploy.emr import job
+
+                if not _deployment_ready(settings, cluster=True):
+                    return 2
+                assets = _emr_selection(settings, args)
+                result = job.launch(instance, _add_batch(instance, key), _run_config(args), assets=assets)
+                output = settings.output_uri
             else:
-                logger.debug("a run is due: %s", reason)
                 result, output = _run_locally(settings, instance, key, args)
         logger.info("done in %s", progress.duration(time.monotonic() - started))
         for line in console.summary(result, output, log_path, ui_command(home)):

@@ -52,7 +52,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
     """Resources of the emr deployment: Spark on the cluster via the step launcher, tables and models on S3."""
     # imported here: dagster_aws costs ~0.6 s, which a local run (each start of the main command) need not pay
     from fruits_assets.deploy.emr.launcher import ClusterCnnResource, ClusterPySparkResource, EmrStepLauncher
-    from fruits_assets.deploy.emr.settings import EmrSettings
+    from fruits_assets.deploy.emr.settings import BOOTSTRAP_WEIGHTS, EmrSettings
 
     settings = settings or Settings.from_env()
     emr = emr or EmrSettings.from_settings(settings)
@@ -68,7 +68,13 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
             state_uri=f"{emr.output_uri}/_sensor/new_images",
             events_queue=settings.events_queue,
         ),
-        "cnn": ClusterCnnResource(weights_path=emr.weights_path, on_node=settings.emr_node, **_cnn_fields(settings)),
+        "cnn": ClusterCnnResource(
+            weights_path=emr.weights_path,
+            weights_uri=emr.staging_uri(*BOOTSTRAP_WEIGHTS),
+            onnx_cache=emr.onnx_cache,
+            on_node=settings.emr_node,
+            **_cnn_fields(settings),
+        ),
         "training_source": ImageSource(root=emr.training_root or settings.training_root),
         "classifier": ClassifierSettings(accuracy_floor=settings.accuracy_floor),
     }

@@ -107,11 +107,15 @@ class CnnResource(ConfigurableResource):
 
     def model_key(self) -> str:
         """What makes a feature vector: input size, engine and weights (file name and size, or Keras' download)."""
+        size = os.path.getsize(self.weights_path) if self.weights_path and os.path.isfile(self.weights_path) else "?"
+        return self.model_key_for(size)
+
+    def model_key_for(self, weights_size: int | str) -> str:
+        """The model key of these settings with a weights file of `weights_size` bytes."""
         if self.weights_path is None:
             weights = "keras-imagenet-download"
         else:
-            size = os.path.getsize(self.weights_path) if os.path.isfile(self.weights_path) else "?"
-            weights = f"{os.path.basename(self.weights_path)}:{size}"
+            weights = f"{os.path.basename(self.weights_path)}:{weights_size}"
         return f"mobilenet_v2-{self.image_size}px-{self.engine}-{weights}"
 
     def featurizer(self) -> CnnFeaturizer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 INPUT_NAME = "pixels"
+
+
+class ModelCacheError(RuntimeError):
+    """No usable converted model in the cache, and no TensorFlow to convert one."""
 
 
 def default_cache_dir() -> str:
@@ -60,6 +65,12 @@ def cached_onnx(spec, weights_path: str | None, cache_dir: str | None, weights: 
     problem, cached = _cache_problem(model_path, sidecar, expected)
     if problem is None:
         return cached
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ModelCacheError(
+            f"no usable ONNX model for {spec.input_size} px in {cache_dir} ({problem}), and no TensorFlow here to "
+            "convert one: convert it where TensorFlow is installed (on EMR: bootstrap/emr_cluster.py upload, with the "
+            "run's FRUITS_IMAGE_SIZE, then a new cluster) or set FRUITS_ONNX_CACHE to a folder that holds it"
+        )
     logger.info("converting the Keras model to ONNX (%s)", problem)
     data = export(spec, weights())
     files.write_whole(str(model_path), data)

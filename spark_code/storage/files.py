@@ -70,6 +70,13 @@ def exists(uri: str) -> bool:
     return files.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def size(uri: str) -> int | str:
+    """The size in bytes of the file at `uri`, or "?" when there is none."""
+    files, path = filesystem(uri)
+    info = files.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else "?"
+
+
 def read_bytes(uri: str) -> bytes | None:
     """The whole content of the file at `uri`, or None when there is none."""
     try:

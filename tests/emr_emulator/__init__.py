@@ -18,8 +18,11 @@ CACHE = Path.home() / ".cache" / "fruits" / "emr-emulator"  # node venvs, one pe
 class EmrEmulator:
     """Start with `start()`, stop with `stop()`; `exports()` is what a shell needs to use it as AWS."""
 
-    def __init__(self, root: Path, master: str = "local[2]", region: str = "eu-west-3", cache: Path = CACHE):
-        self.root, self.master, self.region, self.cache = Path(root), master, region, cache
+    def __init__(
+        self, root: Path, master: str = "local[2]", region: str = "eu-west-3", cache: Path = CACHE, cold: bool = False
+    ):
+        self.root, self.master, self.region, self.cold = Path(root), master, region, cold
+        self.cache = self.root / "node-venvs" if cold else cache  # cold: the node installs everything anew
         self.server = None
         self.config: NodeConfig | None = None
         self.nodes: list[ClusterNode] = []
@@ -33,7 +36,7 @@ class EmrEmulator:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
-        self.config = NodeConfig(self.root, f"http://{host}:{port}", self.master, self.region)
+        self.config = NodeConfig(self.root, f"http://{host}:{port}", self.master, self.region, self.cold)
         self.root.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=self._watch, name="emr-control-plane", daemon=True).start()
         return self

@@ -1,4 +1,4 @@
-"""`python -m tests.emr_emulator [--root DIR] [--master URL]`: prints what to export, Ctrl-C stops it."""
+"""`python -m tests.emr_emulator [--root DIR] [--master URL] [--cold]`: prints what to export, Ctrl-C stops it."""
 
 import argparse
 import logging
@@ -17,11 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.emr_emulator", description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="the node's disk (default: a new temporary folder)")
     parser.add_argument("--master", default="local[2]", help="Spark master of the steps (e.g. tests.cluster's)")
+    parser.add_argument("--cold", action="store_true", help="nodes share no pip cache or venv with this machine")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s emr-emulator: %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     root = args.root or Path(tempfile.mkdtemp(prefix="emr-emulator-"))
-    emulator = EmrEmulator(root, args.master).start()
+    emulator = EmrEmulator(root, args.master, cold=args.cold).start()
     for name, value in emulator.exports().items():
         print(f"export {name}={shlex.quote(value)}")
     print("# emulated EMR ready; Ctrl-C stops it", flush=True)

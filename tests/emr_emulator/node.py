@@ -37,6 +37,7 @@ class NodeConfig:
     endpoint: str
     master: str = "local[2]"
     region: str = "eu-west-3"
+    cold: bool = False  # a new node: no pip cache shared with this machine (the venvs are then the node's own too)
 
     @property
     def node_dir(self) -> Path:
@@ -99,6 +100,8 @@ def node_env(config: NodeConfig, extra: dict[str, str] | None = None) -> dict[st
         if os.environ.get(name):
             env[name] = os.environ[name]
     env.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))  # pip's wheel cache, as a warm AMI would have
+    if config.cold:  # as a fresh EC2 instance: pip downloads every wheel
+        env |= {"XDG_CACHE_HOME": str(config.root / "node-cache"), "PIP_CACHE_DIR": str(config.root / "node-pip")}
     Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
     Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
     return env | (extra or {})

@@ -66,7 +66,8 @@ def launch(
     return execute_job(recon, instance, run_config=run_config, tags={**(tags or {}), PARTITION_TAG: key})
 
 
-def check(settings: Settings) -> None:
-    """The emr deployment's checks (endpoint, credentials, cluster, buckets, photos, Python) before the run starts:
-    a DeploymentError names what to fix, and nothing is staged or submitted."""
-    preflight(EmrSettings.from_settings(settings))
+def check(settings: Settings, cluster: bool = True) -> None:
+    """The emr deployment's checks (endpoint, credentials, buckets, photos; the cluster and its Python unless
+    `cluster` is False) before the run starts: a DeploymentError names what to fix, and nothing is staged or
+    submitted. Without the cluster, a run that finds nothing new needs no live cluster."""
+    preflight(EmrSettings.from_settings(settings), cluster=cluster)

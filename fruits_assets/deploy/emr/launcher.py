@@ -24,12 +24,13 @@ from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY, step_main
+from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY, batch, step_main
 from fruits_assets.deploy.emr.preflight import preflight
 from fruits_assets.deploy.emr.settings import DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
 from fruits_assets.io.resources import CnnResource
+from spark_code.storage import files
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
@@ -40,14 +41,14 @@ STDERR_TAIL_LINES = 40
 class StepTiming:
     """Where one launched step's time went, seen from the launching side (seconds)."""
 
-    step_key: str
+    step_key: str  # the first Dagster step of the EMR step
     emr_step_id: str
-    staged_s: float  # code zip, step pickle and main file to S3
+    staged_s: float  # code zip, the steps' pickled refs and main file to S3
     submit_s: float  # AddJobFlowSteps
-    waited_s: float  # from submission until the step was seen ended and its events relayed
+    dagster_steps: int  # how many Dagster steps the EMR step runs
 
 
-TIMINGS: list[StepTiming] = []  # every step this process launched, in order (bench.emr_emulated reads them)
+TIMINGS: list[StepTiming] = []  # every EMR step this process submitted, in order (bench.emr_emulated reads them)
 
 
 class EmrStepError(RuntimeError):
@@ -69,48 +70,77 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         super().__init__(*args, **kwargs)
         self.poll_seconds = poll_seconds
         self.step_env = dict(step_env or {})
+        self._batches: dict[str, batch.Batch] = {}  # each run's newest batch EMR step
+        self._launched: dict[str, set[str]] = {}  # each run's Dagster steps submitted so far
+        self._failed: dict[str, set[str]] = {}  # each run's Dagster steps that failed on the cluster
 
     def _main_file_local_path(self) -> str:
         """The step's main file: ours (the run's settings into the environment), then dagster-aws's."""
         return step_main.__file__
 
     def launch_step(self, step_context) -> Iterator:
-        """Stage the code and the step, submit it, relay its events; cancel it if the run is stopped meanwhile."""
+        """Relay this step's events from the run's batch EMR step, submitting a new batch (this step and every Spark
+        step of the run not launched yet) when no running batch holds it; cancel the batch if the run stops first."""
         run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
+        current = self._batches.get(run_id)
+        if current is None or step_key not in current.step_keys or self._batch_ended_before(current, step_key):
+            current = self._submit_batch(step_context)
+        ended = False
+        try:
+            yield from self._relay(current, step_context)
+            ended = True
+        finally:
+            current.relayed.add(step_key)
+            if not ended:  # the run was interrupted or failed here: the batch must not run on alone
+                self.cancel(step_context.log, current.emr_step_id)
+
+    def _submit_batch(self, step_context) -> batch.Batch:
+        """Stage the code, the refs of this step and the run's other pending Spark steps, and submit one EMR step."""
+        run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
+        launched = self._launched.setdefault(run_id, set())
+        keys = batch.plan(step_context, STEP_LAUNCHER_KEY, launched, self._failed.setdefault(run_id, set()))
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="fruits-emr-package-") as folder:
             if self.deploy_local_job_package:
                 self.local_job_package_path = str(copy_packages(Path(folder)))
-            step_run_ref = step_context_to_step_run_ref(step_context, self.local_job_package_path)
-            self._post_artifacts(step_context.log, step_run_ref, run_id, step_key)
+            first = step_context_to_step_run_ref(step_context, self.local_job_package_path)
+            self._post_artifacts(step_context.log, batch.refs_for(first, keys), run_id, step_key)
         settings_key = self._artifact_s3_key(run_id, step_key, step_main.SETTINGS_FILE)
         s3 = boto3.client("s3", region_name=self.region_name)
         s3.put_object(Bucket=self.staging_bucket, Key=settings_key, Body=json.dumps(self.step_env).encode())
         staged = time.monotonic()
         step_def = self._get_emr_step_def(run_id, step_key, step_context.op.name)
+        step_def["Name"] = f"fruits {len(keys)} step(s): {', '.join(keys)}"[:256]
         step_id = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [step_def])[0]
-        submitted = time.monotonic()
-        ended = False
-        try:
-            yield from self.wait_for_completion_and_log(run_id, step_key, step_id, step_context)
-            ended = True
-            done = time.monotonic()
-            TIMINGS.append(StepTiming(step_key, step_id, staged - started, submitted - staged, done - submitted))
-        except EmrError:
-            ended = True
-            raise EmrStepError(self.explain_failure(step_id)) from None  # dagster-aws's error says only "failed"
-        finally:
-            if not ended:  # the run was interrupted or failed here: the step must not run on alone
-                self.cancel(step_context.log, step_id)
+        TIMINGS.append(StepTiming(step_key, step_id, staged - started, time.monotonic() - staged, len(keys)))
+        step_context.log.info(f"EMR step {step_id} runs {len(keys)} Dagster step(s): {', '.join(keys)}")
+        launched.update(keys)
+        self._batches[run_id] = batch.Batch(run_id, step_id, keys)
+        return self._batches[run_id]
 
-    def wait_for_completion(self, step_context, s3, run_id, step_key, emr_step_id, check_interval=None):
-        """Poll the step every `poll_seconds` (dagster-aws: 15 s) and relay its new events through the run's log
-        manager, so that they reach the run's loggers (the main command's terminal lines) and its event log."""
-        relayed, done = 0, False
-        while not done:
+    def _batch_ended_before(self, current: batch.Batch, step_key: str) -> bool:
+        """Whether the batch's EMR step ended without running `step_key` (it stopped after a failed step)."""
+        state = self.emr_job_runner.describe_step(self.cluster_id, current.emr_step_id)["Step"]["Status"]["State"]
+        return state not in ("PENDING", "RUNNING", "CANCEL_PENDING") and self._done(current, step_key) is None
+
+    def _done(self, current: batch.Batch, step_key: str) -> dict | None:
+        """The step's `done` marker from the node (None while it runs or if it never ran)."""
+        folder = self._artifact_s3_key(current.run_id, step_key, batch.DONE_FILE).rsplit("/", 1)[0]
+        return batch.read_done(boto3.client("s3", region_name=self.region_name), self.staging_bucket, folder)
+
+    def _relay(self, current: batch.Batch, step_context) -> Iterator:
+        """Poll every `poll_seconds` until this step's `done` marker is on S3 (or the EMR step ended), relaying its
+        new events through the run's log manager (the main command's terminal lines, the run's event log)."""
+        run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
+        s3 = boto3.resource("s3", region_name=self.region_name)
+        relayed, done, ended = 0, None, False
+        while done is None and not ended:
             with raise_execution_interrupts():
                 time.sleep(self.poll_seconds)
-                done = self.emr_job_runner.is_emr_step_complete(step_context.log, self.cluster_id, emr_step_id)
+                done = self._done(current, step_key)
+                if done is None:
+                    ended = self._emr_step_ended(step_context.log, current.emr_step_id)
+                    done = self._done(current, step_key) if ended else None
                 records = self.read_events(s3, run_id, step_key)
             for record in records[relayed:]:
                 if record.is_dagster_event:
@@ -119,6 +149,19 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 else:
                     step_context.instance.handle_new_event(record)
             relayed = max(relayed, len(records))
+        failures = [r for r in records if r.is_dagster_event and r.dagster_event.is_step_failure]
+        if done is None or (done["failed"] and not failures):  # the step's Python died: say why from EMR's side
+            self._failed[run_id].add(step_key)
+            raise EmrStepError(self.explain_failure(current.emr_step_id))
+        if done["failed"]:
+            self._failed[run_id].add(step_key)
+
+    def _emr_step_ended(self, log, step_id: str) -> bool:
+        """Whether the EMR step reached a final state (COMPLETED, FAILED, CANCELLED, INTERRUPTED)."""
+        try:
+            return self.emr_job_runner.is_emr_step_complete(log, self.cluster_id, step_id)
+        except EmrError:
+            return True
 
     def cancel(self, log, step_id: str) -> None:
         """Ask EMR to cancel the step (CancelSteps); a refusal is logged, never raised over the run's own error."""
@@ -232,9 +275,17 @@ class ClusterPySparkResource(PySparkResource):
 
 
 class ClusterCnnResource(CnnResource):
-    """CnnResource whose weights file is checked on the cluster nodes (where the bootstrap put it), not locally."""
+    """CnnResource whose weights file is checked on the cluster nodes (where the bootstrap put it), not locally; the
+    launching side names the model by the size of the weights uploaded for the bootstrap."""
 
     on_node: bool = Field(default=False, description="Whether this process runs on an EMR node (FRUITS_EMR_NODE).")
+    weights_uri: str | None = Field(default=None, description="The weights as uploaded for the bootstrap (s3://).")
+
+    def model_key(self) -> str:
+        """The nodes' model key: from their weights file on a node, from the uploaded weights' size elsewhere."""
+        if self.on_node or self.weights_uri is None:
+            return super().model_key()
+        return self.model_key_for(files.size(self.weights_uri))
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Check the weights file only when running on an EMR node."""

@@ -79,12 +79,12 @@ def check_python(node: str | None, python: str) -> None:
 CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException")
 
 
-def preflight(settings: EmrSettings, session: boto3.session.Session | None = None) -> None:
-    """Check the cluster, every bucket the run touches, the photos and the Python, before any Spark work starts;
-    an unreachable endpoint or refused credentials fail here too, named."""
+def preflight(settings: EmrSettings, session: boto3.session.Session | None = None, cluster: bool = True) -> None:
+    """Check the cluster (unless `cluster` is False), every bucket the run touches, the photos and the Python, before
+    any Spark work starts; an unreachable endpoint or refused credentials fail here too, named."""
     session = session or boto3.session.Session(region_name=settings.region)
     try:
-        _preflight(settings, session)
+        _preflight(settings, session, cluster)
     except (EndpointConnectionError, ConnectTimeoutError) as error:
         raise DeploymentError(
             f"cannot reach AWS ({error}): check the network, FRUITS_EMR_REGION={settings.region!r} and "
@@ -103,12 +103,12 @@ def preflight(settings: EmrSettings, session: boto3.session.Session | None = Non
         ) from error
 
 
-def _preflight(settings: EmrSettings, session: boto3.session.Session) -> None:
+def _preflight(settings: EmrSettings, session: boto3.session.Session, cluster: bool) -> None:
     s3 = session.client("s3", region_name=settings.region)
     check_bucket(s3, settings.staging_uri(), "staging")
     check_bucket(s3, settings.output_uri, "output")
     photos = check_bucket(s3, settings.image_root + "/", "image")
-    if settings.cluster_id:
+    if settings.cluster_id and cluster:
         check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
         check_python(node_python(s3, settings), settings.python)
     if not photos:

@@ -15,6 +15,9 @@ from spark_code.featurize.cnn import WEIGHTS_FILE
 DEPLOYMENT_ENV = Settings.variable("deployment")
 DEFAULT_REGION = "eu-west-3"  # Paris: data of EU users stays in the EU.
 NODE_WEIGHTS = "fruits/weights"  # under the node folder (FRUITS_EMR_NODE_DIR): where bootstrap-emr.sh copies them
+NODE_ONNX = "fruits/onnx"  # under the node folder: the ONNX model converted at upload, copied by bootstrap-emr.sh
+BOOTSTRAP_WEIGHTS = ("bootstrap", "weights", WEIGHTS_FILE)  # under the staging prefix: the weights as uploaded
+BOOTSTRAP_ONNX = ("bootstrap", "onnx")  # under the staging prefix: the ONNX model and its sidecar
 
 # The FRUITS_EMR_* fields are declared once, in Settings (fruits_assets/deploy/settings.py): EmrSettings takes each
 # emr_<field> there as its <field>, as it is (type, default, description, check). emr_node is the nodes' own flag.
@@ -88,6 +91,11 @@ class EmrSettings(_EmrFields):
         missing = [ENV_VARS[field] for field in required if not values.get(field)]
         if missing:
             raise DeploymentError(f"{DEPLOYMENT_ENV}=emr needs {', '.join(missing)}: see README, 'Run on AWS EMR'")
+        if settings.engine != "onnx":
+            raise DeploymentError(
+                f"{Settings.variable('engine')}={settings.engine}: the EMR nodes run the ONNX model converted at "
+                f"upload (no TensorFlow on them); unset {Settings.variable('engine')} or set it to onnx"
+            )
         try:
             return cls(**values)
         except ValueError as error:
@@ -109,6 +117,11 @@ class EmrSettings(_EmrFields):
     def weights_path(self) -> str:
         """The Keras weights file on the nodes, where bootstrap-emr.sh copies it."""
         return f"{self.node_dir.rstrip('/')}/{NODE_WEIGHTS}/{WEIGHTS_FILE}"
+
+    @property
+    def onnx_cache(self) -> str:
+        """The nodes' ONNX cache folder, where bootstrap-emr.sh copies the model converted at upload."""
+        return f"{self.node_dir.rstrip('/')}/{NODE_ONNX}"
 
     @property
     def python_version(self) -> str | None:

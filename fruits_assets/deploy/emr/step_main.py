@@ -21,11 +21,22 @@ def load_settings(s3_client, bucket: str, step_run_ref_key: str) -> dict[str, st
 
 
 def main(bucket: str, step_run_ref_key: str) -> None:
-    """Set the run's settings, then run the step as dagster-aws's own main does."""
+    """Set the run's settings, then run the staged steps: a batch of several (`fruits_assets.deploy.emr.batch`),
+    or one as dagster-aws's own main does."""
+    import pickle
+
     import boto3
+
+    s3 = boto3.client("s3")
+    load_settings(s3, bucket, step_run_ref_key)
+    staged = pickle.loads(s3.get_object(Bucket=bucket, Key=step_run_ref_key)["Body"].read())
+    if isinstance(staged, list):
+        from fruits_assets.deploy.emr import batch
+
+        batch.run_steps(s3, bucket, step_run_ref_key, staged)
+        return
     from dagster_aws.emr import emr_step_main
 
-    load_settings(boto3.client("s3"), bucket, step_run_ref_key)
     emr_step_main.main(bucket, step_run_ref_key)
 
 
