@@ -37,7 +37,6 @@ NOT_FOR_NODES = {"pyspark", "py4j", "fruits-features"}  # EMR's own Spark; the p
 SPARK_DEFAULTS = {
     **EMR_SPARK_CONF,
     "spark.dynamicAllocation.enabled": "true",
-    "spark.sql.shuffle.partitions": "64",
 }
 
 

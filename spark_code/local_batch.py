@@ -1,17 +1,16 @@
-"""A listed batch planned on the driver against a local output's committed raw rows (pyarrow): no Spark job."""
+"""A listed batch planned on the driver against an output's committed raw rows (pyarrow, local or S3): no Spark job."""
 
 from __future__ import annotations
 
 from spark_code import unchanged
 from spark_code.ingest import batches
-from spark_code.ingest.listing import local_path
 
 
 def plan(rows: list[tuple], output: str, key: str, model_key: str, full_refresh: bool = False) -> list[tuple]:
     """The rows of batch `key` (listing columns + `change`) for a root's listing `rows`, against the current rows of
-    the other complete batches in the local `output`, as `batches.plan` makes them with Spark; files featurized
-    with other CNN settings than `model_key` count as changed. `full_refresh`: every listed file is new."""
-    out = local_path(output)
+    the other complete batches in `output` (a local folder or s3://), as `batches.plan` makes them with Spark; files
+    featurized with other CNN settings than `model_key` count as changed. `full_refresh`: every listed file is new."""
+    out = output
     keys = [k for k in unchanged.complete_batches(out) if k != key]
     if full_refresh or not keys:
         return batches.plan_rows(rows, None)

@@ -1,4 +1,4 @@
-"""A one-op job whose step goes through the EMR step launcher; reconstructed by the simulated primary node."""
+"""A job of two steps through the EMR step launcher and one local step; reconstructed by the simulated primary node."""
 
 import os
 import socket
@@ -17,6 +17,12 @@ def where_am_i(context) -> Output:
     context.log.info("remote step running in pid %s", os.getpid())
     facts = {"pid": os.getpid(), "host": socket.gethostname(), "package": fruits_assets.__file__}
     return Output(facts, metadata=facts)  # the metadata travels back in the step's events
+
+
+@op(required_resource_keys={STEP_LAUNCHER_KEY}, ins={"start": In(Nothing)})
+def and_then(context) -> Output:
+    """Runs remotely after `where_am_i`, in the same EMR step (one batch): reports its process too."""
+    return Output(os.getpid(), metadata={"pid": os.getpid()})
 
 
 @op(ins={"start": In(Nothing)})
@@ -40,5 +46,5 @@ def launcher() -> EmrStepLauncher:
 
 @job(resource_defs={STEP_LAUNCHER_KEY: launcher()}, executor_def=in_process_executor)
 def emr_probe():
-    """where_am_i on the 'cluster', then `after` locally."""
-    after(where_am_i())
+    """where_am_i then and_then on the 'cluster' (one EMR step), then `after` locally."""
+    after(and_then(where_am_i()))

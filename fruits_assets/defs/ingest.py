@@ -8,15 +8,13 @@ from dagster import AssetExecutionContext, Config, Output, ResourceParam, asset
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from fruits_assets.defs.partitions import CHANGES_TAG, GROUP, ingest_batches
 from fruits_assets.io.metadata import class_table
 from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
 from spark_code import local_batch
 from spark_code.ingest import batches, snapshot
-from spark_code.ingest.images import LISTING_SCHEMA, listing_counts, listing_rows, require_images, walk_rows
-from spark_code.storage.s3a import is_s3
+from spark_code.ingest.images import listing_counts, listing_rows, require_images, walk_rows
 
 
 class RawConfig(Config):
@@ -51,13 +49,9 @@ def raw_images(
     if sensed is not None:  # the sensor's run: the batch it found, without listing the root again
         planned, listing_counts = _sensed_rows(image_source.root, sensed), {}
     else:
-        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key, now)
-    if isinstance(planned, list):  # rows planned on the driver: the batch is small, its counts known
-        batch = batches.from_rows(pyspark.spark_session, planned, key, now)
-        changes, per_class = batches.tally_rows(planned)
-    else:
-        batch = planned.cache()
-        changes, per_class = batches.tally(batch), _per_class(batch)
+        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key)
+    batch = batches.from_rows(pyspark.spark_session, planned, key, now)  # rows planned on the driver
+    changes, per_class = batches.tally_rows(planned)
     metadata = {
         "batch": key,
         "image_count": changes[batches.NEW] + changes[batches.CHANGED],
@@ -72,26 +66,12 @@ def raw_images(
     return Output(batch, metadata=metadata)
 
 
-def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key, now):
-    """(batch, listing counts): the root listed and compared with the current rows of the other batches. For a
-    local output the batch is planned on the driver with pyarrow (its rows: no Spark job over the corpus); for an
-    S3 output it is a DataFrame planned by Spark."""
+def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key):
+    """(batch rows, listing counts): the root listed and compared with the current rows of the other batches, planned
+    on the driver with pyarrow (local or S3 output alike: its rows, no Spark job over the corpus)."""
     rows, found = walk_rows(spark, image_source.root)
     require_images(len(rows), image_source.root)
-    if not is_s3(tables.base_uri):
-        return local_batch.plan(rows, tables.base_uri, key, cnn.model_key(), config.full_refresh), listing_counts(found)
-    listing = spark.createDataFrame(rows, LISTING_SCHEMA).cache()
-    before = None if config.full_refresh else tables.current_rows("raw_images", without=key)
-    redo = None if before is None else batches.stale(before, tables.rows("cnn_features", without=key), cnn.model_key())
-    batch = batches.plan(listing, before, key, now, redo).cache()
-    batch.count()  # made while the listing is cached; then the listing's cache can go
-    listing.unpersist()
-    return batch, listing_counts(found)
-
-
-def _per_class(batch: DataFrame) -> dict[str | None, int]:
-    taken = batch.filter(F.col(batches.CHANGE) != batches.DELETED)
-    return {row["label"]: row["count"] for row in taken.groupBy("label").count().collect()}
+    return local_batch.plan(rows, tables.base_uri, key, cnn.model_key(), config.full_refresh), listing_counts(found)
 
 
 def _sensed_rows(root: str, sensed: list[tuple[str, int, int, str]]) -> list[tuple]:

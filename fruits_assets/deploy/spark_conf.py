@@ -25,13 +25,17 @@ JOB_SPARK_CONF = {
 
 # spark-submit settings on m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN; the launcher names each step's
 # app): two executors of 2 cores per node; the CNN lives in the Python workers, outside the JVM heap, so the
-# overhead is large.
+# overhead is large. Shuffles are of listing-sized rows (paths, counts): 16 partitions (two per core of the recipe's
+# 2 core nodes), which adaptive execution coalesces further, cached plans included; Spark's 200 cost a batch of one
+# photo ~10 s of empty tasks.
 EMR_SPARK_CONF = {
     **JOB_SPARK_CONF,
     "spark.executor.cores": "2",
     "spark.executor.memory": "3g",
     "spark.executor.memoryOverhead": "2g",
     "spark.driver.memory": "4g",
+    "spark.sql.shuffle.partitions": "16",
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 
 

@@ -1,10 +1,12 @@
 """The emr deployment against real S3/EMR/IAM APIs (moto on loopback): the cluster recipe, checks before any
 Spark work (the step launcher: test_emr_launcher.py)."""
 
+import hashlib
 import json
 import re
 import sys
 import zipfile
+from pathlib import Path
 
 import boto3
 import pytest
@@ -19,6 +21,7 @@ from dagster import (
 from fruits_assets.deploy.emr.launcher import STEP_LAUNCHER_KEY, EmrStepLauncher
 from fruits_assets.deploy.emr.preflight import check_bucket, check_cluster, preflight
 from fruits_assets.deploy.emr.settings import DeploymentError
+from spark_code.featurize import onnx_export
 from spark_code.featurize.cnn import WEIGHTS_FILE
 from tests.deploy.conftest import BUCKET, REGION, REPO, emr_settings, recipe
 from tests.moto_server import set_auth
@@ -66,12 +69,16 @@ def test_cluster_recipe_is_accepted_and_the_cluster_found(aws):
         check_cluster(emr, cluster_id, REGION)
 
 
-def test_recipe_uploads_bootstrap_weights_and_package(aws, tmp_path):
+def test_recipe_uploads_bootstrap_weights_onnx_model_and_package(aws, tmp_path, weights_path):
     settings = emr_settings()
-    weights = tmp_path / "w.h5"
-    weights.write_bytes(b"\x89HDF fake weights")
-    uris = recipe.upload_bootstrap(aws.client("s3"), settings, weights)
+    uris = recipe.upload_bootstrap(aws.client("s3"), settings, Path(weights_path))
     assert f"s3://{BUCKET}/fruits/staging/bootstrap/weights/{WEIGHTS_FILE}" in uris
+    digest = onnx_export.file_digest(weights_path)
+    onnx_key = f"fruits/staging/bootstrap/onnx/mobilenet_v2-224px-{digest}"
+    assert {f"s3://{BUCKET}/{onnx_key}.onnx", f"s3://{BUCKET}/{onnx_key}.json"} <= set(uris)
+    sidecar = json.loads(aws.client("s3").get_object(Bucket=BUCKET, Key=f"{onnx_key}.json")["Body"].read())
+    model = aws.client("s3").get_object(Bucket=BUCKET, Key=f"{onnx_key}.onnx")["Body"].read()
+    assert sidecar["weights_sha256"] == digest and sidecar["sha256"] == hashlib.sha256(model).hexdigest()
     body = aws.client("s3").get_object(Bucket=BUCKET, Key="fruits/staging/bootstrap/bootstrap-emr.sh")["Body"]
     assert body.read() == (REPO / "bootstrap" / "bootstrap-emr.sh").read_bytes()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterEventType, DagsterRunStatus, build_sensor_context
+from dagster import AssetKey, DagsterEventType, DagsterRunStatus, build_sensor_context
 
 from spark_code.storage.run_lock import LOCK_FILE
 from tests.conftest import TRAINING, copy_photos, first_images
@@ -34,6 +34,7 @@ def photos(tmp_path_factory, fruits_dir) -> dict[str, Path]:
     copy_photos(root / "images", CLASSES, 4, fruits_dir)
     copy_photos(root / "training", CLASSES, 6, TRAINING)
     extra = [first_images(fruits_dir / cls, 6)[-1] for cls in CLASSES]
+    extra.append(first_images(fruits_dir / CLASSES[0], 7)[-1])
     return {"images": root / "images", "training": root / "training", "extra": extra}
 
 
@@ -58,10 +59,47 @@ def cluster(shell, photos, weights_path) -> str:
     return cluster_id
 
 
+def _new_steps(shell, cluster: str, before: set[str]) -> list[dict]:
+    return [s for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"] if s["Id"] not in before]
+
+
+def _step_ids(shell, cluster: str) -> set[str]:
+    return {s["Id"] for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"]}
+
+
 @pytest.fixture(scope="module")
 def first_run(shell, cluster):
     """`FRUITS_DEPLOYMENT=emr .venv/bin/python -m fruits_assets`: the first batch, every asset."""
     return shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
+
+
+@pytest.fixture(scope="module")
+def later_runs(shell, cluster, first_run, photos):
+    """The main command again with nothing new, then after one new photo: (output, EMR steps) of each."""
+    before = _step_ids(shell, cluster)
+    nothing = shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
+    nothing_steps = _new_steps(shell, cluster, before)
+    new = photos["extra"][3]
+    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
+    before = _step_ids(shell, cluster)
+    one = shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
+    return {"nothing": (nothing, nothing_steps), "one": (one, _new_steps(shell, cluster, before))}
+
+
+def _recorded(shell) -> tuple[set[str], set[str]]:
+    """(assets materialized, checks evaluated) in the newest run of the shell's instance."""
+    instance = shell.instance()
+    run = instance.get_runs(limit=1)[0]
+    assert run.status == DagsterRunStatus.SUCCESS
+    assets = {
+        e.asset_materialization.asset_key.to_user_string()
+        for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    }
+    checks = {
+        e.dagster_event.event_specific_data.check_name
+        for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    }
+    return assets, checks
 
 
 # ---- the recipe ------------------------------------------------------------------------------------------------
@@ -74,6 +112,8 @@ def test_bootstrap_installs_the_launching_versions_and_no_pyspark(shell, cluster
     node = json.loads(record["Body"].read())
     assert node["python"].rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert "pyspark" not in node["packages"] and "dagster-pyspark" in node["packages"]
+    assert not {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx"} & set(node["packages"])  # ONNX Runtime only
+    assert "onnxruntime" in node["packages"]
     import importlib.metadata
 
     here = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
@@ -90,18 +130,35 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
         assert f"{asset}: done in" in out, out[-3000:]
     assert "checks: 8/8 passed" in out and f"output: {OUTPUT}" in out
     steps = shell.client("emr").list_steps(ClusterId=cluster)["Steps"]
-    assert len(steps) >= 6 and {s["Status"]["State"] for s in steps} == {"COMPLETED"}
+    assert len(steps) == 1 and {s["Status"]["State"] for s in steps} == {"COMPLETED"}  # every Spark step in one
     assert all(s["Config"]["Args"][0] == "/usr/lib/spark/bin/spark-submit" for s in steps)
     for table in ("raw_images/", "cnn_features/", "quarantined_images/", "scaled_features/", "pca_features/"):
         assert shell.committed(table), table
     assert shell.committed("models/fruit_classifier/")
     run = shell.instance().get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
-    assert run.status == DagsterRunStatus.SUCCESS and run.tags["dagster/partition"]
-    materialized = {
-        e.asset_materialization.asset_key.to_user_string()
-        for e in shell.instance().all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    }
-    assert set(ASSETS) <= materialized
+    assert run.tags["dagster/partition"]
+    materialized, checks = _recorded(shell)
+    assert set(ASSETS) | {"training_features"} <= materialized and len(checks) == 8
+    step_keys = {e.step_key for e in shell.instance().all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    assert {"raw_images", "cnn_features", "pca_features", "fruit_classifier"} <= step_keys  # each its own step
+
+
+def test_nothing_new_submits_no_step_and_says_so(shell, later_runs):
+    done, steps = later_runs["nothing"]
+    assert steps == [] and done.returncode == 0
+    assert "nothing new in" in done.stdout + done.stderr and "every asset is current" in done.stdout + done.stderr
+
+
+def test_one_new_photo_is_one_emr_step_with_every_asset_and_check_recorded(shell, later_runs):
+    done, steps = later_runs["one"]
+    out = done.stdout + done.stderr
+    assert len(steps) == 1 and steps[0]["Status"]["State"] == "COMPLETED", steps
+    assert "checks: 8/8 passed" in out, out[-3000:]
+    materialized, checks = _recorded(shell)
+    assert set(ASSETS) <= materialized and len(checks) == 8
+    assert "training_features" not in materialized  # no training photo changed: not run on the cluster
+    raw = shell.instance().get_latest_materialization_event(AssetKey("raw_images")).asset_materialization
+    assert raw.metadata["image_count"].value == 1
 
 
 def test_outputs_equal_a_local_run_on_the_same_photos(shell, first_run, photos, spark, weights_path, tmp_path):
@@ -221,7 +278,8 @@ def test_classify_with_models_on_s3(shell, first_run, photos):
 
 
 def _main_fails(shell, **env) -> str:
-    done = shell.python("-m", "fruits_assets", check=False, FRUITS_DEPLOYMENT="emr", **env)
+    """The main command with work to do (--full-refresh: every photo again), which must fail; its output."""
+    done = shell.python("-m", "fruits_assets", "--full-refresh", check=False, FRUITS_DEPLOYMENT="emr", **env)
     assert done.returncode != 0
     return done.stdout + done.stderr
 
@@ -263,7 +321,7 @@ def _start_and_wait_for_a_running_step(shell, cluster):
     emr = shell.client("emr")
     before = {s["Id"] for s in emr.list_steps(ClusterId=cluster)["Steps"]}
     running = subprocess.Popen(
-        [sys.executable, "-m", "fruits_assets"],
+        [sys.executable, "-m", "fruits_assets", "--full-refresh"],  # work to do, whatever ran before
         cwd=REPO,
         env=shell.env | {"FRUITS_DEPLOYMENT": "emr"},
         stdout=subprocess.PIPE,

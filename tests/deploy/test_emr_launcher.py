@@ -73,8 +73,11 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
     remote = {key: value.value for key, value in output.metadata.items()}
     assert remote["pid"] != os.getpid()  # the step ran in the 'primary node' process
     assert remote["package"].endswith("fruits_assets/__init__.py")
+    (then,) = [e.step_output_data for e in result.all_events if e.step_key == "and_then" and e.is_successful_output]
+    assert then.metadata["pid"].value == remote["pid"]  # both Dagster steps ran in the one EMR step's process
+    assert [e.step_key for e in result.all_events if e.is_step_success] == ["where_am_i", "and_then", "after"]
 
-    (step_id,) = submitted
+    (step_id,) = submitted  # one EMR step (run once) for the two launcher steps
     step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
     args = step["Config"]["Args"]
     run_prefix = f"fruits/staging/{run_id}/where_am_i"
