@@ -64,13 +64,27 @@ def _emr_batch(shell: EmrShell, cluster: str) -> dict:
     return {"emr_steps": len(rows), "wall_s": round(wall, 1), "steps": rows}
 
 
-def _node_install(shell: EmrShell, cluster: str) -> tuple[float, list[str]]:
-    """(MiB the bootstrap installed into the node's Python, its packages) from the node venv and node.json."""
+def _mib(folder: Path) -> float:
+    """The bytes under `folder` (du -sb), in MiB."""
+    done = subprocess.run(["du", "-sb", str(folder)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0]) / 2**20
+
+
+def _node_install(shell: EmrShell, cluster: str, work: Path) -> dict:
+    """What the bootstrap installed into the node's Python: the node venv's MiB less those of an empty venv of the
+    same interpreter (EMR's python3.11 before the bootstrap), and its packages (node.json)."""
+    from tests.emr_emulator.node import base_python
+
     venv = shell.node_python().parent.parent
-    size = int(subprocess.run(["du", "-sb", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0])
+    subprocess.run([base_python(), "-m", "venv", str(work / "empty-venv")], check=True)
     key = f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json"
     node = json.loads(shell.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    return size / 2**20, sorted(node["packages"])
+    packages = sorted(node["packages"])
+    return {
+        "node_venv_mib": round(_mib(venv), 1),
+        "node_install_mib": round(_mib(venv) - _mib(work / "empty-venv"), 1),
+        "node_has_tensorflow": any(p.startswith(("tensorflow", "keras", "tf2onnx")) for p in packages),
+    }
 
 
 def _local_one_photo(work: Path, new: Path, cls: str) -> dict:
@@ -114,7 +128,7 @@ def main() -> None:
         bootstrap_s = time.monotonic() - started
         shell.env["FRUITS_EMR_CLUSTER_ID"] = cluster
         logger.info("cluster %s ready in %.1f s (cold bootstrap)", cluster, bootstrap_s)
-        install_mib, packages = _node_install(shell, cluster)
+        install = _node_install(shell, cluster, work)
         first = _emr_batch(shell, cluster)
         nothing = _emr_batch(shell, cluster)
         shell.aws("s3", "cp", str(new), f"s3://{BUCKET}/{PREFIX}/images/{classes[0]}/{new.name}", "--quiet")
@@ -133,8 +147,7 @@ def main() -> None:
         },
         "poll_seconds": float(shell.env.get("FRUITS_EMR_POLL_SECONDS", 15)),
         "bootstrap_s": round(bootstrap_s, 1),
-        "node_install_mib": round(install_mib, 1),
-        "node_has_tensorflow": any(p.startswith(("tensorflow", "keras", "tf2onnx")) for p in packages),
+        **install,
         "first_batch": first,
         "nothing_new": nothing,
         "one_photo": one,

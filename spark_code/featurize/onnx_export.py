@@ -100,13 +100,16 @@ def _cache_problem(model_path: Path, sidecar: Path, expected: dict) -> tuple[str
 
 
 def _io_shape(data: bytes) -> tuple[list, object]:
-    """(input shape without the batch axis, output width) declared by an ONNX graph."""
-    import onnx
+    """(input shape without the batch axis, output width) declared by an ONNX graph, as ONNX Runtime reads it (no
+    graph optimization: only the declarations are looked at; the `onnx` package is not needed where models run)."""
+    import onnxruntime as ort
 
-    graph = onnx.load_model_from_string(data).graph
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
-    return dims[1:], out[-1] if out else None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    dims, out = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    return [d if isinstance(d, int) else 0 for d in dims[1:]], out[-1] if out and isinstance(out[-1], int) else None
 
 
 def export(spec, weights: list[np.ndarray]) -> bytes:

@@ -132,7 +132,7 @@ def test_bootstrap_installs_the_project_pins_but_never_pyspark():
     boot = REPO / "bootstrap"
     with_deps = _pins((boot / "requirements-emr.txt").read_text().splitlines())
     no_deps = _pins((boot / "requirements-emr-nodeps.txt").read_text().splitlines())
-    not_on_nodes = ("pyspark", "dagster-webserver", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx")
+    not_on_nodes = ("pyspark", "dagster-webserver", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx")
     expected = {name: v for name, v in project.items() if name not in not_on_nodes}
     assert with_deps | no_deps == expected | {"dagster-spark": project["dagster-pyspark"]}  # its no-deps dependency
     assert "pyspark" not in with_deps | no_deps and "dagster-pyspark" in no_deps
