@@ -210,6 +210,21 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
     return None
 
 
+def refit_due(output: str) -> str | None:
+    """Why a refit of the scaler and the PCA has work (a batch committed after the scaler was last fitted, or no
+    scaler yet), or None when no batch came since: refitting would fit the same rows again. Version names start
+    with their write time, so names compare as times."""
+    keys = complete_batches(output)
+    if not keys:
+        return None
+    scaler = _newest(_join(output, "models", "scaled_features"))
+    if scaler is None:
+        return "no scaler fitted yet"
+    fitted = versions.version_name(scaler)
+    newer = [k for k in keys if versions.version_name(_newest(_join(output, batches.LEDGER, k))) > fitted]
+    return f"{len(newer)} batch(es) since the scaler was fitted" if newer else None
+
+
 def table_rows(output: str, name: str) -> int:
     """Rows of the newest committed version of an unpartitioned table (from the Parquet footers)."""
     version = _newest(_join(output, name))

@@ -6,16 +6,19 @@ from dagster import (
     DefaultSensorStatus,
     RunConfig,
     RunRequest,
-    ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
     define_asset_job,
+    schedule,
     sensor,
 )
 
 from fruits_assets.defs.partitions import CHANGES_TAG, ingest_batches
 from fruits_assets.defs.reduction import PcaConfig, ScalerConfig
-from fruits_assets.io.resources import ImageSource
+from fruits_assets.io.resources import ImageSource, OutputLocation
+from spark_code import unchanged
 from spark_code.ingest import batches, s3_events, snapshot
 
 materialize_all = define_asset_job(
@@ -31,15 +34,24 @@ refit_models = define_asset_job(
     description="Scaled features, PCA and the classifier over every batch; no listing, no CNN.",
 )
 
-daily_refit = ScheduleDefinition(
-    name="daily_refit",
+
+@schedule(
     job=refit_models,
     cron_schedule="0 3 * * *",
     execution_timezone="Europe/Paris",
-    run_config=RunConfig(ops={"scaled_features": ScalerConfig(refit=True), "pca_features": PcaConfig(refit=True)}),
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Every night: refit the scaler and the PCA on the features of every batch, project all images again.",
+    description="Every night: refit the scaler and the PCA on the features of every batch, project all images "
+    "again; skipped (no run, no cluster step) when no batch came since the last fit.",
 )
+def daily_refit(context: ScheduleEvaluationContext, output: OutputLocation) -> RunRequest | SkipReason:
+    """A refit run when a batch was committed since the scaler was fitted (read without Spark, local or S3)."""
+    reason = unchanged.refit_due(output.base_uri)
+    if reason is None:
+        return SkipReason(f"nothing new in {output.base_uri} since the scaler and PCA were fitted: no refit")
+    context.log.info("refit due: %s", reason)
+    return RunRequest(
+        run_config=RunConfig(ops={"scaled_features": ScalerConfig(refit=True), "pca_features": PcaConfig(refit=True)})
+    )
 
 
 @sensor(

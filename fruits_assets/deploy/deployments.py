@@ -10,7 +10,14 @@ from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import LocalPySparkResource, local_spark_config
 from fruits_assets.io.io_manager import SparkParquetIOManager
-from fruits_assets.io.resources import ClassifierSettings, CnnResource, ImageSource, ModelStore, TableStore
+from fruits_assets.io.resources import (
+    ClassifierSettings,
+    CnnResource,
+    ImageSource,
+    ModelStore,
+    OutputLocation,
+    TableStore,
+)
 
 if TYPE_CHECKING:
     from fruits_assets.deploy.emr.settings import EmrSettings
@@ -45,6 +52,7 @@ def local_resources(
         ),
         "training_source": ImageSource(root=training_root or settings.training_root),
         "classifier": ClassifierSettings(accuracy_floor=settings.accuracy_floor),
+        "output": OutputLocation(base_uri=output),
     }
 
 
@@ -77,6 +85,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
         ),
         "training_source": ImageSource(root=emr.training_root or settings.training_root),
         "classifier": ClassifierSettings(accuracy_floor=settings.accuracy_floor),
+        "output": OutputLocation(base_uri=emr.output_uri),
     }
 
 

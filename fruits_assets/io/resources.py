@@ -26,6 +26,13 @@ def _is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 
 
+class OutputLocation(ConfigurableResource):
+    """Where the tables and models are (FRUITS_OUTPUT_URI), for decisions made without Spark (the daily refit's
+    schedule); the IO manager, `tables` and `models` write and read there."""
+
+    base_uri: str = Field(description="The output folder or s3:// prefix; env FRUITS_OUTPUT_URI.")
+
+
 class ImageSource(ConfigurableResource):
     """Where the photos are: a folder (or s3:// prefix) with one sub-folder per fruit class."""
 

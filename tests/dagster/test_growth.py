@@ -14,7 +14,7 @@ from fruits_assets.definitions import build_defs
 from fruits_assets.defs.automation import daily_refit
 from fruits_assets.defs.partitions import ingest_batches
 from fruits_assets.deploy.deployments import local_resources
-from fruits_assets.io.resources import CnnResource
+from fruits_assets.io.resources import CnnResource, OutputLocation
 from spark_code.ingest import batches
 from spark_code.reduction import lifecycle, scaler_pca
 from spark_code.storage import versions
@@ -176,7 +176,10 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     output = str(grown["output"])
     before = versions.latest_uri(spark, f"{output}/models", "pca_features")
     defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
-    request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
+    context = build_schedule_context(resources={"output": OutputLocation(base_uri=output)})
+    request = daily_refit.evaluate_tick(context).run_requests[0]  # batches came after the scaler was fitted
+    ops = request.run_config["ops"]
+    assert ops["scaled_features"]["config"]["refit"] and ops["pca_features"]["config"]["refit"]
     totals = udf.process_totals()
     job = defs.resolve_job_def(daily_refit.job_name)
     result = job.execute_in_process(  # the classifier is left out: this output has no training_features
@@ -188,6 +191,8 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
     made_by = {r.pca_model for r in batches.read_current_rows(spark, output, "pca_features").collect()}
     assert len(made_by) == 1 and made_by != {before.rsplit("/", 1)[-1]}
+    skipped = daily_refit.evaluate_tick(context)  # no batch since this refit: the next tick runs nothing
+    assert not skipped.run_requests and "since the scaler and PCA were fitted" in skipped.skip_message
 
 
 def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path, tmp_path):

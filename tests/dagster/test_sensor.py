@@ -87,11 +87,13 @@ def test_half_written_file_waits_until_its_size_holds(tmp_path):
     assert result.run_requests[0].tags["fruits/new"] == "1"
 
 
-def test_schedule_refits_scaler_and_pca_daily():
+def test_schedule_refits_daily_and_skips_an_output_without_batches(tmp_path):
+    from fruits_assets.io.resources import OutputLocation
+
     assert daily_refit.cron_schedule == "0 3 * * *"
-    request = daily_refit.evaluate_tick(build_schedule_context()).run_requests[0]
-    ops = request.run_config["ops"]
-    assert ops["scaled_features"]["config"]["refit"] and ops["pca_features"]["config"]["refit"]
+    context = build_schedule_context(resources={"output": OutputLocation(base_uri=str(tmp_path))})
+    result = daily_refit.evaluate_tick(context)
+    assert not result.run_requests and "no refit" in result.skip_message  # nothing to fit on: no run, no step
 
 
 def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, weights_path, tmp_path):
