@@ -61,7 +61,34 @@ def _emr_batch(shell: EmrShell, cluster: str) -> dict:
             }
         )
     logger.info("emr batch: %.1f s, %d EMR step(s); %s", wall, len(rows), output.strip().splitlines()[-1:])
-    return {"emr_steps": len(rows), "wall_s": round(wall, 1), "steps": rows}
+    result = {"emr_steps": len(rows), "wall_s": round(wall, 1), "steps": rows}
+    if rows:  # the Dagster steps the EMR steps ran, and their own work (the rest of an EMR step is fixed cost)
+        work = _dagster_work(shell)
+        fixed = sum(row["emr_step_s"] for row in rows) - work["dagster_work_s"]
+        result |= work | {"fixed_per_emr_step_s": round(fixed / len(rows), 1)}
+    return result
+
+
+def _dagster_work(shell: EmrShell) -> dict:
+    """The newest run's Dagster steps that ran on the cluster (STEP_START to STEP_SUCCESS, as relayed) and their
+    summed duration."""
+    from dagster import DagsterEventType
+
+    instance = shell.instance()
+    run = instance.get_runs(limit=1)[0]
+    starts, durations = {}, {}
+    for event in instance.all_logs(run.run_id):
+        kind = event.dagster_event_type
+        if kind == DagsterEventType.STEP_START:
+            starts[event.step_key] = event.timestamp
+        elif kind == DagsterEventType.STEP_SUCCESS and event.step_key in starts:
+            durations[event.step_key] = event.timestamp - starts[event.step_key]
+    launched = [e.user_message for e in instance.all_logs(run.run_id) if "Dagster step(s): " in e.user_message]
+    remote = {key for line in launched for key in line.split("Dagster step(s): ", 1)[1].split(", ")}
+    return {
+        "dagster_steps": len(remote),
+        "dagster_work_s": round(sum(durations.get(k, 0.0) for k in remote), 1),
+    }
 
 
 def _mib(folder: Path) -> float:

@@ -14,7 +14,7 @@ import json
 import logging
 import pickle
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from queue import Queue
 from threading import Thread
 
@@ -25,12 +25,11 @@ DONE_FILE = "fruits_step_done.json"  # beside a step's events, once the step end
 
 @dataclass
 class Batch:
-    """One EMR step of a run: the Dagster steps it runs, in order, and those the launching side relayed."""
+    """One EMR step of a run: the Dagster steps it runs, in order."""
 
     run_id: str
     emr_step_id: str
     step_keys: list[str]
-    relayed: set[str] = field(default_factory=set)
 
 
 def launcher_steps(step_context, launcher_key: str) -> list:

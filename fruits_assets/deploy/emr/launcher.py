@@ -85,14 +85,13 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         current = self._batches.get(run_id)
         if current is None or step_key not in current.step_keys or self._batch_ended_before(current, step_key):
             current = self._submit_batch(step_context)
-        ended = False
         try:
             yield from self._relay(current, step_context)
-            ended = True
-        finally:
-            current.relayed.add(step_key)
-            if not ended:  # the run was interrupted or failed here: the batch must not run on alone
-                self.cancel(step_context.log, current.emr_step_id)
+        except EmrStepError:
+            raise  # its EMR step has ended: nothing runs on
+        except BaseException:  # the run was interrupted or failed here: the batch must not run on alone
+            self.cancel(step_context.log, current.emr_step_id)
+            raise
 
     def _submit_batch(self, step_context) -> batch.Batch:
         """Stage the code, the refs of this step and the run's other pending Spark steps, and submit one EMR step."""
@@ -152,6 +151,10 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         failures = [r for r in records if r.is_dagster_event and r.dagster_event.is_step_failure]
         if done is None or (done["failed"] and not failures):  # the step's Python died: say why from EMR's side
             self._failed[run_id].add(step_key)
+            while not ended:  # its process is exiting: EMR's final state and logs explain it
+                with raise_execution_interrupts():
+                    time.sleep(self.poll_seconds)
+                    ended = self._emr_step_ended(step_context.log, current.emr_step_id)
             raise EmrStepError(self.explain_failure(current.emr_step_id))
         if done["failed"]:
             self._failed[run_id].add(step_key)
