@@ -57,12 +57,17 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
     emr, s3 = aws.client("emr"), aws.client("s3")
     submitted = []
 
-    def step_completes(self, log, cluster, step_id):  # moto never finishes steps: run it as the primary would
-        submitted.append(step_id)
-        _play_primary_node(emr, s3, cluster, step_id, tmp_path)
-        return True
+    describe_step = EmrJobRunner.describe_step
 
-    monkeypatch.setattr(EmrJobRunner, "is_emr_step_complete", step_completes)
+    def step_completes(self, cluster, step_id):  # moto never runs steps: run it once as the primary node would
+        if step_id not in submitted:
+            submitted.append(step_id)
+            _play_primary_node(emr, s3, cluster, step_id, tmp_path)
+        answer = describe_step(self, cluster, step_id)
+        answer["Step"]["Status"]["State"] = "COMPLETED"
+        return answer
+
+    monkeypatch.setattr(EmrJobRunner, "describe_step", step_completes)
     monkeypatch.setattr(pyspark_step_launcher.time, "sleep", lambda seconds: None)
     from tests import emr_job
 

@@ -19,7 +19,6 @@ from dagster import AssetChecksDefinition, InitResourceContext, StepLauncher
 from dagster._config.pythonic_config import ConfigurableResourceFactory  # public in the docs, not re-exported
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.execution.plan.external_step import step_context_to_step_run_ref
-from dagster_aws.emr.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
@@ -35,6 +34,8 @@ from spark_code.storage import files
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
 STDERR_TAIL_LINES = 40
+LIVE_STEP_STATES = ("PENDING", "RUNNING", "CANCEL_PENDING")  # an EMR step in any other state has ended
+CANCEL_WAIT_POLLS = 20  # how long a cancelled run waits for its EMR step to end (at most, in polls)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
 
     def _batch_ended_before(self, current: batch.Batch, step_key: str) -> bool:
         """Whether the batch's EMR step ended without running `step_key` (it stopped after a failed step)."""
-        state = self.emr_job_runner.describe_step(self.cluster_id, current.emr_step_id)["Step"]["Status"]["State"]
-        return state not in ("PENDING", "RUNNING", "CANCEL_PENDING") and self._done(current, step_key) is None
+        return self._emr_step_ended(current.emr_step_id) and self._done(current, step_key) is None
 
     def _done(self, current: batch.Batch, step_key: str) -> dict | None:
         """The step's `done` marker from the node (None while it runs or if it never ran)."""
@@ -138,7 +138,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 time.sleep(self.poll_seconds)
                 done = self._done(current, step_key)
                 if done is None:
-                    ended = self._emr_step_ended(step_context.log, current.emr_step_id)
+                    ended = self._emr_step_ended(current.emr_step_id)
                     done = self._done(current, step_key) if ended else None
                 records = self.read_events(s3, run_id, step_key)
             for record in records[relayed:]:
@@ -154,25 +154,31 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             while not ended:  # its process is exiting: EMR's final state and logs explain it
                 with raise_execution_interrupts():
                     time.sleep(self.poll_seconds)
-                    ended = self._emr_step_ended(step_context.log, current.emr_step_id)
+                    ended = self._emr_step_ended(current.emr_step_id)
             raise EmrStepError(self.explain_failure(current.emr_step_id))
         if done["failed"]:
             self._failed[run_id].add(step_key)
 
-    def _emr_step_ended(self, log, step_id: str) -> bool:
-        """Whether the EMR step reached a final state (COMPLETED, FAILED, CANCELLED, INTERRUPTED)."""
-        try:
-            return self.emr_job_runner.is_emr_step_complete(log, self.cluster_id, step_id)
-        except EmrError:
-            return True
+    def _emr_step_ended(self, step_id: str) -> bool:
+        """Whether the EMR step reached a final state (COMPLETED, FAILED, CANCELLED, INTERRUPTED); PENDING, RUNNING
+        and CANCEL_PENDING (which dagster-aws's `EmrStepState` does not know) are not."""
+        state = self.emr_job_runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]["State"]
+        return state not in LIVE_STEP_STATES
 
     def cancel(self, log, step_id: str) -> None:
-        """Ask EMR to cancel the step (CancelSteps); a refusal is logged, never raised over the run's own error."""
+        """Ask EMR to cancel the step (CancelSteps, asynchronous on EMR) and wait, up to `CANCEL_WAIT_POLLS` polls,
+        until it reached a final state, so the run lock is released after it; a refusal is logged, never raised over
+        the run's own error."""
         try:
             answer = self.emr_job_runner.make_emr_client().cancel_steps(
                 ClusterId=self.cluster_id, StepIds=[step_id], StepCancellationOption="SEND_INTERRUPT"
             )
             log.warning(f"cancelled EMR step {step_id}: {answer.get('CancelStepsInfoList')}")
+            for _ in range(CANCEL_WAIT_POLLS):
+                if self._emr_step_ended(step_id):
+                    return
+                time.sleep(self.poll_seconds)
+            log.warning(f"EMR step {step_id} is still cancelling after {CANCEL_WAIT_POLLS} polls; releasing the run")
         except ClientError as error:
             log.error(f"could not cancel EMR step {step_id} on {self.cluster_id}: {error}")
 
