@@ -96,6 +96,10 @@ def spark_conf(
         "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.aws.credentials.provider": CREDENTIAL_PROVIDERS,
+        # Tasks commit their files straight into the version folder (one S3 copy per file, not two, as EMRFS's
+        # S3-optimized committer writes without renames): safe here, a version is read only once its _COMMITTED
+        # marker is written after the job (storage.versions).
+        "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
     }
     if region:
         conf["spark.hadoop.fs.s3a.endpoint.region"] = region

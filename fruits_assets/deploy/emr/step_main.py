@@ -20,13 +20,24 @@ def load_settings(s3_client, bucket: str, step_run_ref_key: str) -> dict[str, st
     return env
 
 
+def start_spark() -> None:
+    """Create the step's SparkSession (spark-submit's JVM is already up) while Dagster is imported and the steps are
+    unpickled: the first Spark step then finds it made (`getOrCreate` waits for it under the builder's lock)."""
+    from pyspark.sql import SparkSession
+
+    SparkSession.builder.getOrCreate()
+
+
 def main(bucket: str, step_run_ref_key: str) -> None:
     """Set the run's settings, then run the staged steps: a batch of several (`fruits_assets.deploy.emr.batch`),
     or one as dagster-aws's own main does."""
     import pickle
+    import threading
 
     import boto3
 
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # under spark-submit (its JVM is the gateway), as on EMR
+        threading.Thread(target=start_spark, name="spark-start", daemon=True).start()
     s3 = boto3.client("s3")
     load_settings(s3, bucket, step_run_ref_key)
     staged = pickle.loads(s3.get_object(Bucket=bucket, Key=step_run_ref_key)["Body"].read())
