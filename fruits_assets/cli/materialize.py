@@ -4,7 +4,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 import time
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
@@ -86,19 +85,11 @@ def _start_spark(spark_config: dict, cnn) -> None:
     """Start the local Spark session in the background, so the JVM starts while Dagster builds the job (about 2 s);
     the pyspark resource then gets this session (`getOrCreate` waits for it under the builder's lock). Then the
     Python workers build the CNN (`model_cache.warm_workers`) while the driver lists and plans the batch."""
-    threading.Thread(target=_spark_and_workers, args=(spark_config, cnn), name="spark-start", daemon=True).start()
-
-
-def _spark_and_workers(spark_config: dict, cnn) -> None:
     from dagster_pyspark.resources import spark_session_from_config
 
-    from spark_code.featurize.model_cache import warm_workers
+    from spark_code.featurize.model_cache import warm_workers_in_background
 
-    spark = spark_session_from_config(spark_config)
-    try:
-        warm_workers(spark, cnn.cnn_engine(), cnn.weights_path)
-    except Exception as error:  # the featurizing step builds the CNN itself and reports what fails
-        logger.debug("the Python workers could not build the CNN ahead of the pass: %s", error)
+    warm_workers_in_background(lambda: spark_session_from_config(spark_config), cnn.cnn_engine(), cnn.weights_path)
 
 
 def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ClassVar
 
@@ -93,3 +95,24 @@ def warm_workers(spark: SparkSession, engine: CnnEngine, weights_path: str | Non
         yield from batches
 
     spark.range(slots, numPartitions=slots).mapInPandas(build, "id long").collect()
+
+
+_WARMING: set[tuple] = set()  # what this process already started building in its workers
+
+
+def warm_workers_in_background(get_spark: Callable[[], SparkSession], engine: CnnEngine, weights_path: str | None):
+    """`warm_workers` in a background thread, once per process and model, with the session `get_spark` gives (it may
+    wait for one being started); a failure is only logged: the featurizing step builds the CNN itself and reports
+    what fails."""
+    key = DriverPayloads.key(engine, weights_path)
+    if key in _WARMING:
+        return
+    _WARMING.add(key)
+
+    def warm() -> None:
+        try:
+            warm_workers(get_spark(), engine, weights_path)
+        except Exception as error:
+            logger.debug("the Python workers could not build the CNN ahead of the pass: %s", error)
+
+    threading.Thread(target=warm, name="cnn-warm-workers", daemon=True).start()

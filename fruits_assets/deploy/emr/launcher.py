@@ -29,6 +29,7 @@ from fruits_assets.deploy.emr.settings import DEPLOYMENT_ENV, DeploymentError, E
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
 from fruits_assets.io.resources import CnnResource
+from spark_code.featurize.model_cache import warm_workers_in_background
 from spark_code.storage import files
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
@@ -297,9 +298,13 @@ class ClusterCnnResource(CnnResource):
         return self.model_key_for(files.size(self.weights_uri))
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        """Check the weights file only when running on an EMR node."""
+        """On an EMR node: check the weights file, load the model, and build it in the Python workers in the
+        background (once per step process), so the batch's listing overlaps it as locally; elsewhere nothing."""
         if self.on_node:
+            from pyspark.sql import SparkSession
+
             super().setup_for_execution(context)
+            warm_workers_in_background(SparkSession.builder.getOrCreate, self.cnn_engine(), self.weights_path)
 
 
 SPARK_RESOURCE_KEYS = frozenset({"pyspark", "models", "tables", "io_manager"})  # resources that touch Spark
