@@ -2,6 +2,7 @@
 Spark work (the step launcher: test_emr_launcher.py)."""
 
 import hashlib
+import importlib.metadata
 import json
 import re
 import sys
@@ -104,6 +105,18 @@ def test_missing_bucket_and_unknown_cluster_fail_clearly(aws):
         check_bucket(s3, "s3://no-such-bucket/prefix", "staging")
     with pytest.raises(DeploymentError, match="'j-3NOSUCHCLUSTER' not found in eu-west-3"):
         check_cluster(emr, "j-3NOSUCHCLUSTER", REGION)
+
+
+def test_package_drift_between_this_venv_and_the_nodes_is_refused_naming_each(aws):
+    from fruits_assets.deploy.emr.preflight import check_packages, node_record
+
+    here = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
+    check_packages({"dagster": here["dagster"], "pip": "1.0", "only-on-nodes": "1.0"})  # same, or not compared
+    with pytest.raises(DeploymentError, match=rf"dagster {here['dagster']} here, 0\.1 on the nodes; pyarrow") as error:
+        check_packages({"dagster": "0.1", "pyarrow": "0.2", "numpy": here["numpy"]})
+    assert "numpy" not in str(error.value) and "emr_cluster.py upload" in str(error.value)
+    settings = emr_settings(cluster_id="j-1ABCDEFGHIJKL")
+    assert node_record(aws.client("s3"), settings) == {}  # nothing recorded: nothing to compare
 
 
 def test_a_python_mismatch_is_refused_naming_both(aws):

@@ -9,7 +9,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +38,6 @@ LIVE_STEP_STATES = ("PENDING", "RUNNING", "CANCEL_PENDING")  # an EMR step in an
 CANCEL_WAIT_POLLS = 20  # how long a cancelled run waits for its EMR step to end (at most, in polls)
 
 
-@dataclass(frozen=True)
-class StepTiming:
-    """Where one launched step's time went, seen from the launching side (seconds)."""
-
-    step_key: str  # the first Dagster step of the EMR step
-    emr_step_id: str
-    staged_s: float  # code zip, the steps' pickled refs and main file to S3
-    submit_s: float  # AddJobFlowSteps
-    dagster_steps: int  # how many Dagster steps the EMR step runs
-
-
-TIMINGS: list[StepTiming] = []  # every EMR step this process submitted, in order (bench.emr_emulated reads them)
-
-
 class EmrStepError(RuntimeError):
     """An EMR step ended without running its Dagster step to the end; the message says why and where its logs are."""
 
@@ -75,6 +60,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         self._batches: dict[str, batch.Batch] = {}  # each run's newest batch EMR step
         self._launched: dict[str, set[str]] = {}  # each run's Dagster steps submitted so far
         self._failed: dict[str, set[str]] = {}  # each run's Dagster steps that failed on the cluster
+        self._s3 = boto3.client("s3", region_name=self.region_name)  # staging: settings, `done` markers
 
     def _main_file_local_path(self) -> str:
         """The step's main file: ours (the run's settings into the environment), then dagster-aws's."""
@@ -100,20 +86,16 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
         launched = self._launched.setdefault(run_id, set())
         keys = batch.plan(step_context, STEP_LAUNCHER_KEY, launched, self._failed.setdefault(run_id, set()))
-        started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="fruits-emr-package-") as folder:
             if self.deploy_local_job_package:
                 self.local_job_package_path = str(copy_packages(Path(folder)))
             first = step_context_to_step_run_ref(step_context, self.local_job_package_path)
             self._post_artifacts(step_context.log, batch.refs_for(first, keys), run_id, step_key)
         settings_key = self._artifact_s3_key(run_id, step_key, step_main.SETTINGS_FILE)
-        s3 = boto3.client("s3", region_name=self.region_name)
-        s3.put_object(Bucket=self.staging_bucket, Key=settings_key, Body=json.dumps(self.step_env).encode())
-        staged = time.monotonic()
+        self._s3.put_object(Bucket=self.staging_bucket, Key=settings_key, Body=json.dumps(self.step_env).encode())
         step_def = self._get_emr_step_def(run_id, step_key, step_context.op.name)
         step_def["Name"] = f"fruits {len(keys)} step(s): {', '.join(keys)}"[:256]
         step_id = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [step_def])[0]
-        TIMINGS.append(StepTiming(step_key, step_id, staged - started, time.monotonic() - staged, len(keys)))
         step_context.log.info(f"EMR step {step_id} runs {len(keys)} Dagster step(s): {', '.join(keys)}")
         launched.update(keys)
         self._batches[run_id] = batch.Batch(run_id, step_id, keys)
@@ -126,7 +108,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     def _done(self, current: batch.Batch, step_key: str) -> dict | None:
         """The step's `done` marker from the node (None while it runs or if it never ran)."""
         folder = self._artifact_s3_key(current.run_id, step_key, batch.DONE_FILE).rsplit("/", 1)[0]
-        return batch.read_done(boto3.client("s3", region_name=self.region_name), self.staging_bucket, folder)
+        return batch.read_done(self._s3, self.staging_bucket, folder)
 
     def _relay(self, current: batch.Batch, step_context) -> Iterator:
         """Poll every `poll_seconds` until this step's `done` marker is on S3 (or the EMR step ended), relaying its

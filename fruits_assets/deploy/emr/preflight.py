@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 
@@ -55,14 +56,36 @@ def check_cluster(emr_client, cluster_id: str, region: str) -> str:
     return state
 
 
-def node_python(s3_client, settings: EmrSettings) -> str | None:
-    """The minor version (`3.11`) of the cluster nodes' Python: as its bootstrap recorded it, else as its name says."""
+NOT_COMPARED = frozenset({"pip", "setuptools", "wheel"})  # a venv's own tools, never in a pickled step
+
+
+def node_record(s3_client, settings: EmrSettings) -> dict:
+    """What the cluster's bootstrap recorded of its nodes (`python`, `packages`); {} when it recorded nothing."""
     bucket, key = split(settings.staging_uri("bootstrap", "clusters", str(settings.cluster_id), NODE_RECORD))
     try:
-        version = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())["python"]
-        return ".".join(version.split(".")[:2])
-    except (ClientError, ValueError, KeyError):
-        return settings.python_version
+        return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except (ClientError, ValueError):
+        return {}
+
+
+def node_python(s3_client, settings: EmrSettings) -> str | None:
+    """The minor version (`3.11`) of the cluster nodes' Python: as its bootstrap recorded it, else as its name says."""
+    version = node_record(s3_client, settings).get("python")
+    return ".".join(version.split(".")[:2]) if version else settings.python_version
+
+
+def check_packages(node: dict[str, str]) -> None:
+    """Fail, naming each package, when a package both here and on the nodes has another version there: each step is
+    pickled here and unpickled there, with the versions of both sides."""
+    here = {dist.metadata["Name"].lower(): dist.version for dist in importlib.metadata.distributions()}
+    differing = sorted(name for name in (set(node) & set(here)) - NOT_COMPARED if node[name] != here[name])
+    if differing:
+        listed = "; ".join(f"{name} {here[name]} here, {node[name]} on the nodes" for name in differing)
+        raise DeploymentError(
+            f"the cluster's nodes run other package versions than this venv ({listed}): each step is pickled here "
+            "and run there; run `bootstrap/emr_cluster.py upload` (the nodes install this venv's versions), then "
+            "start a new cluster (`create`) and set FRUITS_EMR_CLUSTER_ID"
+        )
 
 
 def check_python(node: str | None, python: str) -> None:
@@ -111,6 +134,7 @@ def _preflight(settings: EmrSettings, session: boto3.session.Session, cluster: b
     if settings.cluster_id and cluster:
         check_cluster(session.client("emr", region_name=settings.region), settings.cluster_id, settings.region)
         check_python(node_python(s3, settings), settings.python)
+        check_packages(node_record(s3, settings).get("packages", {}))
     if not photos:
         raise DeploymentError(
             f"image root {settings.image_root!r} holds no photos: upload them (aws s3 sync <folder> "
