@@ -35,7 +35,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
 STDERR_TAIL_LINES = 40
 LIVE_STEP_STATES = ("PENDING", "RUNNING", "CANCEL_PENDING")  # an EMR step in any other state has ended
-CANCEL_WAIT_POLLS = 20  # how long a cancelled run waits for its EMR step to end (at most, in polls)
+END_WAIT_POLLS = 20  # how long a run waits for its EMR step to end once it has nothing more to run (polls)
 
 
 class EmrStepError(RuntimeError):
@@ -134,13 +134,22 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         failures = [r for r in records if r.is_dagster_event and r.dagster_event.is_step_failure]
         if done is None or (done["failed"] and not failures):  # the step's Python died: say why from EMR's side
             self._failed[run_id].add(step_key)
-            while not ended:  # its process is exiting: EMR's final state and logs explain it
-                with raise_execution_interrupts():
-                    time.sleep(self.poll_seconds)
-                    ended = self._emr_step_ended(current.emr_step_id)
+            self._wait_until_ended(current.emr_step_id)  # its process is exiting: EMR's final state and logs
             raise EmrStepError(self.explain_failure(current.emr_step_id))
         if done["failed"]:
             self._failed[run_id].add(step_key)
+        last = done["failed"] or step_key == current.step_keys[-1]  # the batch runs nothing more: the run ends with it
+        if last and not self._wait_until_ended(current.emr_step_id):
+            step_context.log.warning(f"EMR step {current.emr_step_id} still runs after its last Dagster step")
+
+    def _wait_until_ended(self, step_id: str) -> bool:
+        """Poll, at most `END_WAIT_POLLS` times, until the EMR step reached a final state; whether it did."""
+        for _ in range(END_WAIT_POLLS):
+            if self._emr_step_ended(step_id):
+                return True
+            with raise_execution_interrupts():
+                time.sleep(self.poll_seconds)
+        return self._emr_step_ended(step_id)
 
     def _emr_step_ended(self, step_id: str) -> bool:
         """Whether the EMR step reached a final state (COMPLETED, FAILED, CANCELLED, INTERRUPTED); PENDING, RUNNING
@@ -149,7 +158,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         return state not in LIVE_STEP_STATES
 
     def cancel(self, log, step_id: str) -> None:
-        """Ask EMR to cancel the step (CancelSteps, asynchronous on EMR) and wait, up to `CANCEL_WAIT_POLLS` polls,
+        """Ask EMR to cancel the step (CancelSteps, asynchronous on EMR) and wait, up to `END_WAIT_POLLS` polls,
         until it reached a final state, so the run lock is released after it; a refusal is logged, never raised over
         the run's own error."""
         try:
@@ -157,11 +166,8 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 ClusterId=self.cluster_id, StepIds=[step_id], StepCancellationOption="SEND_INTERRUPT"
             )
             log.warning(f"cancelled EMR step {step_id}: {answer.get('CancelStepsInfoList')}")
-            for _ in range(CANCEL_WAIT_POLLS):
-                if self._emr_step_ended(step_id):
-                    return
-                time.sleep(self.poll_seconds)
-            log.warning(f"EMR step {step_id} is still cancelling after {CANCEL_WAIT_POLLS} polls; releasing the run")
+            if not self._wait_until_ended(step_id):
+                log.warning(f"EMR step {step_id} is still cancelling after {END_WAIT_POLLS} polls; releasing the run")
         except ClientError as error:
             log.error(f"could not cancel EMR step {step_id} on {self.cluster_id}: {error}")
 
