@@ -56,6 +56,10 @@ fi
 # (cached under ~/.cache/fruits/ivy; used only when an image root or output is s3://, and by the emulated EMR)
 say "$(.venv/bin/python -m spark_code.storage.s3a | head -1 | xargs -r dirname | xargs -r printf 'hadoop-aws jars in %s')"
 
+# --- Delta Lake for Spark: delta-spark's jars at the version pyspark 3.5 pairs with, fetched once with Spark's Ivy ---
+# (same cache; every local session puts them on its classpath, the emulated EMR node too: nothing fetched at run time)
+say "$(.venv/bin/python -m spark_code.storage.tables | head -1 | xargs -r dirname | xargs -r printf 'Delta Lake jars in %s')"
+
 # --- The Spark JVM's class archive (AppCDS): Spark's classes loaded once here, mapped at each start ---------------
 # (~/.cache/fruits/jvm; local sessions start ~1 s sooner and run their first jobs ~2 s sooner; absent: Spark as usual)
 archive=$(.venv/bin/python -m fruits_assets.deploy.class_archive 2>/dev/null | tail -1) || true

@@ -78,7 +78,9 @@ def log_uri(settings: EmrSettings) -> str:
 
 
 def configurations(settings: EmrSettings) -> list[dict]:
-    """spark-env (python3.11 + the FRUITS_* settings the remote step rebuilds its Definitions from), spark-defaults."""
+    """spark-env (python3.11 + the FRUITS_* settings the remote step rebuilds its Definitions from), spark-defaults,
+    and EMR's own Delta Lake (`delta-defaults`: its jars on Spark's classpath; the session settings are in
+    spark-defaults)."""
     return [
         {
             "Classification": "spark-env",
@@ -86,6 +88,7 @@ def configurations(settings: EmrSettings) -> list[dict]:
             "Properties": {},
         },
         {"Classification": "spark-defaults", "Properties": dict(SPARK_DEFAULTS)},
+        {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}},
     ]
 
 

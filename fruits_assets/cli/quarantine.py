@@ -2,19 +2,17 @@
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from fruits_assets.deploy.settings import Settings
-from fruits_assets.io import console
+from spark_code import unchanged
+from spark_code.storage import lake
 
 
-def quarantined_rows(spark, output_uri: str) -> list:
-    """The current quarantined rows over every committed batch under `output_uri`, by path ([] when none)."""
-    from spark_code.ingest import batches
-
-    rows = batches.read_current_rows(spark, output_uri, "quarantined_images")
-    return [] if rows is None else rows.select("path", "reason", "batch").orderBy("path").collect()
+def quarantined_rows(output_uri: str) -> list[dict]:
+    """The quarantined images of the output now (path, reason, batch), by path ([] when none): read from the Delta
+    table with delta-rs, no Spark."""
+    rows = lake.read(unchanged.table_uri(output_uri, "quarantined_images"), ["path", "reason", "batch"])
+    return [] if rows is None else sorted(rows.to_pylist(), key=lambda row: row["path"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,16 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=Settings.from_env().output_uri, help="default: $FRUITS_OUTPUT_URI or ./data"
     )
     args = parser.parse_args(argv)
-    from fruits_assets.deploy.spark_conf import local_session
-
-    with console.terminal(Path(tempfile.gettempdir()) / "fruits-quarantine.log"):  # Spark's start-up lines
-        spark = local_session(extra={"spark.ui.enabled": "false"})
-        try:
-            rows = quarantined_rows(spark, args.output)
-        finally:
-            spark.stop()
+    rows = quarantined_rows(args.output)
     for row in rows:
-        print(f"{row.path}\t{row.reason}\t{row.batch}")
+        print(f"{row['path']}\t{row['reason']}\t{row['batch']}")
     print(f"{len(rows)} quarantined image(s) under {args.output}", file=sys.stderr)
     return 0
 

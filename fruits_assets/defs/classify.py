@@ -23,12 +23,14 @@ from fruits_assets.defs.partitions import GROUP
 from fruits_assets.defs.reduction import pca_features
 from fruits_assets.io.metadata import latest_metadata, table
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ModelStore, TableStore
+from spark_code import unchanged
 from spark_code.classify import classifier as clf
 from spark_code.classify import classifier_fit, openset, rejection_metrics
 from spark_code.classify.serving import CNN_SETTINGS, SERVING_JSON
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import versions
+from spark_code.storage.tables import upserts
 
 
 def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
@@ -85,7 +87,7 @@ def fruit_classifier(
         "raw_accuracy": round(raw.accuracy, 4),
         "raw_macro_f1": round(raw.macro_f1, 4),
     }
-    record = _fit_record(inputs, tables.batches(), evaluation, metadata)
+    record = _fit_record(inputs, tables.version("cnn_features"), evaluation, metadata)
     extras = {
         CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
         openset.OPENSET_JSON: rejection.to_json(),
@@ -101,9 +103,8 @@ RUNNING_JSON = "running.json"  # the running evaluation after later batches (rew
 
 def _classifier_inputs(tables: TableStore, models: ModelStore, classifier: ClassifierSettings, cnn: CnnResource):
     """Everything the trained classifier depends on: when all are unchanged, it is reused, not retrained."""
-    spark = tables.pyspark.spark_session
     return {
-        "training_features": versions.latest_uri(spark, tables.base_uri, "training_features"),
+        "training_features": unchanged.training_input(tables.base_uri),
         "scaler": models.latest_uri("scaled_features"),
         "pca": models.latest_uri("pca_features"),
         "cnn_model": cnn.model_key(),
@@ -116,21 +117,25 @@ def fitted_settings(classifier: ClassifierSettings) -> dict:
     return classifier.model_dump(include={"max_iter", "reg_param", "unknown_score", "known_accept_rate"})
 
 
-def _fit_record(inputs: dict, evaluated: list[str], evaluation: clf.Evaluation, metadata: dict) -> dict:
-    """The fit's inputs, the batches its evaluation covered, the hit counts, and its plain-number metadata."""
+def _fit_record(inputs: dict, evaluated: int | None, evaluation: clf.Evaluation, metadata: dict) -> dict:
+    """The fit's inputs, the version of cnn_features its evaluation covered, the hit counts, and its plain-number
+    metadata."""
     numbers = {k: v for k, v in metadata.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
     hits = round(evaluation.accuracy * evaluation.rows)
-    return {"inputs": inputs, "evaluated_batches": evaluated, "rows": evaluation.rows, "hits": hits, "fit": numbers}
+    return {"inputs": inputs, "evaluated_version": evaluated, "rows": evaluation.rows, "hits": hits, "fit": numbers}
 
 
 def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> MaterializeResult:
-    """Keep the saved classifier; score only the batches its evaluation has not covered and add them to the
-    running totals (accuracy over every evaluated row). The fit-time figures (macro-F1, open set, raw) are kept."""
+    """Keep the saved classifier; score only the feature rows that changed since the version of cnn_features its
+    evaluation covered and add them to the running totals (accuracy over every evaluated row). The fit-time figures
+    (macro-F1, open set, raw) are kept."""
     spark, model, uri = tables.pyspark.spark_session, saved.model, saved.uri
     running = versions.read_text(spark, f"{uri}/{RUNNING_JSON}")  # "" until a later batch was evaluated
     record = json.loads(running) if running else saved.fitted_with
-    new = [key for key in tables.batches() if key not in set(record["evaluated_batches"])]
-    rows = versions.read_partitions(spark, tables.base_uri, "cnn_features", new) if new else None
+    evaluated, until = record.get("evaluated_version", -1), tables.version("cnn_features")
+    rows = None
+    if until is not None and until > evaluated:
+        rows = upserts(tables.changes("cnn_features", evaluated, until))
     batch_rows = batch_hits = 0
     if rows is not None and not rows.isEmpty():
         try:
@@ -140,7 +145,7 @@ def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> Materia
             pass
     record = {
         **record,
-        "evaluated_batches": [*record["evaluated_batches"], *new],
+        "evaluated_version": until,
         "rows": record["rows"] + batch_rows,
         "hits": record["hits"] + batch_hits,
     }

@@ -31,51 +31,80 @@ from spark_code.featurize.triage import featurize_listing
 from spark_code.ingest import batches
 from spark_code.ingest.images import list_images, require_images
 from spark_code.storage import quality
+from spark_code.storage.tables import CHANGE, CHANGED, DELETED, NEW, Update, removed_paths, upserts
+
+BATCH_TABLES = ("cnn_features", "quarantined_images")
 
 
 @multi_asset(
     group_name=GROUP,
     partitions_def=ingest_batches,
+    deps=["raw_images"],
     outs={
-        "cnn_features": AssetOut(kinds={"spark", "tensorflow", "parquet"}, description="1280-d MobileNetV2 features."),
-        "quarantined_images": AssetOut(kinds={"parquet"}, description="Images that could not be featurized, with why."),
+        "cnn_features": AssetOut(kinds={"spark", "tensorflow", "delta"}, description="1280-d MobileNetV2 features."),
+        "quarantined_images": AssetOut(kinds={"delta"}, description="Images that could not be featurized, with why."),
     },
 )
 def cnn_features(
     context: AssetExecutionContext,
-    raw_images: DataFrame,
     pyspark: PySparkResource,
     image_source: ImageSource,
     cnn: CnnResource,
+    tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
 ):
-    """MobileNetV2 (ImageNet, no top, avg-pooled) on the batch's new or changed images, each decoded and inferred
-    once; the CNN settings are recorded per row in `cnn_model`.
+    """MobileNetV2 (ImageNet, no top, avg-pooled) on the images the raw table's changes bring (those since the
+    version both tables last took: the batch's, and any a stopped run left), each decoded and inferred once; the
+    CNN settings are recorded per row in `cnn_model`. One commit per table: the new rows, and the changed and
+    deleted photos' old rows removed.
     """
     started, key = time.perf_counter(), context.partition_key
+    taken = {name: tables.consumed(name, batches.LEDGER) for name in BATCH_TABLES}
+    after, until = min(taken.values()), tables.version(batches.LEDGER)
+    if until is None or until <= after:
+        context.log.info("the raw table has no change since version %d: nothing to featurize", after)
+        yield Output(UNCHANGED, "cnn_features", metadata={"batch": key, "featurized": 0})
+        yield Output(UNCHANGED, "quarantined_images", metadata={"batch": key, "quarantined": 0})
+        return
+    net = tables.changes(batches.LEDGER, after, until).cache()
+    raw_images, tally = upserts(net), change_counts(net)
     run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
-    counts = {"batch": key, "raw": raw_images.count()}
+    counts = {"batch": key, "raw": tally[NEW] + tally[CHANGED], "removed": tally[CHANGED] + tally[DELETED]}
     interval = progress.every_s(context.run.tags)
     with SparkProgress(
         pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded, interval
     ):
         counts["featurized"] = run.run_pass()  # the CNN pass (cached for both outputs)
-    features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
-    features = features.withColumn(batches.BATCH, F.lit(key))
-    quarantined_rows = run.quarantined.withColumn(batches.BATCH, F.lit(key))
+    owner = F.broadcast(raw_images.select("path", batches.BATCH))  # each row keeps its raw row's batch
+    features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key())).join(owner, "path")
+    quarantined_rows = run.quarantined.join(owner, "path")
     quarantined = quarantined_rows.orderBy("path").collect()
     counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
     settings = {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
-    yield Output(features, "cnn_features", metadata={**counts, **settings})
+
+    def update(name: str, rows) -> Update:
+        # A table that already took some of these versions merges every touched path (nothing twice).
+        removed = removed_paths(net) if taken[name] == after else net.select("path")
+        needs_merge = taken[name] > after or counts["removed"] > 0
+        return Update(rows, removed if needs_merge else None, source=(batches.LEDGER, until), recorded={"batch": key})
+
+    yield Output(update("cnn_features", features), "cnn_features", metadata={**counts, **settings})
     quarantine = {
         "batch": key,
         "quarantined": counts["quarantined"],
         "quarantined_files": quarantine_table(quarantined),
     }
-    yield Output(quarantined_rows, "quarantined_images", metadata=quarantine)
+    yield Output(update("quarantined_images", quarantined_rows), "quarantined_images", metadata=quarantine)
     run.release()
+    net.unpersist()
+
+
+def change_counts(net: DataFrame) -> dict[str, int]:
+    """How many paths of net changes are new, changed and deleted."""
+    found = {row[CHANGE]: row["count"] for row in net.groupBy(CHANGE).count().collect()}
+    return {kind: found.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}
 
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
@@ -93,20 +122,20 @@ def counts_reconcile(
     batch's current rows, and every file found under the root is featurized, quarantined or skipped by rule
     (files_found = the three together). A sensor's batch (its change list, no listing) is checked on its own rows:
     the check costs what the batch costs."""
-    newest = tables.batches()[-1:]
-    taken = tables.require_parts("raw_images", newest).filter(F.col(batches.CHANGE) != batches.DELETED)
-    parts = (tables.require_parts(name, newest) for name in ("cnn_features", "quarantined_images"))
+    newest = tables.newest_batch()
+    taken = tables.batch_rows("raw_images", newest)
+    parts = (tables.batch_rows(name, newest) for name in BATCH_TABLES)
     batch = quality.reconcile(taken, *parts)
     counts, passed = {f"batch_{k}": v for k, v in batch.items()}, quality.counts_reconcile(batch)
     listed = listing_counts(context)
     if listed:
         every = {**_every_batch(tables), **listed}
         counts, passed = {**counts, **every}, passed and quality.counts_reconcile(every)
-    return AssetCheckResult(passed=passed, metadata={**counts, "batch": ",".join(newest)})
+    return AssetCheckResult(passed=passed, metadata={**counts, "batch": newest or ""})
 
 
 def _every_batch(tables: TableStore) -> dict[str, int]:
-    """Reconciliation counts over every batch's current rows (with pyarrow on the driver, local or S3 output)."""
+    """Reconciliation counts over the tables' current rows (with delta-rs on the driver, local or S3 output)."""
     return unchanged.reconcile(tables.base_uri)
 
 
@@ -114,12 +143,12 @@ def _every_batch(tables: TableStore) -> dict[str, int]:
 def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Each feature vector of the newest batch holds exactly 1280 finite floats (each batch is checked when it
     is made: the check costs what the batch costs)."""
-    newest = tables.batches()[-1:]
-    bad = quality.bad_vectors(tables.require_parts("cnn_features", newest), "features", FEATURE_DIM)
-    return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": ",".join(newest)})
+    newest = tables.newest_batch()
+    bad = quality.bad_vectors(tables.batch_rows("cnn_features", newest), "features", FEATURE_DIM)
+    return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": newest or ""})
 
 
-@asset(group_name=GROUP, kinds={"spark", "tensorflow", "parquet"})
+@asset(group_name=GROUP, kinds={"spark", "tensorflow", "delta"})
 def training_features(
     context: AssetExecutionContext,
     pyspark: PySparkResource,

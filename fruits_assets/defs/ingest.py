@@ -7,7 +7,6 @@ from typing import Any
 from dagster import AssetExecutionContext, Config, Output, ResourceParam, asset
 from dagster_pyspark import PySparkResource
 from pydantic import Field
-from pyspark.sql import DataFrame
 
 from fruits_assets.defs.partitions import CHANGES_TAG, GROUP, ingest_batches
 from fruits_assets.io.metadata import class_table
@@ -15,6 +14,7 @@ from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
 from spark_code import local_batch
 from spark_code.ingest import batches, snapshot
 from spark_code.ingest.images import listing_counts, listing_rows, require_images, walk_rows
+from spark_code.storage.tables import Update
 
 
 class RawConfig(Config):
@@ -34,10 +34,10 @@ def raw_images(
     cnn: CnnResource,
     tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
-) -> Output[DataFrame]:
-    """One ingest batch: image files new or changed since the other batches (path, label, length,
-    modification_time, change), plus a `deleted` row for each file gone from the image root. Images whose
-    features were made with other CNN settings count as changed.
+) -> Output[Update]:
+    """One ingest batch, one commit to the raw table: image files new or changed since the other batches (path,
+    label, length, modification_time, change) upserted, and each file gone from the image root removed. Images
+    whose features were made with other CNN settings count as changed.
 
     A run the `new_images` sensor requested takes the batch the sensor found (tag `fruits/changes`) and lists
     nothing: its cost follows the batch, not the corpus. Other runs list the root and compare it with the tables.
@@ -49,9 +49,10 @@ def raw_images(
     if sensed is not None:  # the sensor's run: the batch it found, without listing the root again
         planned, listing_counts = _sensed_rows(image_source.root, sensed), {}
     else:
-        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config, key)
+        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config)
     batch = batches.from_rows(pyspark.spark_session, planned, key, now)  # rows planned on the driver
     changes, per_class = batches.tally_rows(planned)
+    replace = sensed is None and config.full_refresh
     metadata = {
         "batch": key,
         "image_count": changes[batches.NEW] + changes[batches.CHANGED],
@@ -63,15 +64,16 @@ def raw_images(
         "per_class": class_table(per_class),
     }
     context.log.info("batch %s of %s: %s", key, image_source.root, metadata)
-    return Output(batch, metadata=metadata)
+    return Output(batches.commit(batch, key, changes, replace), metadata=metadata)
 
 
-def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config, key):
+def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config):
     """(batch rows, listing counts): the root listed and compared with the current rows of the other batches, planned
     on the driver with pyarrow (local or S3 output alike: its rows, no Spark job over the corpus)."""
     rows, found = walk_rows(spark, image_source.root)
     require_images(len(rows), image_source.root)
-    return local_batch.plan(rows, tables.base_uri, key, cnn.model_key(), config.full_refresh), listing_counts(found)
+    planned = local_batch.plan(rows, tables.base_uri, cnn.model_key(), config.full_refresh)
+    return planned, listing_counts(found)
 
 
 def _sensed_rows(root: str, sensed: list[tuple[str, int, int, str]]) -> list[tuple]:

@@ -1,7 +1,9 @@
-"""Reduce: `scaled_features` and `pca_features` over every batch (one part per batch, one saved model each), with
-the checks of the PCA."""
+"""Reduce: `scaled_features` and `pca_features`, each derived from its source table's changes by one saved model,
+with the checks of the PCA."""
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
@@ -22,13 +24,16 @@ from pyspark.sql import DataFrame
 
 from fruits_assets.defs.partitions import GROUP
 from fruits_assets.io import plots
+from fruits_assets.io.io_manager import UNCHANGED
 from fruits_assets.io.metadata import latest_metadata, table, variance_markdown
 from fruits_assets.io.resources import ClassifierSettings, ModelStore, TableStore
+from spark_code import unchanged
 from spark_code.classify import choose_k
 from spark_code.ingest import batches
 from spark_code.reduction import lifecycle, scaler_pca
 from spark_code.reduction.lifecycle import SavedModel
-from spark_code.storage import quality
+from spark_code.storage import lake, quality, versions
+from spark_code.storage.tables import Update, removed_paths, upserts
 
 
 class ScalerConfig(Config):
@@ -38,38 +43,92 @@ class ScalerConfig(Config):
     refit: bool = Field(default=False, description="Fit a new scaler on all current features (the daily schedule).")
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["cnn_features"])
+KEEP = [*batches.IDENTITY, "label", batches.BATCH]  # what a derived row keeps of its photo's row
+
+
+@asset(group_name=GROUP, kinds={"spark", "delta"}, deps=["cnn_features"])
 def scaled_features(
     context: AssetExecutionContext,
     config: ScalerConfig,
     models: ModelStore,
     tables: TableStore,
     pyspark_step_launcher: ResourceParam[Any],
-) -> Output[batches.DerivedParts]:
+):
     """Features standardised by a Spark ML StandardScaler saved with the asset, stored as float32 (the CNN's
-    precision: 5 KB per photo), one part per ingest batch: a run scales only the batches the saved scaler has
-    not scaled yet. A refit (config, or features of other CNN settings) scales every batch again."""
-    keys = tables.batches()
+    precision: 5 KB per photo): a run scales only the rows of cnn_features that changed since the version this
+    table last took (its change data feed). A refit (config, or features of other CNN settings) scales every row
+    again and replaces the table."""
     saved = models.latest(StandardScalerModel, "scaled_features")
-    done = set() if saved is None else models.derived_batches(saved.uri) & set(keys)
-    todo = [key for key in keys if key not in done]
-    verdict = lifecycle.decide(saved, _scaler_inputs(saved, tables.parts("cnn_features", todo)), refit=config.refit)
+    pending = Derivation.of(tables, "scaled_features", "cnn_features", saved)
+    verdict = lifecycle.decide(saved, _scaler_inputs(saved, pending.new_rows()), refit=config.refit)
     if verdict.refit:
         cnn_features, cnn_model = tables.current_features()
         model = scaler_pca.fit_scaler(cnn_features, "features", "scaled_features")
-        saved, done, todo = models.save(model, "scaled_features", {"cnn_model": cnn_model}), set(), keys
-    context.log.info("scaler %s (%s): %d batch(es) to scale", saved.uri, verdict.reason, len(todo))
-    parts = {
-        key: scaler_pca.scaled_part(saved.model, tables.parts("cnn_features", [key]), batches.PART_COLUMNS)
-        for key in todo
-    }
-    metadata = {
-        "model_uri": MetadataValue.path(saved.uri),
-        "refit": verdict.refit,
-        "batches_scaled": len(todo),
-        "batches": len(keys),
-    }
-    return Output(batches.DerivedParts(parts, sorted(done), batches.manifest_uri(saved.uri)), metadata=metadata)
+        fitted_with = {"cnn_model": cnn_model, "cnn_features_version": tables.version("cnn_features")}
+        saved = models.save(model, "scaled_features", fitted_with)
+        pending = Derivation.of(tables, "scaled_features", "cnn_features", saved)
+    update = pending.update(lambda rows: scaler_pca.scaled_part(saved.model, rows, KEEP))
+    context.log.info("scaler %s (%s): %s", saved.uri, verdict.reason, pending.describe())
+    metadata = {"model_uri": MetadataValue.path(saved.uri), "refit": verdict.refit, **pending.metadata()}
+    return Output(update, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What a table derived row by row from a source table (through a saved model) has to take: every source row
+    when the model is not the one that derived its rows (a refit), else the source's changes since the version it
+    last took (none: nothing to write)."""
+
+    tables: TableStore
+    name: str
+    source: str
+    model: SavedModel | None
+    taken: int
+    until: int | None
+    everything: bool
+
+    @classmethod
+    def of(cls, tables: TableStore, name: str, source: str, model: SavedModel | None) -> "Derivation":
+        """The derivation of table `name` from `source` with `model`, as the tables stand now."""
+        derived_with = unchanged.derived_with(tables.base_uri, name)
+        everything = model is None or derived_with != model.version
+        return cls(tables, name, source, model, tables.consumed(name, source), tables.version(source), everything)
+
+    @functools.cached_property
+    def _net(self) -> DataFrame | None:
+        if self.everything or self.until is None or self.until <= self.taken:
+            return None
+        return self.tables.changes(self.source, self.taken, self.until).cache()
+
+    def new_rows(self) -> DataFrame | None:
+        """The source rows the model has not derived yet (every row for a new model; None when there is none)."""
+        if self.everything:
+            return self.tables.table(self.source)
+        return None if self._net is None else upserts(self._net)
+
+    def update(self, derive: Callable[[DataFrame], DataFrame]) -> Update | None:
+        """The commit that brings the table up to date (UNCHANGED when it is): rows made by `derive`."""
+        recorded = {"model": self.model.version}
+        source = None if self.until is None else (self.source, self.until)
+        if self.everything:
+            return Update(
+                derive(self.tables.require_table(self.source)), replace=True, source=source, recorded=recorded
+            )
+        if self._net is None:
+            return UNCHANGED
+        return Update(derive(upserts(self._net)), removed_paths(self._net), source=source, recorded=recorded)
+
+    def describe(self) -> str:
+        """For the log: what this run derives."""
+        if self.everything:
+            return f"every row of {self.source} (version {self.until})"
+        if self._net is None:
+            return f"{self.name} is current with {self.source} version {self.until}"
+        return f"the changes of {self.source} versions {self.taken + 1}..{self.until}"
+
+    def metadata(self) -> dict:
+        """What the UI shows of the derivation."""
+        return {"source_version": self.until, "rederived": self.everything, "derived": self.describe()}
 
 
 def _scaler_inputs(saved: SavedModel | None, new: DataFrame | None) -> dict:
@@ -116,7 +175,7 @@ class PcaConfig(Config):
         return choose_k.KChoice(self.k, self.variance_target, self.accuracy_tolerance)
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"}, deps=["scaled_features", "training_features"])
+@asset(group_name=GROUP, kinds={"spark", "delta"}, deps=["scaled_features", "training_features"])
 def pca_features(
     context: AssetExecutionContext,
     config: PcaConfig,
@@ -124,57 +183,43 @@ def pca_features(
     tables: TableStore,
     classifier: ClassifierSettings,
     pyspark_step_launcher: ResourceParam[Any],
-) -> Output[batches.DerivedParts]:
+):
     """PCA projection (path, label, pca_features as float32, pca_model) from one fit, k fixed, reaching a variance
     target, or by default the smallest k whose logistic-regression accuracy is within the tolerance of the best.
 
-    One part per ingest batch: the saved PCA projects only the batches it has not projected yet. It is refit, and
-    every batch projected again, when `refit` is set (the refit_models job), k or the scaler changed, or, with
-    `refit_on_drift`, the data drifted: the share of the new rows' variance the saved basis explains is more than
-    `max_drift` below its share at fit time. By default drift is measured and reported (`drift`, `refit_due`, and
-    the check pca_basis_fits_new_rows warns), so a batch run always costs what the batch costs.
+    The saved PCA projects only the scaled rows that changed since the version of scaled_features this table last
+    took. It is refit, and every row projected again, when `refit` is set (the refit_models job), k or the scaler
+    changed, or, with `refit_on_drift`, the data drifted: the share of the new rows' variance the saved basis
+    explains is more than `max_drift` below its share at fit time. By default drift is measured and reported
+    (`drift`, `refit_due`, and the check pca_basis_fits_new_rows warns), so a batch run costs what the batch costs.
     """
-    keys, scaler_uri = tables.batches(), models.latest_uri("scaled_features")
-
-    def not_projected(saved: SavedModel) -> list[str]:
-        done = models.derived_batches(saved.uri)
-        return [key for key in keys if key not in done]
-
+    scaler_uri = models.latest_uri("scaled_features")
     saved, wanted = models.latest(PCAModel, "pca_features"), config.choice().inputs(scaler_uri)
+    pending = Derivation.of(tables, "pca_features", "scaled_features", saved)
     verdict, drift = lifecycle.decide_with_drift(
         saved,
         wanted,
-        lambda model: tables.parts("scaled_features", not_projected(model)),
+        lambda model: pending.new_rows(),
         refit=config.refit,
         max_drift=config.max_drift,
         refit_on_drift=config.refit_on_drift,
     )
     if verdict.refit:
         saved = _fit_pca(config, tables, models, scaler_uri, classifier)
-    todo = keys if verdict.refit else not_projected(saved)
+        pending = Derivation.of(tables, "pca_features", "scaled_features", saved)
     context.log.info(
-        "PCA %s: k=%d, %s (drift %s), %d batch(es) to project",
-        saved.uri,
-        saved.model.getK(),
-        verdict.reason,
-        drift,
-        len(todo),
+        "PCA %s: k=%d, %s (drift %s), %s", saved.uri, saved.model.getK(), verdict.reason, drift, pending.describe()
     )
-    scaled_parts = {key: tables.parts("scaled_features", [key]) for key in todo}
-    parts = {
-        key: scaler_pca.pca_part(saved.model, saved.uri, scaled, batches.PART_COLUMNS)
-        for key, scaled in scaled_parts.items()
-    }
-    done = sorted(set(keys) - set(todo))
-    derived = batches.DerivedParts(parts, done, batches.manifest_uri(saved.uri))
+    projected = pending.new_rows()
+    update = pending.update(lambda rows: scaler_pca.pca_part(saved.model, saved.uri, rows, KEEP))
     refit_due = drift is not None and drift > config.max_drift
-    metadata = _pca_metadata(config, saved, verdict.refit, drift, refit_due, len(todo), len(keys), scaled_parts)
-    return Output(derived, metadata=metadata)
+    metadata = _pca_metadata(config, saved, verdict.refit, drift, refit_due, projected)
+    return Output(update, metadata={**metadata, **pending.metadata()})
 
 
 def _fit_pca(config: PcaConfig, tables: TableStore, models: ModelStore, scaler_uri: str, classifier) -> SavedModel:
     """Fit the PCA on every current scaled row, choose k, save it with what it was fitted with."""
-    scaled = tables.require_current_rows("scaled_features")
+    scaled = tables.require_table("scaled_features")
 
     def rows():  # read only when k is chosen by accuracy
         scaler = functools.partial(models.load, StandardScalerModel, "scaled_features")
@@ -190,9 +235,7 @@ def _pca_metadata(
     refit: bool,
     drift,
     refit_due: bool,
-    todo: int,
-    keys: int,
-    scaled_parts: dict[str, DataFrame],
+    projected: DataFrame | None,
 ) -> dict:
     """What the UI shows of a PCA run: k, the variance curve and its plots, drift, the batches projected."""
     model, fitted_with = saved.model, saved.fitted_with
@@ -210,23 +253,20 @@ def _pca_metadata(
         "drift": drift,
         "max_drift": config.max_drift,
         "refit_due": refit_due and not refit,
-        "batches_projected": todo,
-        "batches": keys,
         "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
         "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
         **_accuracy_metadata(accuracy, k),
-        **_scatter(model, scaled_parts),
+        **_scatter(model, projected),
         "model_uri": MetadataValue.path(saved.uri),
     }
     return {key: value for key, value in metadata.items() if value is not None}
 
 
-def _scatter(model: PCAModel, scaled_parts: dict[str, DataFrame]) -> dict:
+def _scatter(model: PCAModel, rows: DataFrame | None) -> dict:
     """The first two components of (a sample of) the rows projected in this run, as a plot; {} if none. The sample
     is drawn from the scaled rows and only it is projected."""
-    if not scaled_parts:
+    if rows is None:
         return {}
-    rows = functools.reduce(DataFrame.unionByName, scaled_parts.values())
     head = scaler_pca.Projection.first(model, min(2, model.getK()))
     projected = scaler_pca.first_two(
         rows, "scaled_features", project=lambda rows: scaler_pca.transform_arrays(head, rows)
@@ -248,16 +288,17 @@ def _accuracy_metadata(accuracy: dict[int, float], k: int) -> dict:
 def pca_rows_match_features(
     tables: TableStore, models: ModelStore, pyspark_step_launcher: ResourceParam[Any]
 ) -> AssetCheckResult:
-    """Every batch has a PCA part made by the current PCA model, and the newest batch's part has one row per
-    feature row of that batch."""
-    keys = tables.batches()
-    missing = sorted(set(keys) - models.derived_batches(models.latest_uri("pca_features")))
-    newest = keys[-1:]
-    pca_rows = tables.require_parts("pca_features", newest).count()
-    feature_rows = tables.require_parts("cnn_features", newest).count()
-    metadata = {"pca_rows": pca_rows, "feature_rows": feature_rows, "batch": ",".join(newest)}
-    metadata["batches_without_part"] = len(missing)
-    return AssetCheckResult(passed=pca_rows == feature_rows and not missing, metadata=metadata)
+    """The PCA table was derived by the current PCA model and has taken every change of the scaled table, which has
+    taken every change of the features: one PCA row per feature row (counts from the tables' logs, no data read)."""
+    pca_rows, feature_rows = (lake.rows(tables.uri(name)) for name in ("pca_features", "cnn_features"))
+    derived_with = unchanged.derived_with(tables.base_uri, "pca_features")
+    current = derived_with == versions.version_name(models.latest_uri("pca_features"))
+    behind = [
+        reason for name in ("scaled_features", "pca_features") if (reason := unchanged.behind(tables.base_uri, name))
+    ]
+    metadata = {"pca_rows": pca_rows, "feature_rows": feature_rows, "derived_with": derived_with or ""}
+    metadata["behind"] = "; ".join(behind)
+    return AssetCheckResult(passed=pca_rows == feature_rows and current and not behind, metadata=metadata)
 
 
 @asset_check(asset="pca_features")
@@ -293,6 +334,6 @@ def pca_basis_fits_new_rows(context: AssetCheckExecutionContext) -> AssetCheckRe
 @asset_check(asset="pca_features")
 def labels_not_empty(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Every PCA row of the newest batch carries a non-blank class label."""
-    newest = tables.batches()[-1:]
-    empty = quality.empty_labels(tables.require_parts("pca_features", newest))
-    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty, "batch": ",".join(newest)})
+    newest = tables.newest_batch()
+    empty = quality.empty_labels(tables.batch_rows("pca_features", newest))
+    return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty, "batch": newest or ""})

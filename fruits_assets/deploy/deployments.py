@@ -9,7 +9,7 @@ from dagster import ResourceDefinition
 from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import LocalPySparkResource, local_spark_config
-from fruits_assets.io.io_manager import SparkParquetIOManager
+from fruits_assets.io.io_manager import DeltaIOManager
 from fruits_assets.io.resources import (
     ClassifierSettings,
     CnnResource,
@@ -39,7 +39,7 @@ def local_resources(
     return {
         STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(),  # steps run in this process
         "pyspark": pyspark,
-        "io_manager": SparkParquetIOManager(base_uri=output, pyspark=pyspark),
+        "io_manager": DeltaIOManager(base_uri=output, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{output.rstrip('/')}/models", pyspark=pyspark),
         "tables": TableStore(base_uri=output, pyspark=pyspark),
         "image_source": ImageSource(
@@ -68,7 +68,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
     return {
         STEP_LAUNCHER_KEY: EmrStepLauncher.for_settings(emr, settings),
         "pyspark": pyspark,
-        "io_manager": SparkParquetIOManager(base_uri=emr.output_uri, pyspark=pyspark),
+        "io_manager": DeltaIOManager(base_uri=emr.output_uri, pyspark=pyspark),
         "models": ModelStore(base_uri=f"{emr.output_uri}/models", pyspark=pyspark),
         "tables": TableStore(base_uri=emr.output_uri, pyspark=pyspark),
         "image_source": ImageSource(

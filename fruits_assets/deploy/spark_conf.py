@@ -10,7 +10,7 @@ from dagster_pyspark import PySparkResource
 
 from fruits_assets.deploy import class_archive
 from fruits_assets.deploy.settings import Settings
-from spark_code.storage import s3a
+from spark_code.storage import s3a, tables
 
 # The job's own needs, wherever it runs: Arrow UDFs, Python worker reuse (one CNN per worker), small image files
 # packed ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each), UTC timestamps, quiet TensorFlow.
@@ -36,6 +36,8 @@ EMR_SPARK_CONF = {
     "spark.driver.memory": "4g",
     "spark.sql.shuffle.partitions": "16",
     "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
+    # The cluster's own Delta Lake (its jars come with EMR's `delta-defaults` classification: delta.enabled).
+    **tables.session_conf(),
 }
 
 
@@ -49,6 +51,17 @@ def s3_spark_config(settings: Settings) -> dict[str, str]:
     return s3a.spark_conf(os.environ.get("AWS_ENDPOINT_URL"), region)
 
 
+def with_jars(*confs: dict[str, str]) -> dict[str, str]:
+    """Spark settings merged, the classpaths they add joined (Delta's jars and S3A's both on it)."""
+    merged: dict[str, str] = {}
+    for conf in confs:
+        for key, value in conf.items():
+            if key.endswith(".extraClassPath") and merged.get(key):
+                value = os.pathsep.join([merged[key], value])
+            merged[key] = value
+    return merged
+
+
 def local_spark_config(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark settings for one machine: the job's, the venv's Python on workers, small shuffles, no console bar, and
     the driver JVM's class archive when install.sh made one (`class_archive`).
@@ -59,7 +72,7 @@ def local_spark_config(master: str | None = None, settings: Settings | None = No
     settings = settings or Settings.from_env()
     return {
         **class_archive.java_options(),
-        **s3_spark_config(settings),
+        **with_jars(tables.spark_conf(), s3_spark_config(settings)),
         **JOB_SPARK_CONF,
         "spark.app.name": "fruits-features",
         "spark.master": master or settings.spark_master,

@@ -8,7 +8,9 @@ from urllib.parse import urlparse
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
+from pyspark.sql import functions as F
 
+from spark_code import unchanged
 from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR, LogisticSettings
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
@@ -18,7 +20,7 @@ from spark_code.ingest import batches
 from spark_code.ingest.images import ImageRootError
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
-from spark_code.storage import versions
+from spark_code.storage import lake, tables, versions
 from spark_code.storage.s3a import is_s3
 
 
@@ -156,77 +158,60 @@ class ModelStore(ConfigurableResource):
 
     def latest_uri(self, name: str) -> str:
         """URI of the newest committed version of model `name`."""
-        return versions.latest_uri(self.pyspark.spark_session, self.base_uri, name)
-
-    def derived_batches(self, uri: str) -> set[str]:
-        """The ingest batches whose part of a derived table the model version `uri` has made."""
-        return batches.derived_batches(self.pyspark.spark_session, uri)
+        return versions.latest_uri(self.base_uri, name)
 
     def latest(self, model_class, name: str) -> SavedModel | None:
         """The newest committed version of `name` with what it was fitted with; None if there is none."""
-        spark = self.pyspark.spark_session
-        try:
-            uri = versions.latest_uri(spark, self.base_uri, name)
-        except versions.TableNotFoundError:
+        uri = versions.newest(self.base_uri, name)
+        if uri is None:
             return None
-        fitted_with = versions.read_text(spark, f"{uri}/{lifecycle.FITTED_WITH[name]}")
+        fitted_with = versions.read_text(self.pyspark.spark_session, f"{uri}/{lifecycle.FITTED_WITH[name]}")
         return SavedModel(model_class.load(uri), uri, json.loads(fitted_with or "{}"))
 
 
 class TableStore(ConfigurableResource):
-    """Batch-partitioned tables read from storage (the truth, whatever the Dagster instance remembers)."""
+    """The Delta tables under the output, read from storage (the truth, whatever the Dagster instance remembers)."""
 
     base_uri: str = Field(description="Where the IO manager writes the tables; env FRUITS_OUTPUT_URI.")
     pyspark: ResourceDependency[PySparkResource]
 
+    def uri(self, name: str) -> str:
+        """Where table `name` is."""
+        return unchanged.table_uri(self.base_uri, name)
+
     def table(self, name: str):
-        """The newest committed version of the unpartitioned table `name`; None if it has none yet."""
-        try:
-            return versions.read_table(self.pyspark.spark_session, self.base_uri, name)
-        except versions.TableNotFoundError:
-            return None
+        """The current rows of table `name`; None if it has none yet."""
+        uri = self.uri(name)
+        return tables.read(self.pyspark.spark_session, uri) if tables.exists(uri) else None
 
     def require_table(self, name: str):
         """`table(name)`, or a TableNotFoundError naming it when it was never materialized."""
-        rows = self.table(name)
-        if rows is None:
-            raise versions.TableNotFoundError(f"no committed version of {name!r}: materialize it first")
-        return rows
+        return tables.read(self.pyspark.spark_session, self.uri(name))
 
-    def batches(self) -> list[str]:
-        """Keys of every committed ingest batch."""
-        return batches.committed_keys(self.pyspark.spark_session, self.base_uri)
+    def version(self, name: str) -> int | None:
+        """The version of the newest commit that changed rows of table `name` (None: no table)."""
+        return lake.data_version(self.uri(name))
 
-    def rows(self, name: str, without: str | None = None):
-        """Rows of batch table `name` as written, over every committed batch except `without`; None if none."""
-        return self.parts(name, [key for key in self.batches() if key != without])
+    def consumed(self, name: str, source: str) -> int:
+        """The newest version of `source` whose changes table `name` has taken (-1: none)."""
+        return lake.consumed(self.uri(name), source)
 
-    def parts(self, name: str, keys: list[str]):
-        """Rows of batch table `name` as written by the batches `keys` (current or not); None if there are none."""
-        return versions.read_partitions(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
+    def changes(self, source: str, after: int, until: int):
+        """The net change of each path of table `source` in its versions `after`+1 … `until`."""
+        return tables.changes(self.pyspark.spark_session, self.uri(source), after, until)
 
-    def require_parts(self, name: str, keys: list[str]):
-        """`parts(name, keys)`, or a TableNotFoundError naming the table when none of them is committed."""
-        rows = self.parts(name, keys)
-        if rows is None:
-            raise versions.TableNotFoundError(f"no committed part of {name!r} for {keys}: materialize a batch first")
-        return rows
+    def newest_batch(self) -> str | None:
+        """The key of the newest ingest batch committed to the raw table (None: none yet)."""
+        commit = unchanged.last_commit(self.base_uri, batches.LEDGER)
+        return None if commit is None else commit.recorded.get(batches.BATCH)
 
-    def current_rows(self, name: str, without: str | None = None):
-        """Current rows of batch table `name` over every committed batch except `without`; None if there are none."""
-        keys = [key for key in self.batches() if key != without]
-        return batches.read_current_rows(self.pyspark.spark_session, self.base_uri, name, keys) if keys else None
-
-    def require_current_rows(self, name: str):
-        """`current_rows(name)`, or a TableNotFoundError naming the table when no batch of it is committed yet."""
-        rows = self.current_rows(name)
-        if rows is None:
-            raise versions.TableNotFoundError(f"no committed batch of {name!r}: materialize a batch first")
-        return rows
+    def batch_rows(self, name: str, key: str | None):
+        """The current rows of table `name` that batch `key` wrote; a TableNotFoundError when it has no table."""
+        return self.require_table(name).filter(F.col(batches.BATCH) == (key or ""))
 
     def current_features(self):
-        """(current rows of `cnn_features` over every batch, their one CNN setting); an error if they mix settings."""
-        features = self.require_current_rows("cnn_features")
+        """(current rows of `cnn_features`, their one CNN setting); an error if they mix settings."""
+        features = self.require_table("cnn_features")
         return features, batches.one_cnn_model(features)
 
 

@@ -15,6 +15,7 @@ from spark_code.classify import spark_layout
 from spark_code.classify.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
 from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.ingest.images import try_decode
+from spark_code.storage import versions
 from spark_code.storage.s3a import is_s3, split
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,16 @@ def fetch_version(base: str, name: str = "fruit_classifier", cache: Path = MODEL
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for item in page.get("Contents", [])
     ]
-    committed = sorted(k[len(prefix) :].split("/")[0] for k in keys if k.endswith("/_COMMITTED"))
-    committed = [version for version in committed if version.startswith("v-")]
+    committed = versions.committed_of(key[len(prefix) :] for key in keys)
     if not committed:
         raise ModelNotFoundError(
             f"no committed {name!r} under {base!r}: materialize the fruit_classifier asset first, or point --models "
             "/ FRUITS_OUTPUT_URI at the folder that holds it"
         )
     target = cache / bucket / prefix / committed[-1]
-    if not (target / "_COMMITTED").exists():
+    if not (target / versions.COMMITTED).exists():
         files = [k for k in keys if k.startswith(f"{prefix}{committed[-1]}/")]
-        for key in sorted(files, key=lambda k: k.endswith("/_COMMITTED")):  # the marker last: a copy is whole
+        for key in sorted(files, key=lambda k: k.endswith(f"/{versions.COMMITTED}")):  # the marker last: whole
             local = cache / bucket / key
             local.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(local))
@@ -68,14 +68,13 @@ def latest_version(base: str, name: str = "fruit_classifier") -> Path:
     """The newest committed version folder of model `name` under a models folder (local, or s3:// copied once)."""
     if is_s3(base):
         return fetch_version(base, name)
-    folder = Path(base.removeprefix("file:")) / name
-    versions = sorted(p for p in folder.glob("v-*") if (p / "_COMMITTED").exists()) if folder.is_dir() else []
-    if not versions:
+    newest = versions.newest(base, name)
+    if newest is None:
         raise ModelNotFoundError(
-            f"no committed {name!r} under {str(folder.parent)!r}: materialize the fruit_classifier asset first, "
-            "or point --models / FRUITS_OUTPUT_URI at the folder that holds it"
+            f"no committed {name!r} under {base.removeprefix('file:')!r}: materialize the fruit_classifier asset "
+            "first, or point --models / FRUITS_OUTPUT_URI at the folder that holds it"
         )
-    return versions[-1]
+    return Path(newest.removeprefix("file:"))
 
 
 @dataclass

@@ -64,6 +64,17 @@ def list_names(folder: str) -> list[str]:
     return [info.base_name for info in found]
 
 
+def list_tree(folder: str) -> list[str]:
+    """Paths of every file under `folder`, relative to it ([] if none)."""
+    files, path = filesystem(folder)
+    try:
+        found = files.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    except NotADirectoryError:
+        return []
+    root = path.rstrip("/") + "/"
+    return [info.path[len(root) :] for info in found if info.type == pafs.FileType.File]
+
+
 def exists(uri: str) -> bool:
     """Whether a file (or folder) exists at `uri`."""
     files, path = filesystem(uri)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
+
+from spark_code.storage import ivy
+from spark_code.storage.ivy import DEFAULT_CACHE
 
 logger = logging.getLogger(__name__)
 
 S3_SCHEMES = ("s3", "s3a")
 HADOOP_AWS = "org.apache.hadoop:hadoop-aws"
-# Where the jars are kept: Spark's own Ivy resolver fills <cache>/jars, once (./install.sh, or `fetch` below).
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fruits" / "ivy"
+# What hadoop-aws 3.3.4 was built with (resolved beside it by Ivy).
+AWS_DEPENDENCIES = ("com.amazonaws_aws-java-sdk-bundle-", "org.wildfly.openssl_wildfly-openssl-")
 # S3A's credential chain plus the shared profile files (SSO/profile users), as the AWS CLI and boto3 read them.
 CREDENTIAL_PROVIDERS = ",".join(
     [
@@ -28,7 +29,7 @@ CREDENTIAL_PROVIDERS = ",".join(
 )
 
 
-class S3ASetupError(RuntimeError):
+class S3ASetupError(ivy.JarsMissingError):
     """Spark cannot speak S3 here yet; the message says what to install."""
 
 
@@ -57,14 +58,11 @@ def hadoop_version() -> str:
 
 def jars(cache: Path = DEFAULT_CACHE) -> list[Path]:
     """The cached hadoop-aws jar of pyspark's Hadoop version and its dependencies (the AWS SDK bundle)."""
-    folder = cache / "jars"
-    aws = folder / f"{HADOOP_AWS.replace(':', '_')}-{hadoop_version()}.jar"
-    if not aws.exists():
-        raise S3ASetupError(
-            f"Spark needs {HADOOP_AWS}:{hadoop_version()} to read or write s3:// ({aws} is missing): run ./install.sh, "
-            f"or {sys.executable} -m spark_code.storage.s3a (fetches it once from Maven Central)"
-        )
-    return [aws, *sorted(p for p in folder.glob("*.jar") if not p.name.startswith(HADOOP_AWS.replace(":", "_")))]
+    try:
+        (aws,) = ivy.cached([f"{HADOOP_AWS}:{hadoop_version()}"], cache, fix=__name__)
+    except ivy.JarsMissingError as error:
+        raise S3ASetupError(f"to read or write s3://, {error}") from None
+    return [aws, *sorted(p for p in (cache / "jars").glob("*.jar") if p.name.startswith(AWS_DEPENDENCIES))]
 
 
 def fetch(cache: Path = DEFAULT_CACHE) -> list[Path]:
@@ -72,15 +70,7 @@ def fetch(cache: Path = DEFAULT_CACHE) -> list[Path]:
     try:
         return jars(cache)
     except S3ASetupError:
-        pass
-    coordinate = f"{HADOOP_AWS}:{hadoop_version()}"
-    logger.info("fetching %s into %s", coordinate, cache)
-    code = (
-        "from pyspark.sql import SparkSession\n"
-        f"SparkSession.builder.master('local[1]').config('spark.jars.packages', {coordinate!r})"
-        f".config('spark.jars.ivy', {str(cache)!r}).config('spark.ui.enabled', 'false').getOrCreate().stop()\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=900)
+        ivy.fetch(f"{HADOOP_AWS}:{hadoop_version()}", cache)
     return jars(cache)
 
 
@@ -96,9 +86,9 @@ def spark_conf(
         "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.aws.credentials.provider": CREDENTIAL_PROVIDERS,
-        # Tasks commit their files straight into the version folder (one S3 copy per file, not two, as EMRFS's
-        # S3-optimized committer writes without renames): safe here, a version is read only once its _COMMITTED
-        # marker is written after the job (storage.versions).
+        # Tasks commit their files in one S3 copy, not two (as EMRFS's S3-optimized committer writes without
+        # renames): safe here, a Delta table's files are read only once its commit names them; a model version only
+        # once its _COMMITTED marker is written after the job (storage.versions).
         "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
     }
     if region:

@@ -1,25 +1,27 @@
-"""Versioned, atomically published Parquet tables and Spark ML models under a base URI (local or s3://)."""
+"""Versioned, atomically published models (Spark ML models and their sidecars) under a base URI (local or s3://):
+the one place that says which version of a model is the newest committed one."""
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
+
+from spark_code.storage import files
 
 logger = logging.getLogger(__name__)
 
 COMMITTED = "_COMMITTED"
 VERSION_PREFIX = "v-"
-JOB_GROUP = "spark.jobGroup.id"  # SparkContext.setJobGroup's local property
 
 
-class TableNotFoundError(LookupError):
-    """No committed version of a table exists yet."""
+class ModelNotFoundError(LookupError):
+    """No committed version of a model exists yet."""
 
 
 class OutputNotWritableError(PermissionError):
@@ -76,104 +78,50 @@ def commit(spark: SparkSession, version_uri: str) -> None:
     fs.create(path, True).close()
 
 
-def _local_folder(uri: str) -> str | None:
-    """The local folder behind a `file:` URI (None for any other scheme): listed with `os.scandir`, microseconds a
-    folder, where the Hadoop file system costs Py4J round trips (a hundred batches × three tables each step)."""
-    parsed = urlparse(uri)
-    return parsed.path if parsed.scheme == "file" and not parsed.netloc else None
+def committed_of(paths: Iterable[str]) -> list[str]:
+    """The committed version names among file paths relative to a model's folder (a `v-…/_COMMITTED` marker
+    publishes its version), oldest first: the one rule for which versions readers may use."""
+    parts = (path.split("/") for path in paths)
+    return sorted({p[0] for p in parts if len(p) == 2 and p[1] == COMMITTED and p[0].startswith(VERSION_PREFIX)})
 
 
-def _subfolders(folder: str) -> list[str]:
-    try:
-        return [entry.name for entry in os.scandir(folder) if entry.is_dir()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def committed_names(folder: str) -> list[str]:
+    """Names of the committed versions in a model's folder (local or s3://), oldest first ([] if none)."""
+    return committed_of(files.list_tree(folder))
 
 
-def list_versions(spark: SparkSession, base_uri: str, name: str) -> tuple[list[str], list[str]]:
-    """(committed, uncommitted) version URIs of `name`, oldest first."""
+def list_versions(base_uri: str, name: str) -> tuple[list[str], list[str]]:
+    """(committed, uncommitted) version URIs of model `name` under `base_uri`, oldest first."""
     uri = f"{qualify(base_uri)}/{name}"
-    local = _local_folder(uri)
-    if local is not None:
-        versions = [n for n in _subfolders(local) if n.startswith(VERSION_PREFIX)]
-        done = {n for n in versions if os.path.exists(os.path.join(local, n, COMMITTED))}
-        return sorted(f"{uri}/{n}" for n in done), sorted(f"{uri}/{n}" for n in set(versions) - done)
-    fs, path = hadoop_fs(spark, uri)
-    if not fs.exists(path):
-        return [], []
-    committed, pending = [], []
-    for status in fs.listStatus(path):
-        child = status.getPath()
-        if status.isDirectory() and child.getName().startswith(VERSION_PREFIX):
-            marker = child.suffix("/" + COMMITTED)
-            (committed if fs.exists(marker) else pending).append(child.toString())
-    return sorted(committed), sorted(pending)
+    done = committed_names(uri)
+    pending = sorted(set(n for n in files.list_names(uri) if n.startswith(VERSION_PREFIX)) - set(done))
+    return [f"{uri}/{n}" for n in done], [f"{uri}/{n}" for n in pending]
 
 
-def latest_uri(spark: SparkSession, base_uri: str, name: str) -> str:
-    """URI of the newest committed version of `name`."""
-    committed, _ = list_versions(spark, base_uri, name)
-    if not committed:
-        raise TableNotFoundError(f"no committed version of {name!r} under {base_uri!r}: materialize it first")
-    return committed[-1]
+def newest(base_uri: str, name: str) -> str | None:
+    """URI of the newest committed version of model `name` (None if it has none)."""
+    uri = f"{qualify(base_uri)}/{name}"
+    done = committed_names(uri)
+    return f"{uri}/{done[-1]}" if done else None
+
+
+def latest_uri(base_uri: str, name: str) -> str:
+    """URI of the newest committed version of model `name`, or a ModelNotFoundError naming it."""
+    uri = newest(base_uri, name)
+    if uri is None:
+        raise ModelNotFoundError(f"no committed version of {name!r} under {base_uri!r}: materialize it first")
+    return uri
 
 
 def prune(spark: SparkSession, base_uri: str, name: str, keep: int) -> None:
     """Delete all but the newest `keep` committed versions, and failed writes older than those kept."""
-    committed, pending = list_versions(spark, base_uri, name)
+    committed, pending = list_versions(base_uri, name)
     kept = committed[-keep:]
     doomed = committed[:-keep] + [p for p in pending if kept and p < kept[0]]
     for uri in doomed:
         fs, path = hadoop_fs(spark, uri)
         fs.delete(path, True)
         logger.info("pruned old version %s", uri)
-
-
-def write_table(df: DataFrame, base_uri: str, name: str, keep: int = 2) -> str:
-    """Write `df` as a new Parquet version of `name`, publish it atomically, prune old versions; return its URI."""
-    uri = new_version_uri(base_uri, name)
-    spark = df.sparkSession
-    group = spark.sparkContext.getLocalProperty(JOB_GROUP)
-    spark.sparkContext.setLocalProperty(JOB_GROUP, f"fruits-write-{uri.rsplit('/', 1)[-1]}")
-    try:
-        df.write.mode("errorifexists").parquet(uri)
-    except Exception:
-        _wait_for_tasks(spark, spark.sparkContext.getLocalProperty(JOB_GROUP))
-        _discard(spark, uri)  # a full disk gets its space back; readers keep the previous version
-        raise
-    finally:
-        spark.sparkContext.setLocalProperty(JOB_GROUP, group)
-    commit(df.sparkSession, uri)
-    prune(df.sparkSession, base_uri, name, keep)
-    return uri
-
-
-def _wait_for_tasks(spark: SparkSession, group: str, timeout_s: float = 60.0) -> None:
-    """Wait until the tasks of a failed write have stopped: Spark fails the job at the first task error while
-    the other tasks are still being killed, and one of them could write a file after the version is deleted."""
-    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
-        stages = [tracker.getStageInfo(s) for job in jobs if job is not None for s in job.stageIds]
-        if not any(stage is not None and stage.numActiveTasks > 0 for stage in stages):
-            return
-        time.sleep(0.2)
-    logger.warning("tasks of the failed write %s still running after %.0f s", group, timeout_s)
-
-
-def _discard(spark: SparkSession, uri: str) -> None:
-    """Delete a failed, uncommitted version (best effort: an undeleted one stays invisible and is pruned later)."""
-    logger.error("write of %s failed: it is not published, the previous version stays current", uri)
-    try:
-        fs, path = hadoop_fs(spark, uri)
-        fs.delete(path, True)
-    except Exception as error:  # the write's own error is the one to raise
-        logger.warning("could not delete the failed version %s: %s", uri, error)
-
-
-def read_table(spark: SparkSession, base_uri: str, name: str) -> DataFrame:
-    """The newest committed version of table `name`."""
-    return spark.read.parquet(latest_uri(spark, base_uri, name))
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
@@ -217,30 +165,4 @@ def save_model(spark: SparkSession, model, base_uri: str, name: str, keep: int =
 
 def load_model(spark: SparkSession, model_class, base_uri: str, name: str):
     """Load the newest committed version of model `name` with `model_class.load`."""
-    return model_class.load(latest_uri(spark, base_uri, name))
-
-
-def partition_uris(spark: SparkSession, base_uri: str, name: str, keys=None) -> dict[str, str]:
-    """{partition key: newest committed version URI} of a partitioned table `name` (only `keys` if given)."""
-    local = _local_folder(f"{qualify(base_uri)}/{name}")
-    if local is not None:
-        names = _subfolders(local)
-    else:
-        fs, path = hadoop_fs(spark, f"{qualify(base_uri)}/{name}")
-        names = [s.getPath().getName() for s in fs.listStatus(path) if s.isDirectory()] if fs.exists(path) else []
-    found = {}
-    for key in names:
-        if keys is None or key in keys:
-            committed, _ = list_versions(spark, base_uri, f"{name}/{key}")
-            if committed:
-                found[key] = committed[-1]
-    return dict(sorted(found.items()))
-
-
-def read_partitions(spark: SparkSession, base_uri: str, name: str, keys=None) -> DataFrame | None:
-    """The newest committed version of each partition of `name` (only `keys` if given), unioned; None if none."""
-    uris = partition_uris(spark, base_uri, name, keys)
-    missing = sorted(set(keys or ()) - set(uris))
-    if missing:
-        logger.warning("%s: no committed data for partition(s) %s", name, ", ".join(missing))
-    return spark.read.parquet(*uris.values()) if uris else None
+    return model_class.load(latest_uri(base_uri, name))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import boto3
 
-from spark_code.storage import s3a
+from fruits_assets.deploy.spark_conf import with_jars
+from spark_code.storage import s3a, tables
 from tests.emr_emulator import moto_emr
 
 logger = logging.getLogger(__name__)
@@ -217,8 +218,19 @@ class ClusterNode(threading.Thread):
         rest = list(args[1:])
         if "--master" in rest:
             rest[rest.index("--master") + 1] = self.config.master
-        confs = [f"{k}={v}" for k, v in s3a.spark_conf(self.config.endpoint, self.config.region).items()]
+        conf = s3a.spark_conf(self.config.endpoint, self.config.region)
+        if self.delta_enabled():  # EMR puts its Delta Lake jars on Spark's classpath: here the cached ones
+            conf = with_jars(conf, tables.spark_conf())
+        confs = [f"{k}={v}" for k, v in conf.items()]
         return [spark_submit, *[part for conf in confs for part in ("--conf", conf)], *rest]
+
+    def delta_enabled(self) -> bool:
+        """Whether the cluster was created with EMR's `delta-defaults` classification saying `delta.enabled`."""
+        return any(
+            _get(c, "Classification") == "delta-defaults"
+            and str((_get(c, "Properties") or {}).get("delta.enabled", "")).lower() == "true"
+            for c in self.cluster.configurations
+        )
 
     def spark_env(self) -> dict[str, str]:
         """The cluster's spark-env `export` classification (what EMR writes into spark-env.sh), plus SPARK_HOME."""

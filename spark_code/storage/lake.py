@@ -1,0 +1,150 @@
+"""Delta tables read without Spark (delta-rs): current rows as Arrow, versions, what each commit recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError as _NoDeltaTable
+
+from spark_code.storage import files
+from spark_code.storage.s3a import is_s3
+
+# Operations that rewrite files without changing rows: a consumer has nothing to take from them.
+NO_DATA_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
+# The tables an output holds (each a Delta table at <output>/<name>).
+TABLES = ("raw_images", "cnn_features", "quarantined_images", "training_features", "scaled_features", "pca_features")
+HISTORY_LIMIT = 50  # commits searched back for the newest one this project wrote (compactions come between)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit of a table: its version, operation, what this project recorded in it (`userMetadata`: the
+    batch, the model that derived the rows) and the rows it added and removed (Delta's operation metrics)."""
+
+    version: int
+    operation: str
+    recorded: dict = field(default_factory=dict)
+    rows_added: int = 0
+    rows_removed: int = 0
+
+    @classmethod
+    def from_history(cls, entry: dict) -> Commit:
+        """A commit from a delta-rs history entry."""
+        metrics = {k: int(v) for k, v in (entry.get("operationMetrics") or {}).items() if str(v).isdigit()}
+        updated = metrics.get("numTargetRowsUpdated", 0)
+        added = metrics.get("numOutputRows", 0) if entry.get("operation") == "WRITE" else 0
+        added += metrics.get("numTargetRowsInserted", 0) + updated
+        removed = metrics.get("numTargetRowsDeleted", 0) + metrics.get("numDeletedRows", 0) + updated
+        text = entry.get("userMetadata") or ""
+        try:
+            recorded = json.loads(text) if text else {}
+        except ValueError:
+            recorded = {}
+        operation = entry.get("operation", "")
+        if operation == "WRITE" and (entry.get("operationParameters") or {}).get("mode") == "Overwrite":
+            removed += int(metrics.get("numRemovedRows", 0) or 0)
+        return cls(int(entry["version"]), operation, recorded, added, removed)
+
+
+class OldLayoutError(RuntimeError):
+    """An output written before its tables were Delta tables; the message says what to run."""
+
+
+def refuse_old_layout(output: str) -> None:
+    """Fail, naming the folder and what to run, when `output` holds a table in the layout before Delta Lake
+    (`<table>/v-<time>-<id>/_COMMITTED` folders, one per batch): never read or write it as if it were current."""
+    root = output.rstrip("/")
+    for name in TABLES:
+        folder = f"{root}/{name}"
+        entries = files.list_names(folder)
+        if entries and "_delta_log" not in entries:
+            raise OldLayoutError(
+                f"{folder} holds a table in the layout before Delta Lake (v-*/_COMMITTED folders). Move the old "
+                f"output aside (e.g. mv {root.removeprefix('file:')} {root.removeprefix('file:')}.pre-delta, or "
+                "set FRUITS_OUTPUT_URI to a new folder) and run `python -m fruits_assets` again: it rebuilds "
+                "every table and model from the photos."
+            )
+
+
+def storage_options(uri: str) -> dict[str, str]:
+    """delta-rs options for `uri`: on S3 the standard credential chain and region, plus plain HTTP when
+    AWS_ENDPOINT_URL names an http:// S3 API (an emulator); nothing for a local folder."""
+    if not is_s3(uri):
+        return {}
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if endpoint.startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["AWS_REGION"] = region
+    return options
+
+
+def table_uri(uri: str) -> str:
+    """The URI delta-rs opens: s3a:// read as s3://, `file:` as a plain path."""
+    if uri.startswith("s3a://"):
+        return "s3://" + uri[len("s3a://") :]
+    return uri.removeprefix("file:")
+
+
+def open_table(uri: str) -> DeltaTable | None:
+    """The Delta table at `uri` as of its newest version, or None when there is none."""
+    try:
+        return DeltaTable(table_uri(uri), storage_options=storage_options(uri))
+    except _NoDeltaTable:
+        return None
+
+
+def read(uri: str, columns: list[str] | None = None) -> pa.Table | None:
+    """The current rows of the table at `uri` (only `columns` if given), or None when there is no table."""
+    table = open_table(uri)
+    return None if table is None else table.to_pyarrow_table(columns=columns)
+
+
+def version(uri: str) -> int | None:
+    """The newest version of the table at `uri` (None: no table)."""
+    table = open_table(uri)
+    return None if table is None else table.version()
+
+
+def consumed(uri: str, source: str) -> int:
+    """The newest version of table `source` whose changes the table at `uri` has taken (-1: none yet), as its
+    commits record it in Delta's transaction identifiers (appId = the source's name)."""
+    table = open_table(uri)
+    if table is None:
+        return -1
+    found = table.transaction_version(source)
+    return -1 if found is None else int(found)
+
+
+def history(uri: str, limit: int = HISTORY_LIMIT) -> list[Commit]:
+    """The newest commits of the table at `uri`, newest first ([] when there is no table)."""
+    table = open_table(uri)
+    return [] if table is None else [Commit.from_history(entry) for entry in table.history(limit)]
+
+
+def last_commit(uri: str) -> Commit | None:
+    """The newest commit this project wrote to the table at `uri` (compactions and the like skipped)."""
+    return next((c for c in history(uri) if c.operation not in NO_DATA_CHANGE), None)
+
+
+def data_version(uri: str) -> int | None:
+    """The version of the newest commit that changed rows of the table at `uri` (None: no table): what a table
+    derived from it must have taken to be current."""
+    commit = last_commit(uri)
+    return None if commit is None else commit.version
+
+
+def rows(uri: str) -> int:
+    """How many rows the table at `uri` holds now, from the log's file statistics (no data read; 0: no table)."""
+    table = open_table(uri)
+    if table is None:
+        return 0
+    actions = pa.table(table.get_add_actions(flatten=True))  # delta-rs hands Arrow over by the C data interface
+    return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0

@@ -1,0 +1,201 @@
+"""Delta Lake tables through Spark: each table's newest version holds its current rows; a batch is one commit
+(rows upserted by path, changed and deleted paths removed); a derived table takes its source's changes since the
+source version it last took (the change data feed), recorded in the same commit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from spark_code.storage import ivy, lake
+from spark_code.storage.ivy import DEFAULT_CACHE
+
+logger = logging.getLogger(__name__)
+
+DELTA_VERSION = "3.3.2"  # delta-spark for Spark 3.5 (pyspark 3.5.x); EMR 7 brings its own
+DELTA_JARS = [f"io.delta:delta-spark_2.12:{DELTA_VERSION}", f"io.delta:delta-storage:{DELTA_VERSION}"]
+KEY = "path"  # the column that names a row: a photo
+CHANGE = "change"
+NEW, CHANGED, DELETED = "new", "changed", "deleted"
+# Every table records its changes (a derived table reads them) and is checkpointed every 10 commits (Delta's
+# default). Deletion vectors stay off: with pyspark 3.5.8 and delta-spark 3.3.2 a MERGE or DELETE on a table with
+# them fails ("Reference `filePath` is ambiguous"), so a merge rewrites the files it touches.
+TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "false"}
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_APP, TXN_VERSION = "spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion"
+
+
+class TableNotFoundError(LookupError):
+    """A table has no commit yet."""
+
+
+def jars(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    """The cached Delta Lake jars (delta-spark and delta-storage; antlr4 ships with pyspark)."""
+    return ivy.cached(DELTA_JARS, cache, fix=__name__)
+
+
+def fetch(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    """Resolve delta-spark with Spark's own Ivy into `cache`, once."""
+    try:
+        return jars(cache)
+    except ivy.JarsMissingError:
+        ivy.fetch(DELTA_JARS[0], cache)
+    return jars(cache)
+
+
+def session_conf() -> dict[str, str]:
+    """Delta Lake in a Spark session whose classpath has its jars (EMR's `delta-defaults` puts them there)."""
+    return {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        # The log is replayed into 2 partitions, not 50: a few hundred commits' actions, read at every write.
+        "spark.databricks.delta.snapshotPartitions": "2",
+    }
+
+
+def spark_conf(cache: Path = DEFAULT_CACHE) -> dict[str, str]:
+    """Delta Lake for a Spark outside EMR: its cached jars on the driver's and executors' classpath, and
+    `session_conf`."""
+    classpath = os.pathsep.join(str(p) for p in jars(cache))
+    return {"spark.driver.extraClassPath": classpath, "spark.executor.extraClassPath": classpath, **session_conf()}
+
+
+@dataclass
+class Update:
+    """One commit to a table: `rows` upserted by path and the `removed` paths deleted (a merge), or, with
+    `replace`, the table's rows replaced by `rows`. `source`: the source table's name and the version whose
+    changes this update takes; `recorded`: what the commit records (the batch, the model)."""
+
+    rows: DataFrame
+    removed: DataFrame | None = None  # one column: path
+    replace: bool = False
+    source: tuple[str, int] | None = None
+    recorded: dict = field(default_factory=dict)
+
+
+def exists(uri: str) -> bool:
+    """Whether a Delta table is at `uri`."""
+    return lake.open_table(uri) is not None
+
+
+def read(spark: SparkSession, uri: str, version: int | None = None) -> DataFrame:
+    """The current rows of the table at `uri` (or those of `version`: time travel); a TableNotFoundError naming
+    the table when it has none."""
+    if not exists(uri):
+        raise TableNotFoundError(f"no table at {uri!r}: materialize it first")
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(uri)
+
+
+@contextmanager
+def _commit_settings(spark: SparkSession, update: Update):
+    """The session settings a commit carries: what it records, and the source version it takes (Delta's
+    transaction identifier: a commit taking a version the table has already taken is skipped, not repeated)."""
+    settings = {USER_METADATA: json.dumps(update.recorded, sort_keys=True)}
+    if update.source is not None:
+        settings |= {TXN_APP: update.source[0], TXN_VERSION: str(update.source[1])}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key in settings:
+            spark.conf.unset(key)
+
+
+def commit(uri: str, update: Update) -> lake.Commit:
+    """Write `update` to the table at `uri` (created on first write) as one commit; return that commit."""
+    spark = update.rows.sparkSession
+    before = lake.version(uri)
+    with _commit_settings(spark, update):
+        if before is None or update.replace:
+            _write(update.rows, uri, "overwrite", update)
+        elif update.removed is None or update.removed.isEmpty():
+            _write(update.rows, uri, "append", update)
+        else:
+            _merge(spark, uri, update)
+    taken = update.source is not None and lake.consumed(uri, update.source[0]) >= update.source[1]
+    if update.source is not None and not taken:  # a merge that changed nothing commits nothing: record the take
+        with _commit_settings(spark, update):
+            _write(update.rows.limit(0), uri, "append", update)
+    newest = lake.history(uri, 1)
+    return newest[0] if newest and newest[0].version != before else lake.Commit(before or 0, "NONE")
+
+
+def _write(rows: DataFrame, uri: str, mode: str, update: Update) -> None:
+    writer = rows.write.format("delta").mode(mode)
+    if mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+        for key, value in TABLE_PROPERTIES.items():
+            writer = writer.option(key, value)
+    if update.source is not None:  # what _commit_settings sets for a merge, as the writer's own options
+        writer = writer.option("txnAppId", update.source[0]).option("txnVersion", update.source[1])
+    writer.save(uri)
+
+
+def _merge(spark: SparkSession, uri: str, update: Update) -> None:
+    """Removed paths deleted, rows updated or inserted by path: one MERGE (paths in both are updated)."""
+    from delta.tables import DeltaTable
+
+    rows = update.rows.withColumn("_upsert", F.lit(True))
+    gone = update.removed.select(KEY).distinct().join(rows.select(KEY), KEY, "left_anti")
+    source = rows.unionByName(gone.withColumn("_upsert", F.lit(False)), allowMissingColumns=True)
+    columns = {c: f"s.`{c}`" for c in update.rows.columns}
+    (
+        DeltaTable.forPath(spark, uri)
+        .alias("t")
+        .merge(source.alias("s"), f"t.{KEY} = s.{KEY}")
+        .whenMatchedDelete(condition="NOT s._upsert")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(condition="s._upsert", values=columns)
+        .execute()
+    )
+
+
+def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
+    """The net change of each path in versions `after`+1 … `until` of the table at `uri`: its newest row with
+    `change` new (inserted), changed (updated, or removed and inserted again) or deleted (removed, the row it had).
+    Read from the change data feed: what those commits wrote, not the whole table."""
+    feed = (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", after + 1)
+        .option("endingVersion", until)
+        .load(uri)
+        .filter(F.col("_change_type") != "update_preimage")
+    )
+    inserted = F.col("_change_type") != "delete"
+    newest = Window.partitionBy(KEY).orderBy(F.col("_commit_version").desc(), inserted.desc())
+    touched = F.count(F.lit(1)).over(Window.partitionBy(KEY))
+    change = (
+        F.when(~inserted, DELETED)
+        .when((F.col("_change_type") == "insert") & (F.col("_touched") == 1), NEW)
+        .otherwise(CHANGED)
+    )
+    ranked = feed.withColumn("_rank", F.row_number().over(newest)).withColumn("_touched", touched)
+    columns = [c for c in feed.columns if not c.startswith("_") and c != CHANGE]
+    return ranked.filter(F.col("_rank") == 1).select(*columns, change.alias(CHANGE))
+
+
+def removed_paths(net: DataFrame) -> DataFrame:
+    """The paths of net changes (`changes`) whose old row goes: changed and deleted ones."""
+    return net.filter(F.col(CHANGE) != NEW).select(KEY)
+
+
+def upserts(net: DataFrame) -> DataFrame:
+    """The net changes (`changes`) that leave a row: new and changed paths, without the `change` column."""
+    return net.filter(F.col(CHANGE) != DELETED).drop(CHANGE)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("\n".join(str(p) for p in fetch()))
