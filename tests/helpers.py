@@ -21,3 +21,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def table(spark, output: str, name: str):
+    """The current rows of table `name` of an output, as Spark reads a Delta table."""
+    from spark_code.storage import tables
+
+    return tables.read(spark, f"{output}/{name}")

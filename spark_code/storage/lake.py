@@ -45,10 +45,7 @@ class Commit:
             recorded = json.loads(text) if text else {}
         except ValueError:
             recorded = {}
-        operation = entry.get("operation", "")
-        if operation == "WRITE" and (entry.get("operationParameters") or {}).get("mode") == "Overwrite":
-            removed += int(metrics.get("numRemovedRows", 0) or 0)
-        return cls(int(entry["version"]), operation, recorded, added, removed)
+        return cls(int(entry["version"]), entry.get("operation", ""), recorded, added, removed)
 
 
 class OldLayoutError(RuntimeError):

@@ -4,6 +4,7 @@ source version it last took (the change data feed), recorded in the same commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -116,6 +117,9 @@ def commit(uri: str, update: Update) -> lake.Commit:
     """Write `update` to the table at `uri` (created on first write) as one commit; return that commit."""
     spark = update.rows.sparkSession
     before = lake.version(uri)
+    replaced = lake.rows(uri) if update.replace else 0
+    if update.source is not None and lake.consumed(uri, update.source[0]) >= update.source[1]:
+        update = dataclasses.replace(update, source=None)  # taken already (e.g. a refit): Delta would skip the commit
     with _commit_settings(spark, update):
         if before is None or update.replace:
             _write(update.rows, uri, "overwrite", update)
@@ -128,7 +132,10 @@ def commit(uri: str, update: Update) -> lake.Commit:
         with _commit_settings(spark, update):
             _write(update.rows.limit(0), uri, "append", update)
     newest = lake.history(uri, 1)
-    return newest[0] if newest and newest[0].version != before else lake.Commit(before or 0, "NONE")
+    if not newest or newest[0].version == before:
+        return lake.Commit(before or 0, "NONE")
+    # An overwrite's metrics count the files it removed, not their rows: those are the rows the table had.
+    return dataclasses.replace(newest[0], rows_removed=replaced) if update.replace else newest[0]
 
 
 def _write(rows: DataFrame, uri: str, mode: str, update: Update) -> None:

@@ -10,7 +10,7 @@ from fruits_assets.defs.reduction import PcaConfig
 from fruits_assets.deploy.deployments import local_resources
 from spark_code.ingest import batches
 from spark_code.storage import versions
-from tests.helpers import materialize_features, metadata_of
+from tests.helpers import materialize_features, metadata_of, table
 
 
 def _rel(path, root):
@@ -20,9 +20,7 @@ def _rel(path, root):
 def test_all_assets_materialize_and_counts_reconcile(run, spark, sample_root, expected_outcomes):
     result, output, _ = run
     assert result.success
-    raw = batches.read_current_rows(spark, output, "raw_images")
-    features = batches.read_current_rows(spark, output, "cnn_features")
-    quarantined = batches.read_current_rows(spark, output, "quarantined_images")
+    raw, features, quarantined = (table(spark, output, n) for n in ("raw_images", "cnn_features", "quarantined_images"))
     assert raw.count() == len(expected_outcomes) == features.count() + quarantined.count()
     assert {_rel(r.path, sample_root) for r in features.collect()} == {
         k for k, v in expected_outcomes.items() if v == "featurized"
@@ -45,9 +43,9 @@ def test_each_image_featurized_exactly_once_across_the_run(run, expected_outcome
 
 def test_pca_output_and_metadata(run, spark):
     result, output, _ = run
-    pca = batches.read_current_rows(spark, output, "pca_features")
+    pca = table(spark, output, "pca_features")
     meta = metadata_of(result, "pca_features")
-    assert pca.columns == [*batches.PART_COLUMNS, "pca_features", "pca_model"]  # identity and batch: per-batch parts
+    assert pca.columns == [*batches.IDENTITY, "label", batches.BATCH, "pca_features", "pca_model"]
     assert {len(r.pca_features) for r in pca.collect()} == {meta["k"]}
     assert meta["k_choice"] == "accuracy" and "variance_target" not in meta  # by default k is chosen by accuracy
     assert 0 < meta["explained_variance"] <= 1 and pca.schema["pca_features"].dataType.simpleString() == "array<float>"
@@ -84,7 +82,7 @@ def test_models_saved_and_reloadable(run, spark):
 def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, tmp_path):
     output = str(tmp_path / "copy")
     shutil.copytree(run[1], output)  # keep the shared run's tables untouched for other tests
-    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
+    before = versions.latest_uri(f"{output}/models", "pca_features")
     result = materialize(  # no batch: an unpartitioned asset alone
         [*FEATURE_ASSETS, *FEATURE_CHECKS],
         selection=["pca_features"],
@@ -93,13 +91,12 @@ def test_rematerialize_replaces_version(run, spark, sample_root, weights_path, t
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success and metadata_of(result, "pca_features")["k"] == 4
-    after = versions.latest_uri(spark, f"{output}/models", "pca_features")
-    assert after != before and versions.list_versions(spark, f"{output}/models", "pca_features")[0] == [before, after]
-    rows = batches.read_current_rows(spark, output, "pca_features").collect()
+    after = versions.latest_uri(f"{output}/models", "pca_features")
+    assert after != before and versions.list_versions(f"{output}/models", "pca_features")[0] == [before, after]
+    rows = table(spark, output, "pca_features").collect()
     assert {len(r.pca_features) for r in rows} == {4} and {r.pca_model for r in rows} == {after.rsplit("/", 1)[-1]}
-    assert metadata_of(result, "pca_features")["batches_projected"] == len(
-        versions.partition_uris(spark, output, "raw_images")
-    )
+    meta = metadata_of(result, "pca_features")  # one commit replaced every row: the old ones removed
+    assert meta["rederived"] and meta["rows_added"] == meta["rows_removed"] == len(rows) == meta["row_count"]
 
 
 def test_missing_root_fails_fast_naming_it(spark, tmp_path, weights_path):
