@@ -118,8 +118,12 @@ def commit(uri: str, update: Update) -> lake.Commit:
     spark = update.rows.sparkSession
     before = lake.version(uri)
     replaced = lake.rows(uri) if update.replace else 0
-    if update.source is not None and lake.consumed(uri, update.source[0]) >= update.source[1]:
-        update = dataclasses.replace(update, source=None)  # taken already (e.g. a refit): Delta would skip the commit
+    taken = update.source is not None and lake.consumed(uri, update.source[0]) >= update.source[1]
+    if taken and not update.replace:  # a retry of what the table has taken: nothing twice
+        logger.info("%s has taken version %d of %s already: nothing to write", uri, update.source[1], update.source[0])
+        return lake.Commit(before or 0, "NONE")
+    if taken:  # a refit at the same source version: recorded as taken already, or Delta would skip the replace
+        update = dataclasses.replace(update, source=None)
     with _commit_settings(spark, update):
         if before is None or update.replace:
             _write(update.rows, uri, "overwrite", update)
