@@ -75,6 +75,12 @@ def list_tree(folder: str) -> list[str]:
     return [info.path[len(root) :] for info in found if info.type == pafs.FileType.File]
 
 
+def delete(uri: str) -> None:
+    """Delete the file at `uri`."""
+    files, path = filesystem(uri)
+    files.delete_file(path)
+
+
 def exists(uri: str) -> bool:
     """Whether a file (or folder) exists at `uri`."""
     files, path = filesystem(uri)

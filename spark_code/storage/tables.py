@@ -8,6 +8,8 @@ import dataclasses
 import json
 import logging
 import os
+import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_code.storage import ivy, lake
+from spark_code.storage import files, ivy, lake
 from spark_code.storage.ivy import DEFAULT_CACHE
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ NEW, CHANGED, DELETED = "new", "changed", "deleted"
 # them fails ("Reference `filePath` is ambiguous"), so a merge rewrites the files it touches.
 TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "false"}
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+JOB_GROUP = "spark.jobGroup.id"  # SparkContext.setJobGroup's local property
 TXN_APP, TXN_VERSION = "spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion"
 
 
@@ -124,7 +127,7 @@ def commit(uri: str, update: Update) -> lake.Commit:
         return lake.Commit(before or 0, "NONE")
     if taken:  # a refit at the same source version: recorded as taken already, or Delta would skip the replace
         update = dataclasses.replace(update, source=None)
-    with _commit_settings(spark, update):
+    with _commit_settings(spark, update), _cleaned_on_failure(spark, uri):
         if before is None or update.replace:
             _write(update.rows, uri, "overwrite", update)
         elif update.removed is None or update.removed.isEmpty():
@@ -140,6 +143,47 @@ def commit(uri: str, update: Update) -> lake.Commit:
         return lake.Commit(before or 0, "NONE")
     # An overwrite's metrics count the files it removed, not their rows: those are the rows the table had.
     return dataclasses.replace(newest[0], rows_removed=replaced) if update.replace else newest[0]
+
+
+@contextmanager
+def _cleaned_on_failure(spark: SparkSession, uri: str):
+    """Run a write; when it fails, delete the data files it left (no commit names them: no reader ever sees them,
+    but a full disk gets its space back), once its tasks have stopped."""
+    group = spark.sparkContext.getLocalProperty(JOB_GROUP)
+    spark.sparkContext.setLocalProperty(JOB_GROUP, f"fruits-commit-{uuid.uuid4().hex[:8]}")
+    existing = set(_data_files(uri))
+    try:
+        yield
+    except Exception:
+        _wait_for_tasks(spark, spark.sparkContext.getLocalProperty(JOB_GROUP))
+        left = sorted(set(_data_files(uri)) - existing)
+        logger.error("a write to %s failed: nothing was committed; deleting the %d file(s) it left", uri, len(left))
+        for path in left:
+            try:
+                files.delete(path)
+            except OSError as error:  # the write's own error is the one to raise
+                logger.warning("could not delete %s: %s", path, error)
+        raise
+    finally:
+        spark.sparkContext.setLocalProperty(JOB_GROUP, group)
+
+
+def _data_files(uri: str) -> list[str]:
+    """The data files under a table's folder (its log left out)."""
+    return [f"{uri.rstrip('/')}/{p}" for p in files.list_tree(uri) if not p.startswith("_delta_log/")]
+
+
+def _wait_for_tasks(spark: SparkSession, group: str, timeout_s: float = 60.0) -> None:
+    """Wait until the tasks of a failed write have stopped: Spark fails the job at the first task error while
+    the other tasks are still being killed, and one of them could write a file after the cleanup."""
+    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
+        stages = [tracker.getStageInfo(s) for job in jobs if job is not None for s in job.stageIds]
+        if not any(stage is not None and stage.numActiveTasks > 0 for stage in stages):
+            return
+        time.sleep(0.2)
+    logger.warning("tasks of the failed write %s still running after %.0f s", group, timeout_s)
 
 
 def _write(rows: DataFrame, uri: str, mode: str, update: Update) -> None:

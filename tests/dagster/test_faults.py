@@ -2,6 +2,7 @@
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,11 @@ import time
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code.ingest import batches
-from spark_code.storage import versions
+from spark_code import unchanged
+from spark_code.storage import lake, tables, versions
+from spark_code.storage.tables import Update
 from tests.conftest import CLASSES, copy_photos
+from tests.helpers import table
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -53,15 +56,18 @@ def test_run_killed_during_cnn_features_then_rerun_loses_and_duplicates_nothing(
     root, output = tmp_path / "root", str(tmp_path / "out")
     _dozen(root)
     _kill_during_cnn(root, output, weights_path, tmp_path / "killed.log")
-    killed = list(versions.partition_uris(spark, output, "raw_images"))
-    assert len(killed) == 1 and batches.committed_keys(spark, output) == []  # its listing only: not a batch
+    killed = unchanged.last_commit(output, "raw_images").recorded["batch"]  # its listing only was committed
+    assert unchanged.behind(output, "cnn_features") and lake.version(f"{output}/cnn_features") is None
+    late = next((root / CLASSES[1]).glob("*.jpg"))
+    shutil.copy(late, root / CLASSES[0] / "late.jpg")  # a photo that arrives after the killed batch
     result = materialize_batch([raw_images, cnn_features], local_resources(str(root), output, weights_path))
-    assert result.success
-    (key,) = batches.committed_keys(spark, output)
-    raw, features, quarantined = (batches.read_current_rows(spark, output, n) for n in batches.BATCH_TABLES)
-    assert raw.count() == 12 == features.count() and quarantined.count() == 0  # the killed batch's photos, again
-    assert features.select("path").distinct().count() == 12 and {r.batch for r in features.collect()} == {key}
-    assert raw.filter(F.col("batch") == killed[0]).count() == 0
+    assert result.success  # the next batch takes the new photo, and the features take both batches' photos
+    key = unchanged.last_commit(output, "raw_images").recorded["batch"]
+    raw, features, quarantined = (table(spark, output, n) for n in unchanged.BATCH_TABLES)
+    assert raw.count() == 13 == features.count() and quarantined.count() == 0  # each photo exactly once
+    assert features.select("path").distinct().count() == 13 and unchanged.behind(output, "cnn_features") is None
+    by_batch = {r.batch: r["count"] for r in features.groupBy("batch").count().collect()}
+    assert by_batch == {killed: 12, key: 1} and unchanged.reconcile(output)["missing"] == 0
 
 
 @pytest.mark.parametrize("output", ["/proc/fruits-output", "a-file/output"])
@@ -85,8 +91,9 @@ def test_unwritable_output_fails_before_any_work(sample_root, weights_path, tmp_
 
 
 def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
-    base = str(tmp_path)
-    versions.write_table(spark.range(10), base, "t")
+    uri = str(tmp_path / "t")
+    tables.commit(uri, Update(spark.range(10), replace=True))
+    before = sorted(p.name for p in (tmp_path / "t").iterdir())
 
     @F.udf("long")
     def fail_midway(n):
@@ -95,22 +102,23 @@ def test_failed_write_keeps_the_previous_version_readable(spark, tmp_path):
         return n
 
     with pytest.raises(Exception, match="No space left on device"):
-        versions.write_table(spark.range(10_000).repartition(4).select(fail_midway("id").alias("id")), base, "t")
-    committed, pending = versions.list_versions(spark, base, "t")
-    assert len(committed) == 1 and pending == []  # the failed version is gone, its space given back
-    assert versions.read_table(spark, base, "t").count() == 10
+        failing = spark.range(10_000).repartition(4).select(fail_midway("id").alias("id"))
+        tables.commit(uri, Update(failing, replace=True))
+    assert lake.version(uri) == 0 and tables.read(spark, uri).count() == 10
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == before  # what the failed write left is deleted
 
 
 FULL_DISK_WRITE = """
 import sys
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from spark_code.storage import versions
-spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-versions.write_table(spark.range(10), sys.argv[1], "t")  # small: fits under the file size limit
+from fruits_assets.deploy.spark_conf import local_session
+from spark_code.storage import tables
+spark = local_session("local[1]", {"spark.ui.enabled": "false"})
+uri = sys.argv[1] + "/t"
+tables.commit(uri, tables.Update(spark.range(10), replace=True))  # small: fits under the file size limit
 big = spark.range(200_000).select(F.sha2(F.col("id").cast("string"), 512).alias("hash"))  # ~13 MB of Parquet
 try:
-    versions.write_table(big, sys.argv[1], "t")
+    tables.commit(uri, tables.Update(big, replace=True))
 except Exception as error:
     print("WRITE FAILED:", "File too large" in str(error) or "EFBIG" in str(error))
 spark.stop()
@@ -126,6 +134,7 @@ def test_disk_filling_during_a_write_keeps_the_previous_version(spark, tmp_path)
         [sys.executable, "-c", FULL_DISK_WRITE, str(tmp_path)], capture_output=True, preexec_fn=_file_size_limit
     )
     assert b"WRITE FAILED: True" in out.stdout, out.stderr.decode()[-3000:]
-    committed, pending = versions.list_versions(spark, str(tmp_path), "t")
-    assert len(committed) == 1 and pending == []  # the half-written version was deleted
-    assert versions.read_table(spark, str(tmp_path), "t").count() == 10
+    uri = str(tmp_path / "t")
+    assert lake.version(uri) == 0 and tables.read(spark, uri).count() == 10
+    data = [p for p in (tmp_path / "t").rglob("*.parquet") if "_delta_log" not in p.parts]
+    assert len(data) == len(lake.open_table(uri).file_uris())  # the half-written files were deleted
