@@ -27,4 +27,4 @@ def table(spark, output: str, name: str):
     """The current rows of table `name` of an output, as Spark reads a Delta table."""
     from spark_code.storage import tables
 
-    return tables.read(spark, f"{output}/{name}")
+    return tables.read(spark, f"{output}/{name}")  # output: a folder (str or Path) or a URI

@@ -15,11 +15,12 @@ from fruits_assets.defs.automation import daily_refit
 from fruits_assets.defs.partitions import ingest_batches
 from fruits_assets.deploy.deployments import local_resources
 from fruits_assets.io.resources import CnnResource, OutputLocation
-from spark_code.ingest import batches
 from spark_code.reduction import lifecycle, scaler_pca
-from spark_code.storage import versions
+from spark_code.storage import lake, versions
 from tests.conftest import CLASSES, FRUITS, copy_photos, first_images
-from tests.helpers import materialize_features, metadata_of
+from tests.helpers import materialize_features, metadata_of, table
+
+DERIVED = ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features")
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -46,8 +47,8 @@ def grown(spark, weights_path, tmp_path_factory):
     (root / "Broken Fruit" / "notes.jpg").write_text("not an image")
     instance = DagsterInstance.ephemeral()
     first, first_counts = _materialize(root, output, weights_path, instance=instance)
-    first_batch = versions.partition_uris(spark, str(output), "cnn_features")
-    first_pca = {r.path: r for r in batches.read_current_rows(spark, str(output), "pca_features").collect()}
+    first_versions = {name: lake.version(f"{output}/{name}") for name in DERIVED}
+    first_pca = {r.path: r for r in table(spark, output, "pca_features").collect()}
     new = first_images(FRUITS / CLASSES[2], 2)
     (root / CLASSES[2]).mkdir()
     for image in new:
@@ -60,7 +61,7 @@ def grown(spark, weights_path, tmp_path_factory):
     second, second_counts = _materialize(root, output, weights_path, keep_pca, instance)
     return {
         "instance": instance,
-        "first_batch": first_batch,
+        "first_versions": first_versions,
         "root": root,
         "output": output,
         "first": (first, first_counts, first_pca),
@@ -82,44 +83,37 @@ def test_second_run_featurizes_only_new_and_changed_photos(grown):
     assert metadata_of(grown["first"][0], "cnn_features")["quarantined"] == 1
 
 
-def test_each_batch_is_a_partition_and_earlier_batches_are_not_rewritten(grown, spark):
+def test_each_batch_is_a_partition_and_one_commit_per_table(grown, spark):
     output = str(grown["output"])
     keys = grown["instance"].get_dynamic_partitions(ingest_batches.name)
     assert len(keys) == 2 and keys == sorted(keys)
-    (first_key, first_uri), (second_key, _) = versions.partition_uris(spark, output, "cnn_features").items()
-    assert grown["first_batch"] == {first_key: first_uri}  # the first batch's version was left as it was
-    assert (first_key, second_key) == tuple(keys)
-    rows = {
-        key: spark.read.parquet(uri).count()
-        for key, uri in versions.partition_uris(spark, output, "raw_images").items()
-    }
-    assert rows == {first_key: 7, second_key: 4}  # 6 photos + the text file; then 2 new, 1 changed, 1 deleted
+    for name, first in grown["first_versions"].items():  # the second batch: one more commit to each table
+        assert lake.version(f"{output}/{name}") == first + 1, name
+    raw = lake.last_commit(f"{output}/raw_images")
+    assert (raw.operation, raw.recorded, raw.rows_added, raw.rows_removed) == ("MERGE", {"batch": keys[1]}, 3, 2)
+    by_batch = {r.batch: r["count"] for r in table(spark, output, "raw_images").groupBy("batch").count().collect()}
+    assert by_batch == {keys[0]: 5, keys[1]: 3}  # 6 photos + the text file, less 1 deleted and 1 changed; 2 + 1
     checks = {e.check_name: e.passed for e in grown["second"][0].get_asset_check_evaluations()}
     assert checks["counts_reconcile"] and all(checks.values())
 
 
 def test_incremental_outputs_equal_a_full_recompute(grown, spark, weights_path, tmp_path):
     root, output = grown["root"], grown["output"]
-    features = {
-        r.path: np.array(r.features) for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()
-    }
+    features = {r.path: np.array(r.features) for r in table(spark, output, "cnn_features").collect()}
     assert f"file:{grown['deleted']}" not in features
     assert set(features) == {f"file:{p}" for p in root.rglob("*.jpg") if p.parent.name != "Broken Fruit"}
     _materialize(root, tmp_path / "full", weights_path)
-    recomputed = {
-        r.path: np.array(r.features)
-        for r in batches.read_current_rows(spark, str(tmp_path / "full"), "cnn_features").collect()
-    }
+    recomputed = {r.path: np.array(r.features) for r in table(spark, tmp_path / "full", "cnn_features").collect()}
     assert recomputed.keys() == features.keys()
     assert max(np.abs(recomputed[p] - features[p]).max() for p in features) < 1e-5
-    quarantined = batches.read_current_rows(spark, str(output), "quarantined_images").collect()
+    quarantined = table(spark, output, "quarantined_images").collect()
     assert [r.path.rsplit("/", 1)[-1] for r in quarantined] == ["notes.jpg"]
 
 
 def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     output = str(grown["output"])
     _, _, first_pca = grown["first"]
-    pca = {r.path: r for r in batches.read_current_rows(spark, output, "pca_features").collect()}
+    pca = {r.path: r for r in table(spark, output, "pca_features").collect()}
     assert {r.pca_model for r in pca.values()} == {next(iter(first_pca.values())).pca_model}
     assert metadata_of(grown["second"][0], "pca_features")["refit"] is False
     unchanged = [p for p in pca if p in first_pca and p != f"file:{grown['changed']}"]
@@ -127,7 +121,7 @@ def test_new_rows_projected_with_the_saved_model_version(grown, spark):
     # the same projection a full recompute gives: the saved scaler + PCA applied to the features again
     scaler = versions.load_model(spark, StandardScalerModel, f"{output}/models", "scaled_features")
     model = versions.load_model(spark, PCAModel, f"{output}/models", "pca_features")
-    features = batches.read_current_rows(spark, output, "cnn_features")
+    features = table(spark, output, "cnn_features")
     again = scaler_pca.transform_arrays(model, scaler_pca.transform_arrays(scaler, features)).collect()
     assert max(np.abs(np.array(r.pca_features) - np.array(pca[r.path].pca_features)).max() for r in again) < 1e-6
 
@@ -137,13 +131,17 @@ def test_a_batch_scales_and_projects_only_its_own_rows(grown, spark):
         metadata_of(grown["first"][0], "scaled_features"),
         metadata_of(grown["second"][0], "scaled_features"),
     )
-    assert (first["parts_written"], first["rows_written"]) == (1, 6)  # the first batch: every featurized photo
-    assert (second["refit"], second["parts_written"], second["rows_written"]) == (False, 1, 3)  # 2 new + 1 changed
+    assert (first["rows_added"], first["row_count"]) == (6, 6)  # the first batch: every featurized photo
+    # 2 new + 1 changed rows added, the changed and the deleted photos' rows removed: one merge
+    assert (second["refit"], second["rederived"], second["rows_added"], second["rows_removed"]) == (False, False, 3, 2)
     projected = metadata_of(grown["second"][0], "pca_features")
-    assert (projected["batches_projected"], projected["rows_written"]) == (1, 3)
-    first_key = next(iter(grown["first_batch"]))
-    for name in ("scaled_features", "pca_features"):  # the first batch's parts were not written again
-        assert len(versions.list_versions(spark, str(grown["output"]), f"{name}/{first_key}")[0]) == 1
+    assert (projected["rederived"], projected["rows_added"], projected["rows_removed"], projected["row_count"]) == (
+        False,
+        3,
+        2,
+        7,
+    )
+    assert "versions 1..1" in projected["derived"]  # the changes of the scaled table's one new version
 
 
 def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, weights_path, tmp_path, monkeypatch):
@@ -156,13 +154,13 @@ def test_drift_is_measured_and_warned_but_the_batch_is_only_projected(spark, wei
     for i, pixels in enumerate(noise):  # nothing like a fruit: the saved basis explains little of these rows
         Image.fromarray(pixels).save(root / CLASSES[0] / f"noise-{i}.png")
     monkeypatch.setattr(lifecycle, "MIN_DRIFT_ROWS", 2)  # two rows are enough to measure on this tiny sample
-    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
+    before = versions.latest_uri(f"{output}/models", "pca_features")
     strict = {"ops": {"pca_features": {"config": {"max_drift": 0.03}}}}
     result, counts = _materialize(root, output, weights_path, strict)
     pca = metadata_of(result, "pca_features")
     assert result.success and counts["cnn_images"] == 2
     assert pca["drift"] > 0.03 and pca["refit_due"] is True and pca["refit"] is False
-    assert (pca["rows_written"], versions.latest_uri(spark, f"{output}/models", "pca_features")) == (2, before)
+    assert (pca["rows_added"], versions.latest_uri(f"{output}/models", "pca_features")) == (2, before)
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "pca_basis_fits_new_rows")
     assert not check.passed and check.severity == AssetCheckSeverity.WARN  # a warning: the run still succeeds
     assert console.failed_checks(result) == ([], ["pca_basis_fits_new_rows"])  # the main command exits 0
@@ -174,7 +172,7 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     from spark_code.featurize import udf
 
     output = str(grown["output"])
-    before = versions.latest_uri(spark, f"{output}/models", "pca_features")
+    before = versions.latest_uri(f"{output}/models", "pca_features")
     defs = build_defs(local_resources(str(grown["root"]), output, weights_path))
     context = build_schedule_context(resources={"output": OutputLocation(base_uri=output)})
     request = daily_refit.evaluate_tick(context).run_requests[0]  # batches came after the scaler was fitted
@@ -189,7 +187,7 @@ def test_daily_refit_job_fits_new_models_without_cnn_work(grown, spark, weights_
     )
     assert udf.process_totals()["cnn_images"] == totals["cnn_images"]  # no listing, no CNN work at all
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
-    made_by = {r.pca_model for r in batches.read_current_rows(spark, output, "pca_features").collect()}
+    made_by = {r.pca_model for r in table(spark, output, "pca_features").collect()}
     assert len(made_by) == 1 and made_by != {before.rsplit("/", 1)[-1]}
     skipped = daily_refit.evaluate_tick(context)  # no batch since this refit: the next tick runs nothing
     assert not skipped.run_requests and "since the scaler and PCA were fitted" in skipped.skip_message
@@ -206,8 +204,8 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
     result = materialize_features(resources)
     assert udf.process_totals()["cnn_images"] - before == 7  # every image again, with the new settings
     raw = metadata_of(result, "raw_images")
-    assert (raw["new"], raw["changed"], raw["deleted"]) == (0, 8, 0)  # the batches' files, the text file too
-    models = {r.cnn_model for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
+    assert (raw["new"], raw["changed"], raw["deleted"]) == (0, 7, 0)  # the featurized files (not the text file)
+    models = {r.cnn_model for r in table(spark, output, "cnn_features").collect()}
     assert models == {resources["cnn"].model_key()} and "96px" in next(iter(models))
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
 
@@ -220,13 +218,13 @@ def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_num
 
     output = tmp_path / "copy"
     shutil.copytree(grown["output"], output)
-    onnx_rows = {r.path: r for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
+    onnx_rows = {r.path: r for r in table(spark, output, "cnn_features").collect()}
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, engine="tensorflow")
     before = udf.process_totals()["cnn_images"]
     result = materialize_features(resources)
     assert result.success and udf.process_totals()["cnn_images"] - before == 7  # rows never mix engines
-    tf_rows = {r.path: r for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()}
+    tf_rows = {r.path: r for r in table(spark, output, "cnn_features").collect()}
     assert {r.cnn_model for r in tf_rows.values()} == {resources["cnn"].model_key()}
     assert "tensorflow" in resources["cnn"].model_key() and all("onnx" in r.cnn_model for r in onnx_rows.values())
     assert set(tf_rows) == set(onnx_rows)
