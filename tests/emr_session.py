@@ -64,17 +64,20 @@ class EmrShell:
         """The `_COMMITTED` markers of the output's versions under `prefix`."""
         return [key for key in self.output_keys(prefix) if key.endswith("/_COMMITTED")]
 
-    def table(self, committed_key: str) -> list[dict]:
-        """The rows of one committed version on S3, read with pyarrow (what Spark wrote through S3A)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def table(self, name: str, version: int | None = None) -> list[dict]:
+        """The current rows (or those of `version`) of the output's Delta table `name` on S3, read with delta-rs
+        (what Spark wrote through S3A), as a data person outside the cluster reads it."""
+        from deltalake import DeltaTable
 
-        folder, s3, rows = committed_key.rsplit("/", 1)[0], self.client("s3"), []
-        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=folder + "/")["Contents"]:
-            if item["Key"].endswith(".parquet"):
-                body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-                rows += pq.read_table(pa.BufferReader(body)).to_pylist()
-        return rows
+        options = {
+            "AWS_ENDPOINT_URL": self.exports["AWS_ENDPOINT_URL"],
+            "AWS_ACCESS_KEY_ID": self.exports["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": self.exports["AWS_SECRET_ACCESS_KEY"],
+            "AWS_REGION": self.exports["AWS_DEFAULT_REGION"],
+            "AWS_ALLOW_HTTP": "true",
+        }
+        table = DeltaTable(f"s3://{BUCKET}/{PREFIX}/output/{name}", version=version, storage_options=options)
+        return table.to_pyarrow_table().to_pylist()
 
     @classmethod
     def start(cls, root: Path, cold: bool = False) -> EmrShell:

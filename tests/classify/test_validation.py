@@ -19,11 +19,11 @@ from spark_code.classify.serving import (
     latest_version,
     load_pipeline,
 )
-from spark_code.ingest import batches
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
 from tests.conftest import CLASSES, REPO, TRAINING, first_images
 from tests.helpers import metadata_of
+from tests.helpers import table as read_table
 
 
 def test_evaluate_scores_known_classes_and_counts_unknown_ones():
@@ -71,7 +71,7 @@ def test_pca_k_chosen_by_accuracy_and_stored_as_float32(run, spark):
     assert all(accuracy[k] < max(accuracy.values()) - 0.003 for k in accuracy if k < meta["k"])
     assert meta["bytes_per_photo_vector"] == 4 * meta["k"] and meta["accuracy_plot"].startswith("![")
     for table, column in (("pca_features", "pca_features"), ("scaled_features", "scaled_features")):
-        assert batches.read_current_rows(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
+        assert read_table(spark, output, table).schema[column].dataType.simpleString() == "array<float>"
 
 
 def test_accuracy_floor_cannot_be_set_below_090():
@@ -113,8 +113,8 @@ def test_the_serving_sidecar_holds_the_arrays_of_the_saved_spark_pipeline(saved)
 
 def test_classify_path_equals_spark_path(saved, engine, spark, sample_root):
     model, _, output = saved
-    pca = {r.path: np.array(r.pca_features) for r in batches.read_current_rows(spark, output, "pca_features").collect()}
-    features = batches.read_current_rows(spark, output, "cnn_features")
+    pca = {r.path: np.array(r.pca_features) for r in read_table(spark, output, "pca_features").collect()}
+    features = read_table(spark, output, "cnn_features")
     spark_labels = {r.path: r[clf.PREDICTED] for r in clf.predict(model, features).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.jpg")) if f"file:{p}" in pca][:6]
     assert len(photos) == 6
@@ -128,7 +128,7 @@ def test_classify_and_spark_path_agree_on_score_and_decision(saved, engine, spar
     model, pipeline, output = saved
     decision = pipeline.openset.decision
     assert engine.decision == decision and decision.score == openset.KNN_PROBABILITY
-    features = batches.read_current_rows(spark, output, "cnn_features")
+    features = read_table(spark, output, "cnn_features")
     rows = {r.path: r for r in clf.score_rows(model, pipeline.openset.scores, features, decision).collect()}
     photos = [p for p in sorted(sample_root.rglob("*.*")) if f"file:{p}" in rows]
     assert len(photos) >= 15

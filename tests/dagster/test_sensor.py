@@ -14,7 +14,7 @@ from fruits_assets.deploy.deployments import local_resources
 from fruits_assets.io.resources import ImageSource
 from spark_code.ingest import batches, snapshot
 from tests.conftest import CLASSES, FRUITS, copy_photos, first_images
-from tests.helpers import materialize_features, metadata_of
+from tests.helpers import materialize_features, metadata_of, table
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -125,5 +125,5 @@ def test_a_sensor_run_takes_the_batch_the_sensor_found_without_listing(spark, we
     raw = metadata_of(result, "raw_images")
     assert (raw["listing"], raw["new"], raw["changed"], raw["deleted"], cnn_images) == ("sensor", 1, 0, 1, 1)
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    current = {r.path for r in batches.read_current_rows(spark, str(output), "pca_features").collect()}
+    current = {r.path for r in table(spark, output, "pca_features").collect()}
     assert current == {f"file:{p}" for p in root.rglob("*.jpg")}  # the union of the batches: the root as it is now

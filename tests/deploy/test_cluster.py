@@ -10,10 +10,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from spark_code.ingest import batches
 from tests.cluster import standalone_cluster, stop
 from tests.conftest import REPO
-from tests.helpers import free_port
+from tests.helpers import free_port, table
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -38,16 +37,11 @@ def _summary(process: subprocess.Popen) -> dict:
 
 
 def _features(spark, output) -> dict[str, np.ndarray]:
-    return {
-        r.path: np.array(r.features) for r in batches.read_current_rows(spark, str(output), "cnn_features").collect()
-    }
+    return {r.path: np.array(r.features) for r in table(spark, output, "cnn_features").collect()}
 
 
 def _pca(spark, output) -> dict[str, np.ndarray]:
-    return {
-        r.path: np.array(r.pca_features)
-        for r in batches.read_current_rows(spark, str(output), "pca_features").collect()
-    }
+    return {r.path: np.array(r.pca_features) for r in table(spark, output, "pca_features").collect()}
 
 
 def _assert_same_outputs(spark, output, reference) -> None:
@@ -60,8 +54,8 @@ def _assert_same_outputs(spark, output, reference) -> None:
     # per k) one prediction flipped by the features' 1e-5 differences can move it; the components cannot move.
     common = min(len(v) for v in [*pca.values(), *local_pca.values()])
     assert max(np.abs(pca[p][:common] - local_pca[p][:common]).max() for p in pca) < 1e-3
-    quarantined = batches.read_current_rows(spark, str(output), "quarantined_images").collect()
-    reference_quarantined = batches.read_current_rows(spark, str(reference), "quarantined_images").collect()
+    quarantined = table(spark, output, "quarantined_images").collect()
+    reference_quarantined = table(spark, reference, "quarantined_images").collect()
     assert {(r.path, r.reason) for r in quarantined} == {(r.path, r.reason) for r in reference_quarantined}
 
 

@@ -37,7 +37,9 @@ def test_a_batch_takes_new_changed_and_deleted_files_only(spark, tmp_path):
     first = _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)])
     assert {row[-1] for row in first} == {batches.NEW}
     assert _commit(spark, raw, first, "b1").rows_added == 3
-    second = _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("c/4.jpg", 5, 1)], unchanged.current_raw_rows(str(tmp_path)))
+    second = _planned(
+        [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("c/4.jpg", 5, 1)], unchanged.current_raw_rows(str(tmp_path))
+    )
     assert {path.rsplit("/r/", 1)[1]: change for path, *_, change in second} == {
         "a/2.jpg": batches.CHANGED,
         "c/4.jpg": batches.NEW,
@@ -57,7 +59,9 @@ def test_a_batch_takes_new_changed_and_deleted_files_only(spark, tmp_path):
 def test_changes_are_each_paths_net_change_since_a_version(spark, tmp_path):
     raw = f"{tmp_path}/raw_images"
     _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)]), "b1")
-    _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2)], unchanged.current_raw_rows(str(tmp_path))), "b2")
+    _commit(
+        spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2)], unchanged.current_raw_rows(str(tmp_path))), "b2"
+    )
     now = [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("d/5.jpg", 1, 1), ("b/3.jpg", 9, 9)]
     _commit(spark, raw, _planned(now, unchanged.current_raw_rows(str(tmp_path))), "b3")
     assert lake.version(raw) == 2
@@ -90,10 +94,14 @@ def test_a_derived_table_records_the_source_version_it_took_and_takes_it_once(sp
     _commit(
         spark,
         raw,
-        _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))),
+        _planned(
+            [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))
+        ),
         "b2",
     )
-    _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))), "b3")
+    _commit(
+        spark, raw, _planned([("a/1.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))), "b3"
+    )
     assert unchanged.behind(str(tmp_path), "cnn_features") == "cnn_features has not taken version 2 of raw_images"
     net = tables.changes(spark, raw, 0, 2)
     tables.commit(derived, Update(tables.upserts(net), tables.removed_paths(net), source=("raw_images", 2)))

@@ -1,15 +1,15 @@
 """Phone-sent files end to end: HEIC/AVIF featurized and classified; found = featurized + quarantined + skipped."""
 
 from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
-from spark_code.ingest import batches
 from tests.conftest import SKIPPED_IN_SAMPLE
+from tests.helpers import table
 
 PHONE = ("Broken Fruit/photo.heic", "Broken Fruit/photo.avif", "Broken Fruit/z.jfif", "Broken Fruit/y.Jpg")
 
 
 def test_heic_and_avif_are_featurized_and_classified(run, spark, sample_root, weights_path):
     _, output, _ = run
-    featurized = {r.path for r in batches.read_current_rows(spark, output, "cnn_features").select("path").collect()}
+    featurized = {r.path for r in table(spark, output, "cnn_features").select("path").collect()}
     assert {f"file:{sample_root / name}" for name in PHONE} <= featurized
     engine = FruitClassifier(load_pipeline(latest_version(f"{output}/models")), weights_path)
     jpeg = engine.classify(sample_root / "Broken Fruit" / "y.Jpg")

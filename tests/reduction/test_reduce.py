@@ -9,7 +9,7 @@ from spark_code.classify import choose_k
 from spark_code.classify.choose_k import accuracy_curve, split_per_class
 from spark_code.classify.classifier import LogisticSettings
 from spark_code.reduction import scaler_pca
-from spark_code.storage import versions
+from spark_code.storage import tables
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,9 @@ def test_tables_hold_float32(synthetic):
 def test_float32_round_trip_within_1e_5_of_double_projection(synthetic, spark, tmp_path):
     model = scaler_pca.VariancePCA(inputCol="features", outputCol="pca", k=3).fit(synthetic)
     double = {r.path: np.array(r.pca) for r in scaler_pca.transform_arrays(model, synthetic, dtype="float64").collect()}
-    versions.write_table(scaler_pca.transform_arrays(model, synthetic).select("path", "pca"), str(tmp_path), "pca")
-    stored = {r.path: np.array(r.pca) for r in versions.read_table(spark, str(tmp_path), "pca").collect()}
+    rows = scaler_pca.transform_arrays(model, synthetic).select("path", "pca")
+    tables.commit(str(tmp_path / "pca"), tables.Update(rows, replace=True))
+    stored = {r.path: np.array(r.pca) for r in tables.read(spark, str(tmp_path / "pca")).collect()}
     assert stored.keys() == double.keys()
     assert max(np.abs(stored[p] - double[p]).max() for p in stored) < 1e-5
     assert max(np.abs(double[p]).max() for p in double) > 1.0  # values large enough for float32 rounding to show

@@ -11,10 +11,9 @@ import pytest
 from dagster import DagsterInstance
 
 from fruits_assets.deploy.deployments import local_resources
-from spark_code.ingest import batches
 from spark_code.storage import run_lock
 from tests.conftest import CLASSES, REPO, copy_photos
-from tests.helpers import materialize_features
+from tests.helpers import materialize_features, table
 
 pytestmark = pytest.mark.slow  # a browser, a cluster, moto or whole materializations
 
@@ -54,7 +53,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(spark, weights_path, tmp_pa
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features"} <= materialized
     photos = {f"file:{p}" for p in root.rglob("*.jpg")}
-    assert {r.path for r in batches.read_current_rows(spark, str(output), "pca_features").collect()} == photos
+    assert {r.path for r in table(spark, output, "pca_features").collect()} == photos
     assert all(c.passed for c in result.get_asset_check_evaluations())  # counts reconcile: nothing lost or twice
     assert not (output / run_lock.LOCK_FILE).exists()  # the run released the lock it took over
 
@@ -134,7 +133,7 @@ def test_two_main_commands_started_together_lose_and_duplicate_nothing(spark, tr
     assert 0 in codes, outputs
     for code, text in zip(codes, outputs, strict=True):  # a run that lost the race says why, and wrote nothing
         assert code == 0 or "is in use by run" in text + _log(text), text
-    current = batches.read_current_rows(spark, str(output), "cnn_features").collect()
+    current = table(spark, output, "cnn_features").collect()
     paths = [row.path for row in current]
     assert len(paths) == len(set(paths)) == 6  # every photo once, whatever the interleaving
     assert not (output / run_lock.LOCK_FILE).exists()
