@@ -32,10 +32,17 @@ def _venv_prefix(version: str, jars: Path) -> str:
 
 
 def _class_path_state(jars: Path) -> str:
-    """What the JVM checks before it maps an archive: each jar's size and time, and the Java that maps it."""
+    """What the JVM checks before it maps an archive: each jar's size and time (pyspark's and Delta Lake's, which
+    every local session puts on its class path), and the Java that maps it."""
+    from spark_code.storage import ivy, tables
+
     java_home = os.environ.get("JAVA_HOME")
     java = Path(java_home, "bin", "java") if java_home else Path(shutil.which("java") or "java")
-    stats = {f: f.stat() for f in [*sorted(jars.glob("*.jar")), java.resolve()] if f.exists()}
+    try:
+        extra = tables.jars()
+    except ivy.JarsMissingError:
+        extra = []
+    stats = {f: f.stat() for f in [*extra, *sorted(jars.glob("*.jar")), java.resolve()] if f.exists()}
     return "\n".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in stats.items())
 
 
@@ -115,6 +122,8 @@ def _representative_jobs(dumped: str) -> None:
         model = StandardScaler(inputCol="v", outputCol="s").fit(read.withColumn("v", array_to_vector("x")))
         model.write().save(f"{scratch}/model")
         StandardScalerModel.load(f"{scratch}/model").transform(read.withColumn("v", array_to_vector("x"))).count()
+        read.write.format("delta").save(f"{scratch}/table")  # a Delta commit and a read of it
+        spark.read.format("delta").load(f"{scratch}/table").count()
     spark.stop()
     gateway.proc.stdin.close()  # the JVM exits when its stdin closes, and writes the archive as it does
     gateway.proc.wait(timeout=300)
