@@ -17,22 +17,21 @@ def main() -> None:
 
     from spark_code.classify import choose_k
     from spark_code.classify import classifier as clf
-    from spark_code.ingest import batches
     from spark_code.reduction import scaler_pca
-    from spark_code.storage import versions
+    from spark_code.storage import tables, versions
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     spark = session()
-    scaled = batches.read_current_rows(spark, args.output, "scaled_features")
+    scaled = tables.read(spark, f"{args.output}/scaled_features")
     estimator = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", k=0, varianceTarget=0.95)
     started = time.perf_counter()
     model = estimator.fit(scaled)
     fit_s = time.perf_counter() - started
     ks = choose_k.candidate_ks(model.fullExplainedVariance, 0.95)
     scaler = versions.load_model(spark, StandardScalerModel, f"{args.output}/models", "scaled_features")
-    training = versions.read_table(spark, args.output, "training_features").select("path", "label", "features")
+    training = tables.read(spark, f"{args.output}/training_features").select("path", "label", "features")
     started = time.perf_counter()
     curve = choose_k.accuracy_curve(
         scaler_pca.transform_arrays(scaler, training),

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import SparkSession
@@ -40,9 +41,8 @@ from bench.common import drawn_non_fruit, session
 from fruits_assets.deploy.settings import Settings
 from spark_code.classify import choose_k, openset, rejection_metrics
 from spark_code.classify import classifier as clf
-from spark_code.ingest import batches
 from spark_code.reduction import scaler_pca
-from spark_code.storage import versions
+from spark_code.storage import lake, tables, versions
 
 TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")
 
@@ -120,22 +120,16 @@ def classify_non_fruit(models: str, rejection: openset.OpenSetModel) -> dict:
     return {"decision": vars(engine.decision), "rejected_of": len(answers), "rejected": rejected, "answers": answers}
 
 
-def _local(uri: str) -> Path:
-    return Path(uri.removeprefix("file:"))
-
-
 def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
-    """Parquet bytes on disk, rows and bytes per photo of each table's current version(s)."""
+    """Parquet bytes of each table's current version (the files its log names), rows and bytes per photo."""
+    from deltalake import DeltaTable
+
     sizes = {}
     for name in TABLES:
-        uris = list(versions.partition_uris(spark, base, name).values())  # batch tables and their derived parts
-        if not uris:
-            try:
-                uris = [versions.latest_uri(spark, base, name)]
-            except versions.TableNotFoundError:
-                continue
-        files = [p for uri in uris for p in _local(uri).rglob("*.parquet")]
-        total, rows = sum(p.stat().st_size for p in files), spark.read.parquet(*uris).count()
+        if lake.version(f"{base}/{name}") is None:
+            continue
+        actions = pa.table(DeltaTable(f"{base}/{name}").get_add_actions(flatten=True))
+        total, rows = sum(actions.column("size_bytes").to_pylist()), lake.rows(f"{base}/{name}")
         sizes[name] = {"bytes": total, "rows": rows, "bytes_per_photo": round(total / max(rows, 1), 1)}
     return sizes
 
@@ -147,7 +141,7 @@ def saved_classifier(
     fitted on the training photos and calibrated on the corpus's known-class photos, `score` the default."""
     from pyspark.ml import PipelineModel
 
-    uri = versions.latest_uri(spark, models, "fruit_classifier")
+    uri = versions.latest_uri(models, "fruit_classifier")
     model = PipelineModel.load(uri)
     saved = openset.OpenSetModel.from_json(versions.read_text(spark, f"{uri}/openset.json"))
     scores = clf.fit_feature_scores(model, train)
@@ -176,10 +170,10 @@ def saved_classifier(
 def run(base: str, accept: float, exclude_prefix: str = "new_") -> dict:
     """Every measurement on the tables under `base`."""
     spark, started, models = session(), time.perf_counter(), f"{base}/models"
-    corpus = batches.read_current_rows(spark, base, "cnn_features").select("path", "label", "features")
+    corpus = tables.read(spark, f"{base}/cnn_features").select("path", "label", "features")
     name = F.element_at(F.split("path", "/"), -1)
     test = (corpus.filter(~name.startswith(exclude_prefix)) if exclude_prefix else corpus).cache()
-    train = versions.read_table(spark, base, "training_features").select("path", "label", "features").cache()
+    train = tables.read(spark, f"{base}/training_features").select("path", "label", "features").cache()
     excluded = corpus.count() - test.count()
     print(f"{test.count()} corpus photos ({excluded} {exclude_prefix}* left out), {train.count()} training", flush=True)
     result = {"features_from": base, "accept_rate": accept, "tables": table_bytes(spark, base)}
@@ -196,7 +190,7 @@ def run(base: str, accept: float, exclude_prefix: str = "new_") -> dict:
     best = max(v["accuracy"] for v in curve.values())
     chosen = min(k for k, v in curve.items() if v["accuracy"] >= best - 0.003)
     result["accuracy_by_k"] = {"curve": curve, "smallest_within_0.003_of_best": chosen, "k_95_variance": full.getK()}
-    pca_json = versions.read_text(spark, f"{versions.latest_uri(spark, models, 'pca_features')}/pca.json")
+    pca_json = versions.read_text(spark, f"{versions.latest_uri(models, 'pca_features')}/pca.json")
     result["asset_accuracy_curve"] = json.loads(pca_json or "{}").get("accuracy_curve")
     result["non_fruit"] = classify_non_fruit(models, rejection)
     result["seconds"] = round(time.perf_counter() - started, 1)

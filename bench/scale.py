@@ -4,8 +4,9 @@ The corpus grows in place from a reference (the --workdir of `bench.run --increm
 the Test photos), N after N, because tables name images by absolute path. For each N: hard links of the reference's
 photos under new names bring the root to N files; their batches are synthetic but in the real table layout (raw
 rows from the real listing code, feature rows = the source photo's real features plus a little noise, empty
-quarantine). An untimed catch-up (a sensor tick, then the main command) lets the real code derive what it derives
-(scaled and PCA parts, the classifier's evaluation). Then BATCH new photos arrive and are timed: the sensor's tick
+quarantine), each a commit to the real Delta tables. An untimed catch-up (a sensor tick, then the main command) lets
+the real code derive what it derives (the scaled and PCA tables take the features' changes, the classifier's
+evaluation). Then BATCH new photos arrive and are timed: the sensor's tick
 and the run it requests (every asset and check); then the README's main command with nothing new (it lists the
 root itself). The new photos stay: the next N includes them.
 """
@@ -13,18 +14,22 @@ root itself). The new photos stay: the next N includes them.
 import json
 import logging
 import os
-import shutil
+import re
 import subprocess
 import sys
 import time
-import uuid
+from datetime import datetime, timezone
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from bench import main_command
 from bench.common import REPO, stratified
 
 logger = logging.getLogger("bench")
-BATCH_ROWS = 10_000  # rows per synthetic batch: 100 batches at a million photos
+BATCH_ROWS = 5_000  # rows per synthetic batch: 200 batches (commits to each table) at a million photos
+T_SYNTH = datetime(2026, 11, 15, tzinfo=timezone.utc)
 SIM_PREFIX = "sim"
 
 
@@ -53,73 +58,65 @@ def add_photos(images: Path, count: int, prefix: str) -> int:
     return len(picked)
 
 
-def _commit_dir(staged: Path, table: Path, key: str) -> None:
-    version = table / key / f"v-{time.strftime('%Y%m%dT%H%M%S000000Z', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-    version.parent.mkdir(parents=True, exist_ok=True)
-    staged.rename(version)
-    (version / "_COMMITTED").touch()
+def _append(uri: str, rows, recorded: dict, taken: tuple[str, int] | None = None) -> int:
+    """Append Arrow `rows` to the Delta table at `uri` as one commit, as a batch of the pipeline commits it (what it
+    records, the source version it takes); the table's new version."""
+    import json
+
+    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+    schema = pa.schema(DeltaTable(uri).schema().to_arrow())
+    transactions = [Transaction(taken[0], taken[1])] if taken else None
+    properties = CommitProperties(custom_metadata={"userMetadata": json.dumps(recorded)}, app_transactions=transactions)
+    write_deltalake(uri, rows.select(schema.names).cast(schema), mode="append", commit_properties=properties)
+    return DeltaTable(uri).version()
 
 
 def synthesize_batches(spark, images: Path, out: Path, n: int) -> dict:
-    """Committed raw/feature/quarantine batches for the hard-linked photos no batch holds yet, in the real layout."""
-    import pyarrow.parquet as pq
+    """Batches for the hard-linked photos the raw table does not hold yet, committed to the real Delta tables as the
+    pipeline commits them: one raw commit and one feature commit (taking that raw version) per batch of BATCH_ROWS
+    rows; the quarantine takes the last raw version with an empty commit."""
+    import numpy as np
     from pyspark.sql import functions as F
 
     from spark_code.ingest import batches
     from spark_code.ingest.images import list_frame
+    from spark_code.storage import lake, tables
 
     listing = list_frame(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
-    known = batches.read_current_rows(spark, str(out), "raw_images").select("path")
-    listing = listing.join(known, "path", "left_anti").cache()
-    total = listing.count()
-    if total == 0:
+    known = set(lake.read(str(out / "raw_images"), ["path"]).column("path").to_pylist())
+    rows = pa.Table.from_pandas(listing.toPandas(), preserve_index=False)
+    rows = rows.filter(pc.invert(pc.is_in(rows.column("path"), value_set=pa.array(sorted(known), pa.string()))))
+    if rows.num_rows == 0:
         return {"synthetic_rows": 0, "synthetic_batches": 0}
-    groups = max(1, -(-total // BATCH_ROWS))
-    real = batches.read_current_rows(spark, str(out), "cnn_features").select(
-        F.col("path").alias("source"), "features", batches.MODEL_COLUMN
-    )
-    source = F.regexp_replace("path", f"/{SIM_PREFIX}[0-9]+_", "/")
+    real = lake.read(str(out / "cnn_features"), ["path", "features", batches.MODEL_COLUMN])
+    real = real.filter(pc.invert(pc.match_substring(real.column("path"), f"/{SIM_PREFIX}")))
+    index = {path: i for i, path in enumerate(real.column("path").to_pylist())}
+    vectors = np.stack(real.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    model = real.column(batches.MODEL_COLUMN)[0].as_py()
     day = f"2026111{len(str(n))}"  # keys sort before real batches; a new prefix per order of magnitude of N
-    key = F.format_string(f"{day}T000000.%03dZ", F.pmod(F.xxhash64("path"), F.lit(groups)))
-    rows = listing.withColumn("source", source).join(real, "source").drop("source").withColumn("_key", key)
-    noisy = F.transform(
-        "features", lambda x, i: F.greatest(x + (F.pmod(F.xxhash64("path", i), 1001) - 500) / 25000, F.lit(0.0))
-    )
-    features = rows.select(
-        "path",
-        "label",
-        "length",
-        "modification_time",
-        noisy.cast("array<float>").alias("features"),
-        batches.MODEL_COLUMN,
-        F.col("_key").alias(batches.BATCH),
-        "_key",
-    )
-    raw = rows.select(
-        "path",
-        "label",
-        "length",
-        "modification_time",
-        F.lit(batches.NEW).alias(batches.CHANGE),
-        F.col("_key").alias(batches.BATCH),
-        F.to_timestamp(F.lit("2026-11-15 00:00:00")).alias(batches.INGESTED_AT),
-        "_key",
-    )
-    staging = out / "_staging"
-    for name, frame in (("raw_images", raw), ("cnn_features", features)):
-        frame.write.partitionBy("_key").parquet(str(staging / name))
-        for part in sorted((staging / name).glob("_key=*")):
-            _commit_dir(part, out / name, part.name.split("=", 1)[1])
-    keys = sorted(p.name for p in (out / "raw_images").iterdir() if p.name.startswith(day))
-    empty = pq.read_table(next((out / "quarantined_images").rglob("*.parquet"))).schema.empty_table()
-    for k in keys:
-        folder = staging / "quarantined_images" / k
-        folder.mkdir(parents=True)
-        pq.write_table(empty, folder / "part-00000.parquet")
-        _commit_dir(folder, out / "quarantined_images", k)
-    shutil.rmtree(staging)
-    listing.unpersist()
-    return {"synthetic_rows": total, "synthetic_batches": len(keys)}
+    rows = rows.sort_by("path")
+    groups = -(-rows.num_rows // BATCH_ROWS)
+    rng, version = np.random.default_rng(n), None
+    for g in range(groups):
+        part = rows.slice(g * BATCH_ROWS, BATCH_ROWS)
+        key = f"{day}T000000.{g:03d}Z" if g < 1000 else f"{day}T0000{g // 1000:02d}.{g % 1000:03d}Z"
+        count = part.num_rows
+        raw = part.append_column(batches.CHANGE, pa.array([batches.NEW] * count))
+        raw = raw.append_column(batches.BATCH, pa.array([key] * count))
+        raw = raw.append_column(batches.INGESTED_AT, pa.array([T_SYNTH] * count, pa.timestamp("us", tz="UTC")))
+        version = _append(str(out / "raw_images"), raw, {"batch": key})
+        sources = [re.sub(f"/{SIM_PREFIX}[0-9]+_", "/", p) for p in part.column("path").to_pylist()]
+        noise = rng.integers(-500, 501, size=(count, vectors.shape[1])).astype(np.float32) / 25000
+        features = np.maximum(vectors[[index[s] for s in sources]] + noise, 0.0)
+        feature_rows = part.append_column("features", pa.array(list(features), pa.list_(pa.float32())))
+        feature_rows = feature_rows.append_column(batches.MODEL_COLUMN, pa.array([model] * count))
+        feature_rows = feature_rows.append_column(batches.BATCH, pa.array([key] * count))
+        _append(str(out / "cnn_features"), feature_rows, {"batch": key}, ("raw_images", version))
+    quarantine = str(out / "quarantined_images")
+    empty = tables.read(spark, quarantine).limit(0)
+    tables.commit(quarantine, tables.Update(empty, source=("raw_images", version), recorded={"batch": key}))
+    return {"synthetic_rows": rows.num_rows, "synthetic_batches": groups}
 
 
 def sensor_job(env: dict, cursor: Path, tick_only: bool = False) -> dict:
