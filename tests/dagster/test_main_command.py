@@ -170,7 +170,7 @@ def test_a_second_run_featurizes_only_the_new_photo(two_runs, training_root):
         assert metadata("cnn_features", second)["cnn_images"] == 1
         for derived in ("scaled_features", "pca_features"):  # only the new batch is scaled and projected
             again = metadata(derived, second)
-            assert (again["refit"], again["parts_written"], again["rows_written"]) == (False, 1, 1), again
+            assert (again["refit"], again["rows_added"], again["rows_removed"]) == (False, 1, 0), again
         assert metadata("fruit_classifier", first)["retrained"] is True
         reused = metadata("fruit_classifier", second)  # same training rows, scaler and PCA: not trained again
         assert reused["retrained"] is False and reused["batch_rows"] == 1  # only the new photo is scored
