@@ -107,14 +107,15 @@ def listing_entries(current: pa.Table) -> dict[str, tuple[str | None, int, int]]
     return dict(zip(current.column("path").to_pylist(), entries, strict=True))
 
 
-def reconcile(output: str) -> dict[str, int]:
-    """`quality.reconcile` over the current rows of an output's three batch tables, read with delta-rs."""
-    paths = [_paths(table_uri(output, name)) for name in BATCH_TABLES]
+def reconcile(output: str, batch: str | None = None) -> dict[str, int]:
+    """`quality.reconcile` over the current rows of an output's three batch tables (only those of `batch` if
+    given), read with delta-rs."""
+    paths = [_paths(table_uri(output, name), batch) for name in BATCH_TABLES]
     return quality.reconcile_paths(*paths)
 
 
-def _paths(uri: str) -> list[str]:
-    rows = lake.read(uri, ["path"])
+def _paths(uri: str, batch: str | None = None) -> list[str]:
+    rows = lake.read(uri, ["path"], None if batch is None else pc.field(batches.BATCH) == batch)
     return [] if rows is None else rows.column("path").to_pylist()
 
 

@@ -31,6 +31,7 @@ class Commit:
     recorded: dict = field(default_factory=dict)
     rows_added: int = 0
     rows_removed: int = 0
+    overwrite: bool = False  # a WRITE that replaced the table's rows
 
     @classmethod
     def from_history(cls, entry: dict) -> Commit:
@@ -45,7 +46,8 @@ class Commit:
             recorded = json.loads(text) if text else {}
         except ValueError:
             recorded = {}
-        return cls(int(entry["version"]), entry.get("operation", ""), recorded, added, removed)
+        overwrite = (entry.get("operationParameters") or {}).get("mode") == "Overwrite"
+        return cls(int(entry["version"]), entry.get("operation", ""), recorded, added, removed, overwrite)
 
 
 class OldLayoutError(RuntimeError):
@@ -98,10 +100,15 @@ def open_table(uri: str) -> DeltaTable | None:
         return None
 
 
-def read(uri: str, columns: list[str] | None = None) -> pa.Table | None:
-    """The current rows of the table at `uri` (only `columns` if given), or None when there is no table."""
+def read(uri: str, columns: list[str] | None = None, where: pc.Expression | None = None) -> pa.Table | None:
+    """The current rows of the table at `uri` (only `columns`, only rows matching `where`, if given: the Parquet
+    statistics skip what cannot match), or None when there is no table."""
     table = open_table(uri)
-    return None if table is None else table.to_pyarrow_table(columns=columns)
+    if table is None:
+        return None
+    if where is None:
+        return table.to_pyarrow_table(columns=columns)
+    return table.to_pyarrow_dataset().to_table(columns=columns, filter=where)
 
 
 def version(uri: str) -> int | None:
@@ -124,6 +131,15 @@ def history(uri: str, limit: int = HISTORY_LIMIT) -> list[Commit]:
     """The newest commits of the table at `uri`, newest first ([] when there is no table)."""
     table = open_table(uri)
     return [] if table is None else [Commit.from_history(entry) for entry in table.history(limit)]
+
+
+def commit_at(uri: str, version: int) -> Commit | None:
+    """The commit that made `version` of the table at `uri` (None when it is not in the log any more)."""
+    table = open_table(uri)
+    if table is None or version > table.version():
+        return None
+    entries = table.history(table.version() - version + 1)
+    return next((Commit.from_history(e) for e in entries if int(e["version"]) == version), None)
 
 
 def last_commit(uri: str) -> Commit | None:

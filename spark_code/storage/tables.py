@@ -229,6 +229,12 @@ def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
         .filter(F.col("_change_type") != "update_preimage")
     )
     inserted = F.col("_change_type") != "delete"
+    columns = [c for c in feed.columns if not c.startswith("_") and c != CHANGE]
+    one = lake.commit_at(uri, until) if until == after + 1 else None
+    if one is not None and not one.overwrite:  # one merge or append: each path once (a batch), no shuffle
+        kind = {"insert": NEW, "update_postimage": CHANGED, "delete": DELETED}
+        change = F.coalesce(*[F.when(F.col("_change_type") == k, v) for k, v in kind.items()])
+        return feed.select(*columns, change.alias(CHANGE))
     newest = Window.partitionBy(KEY).orderBy(F.col("_commit_version").desc(), inserted.desc())
     touched = F.count(F.lit(1)).over(Window.partitionBy(KEY))
     change = (
@@ -237,7 +243,6 @@ def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
         .otherwise(CHANGED)
     )
     ranked = feed.withColumn("_rank", F.row_number().over(newest)).withColumn("_touched", touched)
-    columns = [c for c in feed.columns if not c.startswith("_") and c != CHANGE]
     return ranked.filter(F.col("_rank") == 1).select(*columns, change.alias(CHANGE))
 
 
