@@ -1,1 +1,1 @@
-"""Storage: versioned tables and models, the run lock, the quality measures, S3 for Spark."""
+"""Storage: Delta tables (through Spark and without it), versioned models, the run lock, quality measures, jars."""
