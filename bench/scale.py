@@ -84,9 +84,12 @@ def synthesize_batches(spark, images: Path, out: Path, n: int) -> dict:
     from spark_code.storage import lake, tables
 
     listing = list_frame(spark, str(images)).frame.filter(F.col("path").contains(f"/{SIM_PREFIX}"))
-    known = set(lake.read(str(out / "raw_images"), ["path"]).column("path").to_pylist())
-    rows = pa.Table.from_pandas(listing.toPandas(), preserve_index=False)
-    rows = rows.filter(pc.invert(pc.is_in(rows.column("path"), value_set=pa.array(sorted(known), pa.string()))))
+    frame = listing.toPandas()
+    if frame.empty:
+        return {"synthetic_rows": 0, "synthetic_batches": 0}
+    known = lake.read(str(out / "raw_images"), ["path"]).column("path")
+    rows = pa.Table.from_pandas(frame, preserve_index=False)
+    rows = rows.filter(pc.invert(pc.is_in(rows.column("path"), value_set=known)))
     if rows.num_rows == 0:
         return {"synthetic_rows": 0, "synthetic_batches": 0}
     real = lake.read(str(out / "cnn_features"), ["path", "features", batches.MODEL_COLUMN])
