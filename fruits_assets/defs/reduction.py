@@ -98,7 +98,9 @@ class Derivation:
     def _net(self) -> DataFrame | None:
         if self.everything or self.until is None or self.until <= self.taken:
             return None
-        return self.tables.changes(self.source, self.taken, self.until).cache()
+        # Not cached: after a long pause these rows (1,280 floats each) can outgrow the driver's heap; a batch's
+        # few rows are read again at little cost.
+        return self.tables.changes(self.source, self.taken, self.until)
 
     def new_rows(self) -> DataFrame | None:
         """The source rows the model has not derived yet (every row for a new model; None when there is none)."""
