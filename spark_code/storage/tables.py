@@ -230,11 +230,15 @@ def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
     )
     inserted = F.col("_change_type") != "delete"
     columns = [c for c in feed.columns if not c.startswith("_") and c != CHANGE]
+    kind = {"insert": NEW, "update_postimage": CHANGED, "delete": DELETED}
+    once = feed.select(
+        *columns, F.coalesce(*[F.when(F.col("_change_type") == k, v) for k, v in kind.items()]).alias(CHANGE)
+    )
     one = lake.commit_at(uri, until) if until == after + 1 else None
     if one is not None and not one.overwrite:  # one merge or append: each path once (a batch), no shuffle
-        kind = {"insert": NEW, "update_postimage": CHANGED, "delete": DELETED}
-        change = F.coalesce(*[F.when(F.col("_change_type") == k, v) for k, v in kind.items()])
-        return feed.select(*columns, change.alias(CHANGE))
+        return once
+    if feed.groupBy(KEY).count().filter(F.col("count") > 1).isEmpty():  # appends only: each path once here too
+        return once
     newest = Window.partitionBy(KEY).orderBy(F.col("_commit_version").desc(), inserted.desc())
     touched = F.count(F.lit(1)).over(Window.partitionBy(KEY))
     change = (
