@@ -1,6 +1,7 @@
 """`python -m fruits_assets.cli.quarantine`: list the current quarantined images (path, reason, batch) of the output."""
 
 import argparse
+import os
 import sys
 
 from fruits_assets.deploy.settings import Settings
@@ -30,4 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # delta-rs' runtime threads can abort a normal interpreter exit ("terminate called …")
