@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -81,7 +81,8 @@ class _Walker:
         self.base, self.listing = base, RootListing()
         self.real_base = os.path.realpath(base)
         self.seen_folders, self.linked_files = {self.real_base}, set()
-        self.links: list[tuple[str, str]] = []  # (path, path relative to the root), met during the walks
+        self.links: deque[tuple[str, str]] = deque()  # (path, path relative to the root), met during the walks
+        self.real_folders: dict[str, str] = {}  # folder → its real path: a link tree resolves a folder once
 
     def walk(self, folder: str, rel: str, real: str, linked: bool = False) -> None:
         """List `folder` (real path `real`) and its real sub-folders; defer the links met. `linked`: the folder was
@@ -134,13 +135,31 @@ class _Walker:
         self.linked_files.add(real)
         self.listing.files[rel] = (info.st_size, info.st_mtime_ns)
 
+    def _real_folder(self, folder: str) -> str:
+        real = self.real_folders.get(folder)
+        if real is None:
+            real = self.real_folders[folder] = os.path.realpath(folder)
+        return real
+
+    def _resolve(self, link: str) -> tuple[str, os.stat_result]:
+        """(`os.path.realpath(link)`, the stat of what it names): the folders of the link and of its target
+        resolved once each (a tree of links to photos costs one readlink and one lstat per photo)."""
+        folder, name = os.path.split(link)
+        target = os.path.join(self._real_folder(folder), os.readlink(os.path.join(folder, name)))
+        target_folder, target_name = os.path.split(target)
+        real = os.path.join(self._real_folder(target_folder), target_name)
+        info = os.lstat(real)
+        if stat.S_ISLNK(info.st_mode):  # a chain of links: the general rule
+            real = os.path.realpath(link)
+            info = os.stat(real)
+        return real, info
+
     def follow_links(self) -> None:
         """Follow each deferred link once (links met inside linked folders are deferred in turn)."""
         while self.links:
-            path, rel = self.links.pop(0)
-            real = os.path.realpath(path)
+            path, rel = self.links.popleft()
             try:
-                info = os.stat(real)
+                real, info = self._resolve(path)
             except OSError:
                 self.listing.skipped[BROKEN_LINK] += 1
                 continue
@@ -162,7 +181,7 @@ def walk_local(root: str) -> RootListing:
     """
     walker = _Walker(local_path(root))
     walker.walk(walker.base, "", walker.real_base)
-    walker.links.sort(key=lambda link: link[1])
+    walker.links = deque(sorted(walker.links, key=lambda link: link[1]))
     walker.follow_links()
     return walker.listing
 

@@ -3,6 +3,7 @@
 import os
 import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,28 @@ def test_every_regular_file_once_links_followed_once(tmp_path):
         listing.NOT_REGULAR: 1,  # the FIFO: reading it would block
     }
     assert found.found() == len(expected) + 8 and found.linked_folders == 3
+
+
+def test_relative_links_and_chains_resolve_as_realpath_does(tmp_path):
+    """A link tree as a bench or a user makes it: relative targets, `..`, a chain of links, a linked folder whose
+    files are relative links; each photo listed once, under the class folder the walk met it in."""
+    photo = first_images(FRUITS / "Banana", 1)[0]
+    store = tmp_path / "store" / "photos"
+    copy_photo_as(photo, store, ["a.jpg", "b.jpg", "c.jpg"])
+    root = tmp_path / "root"
+    (root / "Apple").mkdir(parents=True)
+    (root / "Apple" / "a.jpg").symlink_to(Path("..") / ".." / "store" / "photos" / "a.jpg")  # relative, with ..
+    (tmp_path / "store" / "hop.jpg").symlink_to(store / "b.jpg")
+    (root / "Apple" / "b.jpg").symlink_to(tmp_path / "store" / "hop.jpg")  # a chain: link → link → file
+    (root / "Apple" / "b-again.jpg").symlink_to("b.jpg")  # the same file as b.jpg, by a relative link
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "c.jpg").symlink_to(Path("..") / "store" / "photos" / "c.jpg")
+    (root / "Pear").symlink_to(Path("..") / "linked", target_is_directory=True)
+    found = listing.walk_local(str(root))
+    assert set(found.files) == {"Apple/a.jpg", "Apple/b-again.jpg", "Pear/c.jpg"}  # b-again sorts before b
+    assert dict(found.skipped) == {listing.LINK_TO_SEEN_FILE: 1}
+    assert found.files["Pear/c.jpg"] == (os.stat(store / "c.jpg").st_size, os.stat(store / "c.jpg").st_mtime_ns)
 
 
 def test_spark_listing_and_sensor_agree_and_labels_are_class_folders(spark, tmp_path):
