@@ -1,9 +1,11 @@
 """One ingest batch end to end: add it as a partition, then materialize every asset and check for it."""
 
 import argparse
+import functools
 import logging
 import os
 import sys
+import threading
 import time
 
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, define_asset_job, materialize
@@ -67,7 +69,7 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     from fruits_assets.deploy.deployments import resources_for
 
     resources = resources_for(settings)
-    _start_spark(resources["pyspark"].spark_config, resources["cnn"])
+    _start_spark(resources["pyspark"].spark_config, resources["cnn"], resources["io_manager"].base_uri)
     result = materialize_batch(
         [*ASSETS, *CHECKS],
         resources,
@@ -81,15 +83,20 @@ def _run_locally(settings, instance, key: str, args: argparse.Namespace):
     return result, resources["io_manager"].base_uri
 
 
-def _start_spark(spark_config: dict, cnn) -> None:
+def _start_spark(spark_config: dict, cnn, output: str) -> None:
     """Start the local Spark session in the background, so the JVM starts while Dagster builds the job (about 2 s);
     the pyspark resource then gets this session (`getOrCreate` waits for it under the builder's lock). Then the
-    Python workers build the CNN (`model_cache.warm_workers`) while the driver lists and plans the batch."""
+    Python workers build the CNN (`model_cache.warm_workers`) and the JVM loads the tables' Delta snapshots
+    (`tables.warm`) while the driver lists and plans the batch."""
     from dagster_pyspark.resources import spark_session_from_config
 
     from spark_code.featurize.model_cache import warm_workers_in_background
+    from spark_code.storage import tables
 
-    warm_workers_in_background(lambda: spark_session_from_config(spark_config), cnn.cnn_engine(), cnn.weights_path)
+    start = functools.partial(spark_session_from_config, spark_config)
+    warm_workers_in_background(start, cnn.cnn_engine(), cnn.weights_path)
+    uris = [unchanged.table_uri(output, name) for name in (batches.LEDGER, *unchanged.SOURCES)]
+    threading.Thread(target=tables.warm_in_background, args=(start, uris), name="delta-warm", daemon=True).start()
 
 
 def _nothing_new(settings, instance, args: argparse.Namespace) -> str | None:

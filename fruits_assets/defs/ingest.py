@@ -5,7 +5,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dagster import AssetExecutionContext, Config, Output, ResourceParam, asset
-from dagster_pyspark import PySparkResource
 from pydantic import Field
 
 from fruits_assets.defs.partitions import CHANGES_TAG, GROUP, ingest_batches
@@ -25,11 +24,10 @@ class RawConfig(Config):
     )
 
 
-@asset(group_name=GROUP, kinds={"spark", "parquet"}, partitions_def=ingest_batches)
+@asset(group_name=GROUP, kinds={"delta"}, partitions_def=ingest_batches)
 def raw_images(
     context: AssetExecutionContext,
     config: RawConfig,
-    pyspark: PySparkResource,
     image_source: ImageSource,
     cnn: CnnResource,
     tables: TableStore,
@@ -49,8 +47,8 @@ def raw_images(
     if sensed is not None:  # the sensor's run: the batch it found, without listing the root again
         planned, listing_counts = _sensed_rows(image_source.root, sensed), {}
     else:
-        planned, listing_counts = _listed_batch(pyspark.spark_session, image_source, cnn, tables, config)
-    batch = batches.from_rows(pyspark.spark_session, planned, key, now)  # rows planned on the driver
+        planned, listing_counts = _listed_batch(image_source, cnn, tables, config)
+    batch = batches.from_rows(planned, key, now)  # rows planned and committed on the driver: no Spark job
     changes, per_class = batches.tally_rows(planned)
     replace = sensed is None and config.full_refresh
     metadata = {
@@ -67,10 +65,10 @@ def raw_images(
     return Output(batches.commit(batch, key, changes, replace), metadata=metadata)
 
 
-def _listed_batch(spark, image_source: ImageSource, cnn: CnnResource, tables: TableStore, config):
+def _listed_batch(image_source: ImageSource, cnn: CnnResource, tables: TableStore, config):
     """(batch rows, listing counts): the root listed and compared with the current rows of the other batches, planned
     on the driver with pyarrow (local or S3 output alike: its rows, no Spark job over the corpus)."""
-    rows, found = walk_rows(spark, image_source.root)
+    rows, found = walk_rows(image_source.root)
     require_images(len(rows), image_source.root)
     planned = local_batch.plan(rows, tables.base_uri, cnn.model_key(), config.full_refresh)
     return planned, listing_counts(found)

@@ -102,11 +102,11 @@ def _representative_jobs(dumped: str) -> None:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from fruits_assets.deploy.spark_conf import local_spark_config, use_this_python
+    from fruits_assets.deploy.spark_conf import LOCAL_JVM_OPTIONS, local_spark_config, use_this_python
 
     use_this_python()
-    options = {
-        "spark.driver.extraJavaOptions": f"-XX:ArchiveClassesAtExit={dumped} -Xlog:cds=off",
+    options = {  # the JVM options a run's driver has, the archive's own added
+        "spark.driver.extraJavaOptions": f"{LOCAL_JVM_OPTIONS} -XX:ArchiveClassesAtExit={dumped} -Xlog:cds=off",
         "spark.ui.enabled": "false",
     }
     conf = SparkConf().setAll(list({**local_spark_config("local[2]"), **options}.items()))

@@ -197,8 +197,10 @@ class TableStore(ConfigurableResource):
         return lake.consumed(self.uri(name), source)
 
     def changes(self, source: str, after: int, until: int):
-        """The net change of each path of table `source` in its versions `after`+1 … `until`."""
-        return tables.changes(self.pyspark.spark_session, self.uri(source), after, until)
+        """The net change of each path of table `source` in its versions `after`+1 … `until` (the raw table's,
+        listing rows, read on the driver with delta-rs)."""
+        on_driver = source == batches.LEDGER
+        return tables.changes(self.pyspark.spark_session, self.uri(source), after, until, on_driver)
 
     def newest_batch(self) -> str | None:
         """The key of the newest ingest batch committed to the raw table (None: none yet)."""

@@ -7,11 +7,12 @@ import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_code.ingest.images import EPOCH, LISTING_COLUMNS, LISTING_SCHEMA
+from spark_code.ingest.images import EPOCH
 from spark_code.storage import tables
 
 IDENTITY = ["path", "length", "modification_time"]  # an image is the same image while these are unchanged
@@ -64,8 +65,7 @@ def plan_rows(listing: list[tuple], before: dict[str, tuple] | None, redo: set[s
 
 def to_millis(moment: datetime) -> int:
     """A listing's modification time as milliseconds since the epoch (a naive time is local, as Spark gives it)."""
-    aware = moment if moment.tzinfo is not None else moment.astimezone()
-    return (aware - EPOCH) // timedelta(milliseconds=1)
+    return (_utc(moment) - EPOCH) // timedelta(milliseconds=1)
 
 
 def from_millis(millis: int) -> datetime:
@@ -73,14 +73,33 @@ def from_millis(millis: int) -> datetime:
     return EPOCH + timedelta(milliseconds=millis)
 
 
-def from_rows(spark: SparkSession, rows: list[tuple], key: str, ingested_at: datetime) -> DataFrame:
-    """The batch `key` from Python rows (listing columns + `change`, e.g. `plan_rows`'), held by the JVM: made
-    through Arrow, so no Python worker starts and no job runs."""
-    table = pd.DataFrame(rows, columns=[*LISTING_COLUMNS, CHANGE])
-    table["modification_time"] = pd.to_datetime(table["modification_time"], utc=True)
-    table["length"] = table["length"].astype("int64")
-    frame = spark.createDataFrame(table, f"{LISTING_SCHEMA}, {CHANGE} string")
-    return frame.withColumn(BATCH, F.lit(key)).withColumn(INGESTED_AT, F.lit(ingested_at).cast("timestamp"))
+RAW_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("length", pa.int64()),
+        ("modification_time", pa.timestamp("us", tz="UTC")),
+        (CHANGE, pa.string()),
+        (BATCH, pa.string()),
+        (INGESTED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def from_rows(rows: list[tuple], key: str, ingested_at: datetime) -> pa.Table:
+    """The batch `key` from Python rows (listing columns + `change`, e.g. `plan_rows`'), as the raw table's Arrow
+    rows: the driver holds them and commits them with delta-rs (no Spark job)."""
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(5)]
+    times = [_utc(moment) for moment in columns[3]]
+    arrays = [*columns[:3], times, columns[4], [key] * len(rows), [_utc(ingested_at)] * len(rows)]
+    return pa.Table.from_arrays(
+        [pa.array(a, f.type) for a, f in zip(arrays, RAW_SCHEMA, strict=True)], schema=RAW_SCHEMA
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    """A listing's time as an aware UTC time (a naive one is local, as Spark gives it)."""
+    return (moment if moment.tzinfo is not None else moment.astimezone()).astimezone(timezone.utc)
 
 
 def tally_rows(rows: list[tuple]) -> tuple[dict[str, int], dict[str | None, int]]:
@@ -90,13 +109,14 @@ def tally_rows(rows: list[tuple]) -> tuple[dict[str, int], dict[str | None, int]
     return {kind: changes.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}, dict(per_class)
 
 
-def commit(batch: DataFrame, key: str, tally: dict[str, int], replace: bool = False) -> tables.Update:
+def commit(batch: pa.Table, key: str, tally: dict[str, int], replace: bool = False) -> tables.Update:
     """The raw table's commit for a batch (`tally`: its counts of new, changed, deleted rows): its new and changed
     rows upserted, its changed and deleted paths removed (`replace`: the batch is every listed file, the table's
     rows replaced)."""
-    rows = batch.filter(F.col(CHANGE) != DELETED)
+    change = batch.column(CHANGE)
+    rows = batch.filter(pc.not_equal(change, DELETED))
     removals = not replace and tally[CHANGED] + tally[DELETED] > 0
-    removed = batch.filter(F.col(CHANGE) != NEW).select("path") if removals else None
+    removed = batch.filter(pc.not_equal(change, NEW)).column("path").to_pylist() if removals else None
     return tables.Update(rows, removed, replace=replace, recorded={BATCH: key})
 
 

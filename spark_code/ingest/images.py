@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_code.ingest.listing import RULES, RootListing, local_path, walk, walk_local
-from spark_code.storage import versions
+from spark_code.storage import files, versions
 from spark_code.storage.s3a import is_s3
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,9 @@ class ImageRootError(ValueError):
     """The configured image root is missing or holds no file."""
 
 
-def check_root_exists(spark: SparkSession, root: str) -> None:
-    """Fail fast, naming the path, when the image root does not exist."""
-    if not _exists(spark, versions.qualify(root)):
+def check_root_exists(root: str) -> None:
+    """Fail fast, naming the path, when the image root does not exist (local or S3)."""
+    if not files.exists(versions.qualify(root)):
         raise ImageRootError(
             f"image root {root!r} does not exist: point FRUITS_IMAGE_ROOT (or the image_source "
             "resource's `root`) at a folder with one sub-folder of images per fruit class"
@@ -84,13 +84,13 @@ def list_frame(spark: SparkSession, root: str) -> Listed:
     The walk runs on the driver (os.scandir locally, ListObjectsV2 on S3): Spark's own file index hides names
     starting with `_` or `.` and follows symbolic links into loops, so it does not decide what is listed.
     """
-    rows, found = walk_rows(spark, root)
+    rows, found = walk_rows(root)
     return Listed(spark.createDataFrame(rows, LISTING_SCHEMA), found)
 
 
-def walk_rows(spark: SparkSession, root: str) -> tuple[list[tuple], RootListing]:
+def walk_rows(root: str) -> tuple[list[tuple], RootListing]:
     """(listing rows, the walk) of `root` on the driver, as `list_frame` lists it, without a DataFrame."""
-    check_root_exists(spark, root)
+    check_root_exists(root)
     found = walk(root)
     rows = listing_rows(root, sorted(found.files.items()))
     logger.info("listed %d files under %s, skipped %s", len(rows), root, dict(found.skipped))

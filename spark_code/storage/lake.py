@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError as _NoDeltaTable
 
 from spark_code.storage import files
@@ -18,7 +19,28 @@ from spark_code.storage.s3a import is_s3
 NO_DATA_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
 # The tables an output holds (each a Delta table at <output>/<name>).
 TABLES = ("raw_images", "cnn_features", "quarantined_images", "training_features", "scaled_features", "pca_features")
+KEY = "path"  # every table has one row per photo path
+# Every table records its changes (a derived table reads them) and is checkpointed every 10 commits (Delta's
+# default). Deletion vectors stay off: with pyspark 3.5.8 and delta-spark 3.3.2 a MERGE or DELETE on a table with
+# them fails (AMBIGUOUS_REFERENCE filePath), so a merge rewrites the files holding the paths it touches.
+TABLE_PROPERTIES = {
+    "delta.enableChangeDataFeed": "true",
+    "delta.enableDeletionVectors": "false",
+    "delta.checkpointInterval": "10",  # Spark's default, said for delta-rs too (its own default is 100)
+}
+# One writer at a time on S3 (the run lock), as Spark's S3SingleDriverLogStore assumes: no locking service.
+S3_WRITE_OPTIONS = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+ROWS_REMOVED = "fruits.rowsRemoved"  # commitInfo field: the rows a delta-rs overwrite removed
 HISTORY_LIMIT = 50  # commits searched back for the newest one this project wrote (compactions come between)
+
+
+_SPARK_METRIC = {
+    "num_added_rows": "numOutputRows",
+    "num_target_rows_inserted": "numTargetRowsInserted",
+    "num_target_rows_updated": "numTargetRowsUpdated",
+    "num_target_rows_deleted": "numTargetRowsDeleted",
+    "num_deleted_rows": "numDeletedRows",
+}
 
 
 @dataclass(frozen=True)
@@ -31,16 +53,18 @@ class Commit:
     recorded: dict = field(default_factory=dict)
     rows_added: int = 0
     rows_removed: int = 0
-    overwrite: bool = False  # a WRITE that replaced the table's rows
+    overwrite: bool = False  # a WRITE that replaced the table's rows (with a predicate: the rows matching it)
 
     @classmethod
     def from_history(cls, entry: dict) -> Commit:
         """A commit from a delta-rs history entry."""
-        metrics = {k: int(v) for k, v in (entry.get("operationMetrics") or {}).items() if str(v).isdigit()}
+        found = {k: int(v) for k, v in (entry.get("operationMetrics") or {}).items() if str(v).isdigit()}
+        metrics = {_SPARK_METRIC.get(k, k): v for k, v in found.items()}  # delta-rs' names as Spark's
         updated = metrics.get("numTargetRowsUpdated", 0)
         added = metrics.get("numOutputRows", 0) if entry.get("operation") == "WRITE" else 0
         added += metrics.get("numTargetRowsInserted", 0) + updated
         removed = metrics.get("numTargetRowsDeleted", 0) + metrics.get("numDeletedRows", 0) + updated
+        removed += int(entry.get(ROWS_REMOVED) or 0)  # what a delta-rs overwrite of this project recorded
         text = entry.get("userMetadata") or ""
         try:
             recorded = json.loads(text) if text else {}
@@ -154,10 +178,70 @@ def data_version(uri: str) -> int | None:
     return None if commit is None else commit.version
 
 
+def change_feed(uri: str, after: int, until: int) -> pa.Table:
+    """The change data feed of versions `after`+1 … `until` of the table at `uri`, read on the driver: each
+    changed row with its `_change_type` and `_commit_version` (Spark's names), strings as plain strings."""
+    table = open_table(uri)
+    if table is None:
+        raise _NoDeltaTable(f"no table at {uri!r}")
+    feed = pa.table(table.load_cdf(starting_version=after + 1, ending_version=until).read_all())
+    fields = [
+        pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f
+        for f in feed.schema
+        if f.name != "_commit_timestamp"
+    ]
+    feed = feed.select([f.name for f in fields]).cast(pa.schema(fields))
+    return feed.set_column(
+        feed.schema.get_field_index("_commit_version"),
+        "_commit_version",
+        feed.column("_commit_version").cast(pa.int64()),
+    )
+
+
 def rows(uri: str) -> int:
     """How many rows the table at `uri` holds now, from the log's file statistics (no data read; 0: no table)."""
     table = open_table(uri)
-    if table is None:
-        return 0
+    return 0 if table is None else rows_of(table)
+
+
+def rows_of(table: DeltaTable) -> int:
+    """How many rows an open table's version holds, from the log's file statistics."""
     actions = pa.table(table.get_add_actions(flatten=True))  # delta-rs hands Arrow over by the C data interface
     return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
+
+
+def write(uri: str, rows: pa.Table, removed: list[str] | None = None, replace: bool = False, recorded=None) -> Commit:
+    """One commit of rows the driver holds (the raw table's batch), with delta-rs: `rows` upserted by path and the
+    `removed` paths deleted, or with `replace` the table's rows replaced (created on first write); `recorded`
+    goes to the commit's `userMetadata`, as Spark's commits have it. Spark reads what this writes, its change data
+    feed included, and the other way round.
+
+    With removals the commit is an overwrite of the rows whose path is removed or upserted (Delta's replaceWhere):
+    it rewrites the files that hold them, as a MERGE would, and records their change data. (delta-rs' MERGE would
+    write Arrow string views into the Parquet schema, on which pyarrow's filters fail.)"""
+    table = open_table(uri)
+    options = {**storage_options(uri), **(S3_WRITE_OPTIONS if is_s3(uri) else {})}
+    write = functools.partial(write_deltalake, table_uri(uri), rows, storage_options=options)
+    if table is None or replace:
+        gone = 0 if table is None else rows_of(table)
+        properties = _properties(recorded, gone)
+        write(mode="overwrite", schema_mode="overwrite", configuration=TABLE_PROPERTIES, commit_properties=properties)
+    elif removed:
+        touched = sorted(set(removed) | set(rows.column(KEY).to_pylist()))
+        predicate = f"{KEY} IN ({', '.join(map(sql_string, touched))})"
+        write(mode="overwrite", predicate=predicate, commit_properties=_properties(recorded, len(set(removed))))
+    else:
+        write(mode="append", commit_properties=_properties(recorded, 0))
+    return history(uri, 1)[0]
+
+
+def _properties(recorded: dict | None, rows_removed: int) -> CommitProperties:
+    """What a delta-rs commit records: `userMetadata` as Spark's commits have it, and the rows it removed (its
+    operation metrics count only files removed)."""
+    metadata = {"userMetadata": json.dumps(recorded or {}, sort_keys=True), ROWS_REMOVED: str(rows_removed)}
+    return CommitProperties(custom_metadata=metadata)
+
+
+def sql_string(value: str) -> str:
+    """`value` as an SQL string literal (quotes doubled; any other character stands for itself)."""
+    return "'" + value.replace("'", "''") + "'"

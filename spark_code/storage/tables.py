@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -24,13 +25,10 @@ logger = logging.getLogger(__name__)
 
 DELTA_VERSION = "3.3.2"  # delta-spark for Spark 3.5 (pyspark 3.5.x); EMR 7 brings its own
 DELTA_JARS = [f"io.delta:delta-spark_2.12:{DELTA_VERSION}", f"io.delta:delta-storage:{DELTA_VERSION}"]
-KEY = "path"  # the column that names a row: a photo
+KEY = lake.KEY  # the column that names a row: a photo
 CHANGE = "change"
 NEW, CHANGED, DELETED = "new", "changed", "deleted"
-# Every table records its changes (a derived table reads them) and is checkpointed every 10 commits (Delta's
-# default). Deletion vectors stay off: with pyspark 3.5.8 and delta-spark 3.3.2 a MERGE or DELETE on a table with
-# them fails ("Reference `filePath` is ambiguous"), so a merge rewrites the files it touches.
-TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "false"}
+TABLE_PROPERTIES = lake.TABLE_PROPERTIES
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 JOB_GROUP = "spark.jobGroup.id"  # SparkContext.setJobGroup's local property
 TXN_APP, TXN_VERSION = "spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion"
@@ -77,8 +75,8 @@ class Update:
     `replace`, the table's rows replaced by `rows`. `source`: the source table's name and the version whose
     changes this update takes; `recorded`: what the commit records (the batch, the model)."""
 
-    rows: DataFrame
-    removed: DataFrame | None = None  # one column: path
+    rows: DataFrame | pa.Table  # a Spark DataFrame, or an Arrow table the driver holds (written with delta-rs)
+    removed: DataFrame | list[str] | None = None  # one column, path (a list of paths with Arrow rows)
     replace: bool = False
     source: tuple[str, int] | None = None
     recorded: dict = field(default_factory=dict)
@@ -100,6 +98,30 @@ def read(spark: SparkSession, uri: str, version: int | None = None) -> DataFrame
     return reader.load(uri)
 
 
+def warm(spark: SparkSession, uris: list[str]) -> None:
+    """Build each existing table's newest snapshot and its transaction identifiers in this session's Delta log
+    cache ahead of the run's first read or commit of it (three small jobs a table, ~0.7 s, which a small batch
+    would otherwise wait for). A head start only: a failure (another Delta's internals) is logged, not raised."""
+    jvm = spark._jvm
+    for uri in uris:
+        if not exists(uri):
+            continue
+        try:
+            log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri)
+            log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty()).setTransactions()
+        except Exception as error:  # py4j's errors, and the Delta of a cluster that has other internals
+            logger.debug("could not warm the Delta snapshot of %s: %s", uri, error)
+            return
+
+
+def warm_in_background(get_spark, uris: list[str]) -> None:
+    """`warm` with the session `get_spark` gives (it may wait for one being started), for a background thread."""
+    try:
+        warm(get_spark(), uris)
+    except Exception as error:  # the session failed to start: the run says so, not this thread
+        logger.debug("no Delta warm-up: %s", error)
+
+
 @contextmanager
 def _commit_settings(spark: SparkSession, update: Update):
     """The session settings a commit carries: what it records, and the source version it takes (Delta's
@@ -117,7 +139,12 @@ def _commit_settings(spark: SparkSession, update: Update):
 
 
 def commit(uri: str, update: Update) -> lake.Commit:
-    """Write `update` to the table at `uri` (created on first write) as one commit; return that commit."""
+    """Write `update` to the table at `uri` (created on first write) as one commit; return that commit. Arrow
+    rows (the raw table's batch, listed on the driver) are written by delta-rs: no Spark job."""
+    if isinstance(update.rows, pa.Table):
+        if update.source is not None:
+            raise ValueError("an Arrow update takes no source: derived tables are written by Spark")
+        return lake.write(uri, update.rows, update.removed, update.replace, update.recorded)
     spark = update.rows.sparkSession
     before = lake.version(uri)
     replaced = lake.rows(uri) if update.replace else 0
@@ -216,18 +243,13 @@ def _merge(spark: SparkSession, uri: str, update: Update) -> None:
     )
 
 
-def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
+def changes(spark: SparkSession, uri: str, after: int, until: int, on_driver: bool = False) -> DataFrame:
     """The net change of each path in versions `after`+1 … `until` of the table at `uri`: its newest row with
     `change` new (inserted), changed (updated, or removed and inserted again) or deleted (removed, the row it had).
-    Read from the change data feed: what those commits wrote, not the whole table."""
-    feed = (
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", after + 1)
-        .option("endingVersion", until)
-        .load(uri)
-        .filter(F.col("_change_type") != "update_preimage")
-    )
+    Read from the change data feed: what those commits wrote, not the whole table; `on_driver`, by delta-rs into
+    the driver (a table of small rows, as the raw listing's: no Spark snapshot of the table is built)."""
+    feed = _driver_feed(spark, uri, after, until) if on_driver else _feed(spark, uri, after, until)
+    feed = feed.filter(F.col("_change_type") != "update_preimage")
     inserted = F.col("_change_type") != "delete"
     columns = [c for c in feed.columns if not c.startswith("_") and c != CHANGE]
     kind = {"insert": NEW, "update_postimage": CHANGED, "delete": DELETED}
@@ -248,6 +270,18 @@ def changes(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
     )
     ranked = feed.withColumn("_rank", F.row_number().over(newest)).withColumn("_touched", touched)
     return ranked.filter(F.col("_rank") == 1).select(*columns, change.alias(CHANGE))
+
+
+def _feed(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
+    reader = spark.read.format("delta").option("readChangeFeed", "true")
+    return reader.option("startingVersion", after + 1).option("endingVersion", until).load(uri)
+
+
+def _driver_feed(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    feed = lake.change_feed(uri, after, until)
+    return spark.createDataFrame(feed.to_pandas(), from_arrow_schema(feed.schema))
 
 
 def removed_paths(net: DataFrame) -> DataFrame:

@@ -90,7 +90,7 @@ def test_each_batch_is_a_partition_and_one_commit_per_table(grown, spark):
     for name, first in grown["first_versions"].items():  # the second batch: one more commit to each table
         assert lake.version(f"{output}/{name}") == first + 1, name
     raw = lake.last_commit(f"{output}/raw_images")
-    assert (raw.operation, raw.recorded, raw.rows_added, raw.rows_removed) == ("MERGE", {"batch": keys[1]}, 3, 2)
+    assert (raw.operation, raw.recorded, raw.rows_added, raw.rows_removed) == ("WRITE", {"batch": keys[1]}, 3, 2)
     by_batch = {r.batch: r["count"] for r in table(spark, output, "raw_images").groupBy("batch").count().collect()}
     assert by_batch == {keys[0]: 5, keys[1]: 3}  # 6 photos + the text file, less 1 deleted and 1 changed; 2 + 1
     checks = {e.check_name: e.passed for e in grown["second"][0].get_asset_check_evaluations()}

@@ -24,7 +24,7 @@ def _planned(files, before=None, redo=None):
 
 
 def _commit(spark, uri, planned, key, replace=False):
-    batch = batches.from_rows(spark, planned, key, T0)
+    batch = batches.from_rows(planned, key, T0)
     return tables.commit(uri, batches.commit(batch, key, batches.tally_rows(planned)[0], replace))
 
 
@@ -47,13 +47,33 @@ def test_a_batch_takes_new_changed_and_deleted_files_only(spark, tmp_path):
     }
     assert batches.tally_rows(second)[0] == {batches.NEW: 1, batches.CHANGED: 1, batches.DELETED: 1}
     commit = _commit(spark, raw, second, "b2")  # one commit: a/2.jpg replaced, c/4.jpg added, b/3.jpg removed
-    assert (commit.version, commit.operation, commit.recorded) == (1, "MERGE", {"batch": "b2"})
+    # the driver's commit (delta-rs): the rows of the batch's paths replaced (replaceWhere), the others kept
+    assert (commit.version, commit.operation, commit.overwrite, commit.recorded) == (1, "WRITE", True, {"batch": "b2"})
     assert (commit.rows_added, commit.rows_removed) == (2, 2)
     current = _by_path(tables.read(spark, raw).collect())  # each photo once: the newest state of the root
     assert set(current) == {"a/1.jpg", "a/2.jpg", "c/4.jpg"}
     assert (current["a/1.jpg"].batch, current["a/2.jpg"].batch, current["a/2.jpg"].length) == ("b1", "b2", 11)
     old = _by_path(tables.read(spark, raw, version=0).collect())  # time travel: the first batch's table
     assert set(old) == {"a/1.jpg", "a/2.jpg", "b/3.jpg"} and old["a/2.jpg"].length == 10
+
+
+def test_the_driver_commit_takes_any_file_name(spark, tmp_path):
+    """The raw table's delta-rs commit names the batch's paths in a predicate: quotes, backslashes, newlines, SQL
+    words and emoji are paths like any other; Spark reads the change feed it wrote."""
+    raw = f"{tmp_path}/raw_images"
+    odd = ["a/it's.jpg", "a/back\\slash.jpg", "a/new\nline.jpg", "a/x' OR '1'='1.jpg", "a/🍋 é.jpg", "a/plain.jpg"]
+    _commit(spark, raw, _planned([(name, 10, 1) for name in odd]), "b1")
+    second = _planned(
+        [(name, 11, 2) for name in odd[:3]] + [("a/plain.jpg", 10, 1)], unchanged.current_raw_rows(str(tmp_path))
+    )
+    commit = _commit(spark, raw, second, "b2")  # three changed, two deleted, one kept
+    assert (commit.rows_added, commit.rows_removed) == (3, 5)
+    assert {path: row["length"] for path, row in _by_path(tables.read(spark, raw).collect()).items()} == {
+        **{name: 11 for name in odd[:3]},
+        "a/plain.jpg": 10,
+    }
+    net = {row["path"].rsplit("/r/", 1)[1]: row[tables.CHANGE] for row in tables.changes(spark, raw, 0, 1).collect()}
+    assert net == {**{name: tables.CHANGED for name in odd[:3]}, **{name: tables.DELETED for name in odd[3:5]}}
 
 
 def test_changes_are_each_paths_net_change_since_a_version(spark, tmp_path):
@@ -79,6 +99,9 @@ def test_changes_are_each_paths_net_change_since_a_version(spark, tmp_path):
     assert {p for p, row in everything.items() if row.change != tables.DELETED} == set(
         _by_path(tables.read(spark, raw).collect())
     )
+    for after, until in [(0, 2), (0, 1), (1, 2), (-1, 2), (-1, 0)]:  # the driver's read (delta-rs) agrees with Spark's
+        by_spark = sorted(map(tuple, tables.changes(spark, raw, after, until).collect()))
+        assert sorted(map(tuple, tables.changes(spark, raw, after, until, on_driver=True).collect())) == by_spark
 
 
 def test_a_derived_table_records_the_source_version_it_took_and_takes_it_once(spark, tmp_path):
@@ -156,10 +179,13 @@ def test_the_driver_plan_against_a_written_output(spark, tmp_path):
         ("c/4.jpg", batches.NEW),
     }
     assert {row[0] for row in local_batch.plan(rows, base, "new", full_refresh=True)} == {r[0] for r in rows}
-    made = batches.from_rows(spark, by_driver, "b3", T0).select(*images.LISTING_COLUMNS, batches.CHANGE).collect()
+    made = [
+        tuple(r.values())
+        for r in batches.from_rows(by_driver, "b3", T0).select([*images.LISTING_COLUMNS, batches.CHANGE]).to_pylist()
+    ]
     assert _changes(made) == _changes(by_driver)
     assert batches.tally_rows(by_driver) == ({batches.NEW: 2, batches.CHANGED: 1, batches.DELETED: 0}, {"a": 2, "c": 1})
-    assert batches.from_rows(spark, [], "b4", T0).count() == 0
+    assert batches.from_rows([], "b4", T0).num_rows == 0
     every = [tables.read(spark, f"{base}/{name}") for name in unchanged.BATCH_TABLES]
     assert (
         unchanged.reconcile(base)
