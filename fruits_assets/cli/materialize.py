@@ -95,7 +95,7 @@ def _start_spark(spark_config: dict, cnn, output: str) -> None:
 
     start = functools.partial(spark_session_from_config, spark_config)
     warm_workers_in_background(start, cnn.cnn_engine(), cnn.weights_path)
-    uris = [unchanged.table_uri(output, name) for name in (batches.LEDGER, *unchanged.SOURCES)]
+    uris = [unchanged.table_uri(output, name) for name in unchanged.SOURCES]  # the tables Spark commits to
     threading.Thread(target=tables.warm_in_background, args=(start, uris), name="delta-warm", daemon=True).start()
 
 
