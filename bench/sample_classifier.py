@@ -8,7 +8,7 @@ import numpy as np
 
 from spark_code.classify import classifier as clf
 from spark_code.classify import openset
-from spark_code.featurize.cnn import CnnEngine, CnnSpec, Predict, build_predict, model_payload
+from spark_code.featurize.cnn import DEFAULT_ENGINE, CnnEngine, CnnSpec, Predict, build_predict, model_payload
 from spark_code.ingest.images import try_decode
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
@@ -20,8 +20,8 @@ def first_photos(folder: Path, n: int, skip: int = 0) -> list[Path]:
 
 
 def cnn(weights: str, onnx_cache: str | None = None) -> Predict:
-    """The project's CNN (ONNX Runtime, every core)."""
-    engine = CnnEngine("onnx", CnnSpec(), threads=0, onnx_cache=onnx_cache)
+    """The project's CNN (the engine chosen for this CPU, as the pipeline and the app choose it; every core)."""
+    engine = CnnEngine.chosen(DEFAULT_ENGINE, CnnSpec(), threads=0, onnx_cache=onnx_cache)
     return build_predict(engine, model_payload(engine, weights))
 
 

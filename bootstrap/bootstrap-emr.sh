@@ -54,7 +54,7 @@ install_packages() {
   # Import what can be imported before Spark exists; dagster-pyspark imports pyspark, so it is only looked up.
   "$PYTHON" - <<'PY'
 import importlib.metadata
-import dagster, dagster_aws, onnxruntime, pillow_heif, PIL, pyarrow, scipy  # noqa: F401
+import dagster, dagster_aws, onnxruntime, openvino, pillow_heif, PIL, pyarrow, scipy  # noqa: F401
 for name in ("dagster-pyspark", "dagster-spark"):
     importlib.metadata.version(name)  # installed (--no-deps), imported once spark-submit provides pyspark
 print("imports ok")

@@ -130,6 +130,11 @@ def stale_paths(out: str, model_key: str) -> set[str]:
     return set(rows.filter(other).column("path").to_pylist())
 
 
+def model_keys(out: str, name: str) -> set[str]:
+    """The CNN settings (`cnn_model`: size, engine and precision, weights) among the current rows of table `name`."""
+    return _model_keys(table_uri(out, name))
+
+
 def _model_keys(uri: str) -> set[str]:
     rows = lake.read(uri, [batches.MODEL_COLUMN])
     return set() if rows is None else set(rows.column(0).unique().to_pylist())

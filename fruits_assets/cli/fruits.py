@@ -43,7 +43,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     classify.add_argument("--top", type=int, default=3)
     classify.add_argument(
-        "--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: $FRUITS_ENGINE, else onnx)"
+        "--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: $FRUITS_ENGINE, else auto)"
     )
     classify.add_argument("--json", action="store_true", help="one JSON object per photo")
     _serve_parser(commands, settings)
@@ -61,7 +61,9 @@ def _serve_parser(commands, settings: Settings) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--weights", default=settings.weights, help="Keras weights file (default: $FRUITS_WEIGHTS)")
-    serve.add_argument("--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: onnx)")
+    serve.add_argument(
+        "--engine", choices=ENGINES, default=settings.engine, help="CNN runtime (default: $FRUITS_ENGINE, else auto)"
+    )
 
 
 def _line(prediction, as_json: bool) -> str:

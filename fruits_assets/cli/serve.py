@@ -19,6 +19,7 @@ from fruits_assets.cli.serve_batching import BusyError, MicroBatcher
 from fruits_assets.cli.serve_models import RELOAD_ERRORS, LiveModel
 from fruits_assets.deploy.settings import Settings
 from spark_code.classify.serving import FruitClassifier, NotAnImageError, ServingPipeline
+from spark_code.featurize.cnn import DEFAULT_ENGINE
 from spark_code.featurize.onnx_export import file_digest
 from spark_code.ingest.images import DECODE_ERRORS, register_formats
 
@@ -53,7 +54,7 @@ class ServeOptions:
 
     models: str
     weights: str | None
-    engine: str = "onnx"
+    engine: str = DEFAULT_ENGINE
     onnx_cache: str | None = None
     max_upload_bytes: int = 20 * 10**6
     max_batch: int = 16
@@ -92,7 +93,7 @@ class Engine:
         options = self.options
         classifier = FruitClassifier(pipeline, options.weights, engine=options.engine, onnx_cache=options.onnx_cache)
         digest = file_digest(options.weights)
-        self.cnn = {"engine": options.engine, "input_size": pipeline.image_size, "weights": digest}
+        self.cnn = {"engine": classifier.engine, "input_size": pipeline.image_size, "weights": digest}
         return classifier
 
     def models(self, version: str) -> dict:

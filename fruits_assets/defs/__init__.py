@@ -7,7 +7,13 @@ deployment's resources.
 """
 
 from fruits_assets.defs.classify import accuracy_above_floor, fruit_classifier, pca_costs_little_accuracy
-from fruits_assets.defs.featurize import cnn_features, counts_reconcile, features_are_finite_1280, training_features
+from fruits_assets.defs.featurize import (
+    cnn_features,
+    counts_reconcile,
+    features_are_finite_1280,
+    one_cnn_engine,
+    training_features,
+)
 from fruits_assets.defs.ingest import raw_images
 from fruits_assets.defs.reduction import (
     explained_variance_reaches_target,
@@ -22,6 +28,7 @@ FEATURE_ASSETS = [raw_images, cnn_features, scaled_features, pca_features]  # th
 FEATURE_CHECKS = [
     counts_reconcile,
     features_are_finite_1280,
+    one_cnn_engine,
     pca_rows_match_features,
     explained_variance_reaches_target,
     pca_basis_fits_new_rows,

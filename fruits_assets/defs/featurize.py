@@ -82,7 +82,9 @@ def cnn_features(
     counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
     counts["seconds"] = round(time.perf_counter() - started, 2)
     context.log.info("featurization: %s", counts)
+    engine = cnn.cnn_engine()
     settings = {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
+    settings |= {"engine": engine.name, "precision": engine.precision}
 
     def update(name: str, rows) -> Update:
         # A table that already took some of these versions merges every touched path (nothing twice).
@@ -144,6 +146,20 @@ def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: Resource
     newest = tables.newest_batch()
     bad = quality.bad_vectors(tables.batch_rows("cnn_features", newest), "features", FEATURE_DIM)
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": newest or ""})
+
+
+@asset_check(asset="cnn_features")
+def one_cnn_engine(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
+    """Every current row of `cnn_features` and `training_features` came from one CNN: one input size, engine and
+    precision, and weights (`cnn_model`). Features of bf16 and fp32 engines differ by ~10 % (relative L2), so they
+    never mix: a change of engine marks every photo changed and the next batch featurizes it anew."""
+    found = {
+        name: sorted(unchanged.model_keys(tables.base_uri, name)) for name in ("cnn_features", "training_features")
+    }
+    every = set(found["cnn_features"]) | set(found["training_features"])
+    return AssetCheckResult(
+        passed=len(every) <= 1, metadata={f"{name}_cnn_models": ", ".join(keys) for name, keys in found.items()}
+    )
 
 
 @asset(group_name=GROUP, kinds={"spark", "tensorflow", "delta"})

@@ -96,7 +96,10 @@ class Settings(BaseModel):
     image_size: int = Field(
         default=cnn.IMAGE_SIZE, ge=cnn.MIN_IMAGE_SIZE, le=cnn.MAX_IMAGE_SIZE, description="Square model input, pixels."
     )
-    engine: Literal[cnn.ENGINES] = Field(default=cnn.DEFAULT_ENGINE, description="CNN runtime: onnx or tensorflow.")
+    engine: Literal[cnn.ENGINES] = Field(
+        default=cnn.DEFAULT_ENGINE,
+        description="CNN runtime: auto (bf16 where the CPU has it), onnx, openvino or tensorflow.",
+    )
     onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
     events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
     accuracy_floor: float = Field(

@@ -92,7 +92,8 @@ class CnnResource(ConfigurableResource):
     )
     engine: Literal[cnn.ENGINES] = Field(
         default=cnn.DEFAULT_ENGINE,
-        description="CNN runtime (env FRUITS_ENGINE): ONNX Runtime on the converted Keras model, or TF.",
+        description="CNN runtime (env FRUITS_ENGINE): auto (OpenVINO bf16 on CPUs with native bf16, else ONNX "
+        "Runtime fp32), onnx, openvino, or tensorflow.",
     )
     threads: int = Field(default=1, ge=0, le=256, description="CNN threads per Spark task (0: the engine's default).")
     onnx_cache: str | None = Field(
@@ -111,11 +112,12 @@ class CnnResource(ConfigurableResource):
         DRIVER_PAYLOADS.preload(self.cnn_engine(), self.weights_path)  # overlaps the listing
 
     def cnn_engine(self) -> CnnEngine:
-        """The engine these settings describe."""
-        return CnnEngine(self.engine, CnnSpec(input_size=self.image_size), self.threads, self.onnx_cache)
+        """The engine and precision these settings describe (`auto`: chosen for this machine's CPU)."""
+        return CnnEngine.chosen(self.engine, CnnSpec(input_size=self.image_size), self.threads, self.onnx_cache)
 
     def model_key(self) -> str:
-        """What makes a feature vector: input size, engine and weights (file name and size, or Keras' download)."""
+        """What makes a feature vector: input size, engine and precision, weights (file name and size, or Keras'
+        download)."""
         size = os.path.getsize(self.weights_path) if self.weights_path and os.path.isfile(self.weights_path) else "?"
         return self.model_key_for(size)
 
@@ -125,7 +127,7 @@ class CnnResource(ConfigurableResource):
             weights = "keras-imagenet-download"
         else:
             weights = f"{os.path.basename(self.weights_path)}:{weights_size}"
-        return f"mobilenet_v2-{self.image_size}px-{self.engine}-{weights}"
+        return f"mobilenet_v2-{self.image_size}px-{self.cnn_engine().label}-{weights}"
 
     def featurizer(self) -> CnnFeaturizer:
         """A CnnFeaturizer transformer with these settings."""

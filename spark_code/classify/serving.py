@@ -13,7 +13,7 @@ import numpy as np
 
 from spark_code.classify import spark_layout
 from spark_code.classify.openset import MAX_PROBABILITY, OPENSET_JSON, Decision, OpenSetModel
-from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
+from spark_code.featurize.cnn import DEFAULT_ENGINE, CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.ingest.images import try_decode
 from spark_code.storage import versions
 from spark_code.storage.s3a import is_s3, split
@@ -176,7 +176,7 @@ class FruitClassifier:
         weights_path: str | None,
         threshold: float | None = None,
         top: int = 3,
-        engine: str = "onnx",
+        engine: str = DEFAULT_ENGINE,
         onnx_cache: str | None = None,
         score: str | None = None,
     ):
@@ -185,7 +185,8 @@ class FruitClassifier:
         self._asked = (score, threshold)
         self.spec = CnnSpec(input_size=pipeline.image_size)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        cnn = CnnEngine(engine, self.spec, threads=0, onnx_cache=onnx_cache)  # all cores: one photo at a time
+        cnn = CnnEngine.chosen(engine, self.spec, threads=0, onnx_cache=onnx_cache)  # all cores
+        self.engine = cnn.label
         self.predict = build_predict(cnn, model_payload(cnn, weights_path))  # the Spark path's model and payload
 
     def with_pipeline(self, pipeline: ServingPipeline) -> FruitClassifier:

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_code.featurize import onnx_export
+from spark_code.featurize import hardware, onnx_export, openvino_engine
 
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 1280
 WEIGHTS_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
-ENGINES = ("onnx", "tensorflow")
-DEFAULT_ENGINE = "onnx"
+ENGINES = (hardware.AUTO, *hardware.RUNTIMES)  # what FRUITS_ENGINE may say
+DEFAULT_ENGINE = hardware.AUTO
 # The CNN's settings and their bounds, declared here once (the settings, the resource and the featurizer use them).
 BATCH_SIZE, MAX_BATCH_SIZE = 16, 4096  # images per model call (16: as fast as 64 in ONNX Runtime, less memory)
 IMAGE_SIZE, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 224, 32, 1024  # square model input, pixels
@@ -59,7 +59,8 @@ class CnnSpec:
 
 @dataclass(frozen=True)
 class CnnEngine:
-    """Which runtime serves the Keras model: `onnx` (ONNX Runtime on the converted graph) or `tensorflow`.
+    """Which runtime serves the Keras model, in which precision: `onnx` (ONNX Runtime on the converted graph, fp32),
+    `openvino` (OpenVINO's CPU plugin on the same graph, bf16 or fp32) or `tensorflow` (fp32).
 
     `threads` is the intra-op thread count of one model instance (0: the runtime's default).
     """
@@ -68,10 +69,30 @@ class CnnEngine:
     spec: CnnSpec = CnnSpec()
     threads: int = 1
     onnx_cache: str | None = None
+    precision: str = hardware.FP32
 
     def __post_init__(self):
-        if self.name not in ENGINES:
-            raise ValueError(f"CNN engine {self.name!r} is not one of {ENGINES}: set FRUITS_ENGINE to one of them")
+        if self.name not in hardware.RUNTIMES:
+            raise ValueError(
+                f"CNN engine {self.name!r} is not one of {hardware.RUNTIMES}: set FRUITS_ENGINE to one of {ENGINES}"
+            )
+        if self.precision != hardware.FP32 and (self.name, self.precision) != ("openvino", hardware.BF16):
+            raise ValueError(f"CNN engine {self.name} runs in {hardware.FP32} only, not {self.precision}")
+
+    @property
+    def label(self) -> str:
+        """`runtime-precision`, as `cnn_model` and the metadata record it."""
+        return f"{self.name}-{self.precision}"
+
+    @classmethod
+    def chosen(
+        cls, requested: str, spec: CnnSpec, threads: int, onnx_cache: str | None, flags: frozenset[str] | None = None
+    ) -> CnnEngine:
+        """The engine `requested` (FRUITS_ENGINE, `auto` included) resolves to on a CPU with `flags` (default:
+        this one), logged once per process."""
+        choice = hardware.choose(requested, flags)
+        hardware.log_once(choice)
+        return cls(choice.runtime, spec, threads, onnx_cache, choice.precision)
 
 
 def weights_fingerprint(weights_path: str | None) -> str:
@@ -119,10 +140,10 @@ def _download_weights(spec: CnnSpec) -> list[np.ndarray]:
 
 
 def model_payload(engine: CnnEngine, weights_path: str | None):
-    """What a worker needs to build the model: the ONNX bytes (onnx) or the weight arrays (tensorflow)."""
+    """What a worker needs to build the model: the ONNX bytes (onnx, openvino) or the weight arrays (tensorflow)."""
     if weights_path is not None and not os.path.isfile(weights_path):
         load_weights(engine.spec, weights_path)  # raises the WeightsError that names the file
-    if engine.name == "onnx":
+    if engine.name in ("onnx", "openvino"):
         return onnx_export.cached_onnx(
             engine.spec, weights_path, engine.onnx_cache, lambda: load_weights(engine.spec, weights_path)
         )
@@ -133,6 +154,10 @@ def build_predict(engine: CnnEngine, payload) -> Predict:
     """A predict function over uint8 pixel batches, for the engine's payload (see `model_payload`)."""
     if engine.name == "onnx":
         return onnx_export.onnx_predict(payload, engine.threads)
+    if engine.name == "openvino":
+        if engine.precision == hardware.BF16:
+            hardware.require_bf16_here()
+        return openvino_engine.openvino_predict(payload, engine.threads, engine.precision)
     return tensorflow_predict(engine.spec, payload, engine.threads)
 
 

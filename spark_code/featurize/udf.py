@@ -133,7 +133,9 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
     batchSize = Param(Params._dummy(), "batchSize", "images per model call", TypeConverters.toInt)
     imageSize = Param(Params._dummy(), "imageSize", "square model input size", TypeConverters.toInt)
     threads = Param(Params._dummy(), "threads", "CNN threads per task (0: the engine's default)", TypeConverters.toInt)
-    engine = Param(Params._dummy(), "engine", "CNN runtime: onnx or tensorflow", TypeConverters.toString)
+    engine = Param(
+        Params._dummy(), "engine", "CNN runtime: auto, onnx, openvino or tensorflow", TypeConverters.toString
+    )
     onnxCache = Param(Params._dummy(), "onnxCache", "folder of converted ONNX models", TypeConverters.toString)
 
     @keyword_only
@@ -165,9 +167,9 @@ class CnnFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadabl
         return self.getOrDefault(self.weightsPath) if self.isDefined(self.weightsPath) else None
 
     def cnn_engine(self) -> CnnEngine:
-        """The runtime these params describe."""
+        """The runtime and precision these params describe (`auto` chosen for the driver's CPU)."""
         cache = self.getOrDefault(self.onnxCache) if self.isDefined(self.onnxCache) else None
-        return CnnEngine(self.getOrDefault(self.engine), self.spec(), self.getOrDefault(self.threads), cache)
+        return CnnEngine.chosen(self.getOrDefault(self.engine), self.spec(), self.getOrDefault(self.threads), cache)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spark = dataset.sparkSession

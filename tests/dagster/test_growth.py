@@ -210,15 +210,16 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
     assert metadata_of(result, "scaled_features")["refit"] and metadata_of(result, "pca_features")["refit"]
 
 
-def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_numbers(
+def test_switching_the_cnn_engine_featurizes_every_image_again_and_the_app_runs_the_same_engine(
     grown, spark, weights_path, tmp_path
 ):
     from spark_code.classify.serving import FruitClassifier, ServingPipeline
-    from spark_code.featurize import udf
+    from spark_code.featurize import hardware, udf
 
     output = tmp_path / "copy"
     shutil.copytree(grown["output"], output)
-    onnx_rows = {r.path: r for r in table(spark, output, "cnn_features").collect()}
+    auto_rows = {r.path: r for r in table(spark, output, "cnn_features").collect()}  # FRUITS_ENGINE unset: auto
+    auto_key = CnnResource(weights_path=weights_path).model_key()
     resources = local_resources(str(grown["root"]), str(output), weights_path)
     resources["cnn"] = CnnResource(weights_path=weights_path, engine="tensorflow")
     before = udf.process_totals()["cnn_images"]
@@ -226,12 +227,18 @@ def test_switching_the_cnn_engine_featurizes_every_image_again_with_the_same_num
     assert result.success and udf.process_totals()["cnn_images"] - before == 7  # rows never mix engines
     tf_rows = {r.path: r for r in table(spark, output, "cnn_features").collect()}
     assert {r.cnn_model for r in tf_rows.values()} == {resources["cnn"].model_key()}
-    assert "tensorflow" in resources["cnn"].model_key() and all("onnx" in r.cnn_model for r in onnx_rows.values())
-    assert set(tf_rows) == set(onnx_rows)
+    assert "tensorflow-fp32" in resources["cnn"].model_key() and {r.cnn_model for r in auto_rows.values()} == {auto_key}
+    bf16 = bool(hardware.native_bf16(hardware.this_cpu()))
+    assert ("openvino-bf16" if bf16 else "onnx-fp32") in auto_key
+    assert set(tf_rows) == set(auto_rows)
+    assert metadata_of(result, "cnn_features")["precision"] == "fp32"
     pipeline = ServingPipeline(np.zeros(1280), np.ones(1280), None, np.zeros((1, 1280)), np.zeros(1), ["x"], 224)
-    serving = {name: FruitClassifier(pipeline, weights_path, engine=name) for name in ("onnx", "tensorflow")}
+    serving = {name: FruitClassifier(pipeline, weights_path, engine=name) for name in ("auto", "tensorflow")}
     for path, row in tf_rows.items():
-        assert np.abs(np.array(row.features) - np.array(onnx_rows[path].features)).max() < 1e-4
+        fp32, chosen = np.array(row.features), np.array(auto_rows[path].features)
+        assert np.linalg.norm(chosen - fp32) / np.linalg.norm(fp32) < (0.2 if bf16 else 1e-5)
         data = Path(path.removeprefix("file:")).read_bytes()
-        for name, rows in (("tensorflow", tf_rows), ("onnx", onnx_rows)):  # classify makes the Spark path's features
-            assert np.abs(serving[name].features(data) - np.array(rows[path].features)).max() < 1e-4
+        # the app's CNN is the Spark path's (engine, precision; its own threads): the same features
+        assert np.abs(serving["tensorflow"].features(data) - fp32).max() < 1e-4
+        app = serving["auto"].features(data)[0]
+        assert np.linalg.norm(app - chosen) / np.linalg.norm(chosen) < (2e-2 if bf16 else 1e-5)

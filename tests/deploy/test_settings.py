@@ -11,7 +11,7 @@ def test_unset_and_blank_variables_take_the_defaults():
     assert (settings.batch_size, settings.image_size, settings.engine, settings.deployment) == (
         16,
         224,
-        "onnx",
+        "auto",
         "local",
     )
     assert settings.output_uri.endswith("/data") and settings.model_fields_set == set()

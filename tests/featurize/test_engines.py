@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from spark_code.featurize import cnn, onnx_export
+from spark_code.featurize import cnn, hardware, onnx_export
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
 
 
@@ -70,3 +70,61 @@ def test_onnx_cache_is_reused_then_rebuilt_when_corrupt_or_mismatched(weights_pa
 def test_unknown_engine_names_the_variable():
     with pytest.raises(ValueError, match="FRUITS_ENGINE"):
         CnnEngine("litert")
+    with pytest.raises(ValueError, match="FRUITS_ENGINE"):
+        CnnEngine("auto")  # `auto` is a choice to resolve (CnnEngine.chosen), not a runtime
+
+
+def _cpuinfo(tmp_path, flags: str):
+    """A /proc/cpuinfo of one CPU with these flags (what the engine choice reads)."""
+    path = tmp_path / f"cpuinfo-{len(flags)}"
+    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    return hardware.cpu_flags(path)
+
+
+def test_engine_choice_follows_the_cpus_bf16(tmp_path):
+    genoa = _cpuinfo(tmp_path, "fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni")
+    sapphire = _cpuinfo(tmp_path, "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile")
+    skylake = _cpuinfo(tmp_path, "fpu sse2 avx2 avx512f avx512_vnni")
+    assert hardware.native_bf16(sapphire) == ("amx_bf16", "avx512_bf16") and not hardware.native_bf16(skylake)
+    spec = CnnSpec()
+    chosen = {
+        name: CnnEngine.chosen("auto", spec, 1, None, flags)
+        for name, flags in [("genoa", genoa), ("sapphire", sapphire), ("skylake", skylake)]
+    }
+    assert chosen["genoa"].label == chosen["sapphire"].label == "openvino-bf16"
+    assert chosen["skylake"].label == "onnx-fp32"  # the fastest fp32 engine measured here
+    assert CnnEngine.chosen("openvino", spec, 1, None, skylake).label == "openvino-fp32"
+    assert CnnEngine.chosen("onnx", spec, 1, None, sapphire).label == "onnx-fp32"  # FRUITS_ENGINE forces one
+    assert hardware.cpu_flags(tmp_path / "no-such-file") == frozenset()  # not Linux: no flags, fp32
+    with pytest.raises(ValueError, match="FRUITS_ENGINE"):
+        hardware.choose("tflite", sapphire)
+    with pytest.raises(ValueError, match="fp32 only"):
+        CnnEngine("onnx", spec, precision="bf16")
+    with pytest.raises(RuntimeError, match="no native bf16.*FRUITS_ENGINE=onnx"):
+        hardware.require_bf16_here("a core node", skylake)
+
+
+def test_bf16_features_stay_close_to_fp32_and_name_the_same_fruit(pixels, weights_path, tmp_path):
+    """OpenVINO in bf16 against ONNX Runtime in fp32 on real photos: ~10 % relative L2, each photo's nearest
+    reference photo (cosine) the same."""
+    from spark_code.featurize import openvino_engine
+
+    spec = CnnSpec()
+    data = cnn.model_payload(CnnEngine("onnx", spec, onnx_cache=str(tmp_path)), weights_path)
+    fp32 = onnx_export.onnx_predict(data, 1)(pixels[224])
+    bf16 = openvino_engine.openvino_predict(data, 1, "bf16")(pixels[224])
+    assert bf16.shape == fp32.shape and bf16.dtype == np.float32
+    error = np.linalg.norm(bf16 - fp32, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert error.max() < 0.2, error
+    if hardware.native_bf16(hardware.this_cpu()):
+        assert error.mean() > 1e-3  # really computed in bf16 here (fp32 would agree to ~1e-6)
+    fp32_all = openvino_engine.openvino_predict(data, 0, "fp32")(pixels[224])  # every core, async requests
+    assert np.abs(fp32_all - fp32).max() < 1e-3
+
+    def nearest(queries, bank):
+        q, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (queries, bank))
+        similarity = q @ b.T
+        np.fill_diagonal(similarity, -np.inf)  # not itself
+        return similarity.argmax(axis=1)
+
+    assert (nearest(bf16, fp32) == nearest(fp32, fp32)).all()

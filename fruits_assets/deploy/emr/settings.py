@@ -91,10 +91,10 @@ class EmrSettings(_EmrFields):
         missing = [ENV_VARS[field] for field in required if not values.get(field)]
         if missing:
             raise DeploymentError(f"{DEPLOYMENT_ENV}=emr needs {', '.join(missing)}: see README, 'Run on AWS EMR'")
-        if settings.engine != "onnx":
+        if settings.engine == "tensorflow":
             raise DeploymentError(
                 f"{Settings.variable('engine')}={settings.engine}: the EMR nodes run the ONNX model converted at "
-                f"upload (no TensorFlow on them); unset {Settings.variable('engine')} or set it to onnx"
+                f"upload (no TensorFlow on them); unset {Settings.variable('engine')} (auto) or set onnx or openvino"
             )
         try:
             return cls(**values)
