@@ -185,13 +185,15 @@ def _openset_metadata(
     rejection: openset.OpenSetModel, protocol: clf.OpenSetProtocol | None, scored: clf.ScoredRows, known: list[str]
 ) -> dict:
     decision = rejection.decision
-    accepted = decision.known(scored.values(decision.score))
+    accepted = decision.known(scored.values(decision.score), scored.values(openset.MAX_PROBABILITY))
     is_known = np.isin(scored.labels, known)
     metadata = {
         "unknown_score": decision.score,
         "unknown_threshold": round(decision.threshold, 6),
         "known_accepted": round(float(accepted[is_known].mean()), 4),
     }
+    if decision.sure is not None:  # calibrated on few photos: what the classifier is this sure of is known
+        metadata["unknown_sure_probability"] = decision.sure
     if (~is_known).any():
         metadata["unknown_class_rows_rejected"] = round(float(1 - accepted[~is_known].mean()), 4)
     if protocol is not None:

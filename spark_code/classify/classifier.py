@@ -178,7 +178,8 @@ def score_rows(
             for name, values in scores.all_values(x, p).items():
                 out[name] = values
             if decision is not None:
-                out[KNOWN] = pd.Series(decision.known(out[decision.score].to_numpy()), index=out.index, dtype=bool)
+                known = decision.known(out[decision.score].to_numpy(), out[openset.MAX_PROBABILITY].to_numpy())
+                out[KNOWN] = pd.Series(known, index=out.index, dtype=bool)
             yield out
 
     schema = f"path string, label string, {PREDICTED} string, " + ", ".join(f"{n} double" for n in openset.SCORES)

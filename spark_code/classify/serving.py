@@ -218,7 +218,7 @@ class FruitClassifier:
         for row, name in enumerate(names):
             order = np.argsort(-probabilities[row])[: self.top]
             top = [(self.pipeline.labels[i], float(probabilities[row, i])) for i in order]
-            label = top[0][0] if self.decision.known(values[row]) else UNKNOWN
+            label = top[0][0] if self.decision.known(values[row], top[0][1]) else UNKNOWN
             predictions.append(Prediction(name, label, top, projected[row], float(values[row])))
         return predictions
 

@@ -200,7 +200,14 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
     flat = tmp_path / "flat.png"
     flat.write_bytes(drawn_non_fruit()["flat white"])
-    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", f"{output}/models", "--weights"]
+    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", f"{output}/models"]
+    cmd += [
+        "--unknown-score",
+        "knn",
+        "--threshold",
+        "0.05",
+        "--weights",
+    ]  # a strict given threshold: only training photos
     done = subprocess.run(
         [*cmd, weights_path, str(banana), str(large), str(sample_root / "Broken Fruit" / "notes.jpg"), str(flat)],
         cwd=REPO,
@@ -218,3 +225,14 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     missing = subprocess.run(no_model, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "materialize the fruit_classifier" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_classifier_calibrated_on_few_photos_accepts_what_it_is_sure_of(engine, fruits_dir):
+    """3 classes, 6 training photos and 4 corpus photos each: the unknown threshold comes from 12 known rows. The
+    last 5 Test Bananas (rotated views, far from those few photos) are still Bananas, not `unknown`."""
+    bananas = sorted((fruits_dir / "Banana").glob("*.jpg"))[-5:]
+    answers = [engine.classify(photo) for photo in bananas]
+    assert engine.decision.sure == openset.SURE  # 12 calibration rows: fewer than a 95 %/95 % bound needs (59)
+    assert [a.label for a in answers] == ["Banana"] * 5, (answers, engine.decision)
+    far = [a for a in answers if a.score > engine.decision.threshold]
+    assert all(a.top[0][1] >= openset.SURE for a in far)  # accepted past the threshold: only what it is sure of
