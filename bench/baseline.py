@@ -1,7 +1,8 @@
 """The bare-model baseline: one plain Python process, file → decode → resize → preprocess → MobileNetV2.
 
 `--engine tensorflow` runs the Keras model as a traced `tf.function` (TensorFlow's default threads); `--engine onnx`
-runs the same model converted to ONNX in one ONNX Runtime session using every core.
+runs the same model converted to ONNX in one ONNX Runtime session using every core; `--engine openvino` or `auto`
+(what the pipeline chooses for this CPU: OpenVINO in bf16 where it has native bf16) the same graph in OpenVINO.
 """
 
 import argparse
@@ -15,7 +16,7 @@ import numpy as np
 from bench.common import image_files
 from bench.memory import PeakRss
 from fruits_assets.deploy.settings import Settings
-from spark_code.featurize.cnn import CnnEngine, CnnSpec, build_predict, model_payload
+from spark_code.featurize.cnn import ENGINES, CnnEngine, CnnSpec, build_predict, model_payload
 from spark_code.ingest.images import try_decode
 
 
@@ -24,7 +25,7 @@ def run(root: Path, weights: str, batch_size: int, image_size: int, engine: str 
     with PeakRss() as memory:
         started = time.perf_counter()
         cache = Settings.from_env().onnx_cache
-        cnn = CnnEngine(engine, CnnSpec(input_size=image_size), threads=0, onnx_cache=cache)  # 0: every core
+        cnn = CnnEngine.chosen(engine, CnnSpec(input_size=image_size), threads=0, onnx_cache=cache)  # 0: every core
         predict = build_predict(cnn, model_payload(cnn, weights))
         loaded = time.perf_counter()
         files, decode_s, infer_s, images, failed = image_files(root), 0.0, 0.0, 0, 0
@@ -39,7 +40,8 @@ def run(root: Path, weights: str, batch_size: int, image_size: int, engine: str 
             images, failed = images + len(pixels), failed + len(decoded) - len(pixels)
         seconds = time.perf_counter() - started
     return {
-        "engine": engine,
+        "engine": cnn.name,
+        "precision": cnn.precision,
         "images": images,
         "failed": failed,
         "seconds": round(seconds, 2),
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--engine", choices=("tensorflow", "onnx"), default="tensorflow")
+    parser.add_argument("--engine", choices=ENGINES, default="tensorflow")
     args = parser.parse_args()
     print(json.dumps(run(args.root, args.weights, args.batch_size, args.image_size, args.engine)))
 
