@@ -57,7 +57,7 @@ def run_incremental(
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cores": os.cpu_count(),
         "command": "python -m fruits_assets (every asset and check)",
-        "engine": env.get("FRUITS_ENGINE", "onnx"),
+        "engine": env.get("FRUITS_ENGINE", "auto"),
         "added": added,
         "full": full,
         "incremental": incremental,

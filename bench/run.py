@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.common import DEFAULT_ROOT, DEFAULT_WEIGHTS, REPO, link_tree, run_side, stratified, warm_cache, write_json
 from fruits_assets.deploy.settings import Settings
+from spark_code.featurize.cnn import ENGINES
 
 logger = logging.getLogger("bench")
 
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument(
         "--new-photos", type=int, default=None, help="--incremental: how many new photos (default: 1%% of the corpus)"
     )
-    parser.add_argument("--engine", choices=("onnx", "tensorflow"), default=None, help="the pipeline's CNN engine")
+    parser.add_argument("--engine", choices=ENGINES, default=None, help="the pipeline's CNN engine")
     parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
     parser.add_argument("--scale", type=int, nargs="+", default=None, help="corpus sizes N: time one batch at each")
     parser.add_argument(
@@ -142,7 +143,7 @@ def main() -> None:
         for engine in ("tensorflow", "onnx"):
             logger.info("bare model (%s) on %s", engine, root)
             baselines[engine] = run_side("bench.baseline", [*common, *sizes, "--engine", engine], env)
-        logger.info("pipeline (%s) on %s", env.get("FRUITS_ENGINE", "onnx"), root)
+        logger.info("pipeline (%s) on %s", env.get("FRUITS_ENGINE", "auto"), root)
         pipeline = run_side("bench.pipeline", [*common, "--output", str(Path(tmp) / "out")], env)
     tf_s, onnx_s = baselines["tensorflow"]["seconds"], baselines["onnx"]["seconds"]
     result = {
@@ -152,7 +153,7 @@ def main() -> None:
         "requested_images": args.images,
         "batch_size": args.batch_size,
         "image_size": args.image_size,
-        "engine": env.get("FRUITS_ENGINE", "onnx"),
+        "engine": env.get("FRUITS_ENGINE", "auto"),
         "onnx_conversion_s": conversion_s,
         "baseline": baselines["tensorflow"],
         "baseline_onnx": baselines["onnx"],

@@ -19,9 +19,10 @@ def first_photos(folder: Path, n: int, skip: int = 0) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[skip : skip + n]
 
 
-def cnn(weights: str, onnx_cache: str | None = None) -> Predict:
-    """The project's CNN (the engine chosen for this CPU, as the pipeline and the app choose it; every core)."""
-    engine = CnnEngine.chosen(DEFAULT_ENGINE, CnnSpec(), threads=0, onnx_cache=onnx_cache)
+def cnn(weights: str, onnx_cache: str | None = None, engine: str = DEFAULT_ENGINE) -> Predict:
+    """The project's CNN (by default the engine chosen for this CPU, as the pipeline and the app choose it; every
+    core)."""
+    engine = CnnEngine.chosen(engine, CnnSpec(), threads=0, onnx_cache=onnx_cache)
     return build_predict(engine, model_payload(engine, weights))
 
 

@@ -60,7 +60,7 @@ def test_cluster_recipe_is_accepted_and_the_cluster_found(aws):
     groups = {g["InstanceGroupType"]: g for g in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
     assert groups["MASTER"]["RequestedInstanceCount"] == 1 and groups["MASTER"]["Market"] == "ON_DEMAND"
     assert groups["CORE"]["RequestedInstanceCount"] == 3 and groups["CORE"]["Market"] == "SPOT"
-    assert groups["CORE"]["InstanceType"] == "m5.xlarge"
+    assert groups["CORE"]["InstanceType"] == "m7i.xlarge"  # bf16 CPUs: the CNN's default engine runs in bf16
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
 
     aws.client("s3").put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")
