@@ -23,8 +23,8 @@ JOB_SPARK_CONF = {
     "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
 }
 
-# spark-submit settings on m7i.xlarge (or m5.xlarge) nodes (4 vCPU, 16 GiB, 12 GiB for YARN; the launcher names each step's
-# app): two executors of 2 cores per node; the CNN lives in the Python workers, outside the JVM heap, so the
+# spark-submit settings on m7i.xlarge or m5.xlarge nodes (4 vCPU, 16 GiB, 12 GiB for YARN; the launcher names each
+# step's app): two executors of 2 cores per node; the CNN lives in the Python workers, outside the JVM heap, so the
 # overhead is large. Shuffles are of listing-sized rows (paths, counts): 16 partitions (two per core of the recipe's
 # 2 core nodes), which adaptive execution coalesces further, cached plans included; Spark's 200 cost a batch of one
 # photo ~10 s of empty tasks.

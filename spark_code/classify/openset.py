@@ -20,7 +20,8 @@ SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS, MAX_PROBABILITY)
 FEATURE_SCORES = (KNN_PROBABILITY, KNN, MAHALANOBIS)  # computed from the reduced features (and the probabilities)
 OPENSET_JSON = "openset.json"  # saved beside the classifier pipeline
 CONFIDENCE = 0.95  # how sure a calibrated threshold is to accept its share of known photos
-SURE = 0.99  # with few calibration photos, a best class probability this high is known whatever the distance
+SURE = 0.99  # with few calibration photos, a best class probability this high is known up to SURE_REACH × threshold
+SURE_REACH = 1.5
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:
@@ -182,7 +183,8 @@ def fit_feature_scores(features: np.ndarray, labels, shrinkage: float = 0.1) -> 
 @dataclass(frozen=True)
 class Decision:
     """Which score decides `unknown` and where: known when max_probability ≥ threshold, or distance ≤ threshold;
-    with `sure` set (a threshold calibrated on few photos), also known wherever the best class probability ≥ sure."""
+    with `sure` set (a threshold calibrated on few photos), also known where the best class probability ≥ sure and
+    the distance ≤ `SURE_REACH` × threshold (a logistic regression is sure of flat colours too, far beyond that)."""
 
     score: str
     threshold: float
@@ -199,7 +201,8 @@ class Decision:
         within = value >= self.threshold if self.score == MAX_PROBABILITY else value <= self.threshold
         if self.sure is None or best_probability is None:
             return within
-        return within | (np.asarray(best_probability) >= self.sure)
+        reach = np.asarray(value) <= SURE_REACH * self.threshold
+        return within | ((np.asarray(best_probability) >= self.sure) & reach)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,8 @@ def test_few_calibration_rows_widen_the_threshold_and_keep_what_the_classifier_i
     few = openset.calibrated(openset.KNN_PROBABILITY, values, scores)
     many = openset.calibrated(openset.KNN_PROBABILITY, {k: np.resize(v, 120) for k, v in values.items()}, scores)
     assert few.decision.sure == openset.SURE and many.decision.sure is None
-    assert few.decision.known(5.0, 0.999) and not few.decision.known(5.0, 0.9) and not many.decision.known(5.0, 0.999)
+    near, far = 1.4 * few.decision.threshold, 1.6 * few.decision.threshold  # openset.SURE_REACH = 1.5
+    assert few.decision.known(near, 0.999) and not few.decision.known(near, 0.9) and not few.decision.known(far, 0.999)
+    assert not many.decision.known(1.4 * many.decision.threshold, 0.999)
     assert few.decision_for(openset.KNN_PROBABILITY, 0.2).sure is None  # a given threshold is applied as given
     assert openset.OpenSetModel.from_json(few.to_json()).decision == few.decision

@@ -98,7 +98,7 @@ def test_main_command_prints_one_line_per_asset_and_a_summary(two_runs):
     for line in ("images: 7 taken in this batch, 6 featurized", "quarantined: 1 (see them: .venv/bin/python -m"):
         assert line in output
     assert re.search(r"PCA: k = \d+, explained variance 0\.9\d+", output) and "classifier: accuracy 1.0000" in output
-    assert "checks: 8/8 passed" in output and f"output: {out}" in output
+    assert "checks: 9/9 passed" in output and f"output: {out}" in output
     assert f"DAGSTER_HOME={home} .venv/bin/dagster dev, then open http://127.0.0.1:3000/runs/" in output
 
 

@@ -128,7 +128,7 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
     out = first_run.stdout + first_run.stderr
     for asset in ("raw_images", "cnn_features", "scaled_features", "pca_features", "fruit_classifier"):
         assert f"{asset}: done in" in out, out[-3000:]
-    assert "checks: 8/8 passed" in out and f"output: {OUTPUT}" in out
+    assert "checks: 9/9 passed" in out and f"output: {OUTPUT}" in out
     steps = shell.client("emr").list_steps(ClusterId=cluster)["Steps"]
     assert len(steps) == 1 and {s["Status"]["State"] for s in steps} == {"COMPLETED"}  # every Spark step in one
     assert all(s["Config"]["Args"][0] == "/usr/lib/spark/bin/spark-submit" for s in steps)
@@ -154,7 +154,7 @@ def test_one_new_photo_is_one_emr_step_with_every_asset_and_check_recorded(shell
     done, steps = later_runs["one"]
     out = done.stdout + done.stderr
     assert len(steps) == 1 and steps[0]["Status"]["State"] == "COMPLETED", steps
-    assert "checks: 8/8 passed" in out, out[-3000:]
+    assert "checks: 9/9 passed" in out, out[-3000:]
     materialized, checks = _recorded(shell)
     assert set(ASSETS) <= materialized and len(checks) == 8
     assert "training_features" not in materialized  # no training photo changed: not run on the cluster
