@@ -139,7 +139,7 @@ def test_main_command_runs_every_spark_step_on_the_cluster(shell, cluster, first
     run = shell.instance().get_runs(limit=1)[0]  # what `dagster dev` on this DAGSTER_HOME shows
     assert run.tags["dagster/partition"]
     materialized, checks = _recorded(shell)
-    assert set(ASSETS) | {"training_features"} <= materialized and len(checks) == 8
+    assert set(ASSETS) | {"training_features"} <= materialized and len(checks) == 9
     step_keys = {e.step_key for e in shell.instance().all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert {"raw_images", "cnn_features", "pca_features", "fruit_classifier"} <= step_keys  # each its own step
 
@@ -156,7 +156,7 @@ def test_one_new_photo_is_one_emr_step_with_every_asset_and_check_recorded(shell
     assert len(steps) == 1 and steps[0]["Status"]["State"] == "COMPLETED", steps
     assert "checks: 9/9 passed" in out, out[-3000:]
     materialized, checks = _recorded(shell)
-    assert set(ASSETS) <= materialized and len(checks) == 8
+    assert set(ASSETS) <= materialized and len(checks) == 9
     assert "training_features" not in materialized  # no training photo changed: not run on the cluster
     raw = shell.instance().get_latest_materialization_event(AssetKey("raw_images")).asset_materialization
     assert raw.metadata["image_count"].value == 1
