@@ -17,7 +17,7 @@ from bench.common import image_files
 from bench.memory import PeakRss
 from fruits_assets.deploy.settings import Settings
 from spark_code.featurize.cnn import ENGINES, CnnEngine, CnnSpec, build_predict, model_payload
-from spark_code.ingest.images import try_decode
+from spark_code.featurize.decode import try_decode
 
 
 def run(root: Path, weights: str, batch_size: int, image_size: int, engine: str = "tensorflow") -> dict:

@@ -16,9 +16,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="photos to classify (spread over the classes)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
+    from fruits_assets.app.engine import FruitClassifier
+    from spark_code.classify.serving import load_pipeline
+    from spark_code.storage.versions import local_folder
 
-    engine = FruitClassifier(load_pipeline(latest_version(args.models)), Settings.from_env().weights)
+    engine = FruitClassifier(load_pipeline(local_folder(args.models, "fruit_classifier")), Settings.from_env().weights)
     startup = time.perf_counter() - started
     photos = sorted(args.photos.rglob("*.jpg"))
     photos = photos[:: max(1, len(photos) // args.n)][: args.n]

@@ -39,8 +39,9 @@ from pyspark.sql import functions as F
 
 from bench.common import drawn_non_fruit, session
 from fruits_assets.deploy.settings import Settings
-from spark_code.classify import choose_k, openset, rejection_metrics
+from spark_code.classify import choose_k, classifier_fit, openset, rejection_metrics
 from spark_code.classify import classifier as clf
+from spark_code.classify.serving import load_pipeline
 from spark_code.reduction import scaler_pca
 from spark_code.storage import lake, tables, versions
 
@@ -48,20 +49,25 @@ TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features
 
 
 def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel) -> dict[int, dict]:
-    """Accuracy and macro-F1 on every corpus class for each candidate k (the issue's measure)."""
+    """Accuracy and macro-F1 on every corpus class for each candidate k (the issue's measure), each classifier
+    fitted by the asset's trainer."""
     curve = {}
+    x, labels = classifier_fit.training_arrays(train)
     for k in choose_k.candidate_ks(explained):
         started = time.perf_counter()
-        model = clf.train_classifier(train, scaler, scaler_pca.truncate(full_pca, k), clf.LogisticSettings())
-        evaluation = clf.evaluate_model(model, test)
+        fitted = classifier_fit.fit_classifier(
+            x, labels, scaler, scaler_pca.truncate(full_pca, k), clf.LogisticSettings(), with_scores=False
+        )
+        scored = classifier_fit.score_corpus(test, {"k": fitted})["k"]
+        evaluation = clf.evaluate(scored.pairs(), fitted.labels())
         curve[k] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4)}
         print(f"k={k}: {curve[k]} ({time.perf_counter() - started:.0f} s)", flush=True)
     return curve
 
 
 def protocol(train, test, scaler, pca, accept: float) -> dict:
-    """The held-out-classes protocol with the given scaler and PCA."""
-    result = clf.openset_protocol(train, test, scaler, pca, clf.LogisticSettings(), accept)
+    """The held-out-classes protocol with the given scaler and PCA (the asset's trainer and protocol)."""
+    result = classifier_fit.validate(train, test, scaler, pca, clf.LogisticSettings(), accept).protocol
     if result is None:
         raise SystemExit("the protocol needs at least 3 training classes and test photos of both kinds")
     reports = {
@@ -102,9 +108,11 @@ def non_fruit_images() -> dict[str, bytes]:
 def classify_non_fruit(models: str, rejection: openset.OpenSetModel) -> dict:
     """What `fruits classify` answers for each non-fruit image with the saved pipeline and `rejection`: the default
     decision's label, and each score's value and verdict at its calibrated threshold."""
-    from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
+    from fruits_assets.app.engine import FruitClassifier
+    from spark_code.classify.serving import load_pipeline
+    from spark_code.storage.versions import local_folder
 
-    pipeline = dataclasses.replace(load_pipeline(latest_version(models)), openset=rejection)
+    pipeline = dataclasses.replace(load_pipeline(local_folder(models, "fruit_classifier")), openset=rejection)
     engine = FruitClassifier(pipeline, Settings.from_env().weights)
     answers = {}
     for name, data in non_fruit_images().items():
@@ -139,15 +147,15 @@ def saved_classifier(
 ) -> tuple[dict, openset.OpenSetModel]:
     """The saved classifier's figures on the corpus, with the current open-set code as the asset runs it: every score
     fitted on the training photos and calibrated on the corpus's known-class photos, `score` the default."""
-    from pyspark.ml import PipelineModel
-
     uri = versions.latest_uri(models, "fruit_classifier")
-    model = PipelineModel.load(uri)
-    saved = openset.OpenSetModel.from_json(versions.read_text(spark, f"{uri}/openset.json"))
-    scores = clf.fit_feature_scores(model, train)
-    scored = clf.collect_scores(model, scores, test)
-    known = np.isin(scored.labels, clf.class_labels(model))
-    evaluation = clf.evaluate(scored.pairs(), clf.class_labels(model))
+    pipeline = load_pipeline(versions.local_folder(models, "fruit_classifier"))  # its serving.json, as the app reads
+    saved = pipeline.openset
+    x, labels = classifier_fit.training_arrays(train)
+    scores = openset.fit_feature_scores(pipeline.project(x), labels)
+    twin = classifier_fit.FittedClassifier(pipeline=None, numpy=pipeline, scores=scores)
+    scored = classifier_fit.score_corpus(test, {"saved": twin})["saved"]
+    known = np.isin(scored.labels, pipeline.labels)
+    evaluation = clf.evaluate(scored.pairs(), pipeline.labels)
     rejection = openset.calibrated(score, {n: scored.values(n)[known] for n in openset.SCORES}, scores, accept)
     accepted = {
         name: round(float(rejection.decision_for(name).known(scored.values(name))[known].mean()), 4)
@@ -155,7 +163,7 @@ def saved_classifier(
     }
     figures = {
         "uri": uri,
-        "k": model.stages[1].getK() if isinstance(model.stages[1], PCAModel) else None,
+        "k": None if pipeline.components is None else pipeline.components.shape[1],
         "accuracy": round(evaluation.accuracy, 4),
         "macro_f1": round(evaluation.macro_f1, 4),
         "test_rows": evaluation.rows,

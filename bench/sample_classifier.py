@@ -1,4 +1,5 @@
-"""A real fruit classifier trained on a small sample of photos, saved as the asset saves it (serve tests, bench)."""
+"""A real fruit classifier trained on a small sample of photos by the asset's trainer and saved with the asset's
+sidecars (serve tests, bench)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from spark_code.classify import classifier as clf
-from spark_code.classify import openset
+from spark_code.classify import classifier_fit
+from spark_code.classify.classifier import LogisticSettings
+from spark_code.classify.openset import KNN_PROBABILITY
 from spark_code.featurize.cnn import DEFAULT_ENGINE, CnnEngine, CnnSpec, Predict, build_predict, model_payload
-from spark_code.ingest.images import try_decode
+from spark_code.featurize.decode import try_decode
 from spark_code.reduction import scaler_pca
 from spark_code.storage import versions
+
+ACCEPT_RATE = 0.95  # known photos accepted (the `known_accept_rate` default)
 
 
 def first_photos(folder: Path, n: int, skip: int = 0) -> list[Path]:
@@ -44,12 +48,20 @@ def train_and_save(spark, predict: Predict, roots: tuple[Path, Path], classes: l
     calibrate the unknown threshold on `n[1]` per class of `roots[1]` (Test); commit it as a new `fruit_classifier`
     version under `models`. Returns the version's URI."""
     train, corpus = _table(spark, predict, roots[0], classes, n[0]), _table(spark, predict, roots[1], classes, n[1])
+    return save_trained(spark, train, corpus, models)
+
+
+def save_trained(spark, train, corpus, models: str) -> str:
+    """Fit the scaler and the PCA (95 % of the variance) on `corpus`, the classifier on `train` with the asset's
+    trainer, its unknown threshold calibrated on `corpus`; commit it with the asset's sidecars as a new
+    `fruit_classifier` version under `models` (tables: `path`, `label`, `features`). Returns the version's URI."""
     scaler = scaler_pca.fit_scaler(corpus, "features", "scaled_features")
     pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
     pca_model = pca.fit(scaler_pca.transform_arrays(scaler, corpus))
-    model = clf.train_classifier(train, scaler, pca_model, clf.LogisticSettings())
-    scores = clf.fit_feature_scores(model, train)
-    scored = clf.collect_scores(model, scores, corpus)
-    rejection = openset.calibrated(openset.KNN_PROBABILITY, {s: scored.values(s) for s in openset.SCORES}, scores)
-    extras = {openset.OPENSET_JSON: rejection.to_json()}
-    return versions.save_model(spark, model, models, "fruit_classifier", extras=extras)
+    fitted = classifier_fit.validate(train, corpus, scaler, pca_model, LogisticSettings(), ACCEPT_RATE)
+    rejection = classifier_fit.open_set_model(
+        fitted.scored, fitted.model.labels(), fitted.model.scores, KNN_PROBABILITY, ACCEPT_RATE, fitted.protocol
+    )
+    pipeline = fitted.model.pipeline
+    extras = classifier_fit.sidecars(pipeline, rejection, CnnSpec().input_size)
+    return versions.save_model(spark, pipeline, models, "fruit_classifier", extras=extras)

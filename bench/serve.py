@@ -21,7 +21,7 @@ import psutil
 from bench.common import DEFAULT_ROOT, REPO, SHARED, stratified
 from fruits_assets.deploy.settings import Settings
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
-from spark_code.ingest.images import try_decode
+from spark_code.featurize.decode import try_decode
 from tests.helpers import free_port
 from tests.serve_client import wait_ready
 
@@ -105,7 +105,7 @@ def server(models: str, weights: str, log: Path):
     """`fruits serve` on a loopback port, ready; yields (base URL, pid)."""
     port = free_port()
     env = {**os.environ, "FRUITS_WEIGHTS": weights}
-    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "serve", "--models", models, "--port", str(port)]
+    cmd = [sys.executable, "-m", "fruits_assets.app.cli", "serve", "--models", models, "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

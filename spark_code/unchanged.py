@@ -9,15 +9,14 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_code.ingest import batches, snapshot
+from spark_code.ingest import batches, ledger, snapshot
 from spark_code.ingest.listing import walk
 from spark_code.reduction import lifecycle
-from spark_code.storage import files, lake, quality, versions
+from spark_code.storage import files, lake, quality, uris, versions
 from spark_code.storage.lake import Commit
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_COLUMNS = ["path", "length", "modification_time"]
 BATCH_TABLES = (batches.LEDGER, "cnn_features", "quarantined_images")
 # Each derived table and the table whose changes it takes.
 SOURCES = {
@@ -47,7 +46,7 @@ def pending_work(expected: Expected) -> str | None:
     only (delta-rs and pyarrow), local or on S3 alike."""
     out = expected.output
     lake.refuse_old_layout(out)
-    if lake.version(table_uri(out, batches.LEDGER)) is None:
+    if lake.version(lake.table_of(out, batches.LEDGER)) is None:
         return "no committed batch yet"
     for check in (_image_root, _training_root, _derived, _models):
         reason = check(expected, out)
@@ -56,22 +55,11 @@ def pending_work(expected: Expected) -> str | None:
     return None
 
 
-def table_uri(output: str, name: str) -> str:
-    """Where table `name` of an output is."""
-    return f"{versions.qualify(output)}/{name}"
-
-
-def _identity_table(table: pa.Table) -> pa.Table:
-    """`path`, `length` and `modification_time` (ms since the epoch, int64) of a table's rows."""
-    millis = table.column("modification_time").cast(pa.timestamp("ms"), safe=False).cast(pa.int64())
-    return pa.table({"path": table.column("path"), "length": table.column("length"), "modification_time": millis})
-
-
 def listed_table(root: str) -> pa.Table:
     """The identities (`path`, `length`, `modification_time` in ms) of a root's listing, as the Spark listing makes
     its rows: the walk's entries as the sensor tabulates them (`snapshot.entries_table`), then qualified paths."""
     entries = snapshot.entries_table(walk(root).files)
-    paths = pc.binary_join_element_wise(f"{versions.qualify(root)}/", entries.column("path"), "")
+    paths = pc.binary_join_element_wise(f"{uris.qualify(root)}/", entries.column("path"), "")
     millis = pc.divide(entries.column("mtime_ns"), 1_000_000)  # integer division, as the listing's milliseconds
     return pa.table({"path": paths, "length": entries.column("size"), "modification_time": millis})
 
@@ -88,29 +76,10 @@ def differences(now: pa.Table, before: pa.Table) -> dict[str, int] | None:
     return {"new": new, "changed": now.num_rows - new - same, "deleted": gone}
 
 
-def current_raw_rows(out: str) -> pa.Table:
-    """The raw table's rows (listing columns and `batch`): the listing as the batches left it."""
-    columns = ["path", "label", "length", "modification_time", batches.BATCH]
-    rows = lake.read(table_uri(out, batches.LEDGER), columns)
-    return pa.table({c: pa.array([], pa.string()) for c in columns}) if rows is None else rows
-
-
-def listing_entries(current: pa.Table) -> dict[str, tuple[str | None, int, int]]:
-    """{path: (label, length, modification time in ms)} of raw rows (see `batches.plan_rows`)."""
-    identities = _identity_table(current)
-    entries = zip(
-        current.column("label").to_pylist(),
-        identities.column("length").to_pylist(),
-        identities.column("modification_time").to_pylist(),
-        strict=True,
-    )
-    return dict(zip(current.column("path").to_pylist(), entries, strict=True))
-
-
 def reconcile(output: str, batch: str | None = None) -> dict[str, int]:
     """`quality.reconcile` over the current rows of an output's three batch tables (only those of `batch` if
     given), read with delta-rs."""
-    paths = [_paths(table_uri(output, name), batch) for name in BATCH_TABLES]
+    paths = [_paths(lake.table_of(output, name), batch) for name in BATCH_TABLES]
     return quality.reconcile_paths(*paths)
 
 
@@ -119,42 +88,21 @@ def _paths(uri: str, batch: str | None = None) -> list[str]:
     return [] if rows is None else rows.column("path").to_pylist()
 
 
-def stale_paths(out: str, model_key: str) -> set[str]:
-    """Paths whose features were made with other CNN settings than `model_key` (their model column read first:
-    one dictionary of a few values)."""
-    uri = table_uri(out, "cnn_features")
-    if not (_model_keys(uri) - {model_key}):
-        return set()
-    rows = lake.read(uri, ["path", batches.MODEL_COLUMN])
-    other = pc.not_equal(rows.column(batches.MODEL_COLUMN), model_key)
-    return set(rows.filter(other).column("path").to_pylist())
-
-
-def model_keys(out: str, name: str) -> set[str]:
-    """The CNN settings (`cnn_model`: size, engine and precision, weights) among the current rows of table `name`."""
-    return _model_keys(table_uri(out, name))
-
-
-def _model_keys(uri: str) -> set[str]:
-    rows = lake.read(uri, [batches.MODEL_COLUMN])
-    return set() if rows is None else set(rows.column(0).unique().to_pylist())
-
-
 def behind(out: str, name: str) -> str | None:
     """Why the derived table `name` has not taken every change of its source (None: it has)."""
     source = SOURCES[name]
-    wanted = lake.data_version(table_uri(out, source))
-    if wanted is not None and lake.consumed(table_uri(out, name), source) < wanted:
+    wanted = lake.data_version(lake.table_of(out, source))
+    if wanted is not None and lake.consumed(lake.table_of(out, name), source) < wanted:
         return f"{name} has not taken version {wanted} of {source}"
     return None
 
 
 def _image_root(expected: Expected, out: str) -> str | None:
-    now, before = listed_table(expected.image_root), _identity_table(current_raw_rows(out))
+    now, before = listed_table(expected.image_root), ledger.identities(ledger.current_rows(out))
     counts = differences(now, before)
     if counts:
         return f"{expected.image_root}: {counts['new']} new, {counts['changed']} changed, {counts['deleted']} deleted"
-    if _model_keys(table_uri(out, "cnn_features")) - {expected.model_key}:
+    if ledger.model_keys(out, "cnn_features") - {expected.model_key}:
         return "features were made with other CNN settings"
     return None
 
@@ -170,10 +118,10 @@ def _derived(expected: Expected, out: str) -> str | None:
 def training_changes(root: str, output: str, model_key: str) -> str | None:
     """Why the training table is not current for `root` (new, changed or deleted photos, other CNN settings, no
     table yet), or None when every listed photo has its row, made with `model_key` (local or s3://)."""
-    table = lake.read(table_uri(output, "training_features"), [*IDENTITY_COLUMNS, batches.MODEL_COLUMN])
+    table = lake.read(lake.table_of(output, "training_features"), [*batches.IDENTITY, batches.MODEL_COLUMN])
     if table is None:
         return "no training features yet"
-    if differences(listed_table(root), _identity_table(table)):
+    if differences(listed_table(root), ledger.identities(table)):
         return f"{root}: new, changed or deleted photos"
     if set(table.column(batches.MODEL_COLUMN).unique().to_pylist()) - {model_key}:
         return "training features made with other CNN settings"
@@ -183,10 +131,10 @@ def training_changes(root: str, output: str, model_key: str) -> str | None:
 def refit_due(output: str) -> str | None:
     """Why a refit of the scaler and the PCA has work (features changed since the scaler was fitted, or no scaler
     yet), or None when no batch came since: refitting would fit the same rows again."""
-    features = lake.data_version(table_uri(output, "cnn_features"))
+    features = lake.data_version(lake.table_of(output, "cnn_features"))
     if features is None:
         return None
-    scaler = versions.newest(f"{versions.qualify(output)}/models", "scaled_features")
+    scaler = versions.newest(f"{uris.qualify(output)}/models", "scaled_features")
     if scaler is None:
         return "no scaler fitted yet"
     fitted = _sidecar(scaler, lifecycle.FITTED_WITH["scaled_features"]).get("cnn_features_version", -1)
@@ -195,12 +143,12 @@ def refit_due(output: str) -> str | None:
 
 def table_rows(output: str, name: str) -> int:
     """Rows of table `name` now (from its log's file statistics)."""
-    return lake.rows(table_uri(output, name))
+    return lake.rows(lake.table_of(output, name))
 
 
 def last_commit(output: str, name: str) -> Commit | None:
     """The newest commit of table `name` that changed rows."""
-    return lake.last_commit(table_uri(output, name))
+    return lake.last_commit(lake.table_of(output, name))
 
 
 def _sidecar(version: str, name: str) -> dict:
@@ -210,17 +158,17 @@ def _sidecar(version: str, name: str) -> dict:
 
 def training_input(output: str) -> str:
     """The training table's version as a classifier records it among its inputs (`training_features@v3`)."""
-    return f"training_features@v{lake.version(table_uri(output, 'training_features'))}"
+    return f"training_features@v{lake.version(lake.table_of(output, 'training_features'))}"
 
 
 def derived_with(output: str, name: str) -> str | None:
     """The model version (its folder name) that derived the current rows of table `name` (None: no table)."""
-    commit = lake.last_commit(table_uri(output, name))
+    commit = lake.last_commit(lake.table_of(output, name))
     return None if commit is None else commit.recorded.get("model")
 
 
 def _models(expected: Expected, out: str) -> str | None:
-    folder = f"{versions.qualify(out)}/models"
+    folder = f"{uris.qualify(out)}/models"
     scaler, pca, classifier = (versions.newest(folder, n) for n in lifecycle.FITTED_WITH)
     if scaler is None or pca is None or classifier is None:
         return "a model is missing"
@@ -249,6 +197,6 @@ def _classifier(expected: Expected, out: str, models: tuple[str, str, str]) -> s
     if lifecycle.portable(fitted.get("inputs")) != lifecycle.portable(inputs):
         return "the classifier was fitted with other inputs"
     running = _sidecar(classifier, "running.json") or fitted
-    if running.get("evaluated_version", -1) < (lake.data_version(table_uri(out, "cnn_features")) or 0):
+    if running.get("evaluated_version", -1) < (lake.data_version(lake.table_of(out, "cnn_features")) or 0):
         return "the classifier has not scored every feature row yet"
     return None

@@ -10,7 +10,8 @@ import uuid
 
 import uvicorn
 
-from fruits_assets.cli.serve import ServeOptions, create_app
+from fruits_assets.app.api import create_app
+from fruits_assets.app.service import ServeOptions
 from tests.helpers import free_port
 
 

@@ -1,1 +1,1 @@
-"""The commands: the main command, fruits classify/serve, the quarantine listing; terminal output."""
+"""The Dagster-side commands: the main command (`python -m fruits_assets`) and the quarantine listing."""

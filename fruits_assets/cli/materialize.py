@@ -15,6 +15,7 @@ from fruits_assets.defs.partitions import ingest_batches
 from fruits_assets.io import console, progress
 from spark_code import unchanged
 from spark_code.ingest import batches
+from spark_code.storage import lake
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _deployment_ready(settings, cluster: bool) -> bool:
     Always true for a local run."""
     if settings.deployment != "emr":
         return True
-    from fruits_assets.deploy.emr import job
+    from fruits_assets.deploy import emr_job as job
     from fruits_assets.deploy.emr.settings import DeploymentError
 
     try:
@@ -95,7 +96,7 @@ def _start_spark(spark_config: dict, cnn, output: str) -> None:
 
     start = functools.partial(spark_session_from_config, spark_config)
     warm_workers_in_background(start, cnn.cnn_engine(), cnn.weights_path)
-    uris = [unchanged.table_uri(output, name) for name in unchanged.SOURCES]  # the tables Spark commits to
+    uris = [lake.table_of(output, name) for name in unchanged.SOURCES]  # the tables Spark commits to
     threading.Thread(target=tables.warm_in_background, args=(start, uris), name="delta-warm", daemon=True).start()
 
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             logger.debug("a run is due: %s", reason)
             if settings.deployment == "emr":  # the Spark steps on the cluster: a job it can reconstruct
-                from fruits_assets.deploy.emr import job
+                from fruits_assets.deploy import emr_job as job
 
                 if not _deployment_ready(settings, cluster=True):
                     return 2

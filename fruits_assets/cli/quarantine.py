@@ -5,14 +5,13 @@ import os
 import sys
 
 from fruits_assets.deploy.settings import Settings
-from spark_code import unchanged
 from spark_code.storage import lake
 
 
 def quarantined_rows(output_uri: str) -> list[dict]:
     """The quarantined images of the output now (path, reason, batch), by path ([] when none): read from the Delta
     table with delta-rs, no Spark."""
-    rows = lake.read(unchanged.table_uri(output_uri, "quarantined_images"), ["path", "reason", "batch"])
+    rows = lake.read(lake.table_of(output_uri, "quarantined_images"), ["path", "reason", "batch"])
     return [] if rows is None else sorted(rows.to_pylist(), key=lambda row: row["path"])
 
 

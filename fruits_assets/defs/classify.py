@@ -4,7 +4,6 @@ its inputs are unchanged; with its checks (accuracy floor, cost of the PCA)."""
 import json
 from typing import Any
 
-import numpy as np
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -21,31 +20,16 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from fruits_assets.defs.featurize import training_features
 from fruits_assets.defs.partitions import GROUP
 from fruits_assets.defs.reduction import pca_features
-from fruits_assets.io.metadata import latest_metadata, table
+from fruits_assets.io.classifier_metadata import evaluation_metadata, openset_metadata
+from fruits_assets.io.metadata import latest_metadata
 from fruits_assets.io.resources import ClassifierSettings, CnnResource, ModelStore, TableStore
 from spark_code import unchanged
 from spark_code.classify import classifier as clf
-from spark_code.classify import classifier_fit, openset, rejection_metrics
-from spark_code.classify.serving import CNN_SETTINGS, SERVING_JSON
+from spark_code.classify import classifier_fit
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import versions
 from spark_code.storage.tables import upserts
-
-
-def _evaluation_metadata(evaluation: clf.Evaluation) -> dict:
-    per_class = [
-        {"label": label, "images": v["images"], "accuracy": round(v["accuracy"], 4), "f1": round(v["f1"], 4)}
-        for label, v in sorted(evaluation.per_class.items(), key=lambda item: item[1]["accuracy"])
-    ]
-    confused = [{"true": t, "predicted": p, "images": n} for t, p, n in evaluation.confused]
-    return {
-        **evaluation.summary(),
-        "per_class_accuracy": table(
-            per_class, [("label", "string"), ("images", "int"), ("accuracy", "float"), ("f1", "float")]
-        ),
-        "most_confused": table(confused, [("true", "string"), ("predicted", "string"), ("images", "int")]),
-    }
 
 
 @asset(group_name=GROUP, deps=[pca_features, "cnn_features", training_features], kinds={"spark"})
@@ -77,22 +61,20 @@ def fruit_classifier(
     known = fitted.model.labels()
     evaluation = clf.evaluate(fitted.scored.pairs(), known)
     raw = clf.evaluate(fitted.raw_scored.pairs(), fitted.raw_labels)
-    rejection = _open_set_model(fitted.scored, known, fitted.model.scores, classifier, fitted.protocol)
+    rejection = classifier_fit.open_set_model(
+        fitted.scored, known, fitted.model.scores, classifier.unknown_score, accept, fitted.protocol
+    )
     model = fitted.model.pipeline
     metadata = {
-        **_evaluation_metadata(evaluation),
-        **_openset_metadata(rejection, fitted.protocol, fitted.scored, known),
+        **evaluation_metadata(evaluation),
+        **openset_metadata(rejection, fitted.protocol, fitted.scored, known),
         "k": pca.getK(),
         "classes": len(known),
         "raw_accuracy": round(raw.accuracy, 4),
         "raw_macro_f1": round(raw.macro_f1, 4),
     }
     record = _fit_record(inputs, tables.version("cnn_features"), evaluation, metadata)
-    extras = {
-        CNN_SETTINGS: json.dumps({"image_size": cnn.image_size}),
-        openset.OPENSET_JSON: rejection.to_json(),
-        SERVING_JSON: classifier_fit.serving_json(model),
-    }
+    extras = classifier_fit.sidecars(model, rejection, cnn.image_size)
     uri = models.save(model, "fruit_classifier", record, extras=extras).uri
     context.log.info("classifier: %s; on raw features: %s", evaluation.summary(), raw.summary())
     return MaterializeResult(metadata={**metadata, "retrained": True, "model_uri": MetadataValue.path(uri)})
@@ -163,56 +145,6 @@ def _reuse_classifier(context, saved: SavedModel, tables: TableStore) -> Materia
             "model_uri": MetadataValue.path(uri),
         }
     )
-
-
-def _open_set_model(
-    scored: clf.ScoredRows,
-    known: list[str],
-    scores: openset.FeatureScores,
-    classifier: ClassifierSettings,
-    protocol: clf.OpenSetProtocol | None,
-) -> openset.OpenSetModel:
-    """The configured score (or, for `auto`, the protocol's best), calibrated on the corpus's known-class rows."""
-    score = classifier.unknown_score
-    if score == "auto":
-        score = rejection_metrics.best(protocol.reports).score if protocol else openset.KNN_PROBABILITY
-    is_known = np.isin(scored.labels, known)
-    values = {name: scored.values(name)[is_known] for name in openset.SCORES}
-    return openset.calibrated(score, values, scores, classifier.known_accept_rate)
-
-
-def _openset_metadata(
-    rejection: openset.OpenSetModel, protocol: clf.OpenSetProtocol | None, scored: clf.ScoredRows, known: list[str]
-) -> dict:
-    decision = rejection.decision
-    accepted = decision.known(scored.values(decision.score), scored.values(openset.MAX_PROBABILITY))
-    is_known = np.isin(scored.labels, known)
-    metadata = {
-        "unknown_score": decision.score,
-        "unknown_threshold": round(decision.threshold, 6),
-        "known_accepted": round(float(accepted[is_known].mean()), 4),
-    }
-    if decision.sure is not None:  # calibrated on few photos: what the classifier is this sure of is known
-        metadata["unknown_sure_probability"] = decision.sure
-    if (~is_known).any():
-        metadata["unknown_class_rows_rejected"] = round(float(1 - accepted[~is_known].mean()), 4)
-    if protocol is not None:
-        metadata.update(protocol.summary())
-        metadata["openset_protocol"] = MetadataValue.md(_protocol_markdown(protocol, rejection.accept_rate))
-    return metadata
-
-
-def _protocol_markdown(protocol: clf.OpenSetProtocol, accept_rate: float) -> str:
-    lines = [
-        f"Held out {len(protocol.held_out)} of {len(protocol.held_out) + len(protocol.known_classes)} training classes "
-        f"(sorted positions {rejection_metrics.HELD_OUT_OFFSET} mod {rejection_metrics.HELD_OUT_EVERY}); knowns: "
-        f"{protocol.known_rows} test photos, unknowns: {protocol.unknown_rows}.",
-        "",
-        f"| score | AUROC | unknowns rejected at {accept_rate:.0%} knowns accepted |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {r.score} | {r.auroc:.4f} | {r.rejected_at_accept:.4f} |" for r in protocol.reports]
-    return "\n".join(lines)
 
 
 @asset_check(asset=fruit_classifier)

@@ -28,7 +28,7 @@ from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
 from spark_code import unchanged
 from spark_code.featurize.cnn import FEATURE_DIM
 from spark_code.featurize.triage import featurize_listing
-from spark_code.ingest import batches
+from spark_code.ingest import batches, ledger
 from spark_code.ingest.images import list_images, require_images
 from spark_code.storage import quality
 from spark_code.storage.tables import CHANGE, CHANGED, DELETED, NEW, Update, removed_paths, upserts
@@ -153,9 +153,7 @@ def one_cnn_engine(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]
     """Every current row of `cnn_features` and `training_features` came from one CNN: one input size, engine and
     precision, and weights (`cnn_model`). Features of bf16 and fp32 engines differ by ~10 % (relative L2), so they
     never mix: a change of engine marks every photo changed and the next batch featurizes it anew."""
-    found = {
-        name: sorted(unchanged.model_keys(tables.base_uri, name)) for name in ("cnn_features", "training_features")
-    }
+    found = {name: sorted(ledger.model_keys(tables.base_uri, name)) for name in ("cnn_features", "training_features")}
     every = set(found["cnn_features"]) | set(found["training_features"])
     return AssetCheckResult(
         passed=len(every) <= 1, metadata={f"{name}_cnn_models": ", ".join(keys) for name, keys in found.items()}

@@ -10,8 +10,7 @@ from pydantic import Field
 from fruits_assets.defs.partitions import CHANGES_TAG, GROUP, ingest_batches
 from fruits_assets.io.metadata import class_table
 from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
-from spark_code import local_batch
-from spark_code.ingest import batches, snapshot
+from spark_code.ingest import batches, ledger, snapshot
 from spark_code.ingest.images import listing_counts, listing_rows, require_images, walk_rows
 from spark_code.storage.tables import Update
 
@@ -70,7 +69,7 @@ def _listed_batch(image_source: ImageSource, cnn: CnnResource, tables: TableStor
     on the driver with pyarrow (local or S3 output alike: its rows, no Spark job over the corpus)."""
     rows, found = walk_rows(image_source.root)
     require_images(len(rows), image_source.root)
-    planned = local_batch.plan(rows, tables.base_uri, cnn.model_key(), config.full_refresh)
+    planned = ledger.plan(rows, tables.base_uri, cnn.model_key(), config.full_refresh)
     return planned, listing_counts(found)
 
 

@@ -2,8 +2,6 @@
 with the checks of the PCA."""
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
@@ -12,7 +10,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     Config,
-    MetadataValue,
     Output,
     ResourceParam,
     asset,
@@ -23,9 +20,9 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame
 
 from fruits_assets.defs.partitions import GROUP
-from fruits_assets.io import plots
-from fruits_assets.io.io_manager import UNCHANGED
-from fruits_assets.io.metadata import latest_metadata, table, variance_markdown
+from fruits_assets.io.derivation import reuse_or_refit
+from fruits_assets.io.metadata import latest_metadata
+from fruits_assets.io.pca_metadata import pca_metadata
 from fruits_assets.io.resources import ClassifierSettings, ModelStore, TableStore
 from spark_code import unchanged
 from spark_code.classify import choose_k
@@ -33,7 +30,6 @@ from spark_code.ingest import batches
 from spark_code.reduction import lifecycle, scaler_pca
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import lake, quality, versions
-from spark_code.storage.tables import Update, removed_paths, upserts
 
 
 class ScalerConfig(Config):
@@ -58,79 +54,28 @@ def scaled_features(
     precision: 5 KB per photo): a run scales only the rows of cnn_features that changed since the version this
     table last took (its change data feed). A refit (config, or features of other CNN settings) scales every row
     again and replaces the table."""
-    saved = models.latest(StandardScalerModel, "scaled_features")
-    pending = Derivation.of(tables, "scaled_features", "cnn_features", saved)
-    verdict = lifecycle.decide(saved, _scaler_inputs(saved, pending.new_rows()), refit=config.refit)
-    if verdict.refit:
-        cnn_features, cnn_model = tables.current_features()
-        model = scaler_pca.fit_scaler(cnn_features, "features", "scaled_features")
-        fitted_with = {"cnn_model": cnn_model, "cnn_features_version": tables.version("cnn_features")}
-        saved = models.save(model, "scaled_features", fitted_with)
-        pending = Derivation.of(tables, "scaled_features", "cnn_features", saved)
-    update = pending.update(lambda rows: scaler_pca.scaled_part(saved.model, rows, KEEP))
-    context.log.info("scaler %s (%s): %s", saved.uri, verdict.reason, pending.describe())
-    metadata = {"model_uri": MetadataValue.path(saved.uri), "refit": verdict.refit, **pending.metadata()}
-    return Output(update, metadata=metadata)
+    derived = reuse_or_refit(
+        tables,
+        models,
+        ("scaled_features", "cnn_features"),
+        StandardScalerModel,
+        decide=lambda saved, pending: (
+            lifecycle.decide(saved, _scaler_inputs(saved, pending.new_rows()), refit=config.refit),
+            None,
+        ),
+        fit=lambda: _fit_scaler(tables, models),
+    )
+    update = derived.pending.update(lambda rows: scaler_pca.scaled_part(derived.saved.model, rows, KEEP))
+    context.log.info("scaler %s (%s): %s", derived.saved.uri, derived.verdict.reason, derived.pending.describe())
+    return Output(update, metadata=derived.metadata())
 
 
-@dataclass(frozen=True)
-class Derivation:
-    """What a table derived row by row from a source table (through a saved model) has to take: every source row
-    when the model is not the one that derived its rows (a refit), else the source's changes since the version it
-    last took (none: nothing to write)."""
-
-    tables: TableStore
-    name: str
-    source: str
-    model: SavedModel | None
-    taken: int
-    until: int | None
-    everything: bool
-
-    @classmethod
-    def of(cls, tables: TableStore, name: str, source: str, model: SavedModel | None) -> "Derivation":
-        """The derivation of table `name` from `source` with `model`, as the tables stand now."""
-        derived_with = unchanged.derived_with(tables.base_uri, name)
-        everything = model is None or derived_with != model.version
-        return cls(tables, name, source, model, tables.consumed(name, source), tables.version(source), everything)
-
-    @functools.cached_property
-    def _net(self) -> DataFrame | None:
-        if self.everything or self.until is None or self.until <= self.taken:
-            return None
-        # Not cached: after a long pause these rows (1,280 floats each) can outgrow the driver's heap; a batch's
-        # few rows are read again at little cost.
-        return self.tables.changes(self.source, self.taken, self.until)
-
-    def new_rows(self) -> DataFrame | None:
-        """The source rows the model has not derived yet (every row for a new model; None when there is none)."""
-        if self.everything:
-            return self.tables.table(self.source)
-        return None if self._net is None else upserts(self._net)
-
-    def update(self, derive: Callable[[DataFrame], DataFrame]) -> Update | None:
-        """The commit that brings the table up to date (UNCHANGED when it is): rows made by `derive`."""
-        recorded = {"model": self.model.version}
-        source = None if self.until is None else (self.source, self.until)
-        if self.everything:
-            return Update(
-                derive(self.tables.require_table(self.source)), replace=True, source=source, recorded=recorded
-            )
-        if self._net is None:
-            return UNCHANGED
-        return Update(derive(upserts(self._net)), removed_paths(self._net), source=source, recorded=recorded)
-
-    def describe(self) -> str:
-        """For the log: what this run derives."""
-        if self.everything:
-            return f"every row of {self.source} (version {self.until})"
-        if self._net is None:
-            return f"{self.name} is current with {self.source} version {self.until}"
-        return f"the changes of {self.source} versions {self.taken + 1}..{self.until}"
-
-    def metadata(self) -> dict:
-        """What the UI shows of the derivation."""
-        return {"source_version": self.until, "rederived": self.everything, "derived": self.describe()}
+def _fit_scaler(tables: TableStore, models: ModelStore) -> SavedModel:
+    """Fit the scaler on every current feature row; save it with the CNN settings and table version it saw."""
+    cnn_features, cnn_model = tables.current_features()
+    model = scaler_pca.fit_scaler(cnn_features, "features", "scaled_features")
+    fitted_with = {"cnn_model": cnn_model, "cnn_features_version": tables.version("cnn_features")}
+    return models.save(model, "scaled_features", fitted_with)
 
 
 def _scaler_inputs(saved: SavedModel | None, new: DataFrame | None) -> dict:
@@ -196,27 +141,36 @@ def pca_features(
     (`drift`, `refit_due`, and the check pca_basis_fits_new_rows warns), so a batch run costs what the batch costs.
     """
     scaler_uri = models.latest_uri("scaled_features")
-    saved, wanted = models.latest(PCAModel, "pca_features"), config.choice().inputs(scaler_uri)
-    pending = Derivation.of(tables, "pca_features", "scaled_features", saved)
-    verdict, drift = lifecycle.decide_with_drift(
-        saved,
-        wanted,
-        lambda model: pending.new_rows(),
-        refit=config.refit,
-        max_drift=config.max_drift,
-        refit_on_drift=config.refit_on_drift,
+    wanted = config.choice().inputs(scaler_uri)
+    derived = reuse_or_refit(
+        tables,
+        models,
+        ("pca_features", "scaled_features"),
+        PCAModel,
+        decide=lambda saved, pending: lifecycle.decide_with_drift(
+            saved,
+            wanted,
+            lambda model: pending.new_rows(),
+            refit=config.refit,
+            max_drift=config.max_drift,
+            refit_on_drift=config.refit_on_drift,
+        ),
+        fit=lambda: _fit_pca(config, tables, models, scaler_uri, classifier),
     )
-    if verdict.refit:
-        saved = _fit_pca(config, tables, models, scaler_uri, classifier)
-        pending = Derivation.of(tables, "pca_features", "scaled_features", saved)
+    saved, pending = derived.saved, derived.pending
     context.log.info(
-        "PCA %s: k=%d, %s (drift %s), %s", saved.uri, saved.model.getK(), verdict.reason, drift, pending.describe()
+        "PCA %s: k=%d, %s (drift %s), %s",
+        saved.uri,
+        saved.model.getK(),
+        derived.verdict.reason,
+        derived.drift,
+        pending.describe(),
     )
     projected = pending.new_rows()
     update = pending.update(lambda rows: scaler_pca.pca_part(saved.model, saved.uri, rows, KEEP))
-    refit_due = drift is not None and drift > config.max_drift
-    metadata = _pca_metadata(config, saved, verdict.refit, drift, refit_due, projected)
-    return Output(update, metadata={**metadata, **pending.metadata()})
+    target = config.variance_target if config.k is None else None
+    shown = pca_metadata(saved, target, (derived.drift, config.max_drift), derived.verdict.refit, projected)
+    return Output(update, metadata={**shown, **pending.metadata()})
 
 
 def _fit_pca(config: PcaConfig, tables: TableStore, models: ModelStore, scaler_uri: str, classifier) -> SavedModel:
@@ -229,61 +183,6 @@ def _fit_pca(config: PcaConfig, tables: TableStore, models: ModelStore, scaler_u
 
     model, fitted_with = choose_k.fit_pca(scaled, config.choice(), scaler_uri, classifier.logistic(), rows)
     return models.save(model, "pca_features", fitted_with)
-
-
-def _pca_metadata(
-    config: PcaConfig,
-    saved: SavedModel,
-    refit: bool,
-    drift,
-    refit_due: bool,
-    projected: DataFrame | None,
-) -> dict:
-    """What the UI shows of a PCA run: k, the variance curve and its plots, drift, the batches projected."""
-    model, fitted_with = saved.model, saved.fitted_with
-    curve, accuracy = fitted_with["curve"], {int(k): a for k, a in fitted_with.get("accuracy_curve", {}).items()}
-    k = model.getK()
-    metadata = {
-        "k": k,
-        "explained_variance": float(curve[k - 1]),
-        "variance_target": config.variance_target if config.k is None else None,
-        "k_choice": fitted_with.get("k_choice"),
-        "accuracy_curve_on": fitted_with.get("accuracy_curve_on"),
-        "input_dim": len(curve),
-        "bytes_per_photo_vector": 4 * k,
-        "refit": refit,
-        "drift": drift,
-        "max_drift": config.max_drift,
-        "refit_due": refit_due and not refit,
-        "cumulative_variance": MetadataValue.md(variance_markdown(curve, k)),
-        "variance_plot": MetadataValue.md(plots.variance_plot(curve, k, None if config.k else config.variance_target)),
-        **_accuracy_metadata(accuracy, k),
-        **_scatter(model, projected),
-        "model_uri": MetadataValue.path(saved.uri),
-    }
-    return {key: value for key, value in metadata.items() if value is not None}
-
-
-def _scatter(model: PCAModel, rows: DataFrame | None) -> dict:
-    """The first two components of (a sample of) the rows projected in this run, as a plot; {} if none. The sample
-    is drawn from the scaled rows and only it is projected."""
-    if rows is None:
-        return {}
-    head = scaler_pca.Projection.first(model, min(2, model.getK()))
-    projected = scaler_pca.first_two(
-        rows, "scaled_features", project=lambda rows: scaler_pca.transform_arrays(head, rows)
-    )
-    return {"pca_scatter": MetadataValue.md(plots.scatter_plot(*projected))}
-
-
-def _accuracy_metadata(accuracy: dict[int, float], k: int) -> dict:
-    if not accuracy:
-        return {}
-    records = [{"k": key, "accuracy": round(value, 4)} for key, value in sorted(accuracy.items())]
-    return {
-        "accuracy_by_k": table(records, [("k", "int"), ("accuracy", "float")]),
-        "accuracy_plot": MetadataValue.md(plots.accuracy_plot(accuracy, k)),
-    }
 
 
 @asset_check(asset="pca_features")

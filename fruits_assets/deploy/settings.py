@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
+from spark_code.classify.accuracy import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import WEIGHTS_FILE
-from spark_code.storage.s3a import is_s3
+from spark_code.storage.uris import is_s3
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"

@@ -10,7 +10,7 @@ from dagster_pyspark import PySparkResource
 
 from fruits_assets.deploy import class_archive
 from fruits_assets.deploy.settings import Settings
-from spark_code.storage import s3a, tables
+from spark_code.storage import s3a, tables, uris
 
 # The job's own needs, wherever it runs: Arrow UDFs, Python worker reuse (one CNN per worker), small image files
 # packed ~2,000 per scan task instead of Spark's 32 (4 MB "open cost" each), UTC timestamps, quiet TensorFlow.
@@ -44,8 +44,8 @@ EMR_SPARK_CONF = {
 def s3_spark_config(settings: Settings) -> dict[str, str]:
     """S3A for a local Spark whose image root, training root or output is on S3 (s3:// or s3a://); {} otherwise.
     Fails before any work, naming what to install, when the hadoop-aws jars are not cached yet."""
-    uris = (settings.image_root, settings.training_root, settings.output_uri)
-    if not any(s3a.is_s3(uri) for uri in uris):
+    roots = (settings.image_root, settings.training_root, settings.output_uri)
+    if not any(uris.is_s3(uri) for uri in roots):
         return {}
     region = settings.emr_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return s3a.spark_conf(os.environ.get("AWS_ENDPOINT_URL"), region)

@@ -14,7 +14,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field, PrivateAttr
 from pyspark.sql import DataFrame
 
-from spark_code.storage import lake, run_lock, tables, versions
+from spark_code.storage import lake, run_lock, tables, uris, versions
 
 UNCHANGED = None  # an asset's output value meaning "my table is still current": recorded, not rewritten
 
@@ -44,7 +44,7 @@ class DeltaIOManager(ConfigurableIOManager):
 
     def uri(self, context: InputContext | OutputContext) -> str:
         """The asset's table."""
-        return f"{versions.qualify(self.base_uri)}/{'/'.join(context.asset_key.path)}"
+        return f"{uris.qualify(self.base_uri)}/{'/'.join(context.asset_key.path)}"
 
     def handle_output(self, context: OutputContext, obj: DataFrame | tables.Update | None) -> None:
         uri = self.uri(context)

@@ -11,7 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pyspark.sql import functions as F
 
 from spark_code import unchanged
-from spark_code.classify.classifier import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR, LogisticSettings
+from spark_code.classify.accuracy import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
+from spark_code.classify.classifier import LogisticSettings
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
 from spark_code.featurize.model_cache import DRIVER_PAYLOADS
@@ -21,7 +22,7 @@ from spark_code.ingest.images import ImageRootError
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import lake, tables, versions
-from spark_code.storage.s3a import is_s3
+from spark_code.storage.uris import is_s3
 
 
 def _is_local(uri: str) -> bool:
@@ -179,7 +180,7 @@ class TableStore(ConfigurableResource):
 
     def uri(self, name: str) -> str:
         """Where table `name` is."""
-        return unchanged.table_uri(self.base_uri, name)
+        return lake.table_of(self.base_uri, name)
 
     def table(self, name: str):
         """The current rows of table `name`; None if it has none yet."""

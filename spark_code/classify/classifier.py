@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from pyspark.ml import PipelineModel, Transformer
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import IndexToString, PCAModel, StandardScalerModel, StringIndexer
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCAModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from spark_code.classify import openset, rejection_metrics
 from spark_code.reduction.scaler_pca import as_vectors
@@ -23,9 +21,6 @@ logger = logging.getLogger(__name__)
 PREDICTED = "predicted_label"
 
 
-ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR = 0.95, 0.90  # least test accuracy the classifier's check accepts, and its bound
-
-
 @dataclass(frozen=True)
 class LogisticSettings:
     """Multinomial logistic-regression settings (Spark ML names)."""
@@ -33,35 +28,6 @@ class LogisticSettings:
     max_iter: int = 200
     reg_param: float = 1e-3
     elastic_net: float = 0.0
-
-
-def fit_head(train: DataFrame, features_col: str, settings: LogisticSettings) -> list[Transformer]:
-    """Fit label index + logistic regression on a vector column; returns [LogisticRegressionModel, IndexToString]."""
-    indexer = StringIndexer(inputCol="label", outputCol="label_index").fit(train)
-    regression = LogisticRegression(
-        featuresCol=features_col,
-        labelCol="label_index",
-        family="multinomial",
-        maxIter=settings.max_iter,
-        regParam=settings.reg_param,
-        elasticNetParam=settings.elastic_net,
-        standardization=False,  # inputs are already standardised (scaler) or decorrelated (PCA)
-    )
-    model = regression.fit(indexer.transform(train))
-    return [model, IndexToString(inputCol="prediction", outputCol=PREDICTED, labels=indexer.labels)]
-
-
-def train_classifier(
-    train: DataFrame, scaler: StandardScalerModel, pca: PCAModel | None, settings: LogisticSettings
-) -> PipelineModel:
-    """The whole pipeline from 1280-d CNN features: scaler → PCA (optional) → logistic regression → label.
-
-    `train` holds `label` and `features` (array or vector); the fitted scaler and PCA are reused as they are.
-    """
-    stages = [scaler] if pca is None else [scaler, pca]
-    prepared = PipelineModel(stages).transform(as_vectors(train, scaler.getInputCol()))
-    head_input = scaler.getOutputCol() if pca is None else pca.getOutputCol()
-    return PipelineModel([*stages, *fit_head(prepared, head_input, settings)])
 
 
 def predict(model: PipelineModel, features: DataFrame) -> DataFrame:
@@ -138,19 +104,6 @@ def _reduced_col(model: PipelineModel) -> str:
     return pca.getOutputCol() if pca is not None else model.stages[0].getOutputCol()
 
 
-def training_space(model: PipelineModel, train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(reduced features, labels) of the training rows: what the classifier's head saw, as NumPy arrays."""
-    reduce_stages = PipelineModel([s for s in model.stages if isinstance(s, StandardScalerModel | PCAModel)])
-    reduced = reduce_stages.transform(as_vectors(train, model.stages[0].getInputCol()))
-    rows = reduced.select("label", vector_to_array(_reduced_col(model)).alias("x")).collect()
-    return np.array([r.x for r in rows]), np.array([r.label for r in rows])
-
-
-def fit_feature_scores(model: PipelineModel, train: DataFrame, shrinkage: float = 0.1) -> openset.FeatureScores:
-    """The feature-space open-set scores on the classifier's reduced (PCA) features of its training rows."""
-    return openset.fit_feature_scores(*training_space(model, train), shrinkage=shrinkage)
-
-
 KNOWN = "known"
 
 
@@ -203,16 +156,6 @@ class ScoredRows:
         return list(zip(self.labels.tolist(), self.predicted.tolist(), strict=True))
 
 
-def collect_scores(model: PipelineModel, scores: openset.FeatureScores, features: DataFrame) -> ScoredRows:
-    """`score_rows` collected as NumPy arrays (a few small values per row)."""
-    rows = score_rows(model, scores, features).select("label", PREDICTED, *openset.SCORES).collect()
-    return ScoredRows(
-        labels=np.array([r["label"] for r in rows], dtype=object),
-        predicted=np.array([r[PREDICTED] for r in rows], dtype=object),
-        scores={name: np.array([r[name] for r in rows], dtype=np.float64) for name in openset.SCORES},
-    )
-
-
 @dataclass(frozen=True)
 class OpenSetProtocol:
     """The held-out-classes protocol: both scores' reports, and which classes were known / held out."""
@@ -230,29 +173,3 @@ class OpenSetProtocol:
         for item in self.reports:
             figures.update(item.summary())
         return figures
-
-
-def openset_protocol(
-    train: DataFrame,
-    test: DataFrame,
-    scaler: StandardScalerModel,
-    pca: PCAModel | None,
-    settings: LogisticSettings,
-    accept_rate: float = 0.95,
-) -> OpenSetProtocol | None:
-    """Hold out ~20 % of the training classes (`held_out_classes`), train on the rest, and measure how well
-    each score tells the test rows of known classes from all other test rows. None when there is nothing to hold out
-    or no unknown test row."""
-    classes = sorted(r.label for r in train.select("label").distinct().collect())
-    held_out = rejection_metrics.held_out_classes(classes)
-    known = [c for c in classes if c not in held_out]
-    if not held_out or not known:
-        return None
-    known_train = train.filter(F.col("label").isin(known))
-    model = train_classifier(known_train, scaler, pca, settings)
-    scored = collect_scores(model, fit_feature_scores(model, known_train), test)
-    is_known = np.isin(scored.labels, known)
-    if is_known.all() or not is_known.any():
-        return None
-    reports = [rejection_metrics.report(s, scored.values(s), is_known, accept_rate) for s in openset.SCORES]
-    return OpenSetProtocol(reports, known, held_out, int(is_known.sum()), int((~is_known).sum()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pyspark.sql import DataFrame
 
 from spark_code.classify import openset, rejection_metrics, softmax
 from spark_code.classify.classifier import PREDICTED, LogisticSettings, OpenSetProtocol, ScoredRows
-from spark_code.classify.serving import ServingPipeline
+from spark_code.classify.serving import CNN_SETTINGS, SERVING_JSON, ServingPipeline
 from spark_code.reduction import blas, scaler_pca
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,33 @@ def validate(
         time.perf_counter() - fitted,
     )
     return Validation(models["model"], scored["model"], scored["raw"], models["raw"].labels(), protocol)
+
+
+def open_set_model(
+    scored: ScoredRows,
+    known: list[str],
+    scores: openset.FeatureScores,
+    score: str,
+    accept_rate: float,
+    protocol: OpenSetProtocol | None,
+) -> openset.OpenSetModel:
+    """The open-set decision: `score` (for `auto`, the held-out-classes protocol's best), calibrated to accept
+    `accept_rate` of the corpus's known-class rows."""
+    if score == "auto":
+        score = rejection_metrics.best(protocol.reports).score if protocol else openset.KNN_PROBABILITY
+    is_known = np.isin(scored.labels, known)
+    values = {name: scored.values(name)[is_known] for name in openset.SCORES}
+    return openset.calibrated(score, values, scores, accept_rate)
+
+
+def sidecars(pipeline: PipelineModel, rejection: openset.OpenSetModel, image_size: int) -> dict[str, str]:
+    """The files saved beside a classifier's Spark pipeline, which the app reads without Spark: its arrays
+    (`serving.json`), its open-set model (`openset.json`) and its CNN input size (`cnn.json`)."""
+    return {
+        CNN_SETTINGS: json.dumps({"image_size": image_size}),
+        openset.OPENSET_JSON: rejection.to_json(),
+        SERVING_JSON: serving_json(pipeline),
+    }
 
 
 def serving_json(pipeline: PipelineModel) -> str:

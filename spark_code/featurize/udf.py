@@ -27,8 +27,8 @@ from spark_code.featurize.cnn import (
     Predict,
     weights_fingerprint,
 )
+from spark_code.featurize.decode import try_decode
 from spark_code.featurize.model_cache import BROADCASTS, WorkerModels
-from spark_code.ingest.images import try_decode
 
 logger = logging.getLogger(__name__)
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_code.ingest.listing import RULES, RootListing, local_path, walk, walk_local
-from spark_code.storage import files, versions
-from spark_code.storage.s3a import is_s3
+from spark_code.storage import files, uris, versions
+from spark_code.storage.uris import is_s3
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +23,6 @@ LISTING_SCHEMA = "path string, label string, length long, modification_time time
 NO_CLASS_FOLDER = "no class folder: the file lies directly under the image root"
 VANISHED = "file vanished between listing and reading"
 MAX_FILE_BYTES = 256 * 2**20  # a larger file (a video, an archive) is quarantined unread
-BOMB_PIXELS = 300_000_000  # a larger declared size is a decompression bomb, whatever the format
-Image.MAX_IMAGE_PIXELS = BOMB_PIXELS // 2  # Pillow raises DecompressionBombError above twice this (warns above it)
-REDUCE_ABOVE = 2  # non-JPEG images wider than this many model inputs are box-reduced before the resize
-# Errors Pillow raises for bytes that are not a readable image (clip-retrieval catches the same family).
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -40,7 +32,7 @@ class ImageRootError(ValueError):
 
 def check_root_exists(root: str) -> None:
     """Fail fast, naming the path, when the image root does not exist (local or S3)."""
-    if not files.exists(versions.qualify(root)):
+    if not files.exists(uris.qualify(root)):
         raise ImageRootError(
             f"image root {root!r} does not exist: point FRUITS_IMAGE_ROOT (or the image_source "
             "resource's `root`) at a folder with one sub-folder of images per fruit class"
@@ -99,7 +91,7 @@ def walk_rows(root: str) -> tuple[list[tuple], RootListing]:
 
 def listing_rows(root: str, entries) -> list[tuple]:
     """Listing rows (path, label, length, modification_time) of (path relative to `root`, (size, mtime_ns)) pairs."""
-    base = versions.qualify(root)
+    base = uris.qualify(root)
     return [(f"{base}/{rel}", label_of(rel), size, _timestamp(mtime_ns)) for rel, (size, mtime_ns) in entries]
 
 
@@ -146,7 +138,7 @@ def _read_explicit(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 
 def _scan(spark: SparkSession, root: str) -> DataFrame:
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(versions.qualify(root))
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris.qualify(root))
     return files.filter(F.col("length") <= MAX_FILE_BYTES).select("path", "content")  # pushed down: big files unread
 
 
@@ -191,7 +183,7 @@ def attach_content(
     scans the root once when that is safe. Files Spark cannot read by name are read on the driver; a listed file
     missing here has vanished since.
     """
-    base = versions.qualify(root) + "/"
+    base = uris.qualify(root) + "/"
     paths = [row.path for row in listing.select("path").collect()]
     hidden = {p for p in paths if spark_cannot_read(p[len(base) :] if p.startswith(base) else p)}
     visible = [p for p in paths if p not in hidden]
@@ -203,61 +195,6 @@ def attach_content(
         return listing.withColumn("content", F.lit(None).cast("binary")).limit(0)
     files = functools.reduce(DataFrame.unionByName, parts)
     return files.join(F.broadcast(listing), on="path", how="inner")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparent pixels are composited on white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-@functools.cache
-def register_formats() -> None:
-    """Teach Pillow HEIC/HEIF (pillow-heif), once per process: each Spark Python worker, `fruits classify`.
-
-    AVIF is native in Pillow 13.
-    """
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-
-
-def _reduced(image: Image.Image, size: int) -> Image.Image:
-    """A big image shrunk cheaply towards `size` before the exact resize (a 50-megapixel photo stays small)."""
-    factor = min(image.size) // (REDUCE_ABOVE * size)
-    return image.reduce(factor) if factor >= 2 else image
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes (any format Pillow or pillow-heif reads, recognised by content) to a `size`×`size`×3
-    uint8 RGB array (EXIF-rotated, bilinear resize).
-
-    JPEGs are decoded at reduced size by the decoder itself (draft mode); other big images are box-reduced first.
-    Raises one of `DECODE_ERRORS` when the bytes are not a readable image, or declare more than BOMB_PIXELS.
-    """
-    register_formats()
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (size, size))  # JPEG: let the decoder downscale big photos cheaply
-        rgb = _reduced(_to_rgb(ImageOps.exif_transpose(image)), size)
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-
-
-def try_decode(data: bytes | None, size: int) -> tuple[np.ndarray | None, str | None]:
-    """Decode, returning `(pixels, None)` or `(None, reason)` for an unreadable image."""
-    if not data:
-        return None, "empty file (0 bytes)"
-    try:
-        return decode_image(data, size), None
-    except UnidentifiedImageError:
-        return None, f"not an image (no image format recognised in its content; it starts with {bytes(data[:8])!r})"
-    except Image.DecompressionBombError as error:
-        return None, f"decompression bomb: {error}"
-    except DECODE_ERRORS as error:
-        return None, f"undecodable image: {type(error).__name__}: {error}"
 
 
 def set_aside(listing: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from spark_code.storage.s3a import is_s3
+from spark_code.storage.uris import is_s3
 
 logger = logging.getLogger(__name__)
 

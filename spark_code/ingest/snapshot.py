@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from spark_code.ingest import listing
 from spark_code.storage import files
-from spark_code.storage.s3a import is_s3
+from spark_code.storage.uris import is_s3
 
 logger = logging.getLogger(__name__)
 

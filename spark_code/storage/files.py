@@ -8,7 +8,7 @@ import tempfile
 
 from pyarrow import fs as pafs
 
-from spark_code.storage.s3a import is_s3, split
+from spark_code.storage.uris import is_s3, split
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError as _NoDeltaTable
 
-from spark_code.storage import files
-from spark_code.storage.s3a import is_s3
+from spark_code.storage import files, uris
+from spark_code.storage.uris import is_s3
 
 # Operations that rewrite files without changing rows: a consumer has nothing to take from them.
 NO_DATA_CHANGE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
@@ -107,6 +107,11 @@ def storage_options(uri: str) -> dict[str, str]:
     if region:
         options["AWS_REGION"] = region
     return options
+
+
+def table_of(output: str, name: str) -> str:
+    """Where table `name` of an output (a local folder or s3://) is."""
+    return f"{uris.qualify(output)}/{name}"
 
 
 def table_uri(uri: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
 
-from spark_code.storage.s3a import is_s3
+from spark_code.storage.uris import is_s3
 
 logger = logging.getLogger(__name__)
 

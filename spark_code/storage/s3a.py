@@ -13,7 +13,6 @@ from spark_code.storage.ivy import DEFAULT_CACHE
 
 logger = logging.getLogger(__name__)
 
-S3_SCHEMES = ("s3", "s3a")
 HADOOP_AWS = "org.apache.hadoop:hadoop-aws"
 # What hadoop-aws 3.3.4 was built with (resolved beside it by Ivy).
 AWS_DEPENDENCIES = ("com.amazonaws_aws-java-sdk-bundle-", "org.wildfly.openssl_wildfly-openssl-")
@@ -31,17 +30,6 @@ CREDENTIAL_PROVIDERS = ",".join(
 
 class S3ASetupError(ivy.JarsMissingError):
     """Spark cannot speak S3 here yet; the message says what to install."""
-
-
-def is_s3(uri: str | None) -> bool:
-    """Whether `uri` names S3 (s3:// or s3a://)."""
-    return bool(uri) and urlparse(uri).scheme in S3_SCHEMES and bool(urlparse(uri).netloc)
-
-
-def split(uri: str) -> tuple[str, str]:
-    """(bucket, key) of an s3:// or s3a:// URI."""
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
 
 
 def hadoop_version() -> str:

@@ -8,11 +8,14 @@ import os
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from pyspark.sql import SparkSession
+from spark_code.storage import files, uris
 
-from spark_code.storage import files
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +52,6 @@ def check_writable(base_uri: str) -> None:
         ) from error
 
 
-def qualify(uri: str) -> str:
-    """A local path becomes an absolute `file:` URI (as Spark writes it in a `path` column); URIs with a scheme are
-    kept, without a trailing slash."""
-    return uri.rstrip("/") if urlparse(uri).scheme else "file:" + os.path.abspath(uri)
-
-
 def hadoop_fs(spark: SparkSession, uri: str):
     """(Hadoop FileSystem, Path) of a path or URI, through the session's Hadoop configuration."""
     path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
@@ -64,7 +61,7 @@ def hadoop_fs(spark: SparkSession, uri: str):
 def new_version_uri(base_uri: str, name: str) -> str:
     """A fresh, lexically time-ordered version folder for `name` under `base_uri`."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{qualify(base_uri)}/{name}/{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+    return f"{uris.qualify(base_uri)}/{name}/{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
 
 def version_name(uri: str | None) -> str | None:
@@ -92,7 +89,7 @@ def committed_names(folder: str) -> list[str]:
 
 def list_versions(base_uri: str, name: str) -> tuple[list[str], list[str]]:
     """(committed, uncommitted) version URIs of model `name` under `base_uri`, oldest first."""
-    uri = f"{qualify(base_uri)}/{name}"
+    uri = f"{uris.qualify(base_uri)}/{name}"
     done = committed_names(uri)
     pending = sorted(set(n for n in files.list_names(uri) if n.startswith(VERSION_PREFIX)) - set(done))
     return [f"{uri}/{n}" for n in done], [f"{uri}/{n}" for n in pending]
@@ -100,9 +97,34 @@ def list_versions(base_uri: str, name: str) -> tuple[list[str], list[str]]:
 
 def newest(base_uri: str, name: str) -> str | None:
     """URI of the newest committed version of model `name` (None if it has none)."""
-    uri = f"{qualify(base_uri)}/{name}"
+    uri = f"{uris.qualify(base_uri)}/{name}"
     done = committed_names(uri)
     return f"{uri}/{done[-1]}" if done else None
+
+
+MODEL_CACHE = Path.home() / ".cache" / "fruits" / "models"  # versions of s3:// models, copied once
+
+
+def local_folder(base_uri: str, name: str, cache: Path = MODEL_CACHE) -> Path:
+    """The newest committed version of model `name` as a local folder: the folder itself on a local disk; on S3 a
+    copy made once under `cache` (a version is never rewritten, so a copy is good for ever; its marker is copied
+    last, so a half-made copy is made again). A ModelNotFoundError names the fix when there is none."""
+    uri = newest(base_uri, name)
+    if uri is None:
+        raise ModelNotFoundError(
+            f"no committed {name!r} under {base_uri.removeprefix('file:')!r}: materialize the fruit_classifier "
+            "asset first, or point --models / FRUITS_OUTPUT_URI at the folder that holds it"
+        )
+    if not uris.is_s3(uri):
+        return Path(uri.removeprefix("file:"))
+    bucket, key = uris.split(uri)
+    target = cache / bucket / key
+    if not (target / COMMITTED).exists():
+        for name_in_version in sorted(files.list_tree(uri), key=lambda rel: rel == COMMITTED):
+            local = target / name_in_version
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(files.read_bytes(f"{uri}/{name_in_version}") or b"")
+    return target
 
 
 def latest_uri(base_uri: str, name: str) -> str:

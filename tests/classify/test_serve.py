@@ -16,8 +16,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bench.sample_classifier import cnn, first_photos, train_and_save
-from fruits_assets.cli import fruits
-from fruits_assets.cli.serve import ServeOptions
+from fruits_assets.app import cli
+from fruits_assets.app.service import ServeOptions
 from fruits_assets.deploy.settings import Settings
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
 from tests.conftest import CLASSES, REPO, TRAINING
@@ -82,7 +82,7 @@ def test_answers_equal_fruits_classify(server, models, fruits_dir, weights_path,
     with ThreadPoolExecutor(len(photos)) as pool:  # at once: served in micro-batches, compared with one at a time
         answers = list(pool.map(lambda p: classify(base, p.read_bytes(), p.name), photos))
     command = ["classify", "--json", "--engine", ENGINE, "--models", models[0], "--weights", weights_path]
-    assert fruits.main([*command, *map(str, photos)]) == 0
+    assert cli.main([*command, *map(str, photos)]) == 0
     expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     chosen = CnnEngine.chosen(ENGINE, CnnSpec(), 0, None).label  # onnx-fp32: what the server was given
     for (status, got), want, photo in zip(answers, expected, photos, strict=True):
@@ -168,9 +168,9 @@ def test_settings_drive_the_server_options():
 
 
 def test_serve_command_fails_clearly_without_a_local_model(tmp_path, capsys):
-    assert fruits.main(["serve", "--models", "gs://fruits/models"]) == 2  # s3:// is read (copied once), gs:// is not
+    assert cli.main(["serve", "--models", "gs://fruits/models"]) == 2  # s3:// is read (copied once), gs:// is not
     assert "local models folder" in capsys.readouterr().err
-    assert fruits.main(["serve", "--models", str(tmp_path)]) == 2
+    assert cli.main(["serve", "--models", str(tmp_path)]) == 2
     assert "materialize the fruit_classifier" in capsys.readouterr().err
 
 
@@ -179,7 +179,7 @@ def served_command(models, weights_path, tmp_path):
     """`fruits serve` itself, as a person starts it, on a loopback port; stopped afterwards."""
     port = free_port()
     env = {**os.environ, "FRUITS_WEIGHTS": weights_path, "FRUITS_LOG_LEVEL": "INFO", "FRUITS_ENGINE": ENGINE}
-    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "serve", "--models", models[0], "--port", str(port)]
+    cmd = [sys.executable, "-m", "fruits_assets.app.cli", "serve", "--models", models[0], "--port", str(port)]
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

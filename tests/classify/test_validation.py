@@ -1,5 +1,6 @@
 """The fruit classifier: metrics, its checks, the saved pipeline read without Spark, and `fruits classify`."""
 
+import json
 import subprocess
 import sys
 
@@ -8,19 +9,13 @@ import pytest
 from pyspark.ml import PipelineModel
 
 from bench.common import drawn_non_fruit
+from bench.sample_classifier import save_trained
+from fruits_assets.app.engine import FruitClassifier, NotAnImageError
 from fruits_assets.io.resources import ClassifierSettings
 from spark_code.classify import classifier as clf
-from spark_code.classify import openset, spark_layout
-from spark_code.classify.serving import (
-    SERVING_JSON,
-    FruitClassifier,
-    ModelNotFoundError,
-    NotAnImageError,
-    latest_version,
-    load_pipeline,
-)
-from spark_code.reduction import scaler_pca
-from spark_code.storage import versions
+from spark_code.classify import classifier_fit, openset
+from spark_code.classify.serving import SERVING_JSON, load_pipeline
+from spark_code.storage.versions import ModelNotFoundError, local_folder
 from tests.conftest import CLASSES, REPO, TRAINING, first_images
 from tests.helpers import metadata_of
 from tests.helpers import table as read_table
@@ -83,7 +78,7 @@ def test_accuracy_floor_cannot_be_set_below_090():
 def saved(run, spark):
     """The saved classifier: its Spark PipelineModel and the same folder read back without Spark."""
     _, output, _ = run
-    folder = latest_version(f"{output}/models")
+    folder = local_folder(f"{output}/models", "fruit_classifier")
     return PipelineModel.load(str(folder)), load_pipeline(folder), output
 
 
@@ -103,11 +98,11 @@ def test_saved_pipeline_holds_scaler_pca_classifier_and_labels(saved):
 
 def test_the_serving_sidecar_holds_the_arrays_of_the_saved_spark_pipeline(saved):
     _, pipeline, output = saved
-    folder = latest_version(f"{output}/models")
+    folder = local_folder(f"{output}/models", "fruit_classifier")
     assert (folder / SERVING_JSON).exists()  # read by `fruits classify` and `fruits serve`: no Spark file layout
-    spark_files = spark_layout.pipeline_arrays(folder)  # what versions saved before the sidecar are read from
+    spark_files = json.loads(classifier_fit.serving_json(PipelineModel.load(str(folder))))  # Spark ML's own files
     for name in ("mean", "scale", "components", "coefficients", "intercepts"):
-        np.testing.assert_array_equal(getattr(pipeline, name), spark_files[name], err_msg=name)
+        np.testing.assert_array_equal(getattr(pipeline, name), np.asarray(spark_files[name]), err_msg=name)
     assert pipeline.labels == spark_files["labels"]
 
 
@@ -153,18 +148,7 @@ def fruit_app(engine, spark, fruits_dir, weights_path, tmp_path_factory):
         return spark.createDataFrame(rows, "path string, label string, features array<float>")
 
     train, corpus = table(TRAINING, 0, 10), table(fruits_dir, 0, 8)
-    scaler = scaler_pca.fit_scaler(corpus, "features", "scaled_features")
-    pca = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
-    model = clf.train_classifier(
-        train, scaler, pca.fit(scaler_pca.transform_arrays(scaler, corpus)), clf.LogisticSettings()
-    )
-    scores = clf.fit_feature_scores(model, train)
-    scored = clf.collect_scores(model, scores, corpus)
-    rejection = openset.calibrated(openset.KNN_PROBABILITY, {n: scored.values(n) for n in openset.SCORES}, scores)
-    base = str(tmp_path_factory.mktemp("app_models"))
-    uri = versions.save_model(
-        spark, model, base, "fruit_classifier", extras={openset.OPENSET_JSON: rejection.to_json()}
-    )
+    uri = save_trained(spark, train, corpus, str(tmp_path_factory.mktemp("app_models")))
     held_back = [p for c in classes for p in first_images(fruits_dir / c, 9)[8:]]
     return FruitClassifier(load_pipeline(uri), weights_path), held_back
 
@@ -191,7 +175,7 @@ def test_unknown_by_probability_threshold_and_clear_errors(saved, engine, weight
     with pytest.raises(NotAnImageError, match="notes.jpg"):
         engine.classify(sample_root / "Broken Fruit" / "notes.jpg")
     with pytest.raises(ModelNotFoundError, match="materialize the fruit_classifier"):
-        latest_version(str(sample_root))
+        local_folder(str(sample_root), "fruit_classifier")
 
 
 def test_fruits_classify_command(saved, weights_path, sample_root, training_root, original_dir, tmp_path):
@@ -200,7 +184,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     large = next((original_dir / "apple_golden_1").glob("*.jpg"))  # a phone-sized photo of an unseen class
     flat = tmp_path / "flat.png"
     flat.write_bytes(drawn_non_fruit()["flat white"])
-    cmd = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", f"{output}/models"]
+    cmd = [sys.executable, "-m", "fruits_assets.app.cli", "classify", "--models", f"{output}/models"]
     cmd += [
         "--unknown-score",
         "knn",
@@ -221,7 +205,7 @@ def test_fruits_classify_command(saved, weights_path, sample_root, training_root
     assert lines[1].startswith(f"{large}: ")
     assert lines[2].startswith(f"{flat}: unknown")
     assert "cannot classify" in done.stderr and "notes.jpg" in done.stderr and "Traceback" not in done.stderr
-    no_model = [sys.executable, "-m", "fruits_assets.cli.fruits", "classify", "--models", str(sample_root), str(banana)]
+    no_model = [sys.executable, "-m", "fruits_assets.app.cli", "classify", "--models", str(sample_root), str(banana)]
     missing = subprocess.run(no_model, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "materialize the fruit_classifier" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -213,7 +213,8 @@ def test_new_cnn_settings_featurize_every_image_again(grown, spark, weights_path
 def test_switching_the_cnn_engine_featurizes_every_image_again_and_the_app_runs_the_same_engine(
     grown, spark, weights_path, tmp_path
 ):
-    from spark_code.classify.serving import FruitClassifier, ServingPipeline
+    from fruits_assets.app.engine import FruitClassifier
+    from spark_code.classify.serving import ServingPipeline
     from spark_code.featurize import hardware, udf
 
     output = tmp_path / "copy"

@@ -184,10 +184,10 @@ def test_the_project_definitions_build_for_emr(monkeypatch):
 
 
 def test_s3a_serves_both_schemes_at_pysparks_hadoop_version(tmp_path):
-    from spark_code.storage import s3a
+    from spark_code.storage import s3a, uris
 
-    assert s3a.is_s3("s3://b/k") and s3a.is_s3("s3a://b/k") and not s3a.is_s3("/data") and not s3a.is_s3("s3://")
-    assert s3a.split("s3a://bucket/a/b") == ("bucket", "a/b")
+    assert uris.is_s3("s3://b/k") and uris.is_s3("s3a://b/k") and not uris.is_s3("/data") and not uris.is_s3("s3://")
+    assert uris.split("s3a://bucket/a/b") == ("bucket", "a/b")
     assert s3a.hadoop_version() == "3.3.4"  # pyspark 3.5's Hadoop: hadoop-aws must be exactly this
     with pytest.raises(s3a.S3ASetupError, match=r"hadoop-aws:3\.3\.4.*run \./install\.sh"):
         s3a.jars(tmp_path)  # an empty cache names the fix

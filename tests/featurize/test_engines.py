@@ -12,7 +12,7 @@ from spark_code.featurize.cnn import CnnEngine, CnnSpec
 @pytest.fixture(scope="module")
 def pixels(fruits_dir, original_dir):
     """Real photos, 100×100 and original sizes, as uint8 pixel batches at 224 and 160 px."""
-    from spark_code.ingest.images import decode_image
+    from spark_code.featurize.decode import decode_image
 
     paths = sorted((fruits_dir / "Banana").iterdir())[:3] + sorted((original_dir / "Cherry 3").iterdir())[:3]
     return {size: np.stack([decode_image(p.read_bytes(), size) for p in paths]) for size in (224, 160)}

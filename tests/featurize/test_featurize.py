@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code.featurize import cnn, model_cache, triage
+from spark_code.featurize import cnn, decode, model_cache, triage
 from spark_code.featurize.cnn import CnnSpec, WeightsError
 from spark_code.featurize.udf import CnnFeaturizer
 from spark_code.ingest import images
@@ -37,7 +37,7 @@ def test_features_equal_direct_keras_predict(featurized, weights_path):
     good = [r for r in rows if r.error is None]
     spec = CnnSpec()
     model = spec.build(weights_path)
-    pixels = np.stack([images.decode_image(Path(r.path.removeprefix("file:")).read_bytes(), 224) for r in good])
+    pixels = np.stack([decode.decode_image(Path(r.path.removeprefix("file:")).read_bytes(), 224) for r in good])
     expected = model.predict(spec.preprocess(pixels), batch_size=8, verbose=0)
     actual = np.array([r.features for r in good], dtype=np.float32)
     assert actual.shape == (len(good), 1280)

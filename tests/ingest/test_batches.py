@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from spark_code import local_batch, unchanged
-from spark_code.ingest import batches, images
+from spark_code import unchanged
+from spark_code.ingest import batches, images, ledger
 from spark_code.storage import lake, quality, tables
 from spark_code.storage.tables import Update
 
@@ -19,7 +19,7 @@ def _rows(files):
 
 
 def _planned(files, before=None, redo=None):
-    entries = None if before is None else unchanged.listing_entries(before)
+    entries = None if before is None else ledger.entries(before)
     return batches.plan_rows(_rows(files), entries, redo)
 
 
@@ -37,9 +37,7 @@ def test_a_batch_takes_new_changed_and_deleted_files_only(spark, tmp_path):
     first = _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)])
     assert {row[-1] for row in first} == {batches.NEW}
     assert _commit(spark, raw, first, "b1").rows_added == 3
-    second = _planned(
-        [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("c/4.jpg", 5, 1)], unchanged.current_raw_rows(str(tmp_path))
-    )
+    second = _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("c/4.jpg", 5, 1)], ledger.current_rows(str(tmp_path)))
     assert {path.rsplit("/r/", 1)[1]: change for path, *_, change in second} == {
         "a/2.jpg": batches.CHANGED,
         "c/4.jpg": batches.NEW,
@@ -64,7 +62,7 @@ def test_the_driver_commit_takes_any_file_name(spark, tmp_path):
     odd = ["a/it's.jpg", "a/back\\slash.jpg", "a/new\nline.jpg", "a/x' OR '1'='1.jpg", "a/🍋 é.jpg", "a/plain.jpg"]
     _commit(spark, raw, _planned([(name, 10, 1) for name in odd]), "b1")
     second = _planned(
-        [(name, 11, 2) for name in odd[:3]] + [("a/plain.jpg", 10, 1)], unchanged.current_raw_rows(str(tmp_path))
+        [(name, 11, 2) for name in odd[:3]] + [("a/plain.jpg", 10, 1)], ledger.current_rows(str(tmp_path))
     )
     commit = _commit(spark, raw, second, "b2")  # three changed, two deleted, one kept
     assert (commit.rows_added, commit.rows_removed) == (3, 5)
@@ -79,11 +77,9 @@ def test_the_driver_commit_takes_any_file_name(spark, tmp_path):
 def test_changes_are_each_paths_net_change_since_a_version(spark, tmp_path):
     raw = f"{tmp_path}/raw_images"
     _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)]), "b1")
-    _commit(
-        spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2)], unchanged.current_raw_rows(str(tmp_path))), "b2"
-    )
+    _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2)], ledger.current_rows(str(tmp_path))), "b2")
     now = [("a/1.jpg", 10, 1), ("a/2.jpg", 11, 2), ("d/5.jpg", 1, 1), ("b/3.jpg", 9, 9)]
-    _commit(spark, raw, _planned(now, unchanged.current_raw_rows(str(tmp_path))), "b3")
+    _commit(spark, raw, _planned(now, ledger.current_rows(str(tmp_path))), "b3")
     assert lake.version(raw) == 2
     net = {p: (row.change, row.batch) for p, row in _by_path(tables.changes(spark, raw, 0, 2).collect()).items()}
     assert net == {
@@ -117,21 +113,17 @@ def test_a_derived_table_records_the_source_version_it_took_and_takes_it_once(sp
     _commit(
         spark,
         raw,
-        _planned(
-            [("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))
-        ),
+        _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("c/3.jpg", 1, 1)], ledger.current_rows(str(tmp_path))),
         "b2",
     )
-    _commit(
-        spark, raw, _planned([("a/1.jpg", 10, 1), ("c/3.jpg", 1, 1)], unchanged.current_raw_rows(str(tmp_path))), "b3"
-    )
+    _commit(spark, raw, _planned([("a/1.jpg", 10, 1), ("c/3.jpg", 1, 1)], ledger.current_rows(str(tmp_path))), "b3")
     assert unchanged.behind(str(tmp_path), "cnn_features") == "cnn_features has not taken version 2 of raw_images"
     net = tables.changes(spark, raw, 0, 2)
     tables.commit(derived, Update(tables.upserts(net), tables.removed_paths(net), source=("raw_images", 2)))
     assert set(_by_path(tables.read(spark, derived).collect())) == {"a/1.jpg", "c/3.jpg"}
     assert unchanged.behind(str(tmp_path), "cnn_features") is None
     # Nothing to write still records the take (an empty commit), so the table is current
-    _commit(spark, raw, _planned([("a/1.jpg", 10, 1)], unchanged.current_raw_rows(str(tmp_path))), "b4")
+    _commit(spark, raw, _planned([("a/1.jpg", 10, 1)], ledger.current_rows(str(tmp_path))), "b4")
     net = tables.changes(spark, raw, 2, 3)
     empty = tables.upserts(net).limit(0)
     tables.commit(derived, Update(empty, tables.removed_paths(net).limit(0), source=("raw_images", 3)))
@@ -168,17 +160,17 @@ def test_the_driver_plan_against_a_written_output(spark, tmp_path):
     first = _planned([("a/1.jpg", 10, 1), ("a/2.jpg", 10, 1), ("b/3.jpg", 10, 1)])
     _commit(spark, f"{base}/raw_images", first, "b1")
     _write_features(spark, base, first, model="old")  # featurized with other CNN settings: its files are redone
-    second = _planned([("a/1.jpg", 10, 1), ("c/5.jpg", 7, 1)], unchanged.current_raw_rows(base))
+    second = _planned([("a/1.jpg", 10, 1), ("c/5.jpg", 7, 1)], ledger.current_rows(base))
     _commit(spark, f"{base}/raw_images", second, "b2")
     _write_features(spark, base, second, model="new", quarantine="c/5.jpg")
     rows = _rows([("a/1.jpg", 10, 1), ("a/2.jpg", 12, 3), ("c/4.jpg", 5, 1), ("c/5.jpg", 7, 1)])
-    by_driver = local_batch.plan(rows, base, "new")
+    by_driver = ledger.plan(rows, base, "new")
     assert {(path, change) for path, *_, change in _changes(by_driver)} == {
         ("a/1.jpg", batches.CHANGED),  # its features were made with the "old" settings
         ("a/2.jpg", batches.NEW),  # deleted by b2, back now
         ("c/4.jpg", batches.NEW),
     }
-    assert {row[0] for row in local_batch.plan(rows, base, "new", full_refresh=True)} == {r[0] for r in rows}
+    assert {row[0] for row in ledger.plan(rows, base, "new", full_refresh=True)} == {r[0] for r in rows}
     made = [
         tuple(r.values())
         for r in batches.from_rows(by_driver, "b3", T0).select([*images.LISTING_COLUMNS, batches.CHANGE]).to_pylist()

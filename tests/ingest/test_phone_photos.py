@@ -1,6 +1,8 @@
 """Phone-sent files end to end: HEIC/AVIF featurized and classified; found = featurized + quarantined + skipped."""
 
-from spark_code.classify.serving import FruitClassifier, latest_version, load_pipeline
+from fruits_assets.app.engine import FruitClassifier
+from spark_code.classify.serving import load_pipeline
+from spark_code.storage.versions import local_folder
 from tests.conftest import SKIPPED_IN_SAMPLE
 from tests.helpers import table
 
@@ -11,7 +13,7 @@ def test_heic_and_avif_are_featurized_and_classified(run, spark, sample_root, we
     _, output, _ = run
     featurized = {r.path for r in table(spark, output, "cnn_features").select("path").collect()}
     assert {f"file:{sample_root / name}" for name in PHONE} <= featurized
-    engine = FruitClassifier(load_pipeline(latest_version(f"{output}/models")), weights_path)
+    engine = FruitClassifier(load_pipeline(local_folder(f"{output}/models", "fruit_classifier")), weights_path)
     jpeg = engine.classify(sample_root / "Broken Fruit" / "y.Jpg")
     for name in PHONE[:2]:
         prediction = engine.classify(sample_root / name)

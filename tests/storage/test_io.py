@@ -6,9 +6,9 @@ from pyspark.ml.feature import StandardScaler
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
 
-from spark_code.classify.serving import latest_version
 from spark_code.storage import lake, tables, versions
 from spark_code.storage.tables import Update
+from spark_code.storage.versions import local_folder
 
 
 def test_replace_then_read_newest_and_travel_back(spark, tmp_path):
@@ -53,7 +53,7 @@ def test_models_are_versions_published_by_their_marker(spark, tmp_path):
     half = versions.new_version_uri(base, "m")
     _scaler(spark).write().save(half)  # written but never committed, as if the writer died here
     assert versions.latest_uri(base, "m") == uris[-1] == versions.newest(base, "m")
-    assert str(latest_version(base, "m")) == uris[-1].removeprefix("file:")  # what `fruits` commands load
+    assert str(local_folder(base, "m")) == uris[-1].removeprefix("file:")  # what `fruits` commands load
     assert versions.list_versions(base, "m")[1] == [half]
     assert versions.committed_of(["v-2/_COMMITTED", "v-1/x.json", "v-1/_COMMITTED", "w-3/_COMMITTED"]) == ["v-1", "v-2"]
     with pytest.raises(versions.ModelNotFoundError, match="materialize it first"):

@@ -10,7 +10,7 @@ import boto3
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError
 
 from fruits_assets.deploy.emr.settings import DeploymentError, EmrSettings
-from spark_code.storage.s3a import split
+from spark_code.storage.uris import split
 
 NODE_RECORD = "node.json"  # what bootstrap-emr.sh records of a node: its Python and its installed packages
 LIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")

@@ -131,7 +131,7 @@ class EmrSettings(_EmrFields):
 
     def node_env(self) -> dict[str, str]:
         """What every node exports (spark-env): its Python for the driver and the workers, the region, and that it is
-        a node. The steps' FRUITS_* settings travel with each step (fruits_assets.deploy.emr.job), not here."""
+        a node. The steps' FRUITS_* settings travel with each step (fruits_assets.deploy.emr_job), not here."""
         return {
             "PYSPARK_PYTHON": self.python,
             "PYSPARK_DRIVER_PYTHON": self.python,

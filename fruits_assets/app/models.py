@@ -1,4 +1,5 @@
-"""The classifier `fruits serve` answers with: loaded once, re-checked every few seconds, swapped whole."""
+"""Which classifier answers: the newest committed version (local, or s3:// copied once), swapped in whole when a
+newer one is committed (`fruits serve` re-checks every few seconds)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,10 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from spark_code.classify.serving import (
-    FruitClassifier,
-    ModelNotFoundError,
-    ServingPipeline,
-    latest_version,
-    load_pipeline,
-)
-from spark_code.storage.s3a import is_s3
+from fruits_assets.app.engine import FruitClassifier
+from spark_code.classify.serving import ServingPipeline, load_pipeline
+from spark_code.storage import uris, versions
+from spark_code.storage.versions import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +30,12 @@ class RemoteModelsError(ValueError):
 def check_models_folder(models: str) -> Path:
     """The newest committed classifier version under a local models folder, or under an s3:// one (copied once
     into a local cache); clear errors otherwise."""
-    if "://" in models and not models.startswith("file:") and not is_s3(models):
+    if not uris.is_supported(models):
         raise RemoteModelsError(
             f"--models {models!r}: `fruits serve` reads a local models folder or an s3:// one; copy the models to "
             "one of those and pass it"
         )
-    return latest_version(models)
+    return versions.local_folder(models, "fruit_classifier")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fruits_assets.cli.serve_models import LiveModel, Loaded
-from spark_code.classify.serving import Prediction
+from fruits_assets.app.engine import Prediction
+from fruits_assets.app.models import LiveModel, Loaded
 
 logger = logging.getLogger(__name__)
 

@@ -75,16 +75,12 @@ def _line(prediction, as_json: bool) -> str:
 
 def classify(args: argparse.Namespace, settings: Settings) -> int:
     """Load once, classify every photo; unreadable photos are reported on stderr and make the exit status 1."""
-    from spark_code.classify.serving import (
-        FruitClassifier,
-        ModelNotFoundError,
-        NotAnImageError,
-        latest_version,
-        load_pipeline,
-    )
+    from fruits_assets.app.engine import FruitClassifier, NotAnImageError
+    from spark_code.classify.serving import load_pipeline
+    from spark_code.storage.versions import ModelNotFoundError, local_folder
 
     try:
-        folder = latest_version(args.models)
+        folder = local_folder(args.models, "fruit_classifier")
         engine = FruitClassifier(
             load_pipeline(folder),
             args.weights,
@@ -110,10 +106,10 @@ def classify(args: argparse.Namespace, settings: Settings) -> int:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Check the models folder, then serve until interrupted (the classifier loads once the server is up)."""
-    from fruits_assets.cli.serve import ServeOptions
-    from fruits_assets.cli.serve import serve as run_server
-    from fruits_assets.cli.serve_models import RemoteModelsError, check_models_folder
-    from spark_code.classify.serving import ModelNotFoundError
+    from fruits_assets.app.api import serve as run_server
+    from fruits_assets.app.models import RemoteModelsError, check_models_folder
+    from fruits_assets.app.service import ServeOptions
+    from spark_code.storage.versions import ModelNotFoundError
 
     try:
         folder = check_models_folder(args.models)
