@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spark_code import quality
 from spark_code.ingest import batches, ledger, snapshot
 from spark_code.ingest.listing import walk
 from spark_code.reduction import lifecycle
-from spark_code.storage import files, lake, quality, uris, versions
+from spark_code.storage import files, lake, uris, versions
 from spark_code.storage.lake import Commit
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ def differences(now: pa.Table, before: pa.Table) -> dict[str, int] | None:
 
 
 def reconcile(output: str, batch: str | None = None) -> dict[str, int]:
-    """`quality.reconcile` over the current rows of an output's three batch tables (only those of `batch` if
+    """`quality.reconcile` over the current paths of an output's three batch tables (only those of `batch` if
     given), read with delta-rs."""
     paths = [_paths(lake.table_of(output, name), batch) for name in BATCH_TABLES]
-    return quality.reconcile_paths(*paths)
+    return quality.reconcile(*paths)
 
 
 def _paths(uri: str, batch: str | None = None) -> list[str]:

@@ -16,22 +16,19 @@ from dagster import (
     multi_asset,
 )
 from dagster_pyspark import PySparkResource
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from fruits_assets.defs.partitions import GROUP, ingest_batches
 from fruits_assets.io import progress
+from fruits_assets.io.featurize_metadata import featurize_metadata, training_metadata
 from fruits_assets.io.io_manager import UNCHANGED
 from fruits_assets.io.metadata import latest_metadata, quarantine_table
 from fruits_assets.io.progress import SparkProgress
 from fruits_assets.io.resources import CnnResource, ImageSource, TableStore
-from spark_code import unchanged
+from spark_code import quality, unchanged
+from spark_code.featurize.batch import BatchFeaturization
 from spark_code.featurize.cnn import FEATURE_DIM
-from spark_code.featurize.triage import featurize_listing
+from spark_code.featurize.training import TrainingFeaturization
 from spark_code.ingest import batches, ledger
-from spark_code.ingest.images import list_images, require_images
-from spark_code.storage import quality
-from spark_code.storage.tables import CHANGE, CHANGED, DELETED, NEW, Update, removed_paths, upserts
 
 BATCH_TABLES = ("cnn_features", "quarantined_images")
 
@@ -67,46 +64,20 @@ def cnn_features(
         yield Output(UNCHANGED, "quarantined_images", metadata={"batch": key, "quarantined": 0})
         return
     net = tables.changes(batches.LEDGER, after, until).cache()
-    raw_images, tally = upserts(net), change_counts(net)
-    run = featurize_listing(pyspark.spark_session, raw_images, image_source.root, cnn.featurizer())
-    counts = {"batch": key, "raw": tally[NEW] + tally[CHANGED], "removed": tally[CHANGED] + tally[DELETED]}
+    spark = pyspark.spark_session
+    batch = BatchFeaturization.start(spark, net, image_source.root, cnn.featurizer(), cnn.model_key(), (after, until))
     interval = progress.every_s(context.run.tags)
-    with SparkProgress(
-        pyspark.spark_session.sparkContext, "cnn_features", counts["raw"], run.counters.decoded, interval
-    ):
-        counts["featurized"] = run.run_pass()  # the CNN pass (cached for both outputs)
-    owner = F.broadcast(raw_images.select("path", batches.BATCH))  # each row keeps its raw row's batch
-    features = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key())).join(owner, "path")
-    quarantined_rows = run.quarantined.join(owner, "path")
+    with SparkProgress(spark.sparkContext, "cnn_features", batch.to_featurize(), batch.run.counters.decoded, interval):
+        featurized = batch.run.run_pass()  # the CNN pass (cached for both outputs)
+    quarantined_rows = batch.quarantined()
     quarantined = quarantined_rows.orderBy("path").collect()
-    counts.update({"quarantined": len(quarantined), **run.counters.values(), **run.counters.seconds()})
-    counts["seconds"] = round(time.perf_counter() - started, 2)
-    context.log.info("featurization: %s", counts)
-    engine = cnn.cnn_engine()
-    settings = {"batch_size": cnn.batch_size, "image_size": cnn.image_size, "cnn_model": cnn.model_key()}
-    settings |= {"engine": engine.name, "precision": engine.precision}
-
-    def update(name: str, rows) -> Update:
-        # A table that already took some of these versions merges every touched path (nothing twice).
-        removed = removed_paths(net) if taken[name] == after else net.select("path")
-        needs_merge = taken[name] > after or counts["removed"] > 0
-        return Update(rows, removed if needs_merge else None, source=(batches.LEDGER, until), recorded={"batch": key})
-
-    yield Output(update("cnn_features", features), "cnn_features", metadata={**counts, **settings})
-    quarantine = {
-        "batch": key,
-        "quarantined": counts["quarantined"],
-        "quarantined_files": quarantine_table(quarantined),
-    }
-    yield Output(update("quarantined_images", quarantined_rows), "quarantined_images", metadata=quarantine)
-    run.release()
-    net.unpersist()
-
-
-def change_counts(net: DataFrame) -> dict[str, int]:
-    """How many paths of net changes are new, changed and deleted."""
-    found = {row[CHANGE]: row["count"] for row in net.groupBy(CHANGE).count().collect()}
-    return {kind: found.get(kind, 0) for kind in (NEW, CHANGED, DELETED)}
+    shown = featurize_metadata(key, batch, featurized, quarantined, time.perf_counter() - started, cnn.settings())
+    context.log.info("featurization: %s", shown["cnn_features"])
+    features = batch.update(batch.features(), taken["cnn_features"], key)
+    yield Output(features, "cnn_features", metadata=shown["cnn_features"])
+    quarantine = batch.update(quarantined_rows, taken["quarantined_images"], key)
+    yield Output(quarantine, "quarantined_images", metadata=shown["quarantined_images"])
+    batch.release()
 
 
 def listing_counts(context: AssetCheckExecutionContext) -> dict[str, int]:
@@ -144,7 +115,7 @@ def features_are_finite_1280(tables: TableStore, pyspark_step_launcher: Resource
     """Each feature vector of the newest batch holds exactly 1280 finite floats (each batch is checked when it
     is made: the check costs what the batch costs)."""
     newest = tables.newest_batch()
-    bad = quality.bad_vectors(tables.batch_rows("cnn_features", newest), "features", FEATURE_DIM)
+    bad = quality.bad_vectors(tables.batch_rows("cnn_features", newest, ["features"]), "features", FEATURE_DIM)
     return AssetCheckResult(passed=bad == 0, metadata={"bad_vectors": bad, "batch": newest or ""})
 
 
@@ -177,43 +148,17 @@ def training_features(
         yield _unchanged_training(context, tables, training_source)  # checked without Spark: nothing to featurize
         return
     spark = pyspark.spark_session
-    listing = list_images(spark, training_source.root).cache()
-    listed = listing.count()
-    require_images(listed, training_source.root)
     previous = tables.table("training_features")
-    kept, todo = batches.reusable(previous, listing, cnn.model_key())
-    run = featurize_listing(spark, todo, training_source.root, cnn.featurizer())
+    training = TrainingFeaturization.start(spark, training_source.root, previous, cnn.featurizer(), cnn.model_key())
     interval = progress.every_s(context.run.tags)
-    with SparkProgress(spark.sparkContext, "training_features", todo.count(), run.counters.decoded, interval):
-        featurized = run.run_pass()  # the CNN pass over new or changed training photos only
-    new_rows = run.features.withColumn(batches.MODEL_COLUMN, F.lit(cnn.model_key()))
-    quarantined = run.quarantined.orderBy("path").collect()
-    reused = 0 if kept is None else kept.count()
-    context.log.info(
-        "training set: %d listed, %d reused, %d featurized, %d quarantined",
-        listed,
-        reused,
-        featurized,
-        len(quarantined),
-    )
-    all_kept = previous is not None and featurized == 0 and reused == previous.count()
-    if all_kept:
-        context.log.info("training set unchanged: its saved version stays current")
-    rows = new_rows if kept is None else kept.select(*new_rows.columns).unionByName(new_rows)
-    yield Output(
-        UNCHANGED if all_kept else rows,
-        metadata={
-            "unchanged": all_kept,
-            "root": training_source.root,
-            "listed": listed,
-            "reused": reused,
-            "featurized": featurized,
-            "cnn_images": run.counters.values()["cnn_images"],
-            "quarantined": len(quarantined),
-            "quarantined_files": quarantine_table(quarantined),
-        },
-    )
-    run.release()
+    todo = training.todo.count()
+    with SparkProgress(spark.sparkContext, "training_features", todo, training.run.counters.decoded, interval):
+        featurized = training.run.run_pass()  # the CNN pass over new or changed training photos only
+    quarantined = training.run.quarantined.orderBy("path").collect()
+    shown = training_metadata(training_source.root, training, featurized, quarantined)
+    context.log.info("training set: %s", {k: v for k, v in shown.items() if k != "quarantined_files"})
+    yield Output(UNCHANGED if shown["unchanged"] else training.rows(), metadata=shown)
+    training.run.release()
 
 
 def _unchanged_training(context: AssetExecutionContext, tables: TableStore, training_source: ImageSource) -> Output:

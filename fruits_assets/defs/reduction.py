@@ -24,12 +24,12 @@ from fruits_assets.io.derivation import reuse_or_refit
 from fruits_assets.io.metadata import latest_metadata
 from fruits_assets.io.pca_metadata import pca_metadata
 from fruits_assets.io.resources import ClassifierSettings, ModelStore, TableStore
-from spark_code import unchanged
+from spark_code import quality, unchanged
 from spark_code.classify import choose_k
 from spark_code.ingest import batches
 from spark_code.reduction import lifecycle, scaler_pca
 from spark_code.reduction.lifecycle import SavedModel
-from spark_code.storage import lake, quality, versions
+from spark_code.storage import lake, versions
 
 
 class ScalerConfig(Config):
@@ -236,5 +236,5 @@ def pca_basis_fits_new_rows(context: AssetCheckExecutionContext) -> AssetCheckRe
 def labels_not_empty(tables: TableStore, pyspark_step_launcher: ResourceParam[Any]) -> AssetCheckResult:
     """Every PCA row of the newest batch carries a non-blank class label."""
     newest = tables.newest_batch()
-    empty = quality.empty_labels(tables.batch_rows("pca_features", newest))
+    empty = quality.empty_labels(tables.batch_rows("pca_features", newest, ["label"]))
     return AssetCheckResult(passed=empty == 0, metadata={"empty_labels": empty, "batch": newest or ""})

@@ -2,13 +2,15 @@
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Literal
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_pyspark import PySparkResource
 from pydantic import Field, field_validator, model_validator
-from pyspark.sql import functions as F
 
 from spark_code import unchanged
 from spark_code.classify.accuracy import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
@@ -116,6 +118,18 @@ class CnnResource(ConfigurableResource):
         """The engine and precision these settings describe (`auto`: chosen for this machine's CPU)."""
         return CnnEngine.chosen(self.engine, CnnSpec(input_size=self.image_size), self.threads, self.onnx_cache)
 
+    def settings(self) -> dict:
+        """What a featurizing asset shows of these settings: batch and input sizes, the model key, engine and
+        precision."""
+        engine = self.cnn_engine()
+        return {
+            "batch_size": self.batch_size,
+            "image_size": self.image_size,
+            "cnn_model": self.model_key(),
+            "engine": engine.name,
+            "precision": engine.precision,
+        }
+
     def model_key(self) -> str:
         """What makes a feature vector: input size, engine and precision, weights (file name and size, or Keras'
         download)."""
@@ -210,9 +224,13 @@ class TableStore(ConfigurableResource):
         commit = unchanged.last_commit(self.base_uri, batches.LEDGER)
         return None if commit is None else commit.recorded.get(batches.BATCH)
 
-    def batch_rows(self, name: str, key: str | None):
-        """The current rows of table `name` that batch `key` wrote; a TableNotFoundError when it has no table."""
-        return self.require_table(name).filter(F.col(batches.BATCH) == (key or ""))
+    def batch_rows(self, name: str, key: str | None, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """`columns` of the current rows of table `name` that batch `key` wrote, as Arrow record batches read with
+        delta-rs (no Spark job; a big batch is never whole in memory); a TableNotFoundError when there is no table."""
+        batches_read = lake.scan(self.uri(name), columns, pc.field(batches.BATCH) == (key or ""))
+        if batches_read is None:
+            raise tables.TableNotFoundError(f"no table at {self.uri(name)!r}: materialize it first")
+        return batches_read
 
     def current_features(self):
         """(current rows of `cnn_features`, their one CNN setting); an error if they mix settings."""

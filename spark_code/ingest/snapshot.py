@@ -8,15 +8,13 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spark_code.ingest import listing
-from spark_code.storage import files
-from spark_code.storage.uris import is_s3
+from spark_code.storage import files, uris
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ def list_s3(root: str, client=None) -> dict[str, Entry]:
 
 def list_root(root: str) -> dict[str, Entry]:
     """The snapshot of a local folder or s3:// prefix."""
-    return list_s3(root) if is_s3(root) else list_local(root)
+    return list_s3(root) if uris.is_s3(root) else list_local(root)
 
 
 @dataclass
@@ -247,7 +245,7 @@ def load_changes(uri: str) -> list[tuple[str, int, int, str]] | None:
 
 def _write(folder: str, name: str, data: bytes) -> str:
     """Write file `name` whole into `folder`, keep the newest files of its kind; return its URI."""
-    uri = f"{folder.rstrip('/')}/{name}" if is_s3(folder) else str(Path(folder.removeprefix("file:")) / name)
+    uri = uris.join(folder, name)
     files.write_whole(uri, data)
     kind = name.split("-", 1)[0] + "-"
     files.prune(folder, kind, ".parquet", KEEP_SNAPSHOTS if kind == "snapshot-" else KEEP_FILES)

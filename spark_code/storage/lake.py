@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -138,6 +139,14 @@ def read(uri: str, columns: list[str] | None = None, where: pc.Expression | None
     if where is None:
         return table.to_pyarrow_table(columns=columns)
     return table.to_pyarrow_dataset().to_table(columns=columns, filter=where)
+
+
+def scan(uri: str, columns: list[str], where: pc.Expression) -> Iterator[pa.RecordBatch] | None:
+    """`read`, as record batches: a big table is never whole in memory (None when there is no table)."""
+    table = open_table(uri)
+    if table is None:
+        return None
+    return iter(table.to_pyarrow_dataset().to_batches(columns=columns, filter=where))
 
 
 def version(uri: str) -> int | None:

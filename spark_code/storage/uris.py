@@ -28,3 +28,10 @@ def qualify(uri: str) -> str:
 def is_supported(uri: str) -> bool:
     """Whether the project reads and writes `uri`: a local path (`file:` or none) or S3."""
     return "://" not in uri or uri.startswith("file:") or is_s3(uri)
+
+
+def join(folder: str, name: str) -> str:
+    """`name` inside `folder`: an s3:// URI under an S3 folder, a plain path under a local one (`file:` dropped)."""
+    if is_s3(folder):
+        return f"{folder.rstrip('/')}/{name}"
+    return os.path.join(folder.removeprefix("file:"), name)
