@@ -58,6 +58,7 @@ def _emr_batch(shell: EmrShell, cluster: str) -> dict:
                 "name": step["Name"],
                 "state": step["Status"]["State"],
                 "emr_step_s": round((timeline["EndDateTime"] - timeline["StartDateTime"]).total_seconds(), 2),
+                **shell.step_containers(step["Id"]),  # its YARN containers (AM + executors), their peak memory
             }
         )
     logger.info("emr batch: %.1f s, %d EMR step(s); %s", wall, len(rows), output.strip().splitlines()[-1:])
@@ -100,7 +101,7 @@ def _mib(folder: Path) -> float:
 def _node_install(shell: EmrShell, cluster: str, work: Path) -> dict:
     """What the bootstrap installed into the node's Python: the node venv's MiB less those of an empty venv of the
     same interpreter (EMR's python3.11 before the bootstrap), and its packages (node.json)."""
-    from tests.emr_emulator.node import base_python
+    from tests.emr_emulator.host import base_python
 
     venv = shell.node_python().parent.parent
     subprocess.run([base_python(), "-m", "venv", str(work / "empty-venv")], check=True)
@@ -144,11 +145,12 @@ def main() -> None:
     classes = sorted(p.name for p in FRUITS.iterdir() if p.is_dir())[: args.classes]
     _photos(work / "photos", classes, args.per_class)
     new = first_images(FRUITS / classes[0], args.per_class + 1)[-1]
-    shell = EmrShell.start(work / "emr", cold=True)
+    shell = EmrShell.start(work / "emr", cold=True, master="yarn")
     try:
         shell.aws("s3", "mb", f"s3://{BUCKET}", "--region", "eu-west-3")
         for folder in ("images", "training"):
             shell.aws("s3", "sync", str(work / "photos" / folder), f"s3://{BUCKET}/{PREFIX}/{folder}/", "--quiet")
+        shell.python("bootstrap/emr_cluster.py", "roles")
         shell.python("bootstrap/emr_cluster.py", "upload", "--weights", str(WEIGHTS))
         started = time.monotonic()
         cluster = shell.python("bootstrap/emr_cluster.py", "create", "--wait").stdout.strip().splitlines()[-1]
@@ -165,13 +167,16 @@ def main() -> None:
     local = _local_one_photo(work, new, classes[0])
     result = {
         "what": "the README's EMR recipe on the emulated EMR (tests/emr_emulator, cold node): moto + a local node, "
-        "spark-submit --master local[2], S3A to moto on loopback; each batch is `FRUITS_DEPLOYMENT=emr python -m "
-        "fruits_assets` as a user runs it; local_* the same photos and batch with the local main command",
+        "spark-submit --master yarn --deploy-mode client on Hadoop's YARN (2 NodeManagers, physical memory "
+        "enforced, the recipe's executor memory scaled by 1/4), S3A to moto on loopback; each batch is "
+        "`FRUITS_DEPLOYMENT=emr python -m fruits_assets` as a user runs it; local_* the same photos and batch with "
+        "the local main command",
         "photos": {
             "classes": len(classes),
             "images": len(classes) * args.per_class,
             "training": len(classes) * (args.per_class + 2),
         },
+        "master": "yarn",
         "poll_seconds": float(shell.env.get("FRUITS_EMR_POLL_SECONDS", 15)),
         "bootstrap_s": round(bootstrap_s, 1),
         **install,

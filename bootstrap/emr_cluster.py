@@ -12,18 +12,18 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 
 import boto3
 from botocore.exceptions import WaiterError
 
+from fruits_assets.deploy.emr import iam
 from fruits_assets.deploy.emr.launcher import PACKAGE_ROOT, PACKAGES
 from fruits_assets.deploy.emr.settings import EmrSettings
 from fruits_assets.deploy.settings import Settings
 from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
 from spark_code.featurize import cnn, onnx_export
 from spark_code.featurize.cnn import WEIGHTS_FILE, CnnEngine, CnnSpec
-from spark_code.storage.s3a import split
+from spark_code.storage.uris import split
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class ClusterSpec:
     core_nodes: int = 2
     spot: bool = False
     idle_timeout_s: int = 3600
-    service_role: str = "EMR_DefaultRole"
-    instance_profile: str = "EMR_EC2_DefaultRole"
+    service_role: str = iam.SERVICE_ROLE  # EMR's current one (AmazonEMRServicePolicy_v2)
+    instance_profile: str = iam.NODES_ROLE  # scoped to the recipe's prefixes (`policy --nodes`)
     subnet_id: str | None = None
 
     def __post_init__(self):
@@ -129,7 +129,7 @@ def job_flow_request(settings: EmrSettings, spec: ClusterSpec | None = None) -> 
         "ServiceRole": spec.service_role,
         "JobFlowRole": spec.instance_profile,
         "VisibleToAllUsers": True,
-        "Tags": [{"Key": "project", "Value": "fruits-features"}],
+        "Tags": [{"Key": "project", "Value": "fruits-features"}, iam.MANAGED_POLICY_TAG],
     }
 
 
@@ -218,31 +218,6 @@ def upload_package(s3_client, settings: EmrSettings, version: str | None = None)
     return uri
 
 
-def render_iam_policy(settings: EmrSettings, account_id: str, events_queue: str | None = None) -> dict:
-    """bootstrap/iam-policy.json for these settings' buckets, prefixes, region, account and events queue (its
-    statement is left out when the sensor lists the root instead)."""
-
-    def objects(uri: str) -> str:
-        bucket, prefix = split(uri)
-        return f"{bucket}/{prefix}/*" if prefix else f"{bucket}/*"
-
-    values = {
-        "REGION": settings.region,
-        "ACCOUNT_ID": account_id,
-        "IMAGES_BUCKET": split(settings.image_root)[0],
-        "IMAGES_OBJECTS": objects(settings.image_root),
-        "OUTPUT_BUCKET": split(settings.output_uri)[0],
-        "OUTPUT_OBJECTS": objects(settings.output_uri),
-        "STAGING_BUCKET": settings.staging_bucket,
-        "STAGING_OBJECTS": objects(settings.staging_uri()),
-        "EVENTS_QUEUE": (events_queue or "").rstrip("/").rsplit("/", 1)[-1],
-    }
-    policy = json.loads(Template((HERE / "iam-policy.json").read_text()).substitute(values))
-    if not events_queue:
-        policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "DrainImageEvents"]
-    return policy
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,8 +234,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--idle-timeout", type=int, default=3600, help="seconds idle before auto-termination")
         cmd.add_argument("--subnet-id")
         cmd.add_argument("--wait", action="store_true", help="wait until the cluster is ready")
-    policy = sub.add_parser("policy", help="print the IAM policy for these settings")
+    policy = sub.add_parser("policy", help="print the IAM policy for these settings (whoever runs Dagster)")
     policy.add_argument("--account-id", required=True)
+    policy.add_argument("--nodes", action="store_true", help="the nodes' instance-profile policy instead")
+    sub.add_parser("roles", help="create EMR_DefaultRole_V2 and the nodes' scoped instance profile (once per account)")
     sub.add_parser("terminate", help="terminate FRUITS_EMR_CLUSTER_ID")
     return parser
 
@@ -276,7 +253,7 @@ def _spec(args) -> ClusterSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: upload | package | request | create | policy | terminate (settings from FRUITS_* env vars)."""
+    """Command line: upload | package | request | create | policy | roles | terminate (settings: FRUITS_* env vars)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
     settings = EmrSettings.from_env(require_cluster=args.command == "terminate")
@@ -299,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         print(cluster_id)
     elif args.command == "policy":
-        queue = Settings.from_env().events_queue
-        print(json.dumps(render_iam_policy(settings, args.account_id, queue), indent=2))
+        render = iam.nodes_policy if args.nodes else iam.runner_policy
+        print(json.dumps(render(settings, args.account_id, Settings.from_env().events_queue), indent=2))
+    elif args.command == "roles":
+        account = session.client("sts").get_caller_identity()["Account"]
+        print("\n".join(iam.create_roles(session.client("iam"), settings, account, Settings.from_env().events_queue)))
     else:
         terminate(session.client("emr"), settings.cluster_id)
     return 0

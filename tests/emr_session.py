@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "fruits-emu"
 PREFIX = "fruits"
+LOG_DELAY_S = 5.0  # EMR's minutes to copy a step's logs, as seconds
+MASTER = "local[2]"  # each step's Spark master on the emulated node
+CANCEL_DELAY_S = 3.0  # a cancelled step stays CANCEL_PENDING for 3 polls of the emulator's 1 s
 
 
 @dataclass
@@ -25,13 +29,13 @@ class EmrShell:
     env: dict[str, str] = field(default_factory=dict)
     cold: bool = False  # started with --cold: the node's venvs are its own
 
-    def client(self, service: str):
-        """A boto3 client of the emulated AWS, with the emulator's identity."""
+    def client(self, service: str, **identity: str):
+        """A boto3 client of the emulated AWS, with the emulator's identity (or `identity`: AWS_ACCESS_KEY_ID...)."""
         import boto3
 
         names = {"endpoint_url": "AWS_ENDPOINT_URL", "aws_access_key_id": "AWS_ACCESS_KEY_ID"}
         names |= {"aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "region_name": "AWS_DEFAULT_REGION"}
-        return boto3.client(service, **{arg: self.exports[var] for arg, var in names.items()})
+        return boto3.client(service, **{arg: (self.exports | identity)[var] for arg, var in names.items()})
 
     def instance(self):
         """The Dagster instance the shell's commands record their runs in."""
@@ -45,7 +49,7 @@ class EmrShell:
         import hashlib
 
         from tests.emr_emulator import CACHE
-        from tests.emr_emulator.node import node_python
+        from tests.emr_emulator.host import node_python
 
         s3, digest = self.client("s3"), hashlib.sha256()
         for name in ("requirements-emr.txt", "requirements-emr-nodeps.txt", "constraints-emr.txt"):
@@ -54,6 +58,11 @@ class EmrShell:
             except s3.exceptions.NoSuchKey:
                 continue
         return node_python(self.home.parent / "node" / "node-venvs" if self.cold else CACHE, digest.hexdigest())
+
+    def step_containers(self, step_id: str) -> dict:
+        """What the node's YARN containers of an EMR step used ({containers, peak_container_mib}); {} without YARN."""
+        path = self.home.parent / "node" / "steps" / step_id / "containers.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def output_keys(self, prefix: str) -> list[str]:
         """The keys of the output on S3 that start with `prefix`."""
@@ -80,13 +89,17 @@ class EmrShell:
         return table.to_pyarrow_table().to_pylist()
 
     @classmethod
-    def start(cls, root: Path, cold: bool = False) -> EmrShell:
+    def start(cls, root: Path, cold: bool = False, master: str = MASTER) -> EmrShell:
         """Start `python -m tests.emr_emulator` (`--cold`: nodes share no pip cache or venv with this machine) and
         read what it says to export."""
         root.mkdir(parents=True, exist_ok=True)
         log = open(root / "emulator.log", "wb")  # noqa: SIM115  closed with the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.emr_emulator", "--root", str(root / "node"), *(["--cold"] if cold else [])],
+            [
+                *(sys.executable, "-m", "tests.emr_emulator", "--root", str(root / "node")),
+                *(["--cold"] if cold else []),
+                *("--log-delay", str(LOG_DELAY_S), "--cancel-delay", str(CANCEL_DELAY_S), "--master", master),
+            ],
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=REPO,

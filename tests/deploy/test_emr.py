@@ -191,12 +191,14 @@ def test_bad_cluster_stops_the_run_before_the_step_starts(aws):
 
 
 def test_iam_policy_allows_the_job_and_denies_other_buckets(aws, moto_url):
-    settings = emr_settings()
+    from fruits_assets.deploy.emr import iam as policies
+
+    settings = emr_settings(training_root=f"s3://{BUCKET}/fruits/training")
     s3_admin, iam = aws.client("s3"), aws.client("iam")
     s3_admin.create_bucket(Bucket="someone-elses", CreateBucketConfiguration={"LocationConstraint": REGION})
     s3_admin.put_object(Bucket=BUCKET, Key="fruits/images/Apple/1.jpg", Body=b"jpeg")
     queue = "https://sqs.eu-west-3.amazonaws.com/123456789012/fruits-images"
-    policy = recipe.render_iam_policy(settings, account_id="123456789012", events_queue=queue)
+    policy = policies.runner_policy(settings, account_id="123456789012", events_queue=queue)
     actions = {a for s in policy["Statement"] for a in s["Action"]}
     assert {a for a in actions if not a.startswith("s3:")} == {  # the README's flow, and nothing more
         "elasticmapreduce:RunJobFlow",
@@ -212,14 +214,23 @@ def test_iam_policy_allows_the_job_and_denies_other_buckets(aws, moto_url):
         "sqs:GetQueueAttributes",
     }
     resources = {a: s["Resource"] for s in policy["Statement"] for a in s["Action"]}
-    assert resources["iam:PassRole"] == [
-        "arn:aws:iam::123456789012:role/EMR_DefaultRole",
-        "arn:aws:iam::123456789012:role/EMR_EC2_DefaultRole",
+    assert resources["iam:PassRole"] == [  # EMR's current service role, the nodes' scoped instance profile
+        "arn:aws:iam::123456789012:role/EMR_DefaultRole_V2",
+        "arn:aws:iam::123456789012:role/fruits-emr-nodes",
     ]
     assert resources["sqs:ReceiveMessage"] == ["arn:aws:sqs:eu-west-3:123456789012:fruits-images"]
-    assert "sqs:ReceiveMessage" not in {
-        a for s in recipe.render_iam_policy(settings, "1")["Statement"] for a in s["Action"]
-    }
+    listing = policies.runner_policy(settings, "1")  # no events queue: the sensor lists the root
+    assert "sqs:ReceiveMessage" not in {a for s in listing["Statement"] for a in s["Action"]}
+    folders = ("images", "training", "output", "staging")
+    prefixes = {f"arn:aws:s3:::{BUCKET}/fruits/{p}{s}" for p in folders for s in ("", "/*")}  # the prefix key too
+    objects = {r for s in policy["Statement"] for r in s["Resource"] if r.startswith("arn:aws:s3:::") and "/" in r}
+    assert objects == prefixes  # every prefix the recipe uses, and no other
+    nodes = policies.nodes_policy(settings, "123456789012", queue)
+    assert {a.split(":")[0] for s in nodes["Statement"] for a in s["Action"]} == {"s3"}  # no EMR, IAM or SQS
+    assert {r for s in nodes["Statement"] for r in s["Resource"] if "/" in r} == prefixes
+    request = recipe.job_flow_request(settings)
+    assert (request["ServiceRole"], request["JobFlowRole"]) == ("EMR_DefaultRole_V2", "fruits-emr-nodes")
+    assert policies.MANAGED_POLICY_TAG in request["Tags"]  # what AmazonEMRServicePolicy_v2 requires
     iam.create_user(UserName="fruits-runner")
     iam.put_user_policy(UserName="fruits-runner", PolicyName="fruits", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="fruits-runner")["AccessKey"]

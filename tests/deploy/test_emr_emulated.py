@@ -4,20 +4,26 @@ written to s3:// by Spark (S3A), the same outputs as a local run, the sensor's b
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus, build_sensor_context
 
 from spark_code.storage import lake
 from spark_code.storage.run_lock import LOCK_FILE
 from tests.conftest import TRAINING, copy_photos, first_images
 from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell, wait_for
+from tests.moto_server import set_auth
 
 pytestmark = [pytest.mark.slow, pytest.mark.cnn]
 
@@ -35,6 +41,7 @@ def photos(tmp_path_factory, fruits_dir) -> dict[str, Path]:
     copy_photos(root / "training", CLASSES, 6, TRAINING)
     extra = [first_images(fruits_dir / cls, 6)[-1] for cls in CLASSES]
     extra.append(first_images(fruits_dir / CLASSES[0], 7)[-1])
+    extra.append(first_images(fruits_dir / CLASSES[1], 7)[-1])
     return {"images": root / "images", "training": root / "training", "extra": extra}
 
 
@@ -53,6 +60,7 @@ def cluster(shell, photos, weights_path) -> str:
     shell.aws("s3", "mb", f"s3://{BUCKET}", "--region", "eu-west-3")
     shell.aws("s3", "sync", str(photos["images"]), f"{IMAGES}/", "--quiet")
     shell.aws("s3", "sync", str(photos["training"]), f"s3://{BUCKET}/{PREFIX}/training/", "--quiet")
+    shell.python("bootstrap/emr_cluster.py", "roles")  # EMR_DefaultRole_V2, the nodes' scoped instance profile
     shell.python("bootstrap/emr_cluster.py", "upload", "--weights", weights_path)
     cluster_id = shell.python("bootstrap/emr_cluster.py", "create", "--wait").stdout.strip().splitlines()[-1]
     shell.env["FRUITS_EMR_CLUSTER_ID"] = cluster_id
@@ -74,16 +82,48 @@ def first_run(shell, cluster):
 
 
 @pytest.fixture(scope="module")
-def later_runs(shell, cluster, first_run, photos):
-    """The main command again with nothing new, then after one new photo: (output, EMR steps) of each."""
+def runner(shell, cluster) -> dict[str, str]:
+    """Keys of an IAM user holding exactly the policy `emr_cluster.py policy` prints: whoever runs Dagster."""
+    account = shell.client("sts").get_caller_identity()["Account"]
+    policy = shell.python("bootstrap/emr_cluster.py", "policy", "--account-id", account).stdout
+    iam = shell.client("iam")
+    iam.create_user(UserName="fruits-runner")
+    iam.put_user_policy(UserName="fruits-runner", PolicyName="fruits", PolicyDocument=policy)
+    key = iam.create_access_key(UserName="fruits-runner")["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+@contextmanager
+def iam_enforced(shell):
+    """Every call to the emulated AWS checked against IAM: the runner's policy, the nodes' instance profile."""
+    set_auth(shell.exports["AWS_ENDPOINT_URL"], 0)
+    try:
+        yield
+    finally:
+        set_auth(shell.exports["AWS_ENDPOINT_URL"], float("inf"))
+
+
+@pytest.fixture(scope="module")
+def later_runs(shell, cluster, first_run, photos, runner):
+    """The main command again with nothing new, then after one new photo as the README's runner with IAM enforced
+    and a prebuilt code zip (`emr_cluster.py package`, FRUITS_EMR_PACKAGE_URI): (output, EMR steps) of each."""
     before = _step_ids(shell, cluster)
     nothing = shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
     nothing_steps = _new_steps(shell, cluster, before)
     new = photos["extra"][3]
     shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
     before = _step_ids(shell, cluster)
-    one = shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
-    return {"nothing": (nothing, nothing_steps), "one": (one, _new_steps(shell, cluster, before))}
+    with iam_enforced(shell):
+        package = shell.python("bootstrap/emr_cluster.py", "package", **runner).stdout.strip().splitlines()[-1]
+        env = {"FRUITS_DEPLOYMENT": "emr", "FRUITS_EMR_PACKAGE_URI": package, **runner}
+        one = shell.python("-m", "fruits_assets", check=False, **env)
+        s3, emr = (shell.client(name, **runner) for name in ("s3", "emr"))
+        with pytest.raises(ClientError, match="AccessDenied"):  # the policy is enforced, and narrow
+            s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/images/{CLASSES[0]}/not-mine.jpg", Body=b"x")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            emr.list_clusters()
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    return {"nothing": (nothing, nothing_steps), "one": (one, _new_steps(shell, cluster, before)), "package": package}
 
 
 def _recorded(shell) -> tuple[set[str], set[str]]:
@@ -154,6 +194,14 @@ def test_one_new_photo_is_one_emr_step_with_every_asset_and_check_recorded(shell
     done, steps = later_runs["one"]
     out = done.stdout + done.stderr
     assert len(steps) == 1 and steps[0]["Status"]["State"] == "COMPLETED", steps
+    # run with IAM enforced, as the runner of `policy` (the nodes as their instance profile of `policy --nodes`)
+    args = steps[0]["Config"]["Args"]
+    assert args[args.index("--py-files") + 1] == later_runs["package"]  # the prebuilt zip, none staged per run
+    assert later_runs["package"].startswith(f"s3://{BUCKET}/{PREFIX}/staging/packages/fruits-")
+    run_id = shell.instance().get_runs(limit=1)[0].run_id
+    listed = shell.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/staging/{run_id}/")
+    staged = [o["Key"] for o in listed.get("Contents", [])]
+    assert any(k.endswith("/step_run_ref.pkl") for k in staged) and not any(k.endswith("/code.zip") for k in staged)
     assert "checks: 9/9 passed" in out, out[-3000:]
     materialized, checks = _recorded(shell)
     assert set(ASSETS) <= materialized and len(checks) == 9
@@ -209,7 +257,7 @@ BATCH_ASSETS = ["raw_images", "cnn_features", "quarantined_images"]  # a batch's
 def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
     """Run a sensor's run request as the daemon would, with the emr deployment: one batch, then `assets` (default:
     every asset, as the sensor's job)."""
-    from fruits_assets.deploy.emr import job
+    from fruits_assets.deploy import emr_job as job
 
     for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
         monkeypatch.setenv(name, value)
@@ -220,23 +268,69 @@ def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
     return result
 
 
-def test_sensor_batches_from_a_listing_and_from_s3_events(shell, first_run, photos, monkeypatch):
+SETTLE_S = 30.0  # ImageSource's default: the deployed sensor takes a photo unmodified this long
+
+
+def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
+    shell, cluster, first_run, photos, monkeypatch
+):
+    """The README's later batches: the daemon ticks `new_images` (turned on as in the UI), launches the run in a run
+    worker, whose Spark steps go to the cluster through the step launcher."""
+    from fruits_assets.io.resources import ImageSource
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, shell.exports[name])
+    listing = ImageSource(root=IMAGES, settle_seconds=0.0, state_uri=f"{OUTPUT}/_sensor/new_images")
+    _, cursor = _tick(listing)  # the cursor an earlier tick left: what the main command already took
+    new = photos["extra"][0]
+    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
+    uploaded, before = time.monotonic(), _step_ids(shell, cluster)
+    dagster, env = str(Path(sys.executable).parent / "dagster"), {"FRUITS_DEPLOYMENT": "emr"}
+    shell.run(dagster, "sensor", "cursor", "new_images", "--set", cursor, "-w", "workspace.yaml", **env)
+    shell.run(dagster, "sensor", "start", "new_images", "-w", "workspace.yaml", **env)  # the UI's toggle
+    time.sleep(max(0.0, SETTLE_S + 1 - (time.monotonic() - uploaded)))  # settled before the first tick
+    log = open(shell.home / "daemon.log", "wb")  # noqa: SIM115  closed below
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=shell.env | env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        instance = shell.instance()
+        finished = wait_for(lambda: (run := _sensor_run(instance)) is not None and run.is_finished, 600, 2)
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+    run = _sensor_run(instance)
+    daemon_log = (shell.home / "daemon.log").read_text(errors="replace")[-3000:]
+    assert finished and run.status == DagsterRunStatus.SUCCESS, daemon_log
+    assert run.tags["fruits/new"] == "1" and run.job_name == "materialize_all"
+    raw = instance.get_latest_materialization_event(AssetKey("raw_images")).asset_materialization
+    assert raw.metadata["image_count"].value == 1
+    (step,) = _new_steps(shell, cluster, before)  # the run worker's Spark steps: one EMR step
+    assert step["Status"]["State"] == "COMPLETED" and "raw_images" in step["Name"]
+
+
+def _sensor_run(instance):
+    """The newest run the `new_images` sensor requested, or None."""
+    runs = [r for r in instance.get_runs(limit=5) if r.tags.get("dagster/sensor_name") == "new_images"]
+    return runs[0] if runs else None
+
+
+def test_sensor_batches_from_s3_events(shell, first_run, photos, monkeypatch):
     from fruits_assets.io.resources import ImageSource
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, shell.exports[name])
     state = f"{OUTPUT}/_sensor/new_images"
-    listing = ImageSource(root=IMAGES, settle_seconds=0.0, state_uri=state)
-    _, cursor = _tick(listing)  # the sensor's first look: what the main command already took
-    new = photos["extra"][0]
-    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
-    result, cursor = _tick(listing, cursor)
-    (request,) = result.run_requests
-    assert request.tags["fruits/new"] == "1"
-    run = _launch_request(shell, monkeypatch, request)
-    raw = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "raw_images"]
-    assert raw[0].materialization.metadata["image_count"].value == 1
-
+    _, cursor = _tick(ImageSource(root=IMAGES, settle_seconds=0.0, state_uri=state))  # what is there now
     sqs = shell.client("sqs")
     queue = sqs.create_queue(QueueName="fruits-images")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -302,17 +396,53 @@ def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, firs
     assert len(shell.client("emr").list_steps(ClusterId=cluster)["Steps"]) == before
 
 
+def test_package_drift_is_refused_before_any_step_naming_each_package(shell, cluster, first_run):
+    import importlib.metadata
+
+    s3, key = shell.client("s3"), f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json"
+    recorded = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    node = json.loads(recorded)  # what the nodes' bootstrap recorded; as if ./install.sh changed this venv since
+    node["packages"] |= {"dagster": "1.12.0", "pyarrow": "20.0.0"}
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(node).encode())
+    before = _step_ids(shell, cluster)
+    try:
+        out = _main_fails(shell)
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=recorded)
+    here = {name: importlib.metadata.version(name) for name in ("dagster", "pyarrow")}
+    assert f"dagster {here['dagster']} here, 1.12.0 on the nodes; pyarrow {here['pyarrow']} here, 20.0.0" in out, out
+    assert "run `bootstrap/emr_cluster.py upload`" in out and "start a new cluster (`create`)" in out
+    assert "numpy" not in out.split("other package versions")[1].split("):")[0]  # only the packages that differ
+    assert _new_steps(shell, cluster, before) == []  # refused before anything was staged or submitted
+
+
 def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
+    from fruits_assets.deploy.emr import failure
+
     node = shell.node_python()
     # Pillow: every step imports it with the asset graph (SciPy is imported only by the steps that fit)
     version = shell.run(str(node), "-c", "import PIL; print(PIL.__version__)").stdout.strip()
     shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow")
+    before = _step_ids(shell, cluster)
     try:
         out = _main_fails(shell)
     finally:
         shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"pillow=={version}")
-    # The step's Python dies importing the project: the EMR step fails, and the run's error ends with its stderr.
-    assert re.search(r"raw_images: FAILED — .*EMR step s-\w+ on j-\w+ FAILED .*No module named 'PIL'", out), out[-3000:]
+    # The step's Python dies importing the project: the EMR step fails; its logs reach S3 only minutes later on EMR
+    # (seconds here), so the run's error says why from EMR's FailureDetails, then where the logs will be.
+    # the batch that began with raw_images (the steps not downstream of it went in a second one)
+    step = next(s for s in _new_steps(shell, cluster, before) if s["Name"].split(": ")[1].startswith("raw_images"))
+    headline = rf"raw_images: FAILED — .*EMR step {step['Id']} on {cluster} FAILED \(exit 1\): ModuleNotFoundError: "
+    assert re.search(headline + "No module named 'PIL'", out), out[-3000:]
+    logs = f"s3://{BUCKET}/{PREFIX}/staging/logs/{cluster}/steps/{step['Id']}/"
+    error = Path(re.search(r" log: (\S+)", out).group(1)).read_text()  # the run's log file: the whole error
+    assert f"EMR's failure details ({logs}stdout.gz):" in error  # where the step's Python printed its traceback
+    assert f"its logs are not on S3 yet: EMR copies them to {logs}" in error
+    emr, s3 = shell.client("emr"), shell.client("s3")
+    # once EMR copied them (LOG_DELAY_S), the same explanation ends with their last lines
+    later = wait_for(lambda: (text := failure.explain(emr, s3, cluster, step["Id"])) * ("last lines" in text), 30)
+    assert f"last lines of its stderr and stdout ({logs}):" in later
+    assert "No module named 'PIL'" in later.split("last lines")[1]
 
 
 def _start_and_wait_for_a_running_step(shell, cluster):
@@ -335,14 +465,50 @@ def _start_and_wait_for_a_running_step(shell, cluster):
     return running, wait_for(a_step_runs, timeout_s=120)[0]
 
 
+def _watch_until_exit(shell, cluster: str, step: str, running: subprocess.Popen) -> tuple[str, list[tuple]]:
+    """(the run's output, (lock held, step state) sampled every 0.2 s until the run exits): the lock is read before
+    the state, so a sample without the lock and with a live state proves the lock was released too early."""
+    emr, samples = shell.client("emr"), []
+    reader = ThreadPoolExecutor(1).submit(running.communicate, timeout=300)
+    while running.poll() is None:
+        held = bool(shell.output_keys(LOCK_FILE))
+        samples.append((held, emr.describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]))
+        time.sleep(0.2)
+    return reader.result()[0], samples
+
+
+def _assert_unlocked_only_once_cancelled(samples: list[tuple], out: str) -> None:
+    assert (True, "CANCEL_PENDING") in samples, samples  # EMR's asynchronous cancel, held for a few polls
+    assert not [s for s in samples if not s[0] and s[1] in ("RUNNING", "CANCEL_PENDING")], (samples, out[-3000:])
+    assert (False, "CANCELLED") in samples or samples[-1] == (True, "CANCELLED"), samples
+
+
 def test_a_cancelled_run_cancels_its_emr_step_then_unlocks(shell, cluster, first_run):
     running, step = _start_and_wait_for_a_running_step(shell, cluster)
     running.send_signal(signal.SIGINT)  # Ctrl-C, or the UI's terminate
-    out, _ = running.communicate(timeout=300)
+    out, samples = _watch_until_exit(shell, cluster, step, running)
     assert running.returncode != 0
+    _assert_unlocked_only_once_cancelled(samples, out)
     state = shell.client("emr").describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]
-    assert state in ("CANCELLED", "CANCEL_PENDING"), out[-3000:]
+    assert state == "CANCELLED", out[-3000:]
     assert not shell.output_keys(LOCK_FILE)  # the run lock released
+
+
+def test_a_step_cancelled_from_the_cli_fails_the_run_clearly_then_unlocks(shell, cluster, first_run):
+    running, step = _start_and_wait_for_a_running_step(shell, cluster)
+    before = _step_ids(shell, cluster)
+    # As the console or `aws emr cancel-steps` does while the run polls the step: CancelSteps, answered at once.
+    answer = shell.client("emr").cancel_steps(
+        ClusterId=cluster, StepIds=[step], StepCancellationOption="SEND_INTERRUPT"
+    )
+    assert answer["CancelStepsInfoList"][0]["Status"] == "SUBMITTED"
+    out, samples = _watch_until_exit(shell, cluster, step, running)
+    assert running.returncode == 1
+    _assert_unlocked_only_once_cancelled(samples, out)
+    assert f"EMR step {step} on {cluster} CANCELLED" in out and "cancelled outside this run" in out, out[-3000:]
+    assert "ValueError" not in out  # dagster-aws's EmrStepState has no CANCEL_PENDING; the launcher never builds one
+    assert _new_steps(shell, cluster, before) == []  # the rest of the run is not resubmitted
+    assert not shell.output_keys(LOCK_FILE)
 
 
 def test_terminating_the_cluster_mid_run_names_it(shell, cluster, first_run):

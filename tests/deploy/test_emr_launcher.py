@@ -107,7 +107,7 @@ def test_step_launcher_stages_package_submits_step_and_reads_events(aws, monkeyp
 
 
 def test_a_failed_steps_stderr_is_summed_up_by_its_python_error():
-    from fruits_assets.deploy.emr.launcher import _stderr_summary
+    from fruits_assets.deploy.emr.failure import stderr_summary
 
     stderr = "\n".join(
         [
@@ -119,6 +119,6 @@ def test_a_failed_steps_stderr_is_summed_up_by_its_python_error():
             "26/12/04 19:10:32 INFO MetricsSystemImpl: s3a-file-system metrics system shutdown complete.",
         ]
     )
-    error, tail = _stderr_summary(stderr)
+    error, tail = stderr_summary(stderr)
     assert error == "ModuleNotFoundError: No module named 'scipy'"
     assert tail.splitlines()[0] == "Traceback (most recent call last):" and "MetricsSystemImpl" not in tail

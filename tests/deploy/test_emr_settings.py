@@ -208,3 +208,15 @@ def test_a_local_run_with_s3_paths_gets_s3a_and_a_local_one_does_not():
     assert not [key for key in local if "s3a" in key]
     on_s3 = local_spark_config(settings=Settings.from_env({"FRUITS_OUTPUT_URI": "s3a://bucket/out"}))
     assert on_s3["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def test_the_recipes_executors_fit_an_m5_xlarge_and_scale_to_the_emulators_yarn():
+    from fruits_assets.deploy.spark_conf import EMR_SPARK_CONF
+    from tests.emr_emulator import yarn
+
+    # m5.xlarge / m7i.xlarge: 12288 MB of YARN memory; the recipe's 2 executors per node: 2 x (3g + 2g) = 10240 MB
+    assert yarn.NODE_YARN_MB == 12288 and yarn.containers_fit(EMR_SPARK_CONF, per_node=2)
+    assert not yarn.containers_fit(EMR_SPARK_CONF, per_node=3)  # a third executor would not fit: 15 GiB
+    scaled = {**EMR_SPARK_CONF, **yarn.scaled(EMR_SPARK_CONF)}
+    assert scaled["spark.executor.memory"] == "768m" and scaled["spark.executor.memoryOverhead"] == "512m"
+    assert yarn.containers_fit(scaled, node_mb=yarn.NODE_YARN_MB // yarn.SCALE, per_node=2)  # same shape, a quarter

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 from tests.emr_emulator import moto_emr
-from tests.emr_emulator.node import ClusterNode, NodeConfig
+from tests.emr_emulator.host import CANCEL_DELAY_S, LOG_DELAY_S, NodeConfig
+from tests.emr_emulator.node import ClusterNode
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +21,17 @@ class EmrEmulator:
     """Start with `start()`, stop with `stop()`; `exports()` is what a shell needs to use it as AWS."""
 
     def __init__(
-        self, root: Path, master: str = "local[2]", region: str = "eu-west-3", cache: Path = CACHE, cold: bool = False
+        self,
+        root: Path,
+        master: str = "local[2]",
+        region: str = "eu-west-3",
+        cache: Path = CACHE,
+        cold: bool = False,
+        log_delay_s: float = LOG_DELAY_S,
+        cancel_delay_s: float = CANCEL_DELAY_S,
     ):
         self.root, self.master, self.region, self.cold = Path(root), master, region, cold
+        self.delays = {"log_delay_s": log_delay_s, "cancel_delay_s": cancel_delay_s}  # EMR's timing (NodeConfig)
         self.cache = self.root / "node-venvs" if cold else cache  # cold: the node installs everything anew
         self.server = None
         self.config: NodeConfig | None = None
@@ -32,11 +42,12 @@ class EmrEmulator:
         """Start the moto server (in this process, so the node can drive EMR's states) and the node watcher."""
         from moto.server import ThreadedMotoServer
 
+        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"  # AWS' own policies (AmazonEMRServicePolicy_v2)
         moto_emr.install()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
-        self.config = NodeConfig(self.root, f"http://{host}:{port}", self.master, self.region, self.cold)
+        self.config = NodeConfig(self.root, f"http://{host}:{port}", self.master, self.region, self.cold, **self.delays)
         self.root.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=self._watch, name="emr-control-plane", daemon=True).start()
         return self

@@ -1,4 +1,5 @@
-"""`python -m tests.emr_emulator [--root DIR] [--master URL] [--cold]`: prints what to export, Ctrl-C stops it."""
+"""`python -m tests.emr_emulator [--root DIR] [--master URL] [--cold] [--log-delay S] [--cancel-delay S]`: prints
+what to export, Ctrl-C stops it."""
 
 import argparse
 import logging
@@ -10,19 +11,30 @@ import threading
 from pathlib import Path
 
 from tests.emr_emulator import EmrEmulator
+from tests.emr_emulator.host import CANCEL_DELAY_S, LOG_DELAY_S
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the emulation until Ctrl-C (or SIGTERM)."""
     parser = argparse.ArgumentParser(prog="python -m tests.emr_emulator", description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="the node's disk (default: a new temporary folder)")
-    parser.add_argument("--master", default="local[2]", help="Spark master of the steps (e.g. tests.cluster's)")
+    parser.add_argument(
+        "--master", default="local[2]", help="Spark master of the steps: local[2], or yarn (Hadoop's YARN, as EMR)"
+    )
     parser.add_argument("--cold", action="store_true", help="nodes share no pip cache or venv with this machine")
+    parser.add_argument(
+        "--log-delay", type=float, default=LOG_DELAY_S, help="seconds until a step's logs are on S3 (EMR: minutes)"
+    )
+    parser.add_argument(
+        "--cancel-delay", type=float, default=CANCEL_DELAY_S, help="seconds a cancelled running step is CANCEL_PENDING"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s emr-emulator: %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     root = args.root or Path(tempfile.mkdtemp(prefix="emr-emulator-"))
-    emulator = EmrEmulator(root, args.master, cold=args.cold).start()
+    emulator = EmrEmulator(
+        root, args.master, cold=args.cold, log_delay_s=args.log_delay, cancel_delay_s=args.cancel_delay
+    ).start()
     for name, value in emulator.exports().items():
         print(f"export {name}={shlex.quote(value)}")
     print("# emulated EMR ready; Ctrl-C stops it", flush=True)

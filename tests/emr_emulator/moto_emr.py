@@ -1,5 +1,6 @@
-"""moto's EMR made to keep EMR's life cycle: clusters wait for their node's bootstrap, steps wait for the node, and
-CancelSteps exists. Applied inside the emulator's own process, where the moto server's backends live."""
+"""moto's EMR made to keep EMR's life cycle: clusters wait for their node's bootstrap, steps wait for the node,
+CancelSteps exists (asynchronous: a running step is CANCEL_PENDING until its node interrupts it), and a failed step
+carries FailureDetails. Applied inside the emulator's own process, where the moto server's backends live."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from moto.emr import models, responses
 from moto.emr.exceptions import ValidationException
 from moto.emr.models import emr_backends
 
+from tests.emr_emulator import iam
+
 _lock = threading.Lock()
 _new_clusters: list = []
 
 
 def _start_on_node(cluster) -> None:
-    """run_job_flow: EMR answers at once with a STARTING cluster; the node bootstraps it later."""
+    """run_job_flow: EMR checks the roles, then answers at once with a STARTING cluster; the node bootstraps it
+    later."""
+    iam.check_roles(cluster)
     cluster.state = "STARTING"
     with _lock:
         _new_clusters.append(cluster)
@@ -57,8 +62,22 @@ def _cancel_steps(self) -> ActionResult:
     return ActionResult({"CancelStepsInfoList": answers})
 
 
+_step_status = models.Step.status.fget
+
+
+def _status_with_failure(step) -> dict:
+    """A step's Status as EMR answers it: FailureDetails (Reason, Message, LogFile) once the step failed."""
+    status = _step_status(step)
+    details = getattr(step, "failure_details", None)
+    if details:
+        status["FailureDetails"] = details
+    return status
+
+
 def install() -> None:
     """Patch moto's EMR models (in this process only)."""
+    models.Step.status = property(_status_with_failure)
+    iam.install()
     models.Cluster.run_bootstrap_actions = _start_on_node
     models.Cluster.add_steps = lambda cluster, steps: _queue_steps(cluster, steps)
     models.Cluster.terminate = _terminate

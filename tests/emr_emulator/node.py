@@ -4,108 +4,31 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 
 from fruits_assets.deploy.spark_conf import with_jars
-from spark_code.storage import s3a, tables
-from tests.emr_emulator import moto_emr
+from spark_code.storage import s3a, tables, uris
+from tests.emr_emulator import iam, moto_emr
+from tests.emr_emulator.host import STREAMS, NodeConfig, failure_details, node_env, node_python
+from tests.emr_emulator.yarn import Yarn
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 EMR_SPARK_SUBMIT = "/usr/lib/spark/bin/spark-submit"
 BOOTSTRAP_TIMEOUT_S = 1800
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Where the node lives and how it reaches S3: the node folder (/mnt on EMR), the Spark master of its steps, the
-    moto endpoint and the identity the node's instance role would give it."""
-
-    root: Path
-    endpoint: str
-    master: str = "local[2]"
-    region: str = "eu-west-3"
-    cold: bool = False  # a new node: no pip cache shared with this machine (the venvs are then the node's own too)
-
-    @property
-    def node_dir(self) -> Path:
-        """The node's /mnt."""
-        return self.root / "mnt"
-
-    def aws_env(self) -> dict[str, str]:
-        """What the instance role and the node's AWS config give every process on the node."""
-        return {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-            "AWS_ENDPOINT_URL": self.endpoint,
-        }
-
-
-def base_python() -> str:
-    """The interpreter this venv was made from: the emulated node's /usr/bin/python3.11."""
-    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    candidate = Path(sys.base_prefix) / "bin" / name
-    return str(candidate if candidate.exists() else shutil.which(name) or sys.executable)
-
-
-def node_python(cache: Path, requirements_digest: str) -> Path:
-    """The node's Python: an empty venv of the base interpreter (EMR's python3.11 with its pip), kept per set of
-    requirements, so that re-running the bootstrap on it installs nothing new (the bootstrap is idempotent)."""
-    folder = cache / f"node-{requirements_digest[:16]}"
-    python = folder / "bin" / "python"
-    if not python.exists():
-        subprocess.run([base_python(), "-m", "venv", str(folder)], check=True)
-    return python
-
-
-def tools(root: Path) -> Path:
-    """A folder on the node's PATH with what EMR's Amazon Linux has: `aws` (the CLI) and `sudo` (a pass-through)."""
-    folder = root / "bin"
-    folder.mkdir(parents=True, exist_ok=True)
-    sudo = folder / "sudo"
-    sudo.write_text('#!/bin/sh\nexec "$@"\n')
-    sudo.chmod(0o755)
-    aws = Path(sys.executable).parent / "aws"
-    if not aws.exists():
-        raise RuntimeError(f"no AWS CLI at {aws}: ./install.sh installs it (awscli, a dev dependency)")
-    (folder / "aws").unlink(missing_ok=True)
-    (folder / "aws").symlink_to(aws)
-    return folder
-
-
-def node_env(config: NodeConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A node's process environment: a plain PATH with the node's tools, its AWS identity, no project variables."""
-    env = {
-        "PATH": f"{tools(config.root)}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(config.root / "home"),
-        "LANG": "C.UTF-8",
-        "TMPDIR": str(config.root / "tmp"),
-        **config.aws_env(),
-    }
-    for name in ("JAVA_HOME", "PIP_CACHE_DIR", "XDG_CACHE_HOME"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    env.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))  # pip's wheel cache, as a warm AMI would have
-    if config.cold:  # as a fresh EC2 instance: pip downloads every wheel
-        env |= {"XDG_CACHE_HOME": str(config.root / "node-cache"), "PIP_CACHE_DIR": str(config.root / "node-pip")}
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-    Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
-    return env | (extra or {})
+CONTAINERS_FILE = "containers.json"  # beside a step's logs on the node: its YARN containers and their peak memory
 
 
 class ClusterNode(threading.Thread):
@@ -114,23 +37,33 @@ class ClusterNode(threading.Thread):
     def __init__(self, cluster, config: NodeConfig, cache: Path):
         super().__init__(name=f"node-{cluster.id}", daemon=True)
         self.cluster, self.config, self.cache = cluster, config, cache
-        self.s3 = boto3.client("s3", endpoint_url=config.endpoint, region_name=config.region, **_keys(config))
+        self.credentials = iam.instance_credentials(cluster)  # the instance profile's role, as on EC2
+        self.s3 = boto3.client("s3", endpoint_url=config.endpoint, region_name=config.region, **_keys(self.credentials))
         self.python: Path | None = None
+        self.yarn = Yarn(config.root / "yarn" / cluster.id) if config.master == "yarn" else None  # its core nodes
 
     def run(self) -> None:
+        env = node_env(self.config, self.credentials)
+        yarn = ThreadPoolExecutor(1).submit(self.yarn.start, env) if self.yarn is not None else None
         try:
             self.bootstrap()
+            if yarn is not None:
+                yarn.result()  # the core nodes' YARN, started while the primary node bootstraps
         except Exception as error:  # EMR ends the cluster, naming the bootstrap action
             logger.error("cluster %s: bootstrap failed: %s", self.cluster.id, error)
             moto_emr.set_state(self.cluster, "TERMINATED_WITH_ERRORS", f"bootstrap action 1 failed: {error}")
             return
         moto_emr.set_state(self.cluster, "WAITING", "")
-        while not self.cluster.state.startswith("TERMINAT"):
-            step = next((s for s in self.cluster.steps if s.state == "PENDING"), None)
-            if step is None:
-                time.sleep(0.2)
-                continue
-            self.run_step(step)
+        try:
+            while not self.cluster.state.startswith("TERMINAT"):
+                step = next((s for s in self.cluster.steps if s.state == "PENDING"), None)
+                if step is None:
+                    time.sleep(0.2)
+                    continue
+                self.run_step(step)
+        finally:
+            if self.yarn is not None:
+                self.yarn.stop()
 
     # ---- bootstrap --------------------------------------------------------------------------------------------
 
@@ -150,7 +83,7 @@ class ClusterNode(threading.Thread):
                     ["bash", str(script), *args],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=node_env(self.config),
+                    env=node_env(self.config, self.credentials),
                     cwd=self.config.root,
                     timeout=BOOTSTRAP_TIMEOUT_S,
                 )
@@ -178,27 +111,44 @@ class ClusterNode(threading.Thread):
         moto_emr.set_state(step, "RUNNING")
         folder = self.config.root / "steps" / step.id
         folder.mkdir(parents=True, exist_ok=True)
+        watched, usage = threading.Event(), None
+        if self.yarn is not None:  # what its YARN containers use, as the NodeManagers measure it
+            usage = ThreadPoolExecutor(1).submit(self.yarn.watch, watched)
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             process = subprocess.Popen(
                 self.command(step.args),
                 stdout=out,
                 stderr=err,
-                env=node_env(self.config, self.spark_env()),
+                env=node_env(self.config, self.credentials | self.spark_env()),
                 cwd=folder,
                 start_new_session=True,
             )
             code = self._wait(process, step)
-        self._upload_logs(step, folder)
+        watched.set()
+        if usage is not None:
+            (folder / CONTAINERS_FILE).write_text(json.dumps(usage.result().summary()))
         step.end_date_time = moto_emr.models.utcnow()
-        if step.state == "RUNNING":
-            moto_emr.set_state(step, "COMPLETED" if code == 0 else "FAILED", None if code == 0 else f"exit {code}")
+        if step.state == "RUNNING" and code != 0:
+            logs = {name: ((folder / name).read_text(errors="replace"), self._log_uri(step, name)) for name in STREAMS}
+            step.failure_details = failure_details(logs)
+            moto_emr.set_state(step, "FAILED", f"exit {code}")
+        elif step.state == "RUNNING":
+            moto_emr.set_state(step, "COMPLETED")
         elif step.state == "CANCEL_PENDING":
             moto_emr.set_state(step, "CANCELLED", "Cancelled by the user")
+        timer = threading.Timer(self.config.log_delay_s, self._upload_logs, (step, folder))
+        timer.daemon = True  # EMR copies the logs later; a stopped emulator copies nothing more
+        timer.start()
 
     def _wait(self, process: subprocess.Popen, step) -> int:
-        """Wait for the step's process; kill it when the step is cancelled or the cluster ends."""
+        """Wait for the step's process; interrupt it `cancel_delay_s` after CancelSteps (the step CANCEL_PENDING
+        until then, as EMR's asynchronous cancel), at once when the cluster ends."""
+        cancelled_at = None
         while process.poll() is None:
-            if step.state != "RUNNING" or self.cluster.state.startswith("TERMINAT"):
+            if step.state == "CANCEL_PENDING" and cancelled_at is None:
+                cancelled_at = time.monotonic()
+            ending = self.cluster.state.startswith("TERMINAT") or step.state not in ("RUNNING", "CANCEL_PENDING")
+            if ending or (cancelled_at is not None and time.monotonic() - cancelled_at >= self.config.cancel_delay_s):
                 os.killpg(process.pid, signal.SIGTERM)
                 try:
                     return process.wait(timeout=20)
@@ -216,7 +166,9 @@ class ClusterNode(threading.Thread):
 
         spark_submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
         rest = list(args[1:])
-        if "--master" in rest:
+        if self.yarn is not None:  # EMR's own: --master yarn --deploy-mode client, the recipe scaled to this YARN
+            rest = with_confs(rest, self.yarn.spark_conf(submitted_confs(rest)))
+        elif "--master" in rest:
             rest[rest.index("--master") + 1] = self.config.master
         conf = s3a.spark_conf(self.config.endpoint, self.config.region)
         if self.delta_enabled():  # EMR puts its Delta Lake jars on Spark's classpath: here the cached ones
@@ -237,6 +189,8 @@ class ClusterNode(threading.Thread):
         import pyspark
 
         env = {"SPARK_HOME": str(Path(pyspark.__file__).parent)}
+        if self.yarn is not None:
+            env["HADOOP_CONF_DIR"] = str(self.yarn.conf_dir)  # where spark-submit finds the ResourceManager
         for classification in self.cluster.configurations:
             if _get(classification, "Classification") != "spark-env":
                 continue
@@ -249,34 +203,58 @@ class ClusterNode(threading.Thread):
                     env[name] = str(self.python)
         return env
 
+    def _log_uri(self, step, name: str = "stderr") -> str | None:
+        """s3:// URI of a step log under the cluster's LogUri (<LogUri><cluster>/steps/<step>/<name>.gz)."""
+        if not self.cluster.log_uri:
+            return None
+        return f"{self.cluster.log_uri.replace('s3n://', 's3://')}{self.cluster.id}/steps/{step.id}/{name}.gz"
+
     def _upload_logs(self, step, folder: Path) -> None:
         """Copy stdout and stderr, gzipped, to <LogUri><cluster>/steps/<step>/ as EMR does."""
-        if not self.cluster.log_uri:
-            return
-        bucket, prefix = s3a.split(self.cluster.log_uri.replace("s3n://", "s3://"))
-        for name in ("stdout", "stderr"):
-            key = f"{prefix}{self.cluster.id}/steps/{step.id}/{name}.gz"
-            self.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress((folder / name).read_bytes()))
+        for name in STREAMS:
+            if (uri := self._log_uri(step, name)) is not None:
+                bucket, key = uris.split(uri)
+                try:
+                    self.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress((folder / name).read_bytes()))
+                except Exception as error:  # the emulator stopped meanwhile
+                    logger.warning("step %s: %s not copied to %s: %s", step.id, name, uri, error)
 
     # ---- S3 -----------------------------------------------------------------------------------------------------
 
     def _download(self, uri: str, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
-        bucket, key = s3a.split(uri)
+        bucket, key = uris.split(uri)
         self.s3.download_file(bucket, key, str(target))
         return target
 
     def _read(self, uri: str) -> bytes | None:
-        bucket, key = s3a.split(uri)
+        bucket, key = uris.split(uri)
         try:
             return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
 
 
-def _keys(config: NodeConfig) -> dict[str, str]:
-    env = config.aws_env()
-    return {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"]}
+def submitted_confs(args: list[str]) -> dict[str, str]:
+    """The `--conf key=value` settings of spark-submit arguments."""
+    return dict(v.split("=", 1) for a, v in itertools.pairwise(args) if a == "--conf")
+
+
+def with_confs(args: list[str], confs: dict[str, str]) -> list[str]:
+    """spark-submit arguments with `confs` set: a given `--conf` of the same key replaced, the others prepended."""
+    args, added = list(args), []
+    for key, value in confs.items():
+        at = [i + 1 for i, (a, v) in enumerate(itertools.pairwise(args)) if a == "--conf" and v.startswith(f"{key}=")]
+        if at:
+            args[at[-1]] = f"{key}={value}"
+        else:
+            added += ["--conf", f"{key}={value}"]
+    return added + args
+
+
+def _keys(credentials: dict[str, str]) -> dict[str, str]:
+    names = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key"}
+    return {arg: credentials[var] for var, arg in (names | {"AWS_SESSION_TOKEN": "aws_session_token"}).items()}
 
 
 def _get(mapping, key: str):

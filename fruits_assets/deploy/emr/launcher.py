@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -22,7 +20,7 @@ from dagster_aws.emr.pyspark_step_launcher import EmrPySparkStepLauncher
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY, batch, step_main
+from fruits_assets.deploy.emr import STEP_LAUNCHER_KEY, batch, failure, step_main
 from fruits_assets.deploy.emr.preflight import preflight
 from fruits_assets.deploy.emr.settings import DEPLOYMENT_ENV, DeploymentError, EmrSettings
 from fruits_assets.deploy.settings import Settings
@@ -33,7 +31,6 @@ from spark_code.storage import files
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("fruits_assets", "spark_code")
-STDERR_TAIL_LINES = 40
 LIVE_STEP_STATES = ("PENDING", "RUNNING", "CANCEL_PENDING")  # an EMR step in any other state has ended
 END_WAIT_POLLS = 20  # how long a run waits for its EMR step to end once it has nothing more to run (polls)
 
@@ -60,6 +57,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         self._batches: dict[str, batch.Batch] = {}  # each run's newest batch EMR step
         self._launched: dict[str, set[str]] = {}  # each run's Dagster steps submitted so far
         self._failed: dict[str, set[str]] = {}  # each run's Dagster steps that failed on the cluster
+        self._cancelled: dict[str, str] = {}  # each run's EMR step cancelled outside the run (no new batch then)
         self._s3 = boto3.client("s3", region_name=self.region_name)  # staging: settings, `done` markers
 
     def _main_file_local_path(self) -> str:
@@ -70,6 +68,11 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         """Relay this step's events from the run's batch EMR step, submitting a new batch (this step and every Spark
         step of the run not launched yet) when no running batch holds it; cancel the batch if the run stops first."""
         run_id, step_key = step_context.dagster_run.run_id, step_context.step.key
+        if run_id in self._cancelled:  # whoever cancelled it wants the run stopped: no new batch
+            raise EmrStepError(
+                f"{step_key} not run: EMR step {self._cancelled[run_id]} of this run was cancelled outside it "
+                "(CancelSteps); run again to redo its Dagster steps"
+            )
         current = self._batches.get(run_id)
         if current is None or step_key not in current.step_keys or self._batch_ended_before(current, step_key):
             current = self._submit_batch(step_context)
@@ -134,7 +137,10 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         failures = [r for r in records if r.is_dagster_event and r.dagster_event.is_step_failure]
         if done is None or (done["failed"] and not failures):  # the step's Python died: say why from EMR's side
             self._failed[run_id].add(step_key)
-            self._wait_until_ended(current.emr_step_id)  # its process is exiting: EMR's final state and logs
+            if not self._wait_until_ended(current.emr_step_id):  # its process is exiting: EMR's final state
+                step_context.log.warning(f"EMR step {current.emr_step_id} still not ended after {END_WAIT_POLLS} polls")
+            if self._step_state(current.emr_step_id) == "CANCELLED":
+                self._cancelled[run_id] = current.emr_step_id
             raise EmrStepError(self.explain_failure(current.emr_step_id))
         if done["failed"]:
             self._failed[run_id].add(step_key)
@@ -151,11 +157,15 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 time.sleep(self.poll_seconds)
         return self._emr_step_ended(step_id)
 
+    def _step_state(self, step_id: str) -> str:
+        """The EMR step's state as DescribeStep names it (CANCEL_PENDING included, which dagster-aws's
+        `EmrStepState` does not know: its poller raises a ValueError on it; this launcher never builds one)."""
+        return self.emr_job_runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]["State"]
+
     def _emr_step_ended(self, step_id: str) -> bool:
         """Whether the EMR step reached a final state (COMPLETED, FAILED, CANCELLED, INTERRUPTED); PENDING, RUNNING
-        and CANCEL_PENDING (which dagster-aws's `EmrStepState` does not know) are not."""
-        state = self.emr_job_runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]["State"]
-        return state not in LIVE_STEP_STATES
+        and CANCEL_PENDING are not."""
+        return self._step_state(step_id) not in LIVE_STEP_STATES
 
     def cancel(self, log, step_id: str) -> None:
         """Ask EMR to cancel the step (CancelSteps, asynchronous on EMR) and wait, up to `END_WAIT_POLLS` polls,
@@ -167,57 +177,17 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             )
             log.warning(f"cancelled EMR step {step_id}: {answer.get('CancelStepsInfoList')}")
             if not self._wait_until_ended(step_id):
-                log.warning(f"EMR step {step_id} is still cancelling after {END_WAIT_POLLS} polls; releasing the run")
+                log.warning(
+                    f"EMR step {step_id} is still cancelling after {END_WAIT_POLLS} polls of {self.poll_seconds} s; "
+                    "the run ends and releases its lock now: check the step (aws emr describe-step) before the next run"
+                )
         except ClientError as error:
             log.error(f"could not cancel EMR step {step_id} on {self.cluster_id}: {error}")
 
     def explain_failure(self, step_id: str) -> str:
-        """Why the step failed, in its first line (its state, the error its stderr ends with, or the cluster's end),
-        then the tail of its stderr, or where EMR will put it."""
-        runner = self.emr_job_runner
-        step = runner.describe_step(self.cluster_id, step_id)["Step"]["Status"]
-        cluster = runner.describe_cluster(self.cluster_id)["Cluster"]["Status"]
-        bucket, prefix = runner.log_location_for_cluster(self.cluster_id)
-        folder = f"{prefix}{self.cluster_id}/steps/{step_id}"
-        s3 = boto3.client("s3", region_name=self.region_name)
-        logs = [text for name in ("stderr", "stdout") if (text := _log_text(s3, bucket, f"{folder}/{name}.gz"))]
-        error, tail = _stderr_summary("\n".join(logs)) if logs else (None, None)
-        headline = f"EMR step {step_id} on {self.cluster_id} {step['State']} {_reason(step)}".rstrip()
-        if cluster["State"].startswith("TERMINAT"):
-            headline += (
-                f": cluster {self.cluster_id} is {cluster['State']} {_reason(cluster)}; start a new one "
-                "(bootstrap/emr_cluster.py create) and set FRUITS_EMR_CLUSTER_ID"
-            ).replace("  ", " ")
-        elif error:
-            headline += f": {error}"
-        if not logs:
-            return f"{headline}\nits logs are not on S3 yet; EMR copies them to s3://{bucket}/{folder}/ within minutes"
-        return f"{headline}\nlast lines of its stderr and stdout (s3://{bucket}/{folder}/):\n{tail}"
-
-
-def _reason(status: dict) -> str:
-    message = (status.get("StateChangeReason") or {}).get("Message")
-    return f"({message})" if message else ""
-
-
-SPARK_LOG_LINE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d ")  # log4j's lines, around the step's own output
-PYTHON_ERROR = re.compile(r"^[\w.]+(Error|Exception)(: |$)")
-
-
-def _stderr_summary(text: str) -> tuple[str, str]:
-    """(the error the step's stderr ends with, its last lines), Spark's log4j lines left out."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not SPARK_LOG_LINE.match(line)]
-    errors = [line.strip() for line in lines if PYTHON_ERROR.match(line.strip())]
-    return (errors or lines or ["no output"])[-1][:300], "\n".join(lines[-STDERR_TAIL_LINES:])
-
-
-def _log_text(s3, bucket: str, key: str) -> str | None:
-    """A gzipped log on S3 as text, or None while it is not there."""
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError:
-        return None
-    return gzip.decompress(body).decode("utf-8", "replace")
+        """Why the step failed: EMR's FailureDetails first, then the tail of its stderr, or where EMR will put it."""
+        emr = self.emr_job_runner.make_emr_client()
+        return failure.explain(emr, boto3.client("s3", region_name=self.region_name), self.cluster_id, step_id)
 
 
 class EmrStepLauncher(ConfigurableResourceFactory[StepLauncher]):
