@@ -60,6 +60,10 @@ say "$(.venv/bin/python -m spark_code.storage.s3a | head -1 | xargs -r dirname |
 # (same cache; every local session puts them on its classpath, the emulated EMR node too: nothing fetched at run time)
 say "$(.venv/bin/python -m spark_code.storage.tables | head -1 | xargs -r dirname | xargs -r printf 'Delta Lake jars in %s')"
 
+# --- The emulated EMR's YARN (tests): Hadoop's own ResourceManager and NodeManagers (MiniYARNCluster) at pyspark's
+# Hadoop version, fetched once with Spark's Ivy (~/.cache/fruits/yarn, apart from Spark's jars; nothing at run time)
+say "$(.venv/bin/python -m tests.emr_emulator.yarn | tail -1 | xargs -r printf 'YARN jars (the emulated EMR) in %s')"
+
 # --- The Spark JVM's class archive (AppCDS): Spark's classes loaded once here, mapped at each start ---------------
 # (~/.cache/fruits/jvm; local sessions start ~1 s sooner and run their first jobs ~2 s sooner; absent: Spark as usual)
 archive=$(.venv/bin/python -m fruits_assets.deploy.class_archive 2>/dev/null | tail -1) || true

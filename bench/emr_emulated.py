@@ -168,7 +168,7 @@ def main() -> None:
     result = {
         "what": "the README's EMR recipe on the emulated EMR (tests/emr_emulator, cold node): moto + a local node, "
         "spark-submit --master yarn --deploy-mode client on Hadoop's YARN (2 NodeManagers, physical memory "
-        "enforced, the recipe's executor memory scaled by 1/4), S3A to moto on loopback; each batch is "
+        "enforced, the recipe's executor memory scaled by 1/2), S3A to moto on loopback; each batch is "
         "`FRUITS_DEPLOYMENT=emr python -m fruits_assets` as a user runs it; local_* the same photos and batch with "
         "the local main command",
         "photos": {

@@ -8,14 +8,21 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.moto_server import set_auth
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "fruits-emu"
 PREFIX = "fruits"
+CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
+IMAGES = f"s3://{BUCKET}/{PREFIX}/images"
+OUTPUT = f"s3://{BUCKET}/{PREFIX}/output"
+BATCH_ASSETS = ["raw_images", "cnn_features", "quarantined_images"]  # a batch's own assets (and their checks)
 LOG_DELAY_S = 5.0  # EMR's minutes to copy a step's logs, as seconds
-MASTER = "local[2]"  # each step's Spark master on the emulated node
+MASTER = "yarn"  # each step's Spark: EMR's (--master yarn --deploy-mode client) on the emulator's YARN
 CANCEL_DELAY_S = 3.0  # a cancelled step stays CANCEL_PENDING for 3 polls of the emulator's 1 s
 
 
@@ -166,3 +173,23 @@ def wait_for(predicate, timeout_s: float = 300, every_s: float = 0.5):
             return value
         time.sleep(every_s)
     raise TimeoutError(f"still false after {timeout_s} s: {predicate}")
+
+
+def step_ids(shell: EmrShell, cluster: str) -> set[str]:
+    """The ids of the cluster's EMR steps."""
+    return {s["Id"] for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"]}
+
+
+def new_steps(shell: EmrShell, cluster: str, before: set[str]) -> list[dict]:
+    """The cluster's EMR steps not in `before` (newest first, as ListSteps)."""
+    return [s for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"] if s["Id"] not in before]
+
+
+@contextmanager
+def iam_enforced(shell):
+    """Every call to the emulated AWS checked against IAM: the runner's policy, the nodes' instance profile."""
+    set_auth(shell.exports["AWS_ENDPOINT_URL"], 0)
+    try:
+        yield
+    finally:
+        set_auth(shell.exports["AWS_ENDPOINT_URL"], float("inf"))

@@ -1,129 +1,27 @@
 """The README's EMR recipe, command by command, on the emulated EMR: images read from s3://, every table and model
-written to s3:// by Spark (S3A), the same outputs as a local run, the sensor's batches, classify, and the bad cases."""
+written to s3:// by Spark (S3A) in YARN containers, the same outputs as a local run, the sensor's batches (under the
+Dagster daemon, and from S3 events), classify. The emulator and its cluster: tests/deploy/conftest.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from botocore.exceptions import ClientError
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus, build_sensor_context
 
 from spark_code.storage import lake
-from spark_code.storage.run_lock import LOCK_FILE
-from tests.conftest import TRAINING, copy_photos, first_images
-from tests.emr_session import BUCKET, PREFIX, REPO, EmrShell, wait_for
-from tests.moto_server import set_auth
+from tests.emr_session import BATCH_ASSETS, BUCKET, CLASSES, IMAGES, OUTPUT, PREFIX, REPO, new_steps, step_ids, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.cnn]
 
-CLASSES = ("Apple Braeburn", "Banana", "Cherry 1")
-IMAGES = f"s3://{BUCKET}/{PREFIX}/images"
-OUTPUT = f"s3://{BUCKET}/{PREFIX}/output"
 ASSETS = ("raw_images", "cnn_features", "quarantined_images", "scaled_features", "pca_features", "fruit_classifier")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, fruits_dir) -> dict[str, Path]:
-    """A handful of Test photos (4 per class), Training photos (6 per class) and three more for later batches."""
-    root = tmp_path_factory.mktemp("emr-photos")
-    copy_photos(root / "images", CLASSES, 4, fruits_dir)
-    copy_photos(root / "training", CLASSES, 6, TRAINING)
-    extra = [first_images(fruits_dir / cls, 6)[-1] for cls in CLASSES]
-    extra.append(first_images(fruits_dir / CLASSES[0], 7)[-1])
-    extra.append(first_images(fruits_dir / CLASSES[1], 7)[-1])
-    return {"images": root / "images", "training": root / "training", "extra": extra}
-
-
-@pytest.fixture(scope="module")
-def shell(tmp_path_factory):
-    session = EmrShell.start(tmp_path_factory.mktemp("emr"))
-    try:
-        yield session
-    finally:
-        session.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(shell, photos, weights_path) -> str:
-    """The README's set-up: bucket, photos, bootstrap upload, `create --wait` (the bootstrap runs on the node)."""
-    shell.aws("s3", "mb", f"s3://{BUCKET}", "--region", "eu-west-3")
-    shell.aws("s3", "sync", str(photos["images"]), f"{IMAGES}/", "--quiet")
-    shell.aws("s3", "sync", str(photos["training"]), f"s3://{BUCKET}/{PREFIX}/training/", "--quiet")
-    shell.python("bootstrap/emr_cluster.py", "roles")  # EMR_DefaultRole_V2, the nodes' scoped instance profile
-    shell.python("bootstrap/emr_cluster.py", "upload", "--weights", weights_path)
-    cluster_id = shell.python("bootstrap/emr_cluster.py", "create", "--wait").stdout.strip().splitlines()[-1]
-    shell.env["FRUITS_EMR_CLUSTER_ID"] = cluster_id
-    return cluster_id
-
-
-def _new_steps(shell, cluster: str, before: set[str]) -> list[dict]:
-    return [s for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"] if s["Id"] not in before]
-
-
-def _step_ids(shell, cluster: str) -> set[str]:
-    return {s["Id"] for s in shell.client("emr").list_steps(ClusterId=cluster)["Steps"]}
-
-
-@pytest.fixture(scope="module")
-def first_run(shell, cluster):
-    """`FRUITS_DEPLOYMENT=emr .venv/bin/python -m fruits_assets`: the first batch, every asset."""
-    return shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
-
-
-@pytest.fixture(scope="module")
-def runner(shell, cluster) -> dict[str, str]:
-    """Keys of an IAM user holding exactly the policy `emr_cluster.py policy` prints: whoever runs Dagster."""
-    account = shell.client("sts").get_caller_identity()["Account"]
-    policy = shell.python("bootstrap/emr_cluster.py", "policy", "--account-id", account).stdout
-    iam = shell.client("iam")
-    iam.create_user(UserName="fruits-runner")
-    iam.put_user_policy(UserName="fruits-runner", PolicyName="fruits", PolicyDocument=policy)
-    key = iam.create_access_key(UserName="fruits-runner")["AccessKey"]
-    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-
-
-@contextmanager
-def iam_enforced(shell):
-    """Every call to the emulated AWS checked against IAM: the runner's policy, the nodes' instance profile."""
-    set_auth(shell.exports["AWS_ENDPOINT_URL"], 0)
-    try:
-        yield
-    finally:
-        set_auth(shell.exports["AWS_ENDPOINT_URL"], float("inf"))
-
-
-@pytest.fixture(scope="module")
-def later_runs(shell, cluster, first_run, photos, runner):
-    """The main command again with nothing new, then after one new photo as the README's runner with IAM enforced
-    and a prebuilt code zip (`emr_cluster.py package`, FRUITS_EMR_PACKAGE_URI): (output, EMR steps) of each."""
-    before = _step_ids(shell, cluster)
-    nothing = shell.python("-m", "fruits_assets", FRUITS_DEPLOYMENT="emr")
-    nothing_steps = _new_steps(shell, cluster, before)
-    new = photos["extra"][3]
-    shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
-    before = _step_ids(shell, cluster)
-    with iam_enforced(shell):
-        package = shell.python("bootstrap/emr_cluster.py", "package", **runner).stdout.strip().splitlines()[-1]
-        env = {"FRUITS_DEPLOYMENT": "emr", "FRUITS_EMR_PACKAGE_URI": package, **runner}
-        one = shell.python("-m", "fruits_assets", check=False, **env)
-        s3, emr = (shell.client(name, **runner) for name in ("s3", "emr"))
-        with pytest.raises(ClientError, match="AccessDenied"):  # the policy is enforced, and narrow
-            s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/images/{CLASSES[0]}/not-mine.jpg", Body=b"x")
-        with pytest.raises(ClientError, match="AccessDenied"):
-            emr.list_clusters()
-    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
-    return {"nothing": (nothing, nothing_steps), "one": (one, _new_steps(shell, cluster, before)), "package": package}
 
 
 def _recorded(shell) -> tuple[set[str], set[str]]:
@@ -251,9 +149,6 @@ def _tick(source, cursor=None):
     return result, result.cursor or cursor
 
 
-BATCH_ASSETS = ["raw_images", "cnn_features", "quarantined_images"]  # a batch's own assets (and their checks)
-
-
 def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
     """Run a sensor's run request as the daemon would, with the emr deployment: one batch, then `assets` (default:
     every asset, as the sensor's job)."""
@@ -284,7 +179,7 @@ def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
     _, cursor = _tick(listing)  # the cursor an earlier tick left: what the main command already took
     new = photos["extra"][0]
     shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
-    uploaded, before = time.monotonic(), _step_ids(shell, cluster)
+    uploaded, before = time.monotonic(), step_ids(shell, cluster)
     dagster, env = str(Path(sys.executable).parent / "dagster"), {"FRUITS_DEPLOYMENT": "emr"}
     shell.run(dagster, "sensor", "cursor", "new_images", "--set", cursor, "-w", "workspace.yaml", **env)
     shell.run(dagster, "sensor", "start", "new_images", "-w", "workspace.yaml", **env)  # the UI's toggle
@@ -314,7 +209,7 @@ def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
     assert run.tags["fruits/new"] == "1" and run.job_name == "materialize_all"
     raw = instance.get_latest_materialization_event(AssetKey("raw_images")).asset_materialization
     assert raw.metadata["image_count"].value == 1
-    (step,) = _new_steps(shell, cluster, before)  # the run worker's Spark steps: one EMR step
+    (step,) = new_steps(shell, cluster, before)  # the run worker's Spark steps: one EMR step
     assert step["Status"]["State"] == "COMPLETED" and "raw_images" in step["Name"]
 
 
@@ -365,156 +260,3 @@ def test_classify_with_models_on_s3(shell, first_run, photos):
     )
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["label"] == CLASSES[2], answer
-
-
-# ---- bad input: clear errors, nothing written half --------------------------------------------------------------
-
-
-def _main_fails(shell, **env) -> str:
-    """The main command with work to do (--full-refresh: every photo again), which must fail; its output."""
-    done = shell.python("-m", "fruits_assets", "--full-refresh", check=False, FRUITS_DEPLOYMENT="emr", **env)
-    assert done.returncode != 0
-    return done.stdout + done.stderr
-
-
-def test_wrong_endpoint_and_refused_credentials_are_named(shell, first_run):
-    assert "cannot reach AWS" in _main_fails(shell, AWS_ENDPOINT_URL="http://127.0.0.1:9")
-    from tests.moto_server import set_auth
-
-    set_auth(shell.exports["AWS_ENDPOINT_URL"], 0)
-    try:
-        out = _main_fails(shell, AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG1", AWS_SECRET_ACCESS_KEY="wrong")
-    finally:
-        set_auth(shell.exports["AWS_ENDPOINT_URL"], float("inf"))
-    assert "AWS refused these credentials (InvalidAccessKeyId)" in out
-
-
-def test_an_image_root_without_photos_stops_before_any_step(shell, cluster, first_run):
-    before = len(shell.client("emr").list_steps(ClusterId=cluster)["Steps"])
-    out = _main_fails(shell, FRUITS_IMAGE_ROOT=f"s3://{BUCKET}/{PREFIX}/nothing-here")
-    assert "holds no photos" in out
-    assert len(shell.client("emr").list_steps(ClusterId=cluster)["Steps"]) == before
-
-
-def test_package_drift_is_refused_before_any_step_naming_each_package(shell, cluster, first_run):
-    import importlib.metadata
-
-    s3, key = shell.client("s3"), f"{PREFIX}/staging/bootstrap/clusters/{cluster}/node.json"
-    recorded = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    node = json.loads(recorded)  # what the nodes' bootstrap recorded; as if ./install.sh changed this venv since
-    node["packages"] |= {"dagster": "1.12.0", "pyarrow": "20.0.0"}
-    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(node).encode())
-    before = _step_ids(shell, cluster)
-    try:
-        out = _main_fails(shell)
-    finally:
-        s3.put_object(Bucket=BUCKET, Key=key, Body=recorded)
-    here = {name: importlib.metadata.version(name) for name in ("dagster", "pyarrow")}
-    assert f"dagster {here['dagster']} here, 1.12.0 on the nodes; pyarrow {here['pyarrow']} here, 20.0.0" in out, out
-    assert "run `bootstrap/emr_cluster.py upload`" in out and "start a new cluster (`create`)" in out
-    assert "numpy" not in out.split("other package versions")[1].split("):")[0]  # only the packages that differ
-    assert _new_steps(shell, cluster, before) == []  # refused before anything was staged or submitted
-
-
-def test_a_node_missing_a_package_fails_naming_it(shell, cluster, first_run):
-    from fruits_assets.deploy.emr import failure
-
-    node = shell.node_python()
-    # Pillow: every step imports it with the asset graph (SciPy is imported only by the steps that fit)
-    version = shell.run(str(node), "-c", "import PIL; print(PIL.__version__)").stdout.strip()
-    shell.run(str(node), "-m", "pip", "uninstall", "-y", "-q", "pillow")
-    before = _step_ids(shell, cluster)
-    try:
-        out = _main_fails(shell)
-    finally:
-        shell.run(str(node), "-m", "pip", "install", "-q", "--no-deps", f"pillow=={version}")
-    # The step's Python dies importing the project: the EMR step fails; its logs reach S3 only minutes later on EMR
-    # (seconds here), so the run's error says why from EMR's FailureDetails, then where the logs will be.
-    # the batch that began with raw_images (the steps not downstream of it went in a second one)
-    step = next(s for s in _new_steps(shell, cluster, before) if s["Name"].split(": ")[1].startswith("raw_images"))
-    headline = rf"raw_images: FAILED — .*EMR step {step['Id']} on {cluster} FAILED \(exit 1\): ModuleNotFoundError: "
-    assert re.search(headline + "No module named 'PIL'", out), out[-3000:]
-    logs = f"s3://{BUCKET}/{PREFIX}/staging/logs/{cluster}/steps/{step['Id']}/"
-    error = Path(re.search(r" log: (\S+)", out).group(1)).read_text()  # the run's log file: the whole error
-    assert f"EMR's failure details ({logs}stdout.gz):" in error  # where the step's Python printed its traceback
-    assert f"its logs are not on S3 yet: EMR copies them to {logs}" in error
-    emr, s3 = shell.client("emr"), shell.client("s3")
-    # once EMR copied them (LOG_DELAY_S), the same explanation ends with their last lines
-    later = wait_for(lambda: (text := failure.explain(emr, s3, cluster, step["Id"])) * ("last lines" in text), 30)
-    assert f"last lines of its stderr and stdout ({logs}):" in later
-    assert "No module named 'PIL'" in later.split("last lines")[1]
-
-
-def _start_and_wait_for_a_running_step(shell, cluster):
-    """The main command, started; returns (process, the id of the first EMR step it submitted, once RUNNING)."""
-    emr = shell.client("emr")
-    before = {s["Id"] for s in emr.list_steps(ClusterId=cluster)["Steps"]}
-    running = subprocess.Popen(
-        [sys.executable, "-m", "fruits_assets", "--full-refresh"],  # work to do, whatever ran before
-        cwd=REPO,
-        env=shell.env | {"FRUITS_DEPLOYMENT": "emr"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def a_step_runs():
-        steps = emr.list_steps(ClusterId=cluster)["Steps"]
-        return [s["Id"] for s in steps if s["Id"] not in before and s["Status"]["State"] == "RUNNING"]
-
-    return running, wait_for(a_step_runs, timeout_s=120)[0]
-
-
-def _watch_until_exit(shell, cluster: str, step: str, running: subprocess.Popen) -> tuple[str, list[tuple]]:
-    """(the run's output, (lock held, step state) sampled every 0.2 s until the run exits): the lock is read before
-    the state, so a sample without the lock and with a live state proves the lock was released too early."""
-    emr, samples = shell.client("emr"), []
-    reader = ThreadPoolExecutor(1).submit(running.communicate, timeout=300)
-    while running.poll() is None:
-        held = bool(shell.output_keys(LOCK_FILE))
-        samples.append((held, emr.describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]))
-        time.sleep(0.2)
-    return reader.result()[0], samples
-
-
-def _assert_unlocked_only_once_cancelled(samples: list[tuple], out: str) -> None:
-    assert (True, "CANCEL_PENDING") in samples, samples  # EMR's asynchronous cancel, held for a few polls
-    assert not [s for s in samples if not s[0] and s[1] in ("RUNNING", "CANCEL_PENDING")], (samples, out[-3000:])
-    assert (False, "CANCELLED") in samples or samples[-1] == (True, "CANCELLED"), samples
-
-
-def test_a_cancelled_run_cancels_its_emr_step_then_unlocks(shell, cluster, first_run):
-    running, step = _start_and_wait_for_a_running_step(shell, cluster)
-    running.send_signal(signal.SIGINT)  # Ctrl-C, or the UI's terminate
-    out, samples = _watch_until_exit(shell, cluster, step, running)
-    assert running.returncode != 0
-    _assert_unlocked_only_once_cancelled(samples, out)
-    state = shell.client("emr").describe_step(ClusterId=cluster, StepId=step)["Step"]["Status"]["State"]
-    assert state == "CANCELLED", out[-3000:]
-    assert not shell.output_keys(LOCK_FILE)  # the run lock released
-
-
-def test_a_step_cancelled_from_the_cli_fails_the_run_clearly_then_unlocks(shell, cluster, first_run):
-    running, step = _start_and_wait_for_a_running_step(shell, cluster)
-    before = _step_ids(shell, cluster)
-    # As the console or `aws emr cancel-steps` does while the run polls the step: CancelSteps, answered at once.
-    answer = shell.client("emr").cancel_steps(
-        ClusterId=cluster, StepIds=[step], StepCancellationOption="SEND_INTERRUPT"
-    )
-    assert answer["CancelStepsInfoList"][0]["Status"] == "SUBMITTED"
-    out, samples = _watch_until_exit(shell, cluster, step, running)
-    assert running.returncode == 1
-    _assert_unlocked_only_once_cancelled(samples, out)
-    assert f"EMR step {step} on {cluster} CANCELLED" in out and "cancelled outside this run" in out, out[-3000:]
-    assert "ValueError" not in out  # dagster-aws's EmrStepState has no CANCEL_PENDING; the launcher never builds one
-    assert _new_steps(shell, cluster, before) == []  # the rest of the run is not resubmitted
-    assert not shell.output_keys(LOCK_FILE)
-
-
-def test_terminating_the_cluster_mid_run_names_it(shell, cluster, first_run):
-    running, _ = _start_and_wait_for_a_running_step(shell, cluster)
-    shell.python("bootstrap/emr_cluster.py", "terminate")
-    out, _ = running.communicate(timeout=300)
-    assert running.returncode == 1
-    assert f"cluster {cluster} is TERMINATED" in out and "start a new one" in out, out[-3000:]
-    assert not shell.output_keys(LOCK_FILE)  # the run lock released

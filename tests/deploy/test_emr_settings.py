@@ -218,5 +218,5 @@ def test_the_recipes_executors_fit_an_m5_xlarge_and_scale_to_the_emulators_yarn(
     assert yarn.NODE_YARN_MB == 12288 and yarn.containers_fit(EMR_SPARK_CONF, per_node=2)
     assert not yarn.containers_fit(EMR_SPARK_CONF, per_node=3)  # a third executor would not fit: 15 GiB
     scaled = {**EMR_SPARK_CONF, **yarn.scaled(EMR_SPARK_CONF)}
-    assert scaled["spark.executor.memory"] == "768m" and scaled["spark.executor.memoryOverhead"] == "512m"
-    assert yarn.containers_fit(scaled, node_mb=yarn.NODE_YARN_MB // yarn.SCALE, per_node=2)  # same shape, a quarter
+    assert scaled["spark.executor.memory"] == "1536m" and scaled["spark.executor.memoryOverhead"] == "1024m"
+    assert yarn.containers_fit(scaled, node_mb=yarn.NODE_YARN_MB // yarn.SCALE, per_node=2)  # same shape, half

@@ -23,7 +23,7 @@ class EmrEmulator:
     def __init__(
         self,
         root: Path,
-        master: str = "local[2]",
+        master: str = "yarn",
         region: str = "eu-west-3",
         cache: Path = CACHE,
         cold: bool = False,

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.emr_emulator", description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="the node's disk (default: a new temporary folder)")
     parser.add_argument(
-        "--master", default="local[2]", help="Spark master of the steps: local[2], or yarn (Hadoop's YARN, as EMR)"
+        "--master", default="yarn", help="yarn: EMR's, on Hadoop's YARN (default); or another Spark master (local[2])"
     )
     parser.add_argument("--cold", action="store_true", help="nodes share no pip cache or venv with this machine")
     parser.add_argument(

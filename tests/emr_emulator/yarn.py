@@ -52,7 +52,10 @@ JAVA_OPENS = [
 # EMR's YARN memory of an m5.xlarge (or m7i.xlarge) node: yarn.nodemanager.resource.memory-mb = 12288 of its 16 GiB.
 # The recipe (fruits_assets.deploy.spark_conf.EMR_SPARK_CONF) gives each executor 3g + 2g overhead: 2 per node = 10 GiB.
 NODE_YARN_MB = 12288
-SCALE = 4  # this machine's NodeManagers get a quarter of that, and each executor a quarter of the recipe's memory
+# This machine's NodeManagers get half of that (2 x 6144 MB of its 24 GiB), each executor half the recipe's memory
+# (1536m + 1024m): a quarter (768m + 512m) is less than an executor JVM and a Python worker with the CNN hold at
+# once (1.3 GB measured: YARN killed them), as those do not shrink with the node.
+SCALE = 2
 CORE_NODES = 2  # the recipe's core nodes: one NodeManager each
 
 
