@@ -22,17 +22,19 @@ py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # --- System packages, only the missing ones (apt-get) --------------------------------------------------------
 packages=()
-command -v java >/dev/null 2>&1 || packages+=(JAVA)  # Spark's JVM (Spark 3.5: Java 8/11/17/21), chosen below
+# Spark's JVM (Spark 3.5: Java 8/11/17/21), chosen below; a JDK, since the emulated EMR's YARN launcher
+# (tests/emr_emulator/YarnNode.java) runs from source, which needs the jdk.compiler module a JRE lacks.
+java --list-modules 2>/dev/null | grep -q '^jdk.compiler' || packages+=(JAVA)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)              # tests/dagster/test_ui.py drives it headless
 [ -d .venv ] || "$PYTHON" -c 'import ensurepip' 2>/dev/null || packages+=("python${py_version}-venv")  # python -m venv
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  say "installing with apt-get: ${packages[*]/#JAVA/a Java runtime} (Java for Spark, Chromium for the UI test, venv)"
+  say "installing with apt-get: ${packages[*]/#JAVA/a Java JDK} (Java for Spark, Chromium for the UI test, venv)"
   $sudo apt-get update -q
-  # Java 17 where the distribution has it (Debian 12, Ubuntu 22.04/24.04), else its default JRE (Debian 13: 21).
-  java=openjdk-17-jre-headless
-  apt-cache show "$java" >/dev/null 2>&1 || java=default-jre-headless
+  # Java 17 where the distribution has it (Debian 12, Ubuntu 22.04/24.04), else its default JDK (Debian 13: 21).
+  java=openjdk-17-jdk-headless
+  apt-cache show "$java" >/dev/null 2>&1 || java=default-jdk-headless
   packages=("${packages[@]/#JAVA/$java}")
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
