@@ -27,6 +27,7 @@ class BatchFeaturization:
     from the version it took to `until`."""
 
     net: DataFrame
+    owner: DataFrame  # path → batch of the rows the changes bring, broadcast to both tables' rows
     run: Featurized
     tally: dict[str, int]
     model_key: str
@@ -43,8 +44,10 @@ class BatchFeaturization:
         versions: tuple[int, int],
     ) -> BatchFeaturization:
         """The featurization of the net changes `net` (cached by the caller) of the raw table's `versions`."""
-        run = featurize_listing(spark, upserts(net), root, featurizer)
-        return cls(net, run, change_counts(net), model_key, versions)
+        raw = upserts(net)
+        run = featurize_listing(spark, raw, root, featurizer)
+        owner = F.broadcast(raw.select("path", batches.BATCH))  # each row keeps its raw row's batch
+        return cls(net, owner, run, change_counts(net), model_key, versions)
 
     def to_featurize(self) -> int:
         """Paths whose new rows are made: new and changed photos."""
@@ -55,8 +58,7 @@ class BatchFeaturization:
         return self.tally[CHANGED] + self.tally[DELETED]
 
     def _owned(self, rows: DataFrame) -> DataFrame:
-        owner = F.broadcast(upserts(self.net).select("path", batches.BATCH))  # each row keeps its raw row's batch
-        return rows.join(owner, "path")
+        return rows.join(self.owner, "path")
 
     def features(self) -> DataFrame:
         """The feature rows, each with its CNN settings (`cnn_model`) and its batch."""
