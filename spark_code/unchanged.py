@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 
 from spark_code import quality
 from spark_code.ingest import batches, ledger, snapshot
-from spark_code.ingest.listing import walk
 from spark_code.reduction import lifecycle
 from spark_code.storage import files, lake, uris, versions
 from spark_code.storage.lake import Commit
+from spark_code.storage.tree import walk
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ from datetime import datetime, timedelta, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_code.ingest.listing import RULES, RootListing, local_path, walk, walk_local
 from spark_code.storage import files, uris, versions
-from spark_code.storage.uris import is_s3
+from spark_code.storage.tree import RULES, RootListing, local_path, scan_is_safe, walk
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def _can_scan(root: str, count: int, unreadable: int, explicit_below: int) -> bo
     the root holds a file the scan would fail on or read twice (one Spark cannot read by name)."""
     if count < explicit_below or unreadable:
         return False
-    return is_s3(root) or walk_local(root).linked_folders == 0
+    return scan_is_safe(root)
 
 
 def attach_content(

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_plus, urlparse
 
-from spark_code.ingest import listing, snapshot
+from spark_code.ingest import snapshot
+from spark_code.storage import tree
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def parse(body: str, root: str) -> list[ObjectEvent]:
         if s3.get("bucket", {}).get("name") != parsed.netloc or not key.startswith(prefix):
             continue
         rel = key[len(prefix) :]
-        if not rel or rel.endswith("/") or listing.keep_key(rel):
+        if not rel or rel.endswith("/") or tree.keep_key(rel):
             continue
         when = datetime.fromisoformat(record["eventTime"].replace("Z", "+00:00"))
         created = record.get("eventName", "").startswith("ObjectCreated")

@@ -13,27 +13,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from spark_code.ingest import listing
-from spark_code.storage import files, uris
+from spark_code.storage import files, tree, uris
 
 logger = logging.getLogger(__name__)
 
-Entry = listing.Entry  # (size in bytes, modification time in ns)
+Entry = tree.Entry  # (size in bytes, modification time in ns)
 
 
-def list_local(root: str) -> dict[str, Entry]:
-    """Every file under a local root that the Spark listing lists, by path relative to the root; stat only."""
-    return listing.walk_local(root).files  # the same walk as spark_code.ingest.images.list_frame: the two always agree
-
-
-def list_s3(root: str, client=None) -> dict[str, Entry]:
-    """Every object under an s3:// prefix that the Spark listing lists, by key relative to the prefix (no GETs)."""
-    return listing.walk_s3(root, client).files
-
-
-def list_root(root: str) -> dict[str, Entry]:
-    """The snapshot of a local folder or s3:// prefix."""
-    return list_s3(root) if uris.is_s3(root) else list_local(root)
+def list_root(root: str, client=None) -> dict[str, Entry]:
+    """The snapshot of a local folder or s3:// prefix: every file the Spark listing lists, by path relative to the
+    root; stat / ListObjectsV2 only (the same walk as spark_code.ingest.images.list_frame: the two always agree)."""
+    return tree.walk(root, client).files
 
 
 @dataclass

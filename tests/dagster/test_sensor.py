@@ -43,7 +43,7 @@ def test_sensor_sees_everything_then_nothing_then_only_what_changed(tmp_path):
         shutil.copy(image, tmp_path / CLASSES[2] / image.name)
     third, cursor = _tick(tmp_path, cursor)
     assert third.run_requests[0].tags["fruits/new"] == "2" and third.run_requests[0].tags["fruits/changed"] == "0"
-    state, _ = snapshot.advance(snapshot.State.decode(cursor), snapshot.list_local(str(tmp_path)), 0)
+    state, _ = snapshot.advance(snapshot.State.decode(cursor), snapshot.list_root(str(tmp_path)), 0)
     assert set(state.accepted) == {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg")}
     edited = next((tmp_path / CLASSES[0]).glob("*.jpg"))
     edited.write_bytes(edited.read_bytes() + b"\0")

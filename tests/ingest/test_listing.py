@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_code.ingest import images, listing, snapshot
+from spark_code.ingest import images, snapshot
+from spark_code.storage import tree
 from tests.conftest import FRUITS, copy_photo_as, first_images
 
 
@@ -40,15 +41,15 @@ def test_every_regular_file_once_links_followed_once(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     expected = _tree(root)
-    found = listing.walk_local(str(root))
+    found = tree.walk_local(str(root))
     assert set(found.files) == expected  # no loop multiplied anything, nothing listed twice
     assert dict(found.skipped) == {
-        listing.HIDDEN: 2,  # .DS_Store, .thumbnails/
-        listing.CLUTTER: 1,  # Thumbs.db
-        listing.LINK_TO_SEEN_FOLDER: 2,  # Lemon/loop (back up to the root), Lemon/kiwis (Kiwi again)
-        listing.LINK_TO_SEEN_FILE: 1,  # Lemon/same.jpg
-        listing.BROKEN_LINK: 1,
-        listing.NOT_REGULAR: 1,  # the FIFO: reading it would block
+        tree.HIDDEN: 2,  # .DS_Store, .thumbnails/
+        tree.CLUTTER: 1,  # Thumbs.db
+        tree.LINK_TO_SEEN_FOLDER: 2,  # Lemon/loop (back up to the root), Lemon/kiwis (Kiwi again)
+        tree.LINK_TO_SEEN_FILE: 1,  # Lemon/same.jpg
+        tree.BROKEN_LINK: 1,
+        tree.NOT_REGULAR: 1,  # the FIFO: reading it would block
     }
     assert found.found() == len(expected) + 8 and found.linked_folders == 3
 
@@ -69,9 +70,9 @@ def test_relative_links_and_chains_resolve_as_realpath_does(tmp_path):
     linked.mkdir()
     (linked / "c.jpg").symlink_to(Path("..") / "store" / "photos" / "c.jpg")
     (root / "Pear").symlink_to(Path("..") / "linked", target_is_directory=True)
-    found = listing.walk_local(str(root))
+    found = tree.walk_local(str(root))
     assert set(found.files) == {"Apple/a.jpg", "Apple/b-again.jpg", "Pear/c.jpg"}  # b-again sorts before b
-    assert dict(found.skipped) == {listing.LINK_TO_SEEN_FILE: 1}
+    assert dict(found.skipped) == {tree.LINK_TO_SEEN_FILE: 1}
     assert found.files["Pear/c.jpg"] == (os.stat(store / "c.jpg").st_size, os.stat(store / "c.jpg").st_mtime_ns)
 
 
@@ -81,7 +82,7 @@ def test_spark_listing_and_sensor_agree_and_labels_are_class_folders(spark, tmp_
     expected = _tree(root)
     listed = images.list_frame(spark, str(root))
     rows = {r.path[len(f"file:{root}/") :]: r for r in listed.frame.collect()}
-    assert set(rows) == expected == set(snapshot.list_local(str(root)))
+    assert set(rows) == expected == set(snapshot.list_root(str(root)))
     assert rows["Kiwi/2024-05/nested.jpg"].label == "Kiwi" and rows["Cherry/far.jpg"].label == "Cherry"
     stat = os.stat(root / "Kiwi" / "h#.jpg")
     assert rows["Kiwi/h#.jpg"].length == stat.st_size
@@ -98,7 +99,7 @@ def test_every_listed_file_gets_its_bytes_whatever_its_name(spark, tmp_path):
     content = {r.path: bytes(r.content) for r in images.attach_content(spark, listed, str(root)).collect()}
     assert len(content) == listed.count()  # `_` names (hidden by Spark), `:`, `#`, `?`, newline included
     for path, data in content.items():
-        with open(listing.local_path(path), "rb") as file:
+        with open(tree.local_path(path), "rb") as file:
             assert data == file.read()
 
 
@@ -120,9 +121,10 @@ def test_scanning_the_root_gives_the_same_bytes_when_it_is_safe(spark, tmp_path)
 
 def test_s3_keys_follow_the_same_rules():
     objects = [("Kiwi/a.JPG", 1, 1), ("Kiwi/.DS_Store", 1, 1), ("Kiwi/", 0, 1), ("__MACOSX/Kiwi/._a.JPG", 1, 1)]
-    found = listing.listing_of_keys([*objects, ("Kiwi/2024/b.heic", 2, 2), ("at_root.jpg", 3, 3)])
+    found = tree.listing_of_keys([*objects, ("Kiwi/2024/b.heic", 2, 2), ("at_root.jpg", 3, 3)])
     assert set(found.files) == {"Kiwi/a.JPG", "Kiwi/2024/b.heic", "at_root.jpg"}
-    assert dict(found.skipped) == {listing.HIDDEN: 1, listing.CLUTTER: 1}
+    assert dict(found.skipped) == {tree.HIDDEN: 1, tree.CLUTTER: 1}
+    assert tree.scan_is_safe("s3://fruits/img")  # S3 has no links: a whole-prefix scan cannot loop
 
 
 @pytest.mark.slow  # a moto server
@@ -132,13 +134,13 @@ def test_s3_listing_and_sensor_agree_over_a_real_s3_api(s3_bucket):
     for key in [*keys, "img/Kiwi/"]:
         client.put_object(Bucket="fruits", Key=key, Body=b"x")
     client.put_object(Bucket="fruits", Key="other/c.jpg", Body=b"x")
-    found = listing.walk_s3("s3://fruits/img", client)
+    found = tree.walk_s3("s3://fruits/img", client)
     assert (
         set(found.files)
         == {"Kiwi/a.JPG", "Kiwi/2024/b.heic", "z.jfif"}
-        == set(snapshot.list_s3("s3://fruits/img/", client))
+        == set(snapshot.list_root("s3://fruits/img/", client))
     )
-    assert dict(found.skipped) == {listing.HIDDEN: 2} and found.files["z.jfif"][0] == 1
+    assert dict(found.skipped) == {tree.HIDDEN: 2} and found.files["z.jfif"][0] == 1
 
 
 def test_a_file_reached_twice_through_links_is_listed_once(tmp_path):
@@ -151,6 +153,7 @@ def test_a_file_reached_twice_through_links_is_listed_once(tmp_path):
     (outside / "kiwi.jpg").symlink_to(root / "Kiwi" / "a.jpg")  # back into the real walk: listed already
     (root / "Cherry").symlink_to(outside, target_is_directory=True)
     (root / "Kiwi" / "b.jpg").symlink_to(outside / "far.jpg")  # the linked folder's file, by another way
-    found = listing.walk_local(str(root))
+    found = tree.walk_local(str(root))
     assert set(found.files) == {"Kiwi/a.jpg", "Cherry/far.jpg"}
-    assert dict(found.skipped) == {listing.LINK_TO_SEEN_FILE: 3} and found.linked_folders == 1
+    assert dict(found.skipped) == {tree.LINK_TO_SEEN_FILE: 3} and found.linked_folders == 1
+    assert not tree.scan_is_safe(str(root)) and tree.scan_is_safe(str(root / "Kiwi"))  # a linked folder: no scan

@@ -32,9 +32,9 @@ def test_cursor_size_does_not_grow_with_the_corpus(tmp_path):
         _files(root, n)
         result, cursor = _tick(root, state)
         assert result.run_requests[0].tags["fruits/new"] == str(n)
-        assert snapshot.restore(cursor).accepted == snapshot.list_local(str(root))  # the whole snapshot, stored
+        assert snapshot.restore(cursor).accepted == snapshot.list_root(str(root))  # the whole snapshot, stored
         sizes[n] = len(cursor)
-        inline = snapshot.State(snapshot.list_local(str(root)))
+        inline = snapshot.State(snapshot.list_root(str(root)))
         assert len(inline.encode()) > 20 * len(cursor) or n == 50
     assert sizes[5000] <= sizes[50] + 8 and sizes[5000] < 300  # a pointer, not the snapshot
 
@@ -125,7 +125,7 @@ def test_sensor_drains_s3_event_notifications_from_sqs_instead_of_listing(s3_buc
     assert (tags["fruits/new"], tags["fruits/changed"], tags["fruits/deleted"]) == ("1", "1", "1")
     assert (
         set(snapshot.restore(cursor).accepted)
-        == set(snapshot.list_s3("s3://fruits/img"))
+        == set(snapshot.list_root("s3://fruits/img"))
         == {
             "Kiwi/a b.jpg",
             "Lemon/e.heic",

@@ -1,4 +1,5 @@
-"""Every file under an image root, by one rule set for the Spark listing and the sensor; links followed once."""
+"""Every file under a root, local folder or S3 prefix, by one rule set (hidden files and OS clutter skipped, links
+followed once): the Spark listing and the sensor walk through it, so they cannot disagree."""
 
 from __future__ import annotations
 
@@ -228,3 +229,9 @@ def walk_s3(root: str, client=None) -> RootListing:
 def walk(root: str, client=None) -> RootListing:
     """The listing of a local folder or an s3:// prefix."""
     return walk_s3(root, client) if is_s3(root) else walk_local(root)
+
+
+def scan_is_safe(root: str) -> bool:
+    """Whether a whole-root Spark scan cannot loop or read a file twice: S3 has no links; a local root only when no
+    linked folder is met in its walk."""
+    return is_s3(root) or walk_local(root).linked_folders == 0
