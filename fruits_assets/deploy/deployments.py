@@ -46,6 +46,7 @@ def local_resources(
             root=image_root or settings.image_root,
             state_uri=f"{output.rstrip('/')}/_sensor/new_images",
             events_queue=settings.events_queue,
+            settle_seconds=settings.settle_seconds,
         ),
         "cnn": CnnResource(
             weights_path=weights_path or settings.weights, onnx_cache=settings.onnx_cache, **_cnn_fields(settings)
@@ -75,6 +76,7 @@ def emr_resources(emr: EmrSettings | None = None, settings: Settings | None = No
             root=emr.image_root,
             state_uri=f"{emr.output_uri}/_sensor/new_images",
             events_queue=settings.events_queue,
+            settle_seconds=settings.settle_seconds,
         ),
         "cnn": ClusterCnnResource(
             weights_path=emr.weights_path,

@@ -102,6 +102,9 @@ class Settings(BaseModel):
     )
     onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
     events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
+    settle_seconds: float = Field(
+        default=30.0, ge=0.0, le=86_400, description="The sensor takes a new file once unmodified this long, s."
+    )
     accuracy_floor: float = Field(
         default=ACCURACY_FLOOR, ge=LOWEST_ACCURACY_FLOOR, le=1.0, description="Least test accuracy the check accepts."
     )
@@ -183,7 +186,7 @@ def _explain(error: ValidationError, values: Mapping[str, str]) -> str:
         name = Settings.variable(field)
         described = Settings.model_fields[field].description if field in Settings.model_fields else ""
         lines.append(
-            f"{name}={values.get(field)!r}: {problem['msg']} ({described} Fix or unset {name}; see README, "
-            "Configuration)"
+            f"{name}={values.get(field)!r}: {problem['msg']} ({described} Fix or unset {name}; see "
+            "docs/configuration.md)"
         )
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -163,9 +162,6 @@ def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
     return result
 
 
-SETTLE_S = 30.0  # ImageSource's default: the deployed sensor takes a photo unmodified this long
-
-
 def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
     shell, cluster, first_run, photos, monkeypatch
 ):
@@ -179,11 +175,11 @@ def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
     _, cursor = _tick(listing)  # the cursor an earlier tick left: what the main command already took
     new = photos["extra"][0]
     shell.aws("s3", "cp", str(new), f"{IMAGES}/{CLASSES[0]}/{new.name}", "--quiet")
-    uploaded, before = time.monotonic(), step_ids(shell, cluster)
-    dagster, env = str(Path(sys.executable).parent / "dagster"), {"FRUITS_DEPLOYMENT": "emr"}
+    before = step_ids(shell, cluster)
+    dagster = str(Path(sys.executable).parent / "dagster")
+    env = {"FRUITS_DEPLOYMENT": "emr", "FRUITS_SETTLE_SECONDS": "0"}  # the upload above is complete: no settle wait
     shell.run(dagster, "sensor", "cursor", "new_images", "--set", cursor, "-w", "workspace.yaml", **env)
     shell.run(dagster, "sensor", "start", "new_images", "-w", "workspace.yaml", **env)  # the UI's toggle
-    time.sleep(max(0.0, SETTLE_S + 1 - (time.monotonic() - uploaded)))  # settled before the first tick
     log = open(shell.home / "daemon.log", "wb")  # noqa: SIM115  closed below
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],

@@ -33,6 +33,23 @@ def test_every_bad_variable_is_named_with_its_value():
     assert "unset FRUITS_BATCH_SIZE" in message
 
 
+def test_the_sensor_settle_time_reaches_both_deployments():
+    from fruits_assets.deploy.deployments import emr_resources, local_resources
+
+    env = {"FRUITS_SETTLE_SECONDS": "2.5", "FRUITS_EMR_STAGING_BUCKET": "fruits-data"}
+    env |= {"FRUITS_EMR_CLUSTER_ID": "j-2AXXXXXXGAPLF"}
+    env |= {
+        "FRUITS_OUTPUT_URI": "s3://fruits-data/out",
+        "FRUITS_IMAGE_ROOT": "s3://fruits-data/images",
+        "FRUITS_EMR_REGION": "eu-west-3",
+    }
+    settings = Settings.from_env(env)
+    assert local_resources(settings=settings)["image_source"].settle_seconds == 2.5
+    assert emr_resources(settings=settings)["image_source"].settle_seconds == 2.5
+    with pytest.raises(SettingsError, match="FRUITS_SETTLE_SECONDS='-1'"):
+        Settings.from_env({"FRUITS_SETTLE_SECONDS": "-1"})
+
+
 def test_the_deployment_switch_reads_the_same_settings():
     assert deployment({}) == "local" and deployment({"FRUITS_DEPLOYMENT": "EMR"}) == "emr"
     with pytest.raises(DeploymentError, match="FRUITS_DEPLOYMENT='gcp'"):

@@ -90,7 +90,7 @@ class EmrSettings(_EmrFields):
         required = ["staging_bucket", "output_uri", "image_root"] + (["cluster_id"] if require_cluster else [])
         missing = [ENV_VARS[field] for field in required if not values.get(field)]
         if missing:
-            raise DeploymentError(f"{DEPLOYMENT_ENV}=emr needs {', '.join(missing)}: see README, 'Run on AWS EMR'")
+            raise DeploymentError(f"{DEPLOYMENT_ENV}=emr needs {', '.join(missing)}: see docs/emr.md, 'The recipe'")
         if settings.engine == "tensorflow":
             raise DeploymentError(
                 f"{Settings.variable('engine')}={settings.engine}: the EMR nodes run the ONNX model converted at "
