@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from spark_code import unchanged
 from spark_code.classify.accuracy import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
-from spark_code.classify.classifier import LogisticSettings
+from spark_code.classify.classifier import REG_PARAM, LogisticSettings
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import CnnEngine, CnnSpec
 from spark_code.featurize.model_cache import DRIVER_PAYLOADS
@@ -242,7 +242,7 @@ class ClassifierSettings(ConfigurableResource):
     """The fruit classifier: logistic-regression settings and the quality bars its checks use."""
 
     max_iter: int = Field(default=200, ge=1, le=10_000, description="Logistic-regression iterations.")
-    reg_param: float = Field(default=1e-3, ge=0.0, description="L2 regularisation strength.")
+    reg_param: float = Field(default=REG_PARAM, ge=0.0, description="L2 regularisation strength.")
     accuracy_floor: float = Field(
         default=ACCURACY_FLOOR,
         ge=LOWEST_ACCURACY_FLOOR,
