@@ -1,6 +1,6 @@
 """The README's EMR recipe, command by command, on the emulated EMR: images read from s3://, every table and model
-written to s3:// by Spark (S3A) in YARN containers, the same outputs as a local run, the sensor's batches (under the
-Dagster daemon, and from S3 events), classify. The emulator and its cluster: tests/deploy/conftest.py."""
+written to s3:// by Spark (S3A) in YARN containers, the same outputs as a local run, the sensor's batch under the
+Dagster daemon, its tick from S3 events, classify. The emulator and its cluster: tests/deploy/conftest.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus, build_sensor_context
 
+from fruits_assets.defs.partitions import CHANGES_TAG
+from spark_code.ingest import snapshot
 from spark_code.storage import lake
-from tests.emr_session import BATCH_ASSETS, BUCKET, CLASSES, IMAGES, OUTPUT, PREFIX, REPO, new_steps, step_ids, wait_for
+from tests.emr_session import BUCKET, CLASSES, IMAGES, OUTPUT, PREFIX, REPO, new_steps, step_ids, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.cnn]
 
@@ -148,20 +150,6 @@ def _tick(source, cursor=None):
     return result, result.cursor or cursor
 
 
-def _launch_request(shell, monkeypatch, request, assets=None, **settings_env):
-    """Run a sensor's run request as the daemon would, with the emr deployment: one batch, then `assets` (default:
-    every asset, as the sensor's job)."""
-    from fruits_assets.deploy import emr_job as job
-
-    for name, value in (shell.env | settings_env | {"FRUITS_DEPLOYMENT": "emr"}).items():
-        monkeypatch.setenv(name, value)
-    instance = shell.instance()
-    instance.add_dynamic_partitions("ingest_batches", [request.partition_key])
-    result = job.launch(instance, request.partition_key, tags=dict(request.tags), with_console=False, assets=assets)
-    assert result.success
-    return result
-
-
 def test_the_sensor_under_the_dagster_daemon_runs_its_batch_on_the_cluster(
     shell, cluster, first_run, photos, monkeypatch
 ):
@@ -215,7 +203,7 @@ def _sensor_run(instance):
     return runs[0] if runs else None
 
 
-def test_sensor_batches_from_s3_events(shell, first_run, photos, monkeypatch):
+def test_the_sensor_takes_its_batch_from_s3_events(shell, first_run, photos, monkeypatch):
     from fruits_assets.io.resources import ImageSource
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
@@ -243,9 +231,11 @@ def test_sensor_batches_from_s3_events(shell, first_run, photos, monkeypatch):
     result, _ = _tick(events, cursor)
     (request,) = result.run_requests
     assert request.tags["fruits/new"] == "1"
-    run = _launch_request(shell, monkeypatch, request, BATCH_ASSETS, FRUITS_EVENTS_QUEUE=queue)  # the rest: as above
-    cnn = [e for e in run.get_asset_materialization_events() if e.asset_key.to_user_string() == "cnn_features"]
-    assert cnn[0].materialization.metadata["featurized"].value == 1
+    # the run takes exactly the files of the stored changes (raw_images reads them, as from a listing tick: the
+    # daemon test above runs such a batch on the cluster)
+    changes = snapshot.load_changes(request.tags[CHANGES_TAG])
+    assert [(path, change) for path, _, _, change in changes] == [(f"{CLASSES[1]}/{new.name}", "new")]
+    assert changes[0][1] == new.stat().st_size
     assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None  # acknowledged
 
 
