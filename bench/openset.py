@@ -58,7 +58,7 @@ def accuracy_by_k(train, test, scaler, explained: np.ndarray, full_pca: PCAModel
         fitted = classifier_fit.fit_classifier(
             x, labels, scaler, scaler_pca.truncate(full_pca, k), clf.LogisticSettings(), with_scores=False
         )
-        scored = classifier_fit.score_corpus(test, {"k": fitted})["k"]
+        scored = classifier_fit.score_corpus(test, {"k": fitted.scorer()})["k"]
         evaluation = clf.evaluate(scored.pairs(), fitted.labels())
         curve[k] = {"accuracy": round(evaluation.accuracy, 4), "macro_f1": round(evaluation.macro_f1, 4)}
         print(f"k={k}: {curve[k]} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -142,9 +142,7 @@ def table_bytes(spark: SparkSession, base: str) -> dict[str, dict]:
     return sizes
 
 
-def saved_classifier(
-    spark: SparkSession, models: str, train, test, score: str, accept: float
-) -> tuple[dict, openset.OpenSetModel]:
+def saved_classifier(models: str, train, test, score: str, accept: float) -> tuple[dict, openset.OpenSetModel]:
     """The saved classifier's figures on the corpus, with the current open-set code as the asset runs it: every score
     fitted on the training photos and calibrated on the corpus's known-class photos, `score` the default."""
     uri = versions.latest_uri(models, "fruit_classifier")
@@ -152,8 +150,7 @@ def saved_classifier(
     saved = pipeline.openset
     x, labels = classifier_fit.training_arrays(train)
     scores = openset.fit_feature_scores(pipeline.project(x), labels)
-    twin = classifier_fit.FittedClassifier(pipeline=None, numpy=pipeline, scores=scores)
-    scored = classifier_fit.score_corpus(test, {"saved": twin})["saved"]
+    scored = classifier_fit.score_corpus(test, {"saved": classifier_fit.Scorer(pipeline, scores)})["saved"]
     known = np.isin(scored.labels, pipeline.labels)
     evaluation = clf.evaluate(scored.pairs(), pipeline.labels)
     rejection = openset.calibrated(score, {n: scored.values(n)[known] for n in openset.SCORES}, scores, accept)
@@ -191,7 +188,7 @@ def run(base: str, accept: float, exclude_prefix: str = "new_") -> dict:
     result["protocol"] = protocol(train, test, scaler, pca, accept)
     result["protocol_pca_on_knowns_only"] = strict_protocol(train, test, pca.getK(), accept)
     best_score = result["protocol"]["best"]  # what `unknown_score: auto` saves
-    result["saved_classifier"], rejection = saved_classifier(spark, models, train, test, best_score, accept)
+    result["saved_classifier"], rejection = saved_classifier(models, train, test, best_score, accept)
     estimator = scaler_pca.VariancePCA(inputCol="scaled_features", outputCol="pca_features", varianceTarget=0.95)
     full = estimator.fit(scaler_pca.transform_arrays(scaler, test, "float64"))
     curve = accuracy_by_k(train, test, scaler, full.fullExplainedVariance, full)

@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Scorer:
+    """What scores the corpus: a classifier's NumPy pipeline and (optional) its open-set feature scores."""
+
+    pipeline: ServingPipeline
+    scores: openset.FeatureScores | None = None
+
+
+@dataclass(frozen=True)
 class FittedClassifier:
     """One fit: the Spark ML pipeline that is saved, its NumPy twin that scores, and its open-set feature scores."""
 
@@ -32,6 +40,10 @@ class FittedClassifier:
     def labels(self) -> list[str]:
         """The classes the model knows, in its output order."""
         return self.numpy.labels
+
+    def scorer(self) -> Scorer:
+        """What `score_corpus` scores the corpus with."""
+        return Scorer(self.numpy, self.scores)
 
 
 def training_arrays(train: DataFrame, column: str = "features") -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +108,12 @@ def _in_space(start: FittedClassifier | None, components: np.ndarray | None) -> 
     return softmax.SoftmaxModel(weights, np.asarray(head.intercepts), classes)
 
 
-def score_corpus(features: DataFrame, models: dict[str, FittedClassifier], column: str = "features") -> dict:
+def score_corpus(features: DataFrame, models: dict[str, Scorer], column: str = "features") -> dict:
     """{name: ScoredRows} of every model on every row of `features` (`label` and CNN features), in one pass: each
     Arrow batch is scored by every model with NumPy (the arithmetic of Spark's transform and of `fruits classify`);
     only labels, predictions and scores come back to the driver."""
     names = list(models)
-    heads = {name: (fit.numpy, fit.scores) for name, fit in models.items()}
+    heads = {name: (scorer.pipeline, scorer.scores) for name, scorer in models.items()}
 
     def score(batches):
         for pdf in batches:
@@ -185,7 +197,7 @@ def validate(
             kept = np.isin(labels, split[0])
             models["protocol"] = fit_classifier(x[kept], labels[kept], scaler, pca, settings, start=models["model"])
     fitted = time.perf_counter()
-    scored = score_corpus(corpus, models)
+    scored = score_corpus(corpus, {name: fit.scorer() for name, fit in models.items()})
     protocol = None if split is None else protocol_result(scored["protocol"], *split, accept_rate)
     logger.info(
         "classifier: %d training rows, %d fits in %.1f s; corpus scored in %.1f s",
