@@ -15,9 +15,8 @@ def main() -> None:
     """Fit, time the curve, print the curve, the chosen k and the seconds."""
     from pyspark.ml.feature import StandardScalerModel
 
-    from spark_code.classify import choose_k
     from spark_code.classify import classifier as clf
-    from spark_code.reduction import scaler_pca
+    from spark_code.reduction import choose_k, scaler_pca
     from spark_code.storage import tables, versions
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -38,7 +37,7 @@ def main() -> None:
         scaled,
         scaler_pca.truncate(model, max(ks)),
         ks,
-        clf.LogisticSettings(max_iter=100),
+        clf.LogisticSettings(max_iter=100).accuracy_by_k,
     )
     curve_s = time.perf_counter() - started
     print(

@@ -39,10 +39,10 @@ from pyspark.sql import functions as F
 
 from bench.common import drawn_non_fruit, session
 from fruits_assets.deploy.settings import Settings
-from spark_code.classify import choose_k, classifier_fit, openset, rejection_metrics
 from spark_code.classify import classifier as clf
+from spark_code.classify import classifier_fit, openset, rejection_metrics
 from spark_code.classify.serving import load_pipeline
-from spark_code.reduction import scaler_pca
+from spark_code.reduction import choose_k, scaler_pca
 from spark_code.storage import lake, tables, versions
 
 TABLES = ("cnn_features", "quarantined_images", "scaled_features", "pca_features", "training_features")

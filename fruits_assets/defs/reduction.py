@@ -25,9 +25,8 @@ from fruits_assets.io.metadata import latest_metadata
 from fruits_assets.io.pca_metadata import pca_metadata
 from fruits_assets.io.resources import ClassifierSettings, ModelStore, TableStore
 from spark_code import quality, unchanged
-from spark_code.classify import choose_k
 from spark_code.ingest import batches
-from spark_code.reduction import lifecycle, scaler_pca
+from spark_code.reduction import choose_k, lifecycle, scaler_pca
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import lake, versions
 
@@ -181,7 +180,8 @@ def _fit_pca(config: PcaConfig, tables: TableStore, models: ModelStore, scaler_u
         scaler = functools.partial(models.load, StandardScalerModel, "scaled_features")
         return choose_k.curve_rows(scaled, tables.table("training_features"), scaler)
 
-    model, fitted_with = choose_k.fit_pca(scaled, config.choice(), scaler_uri, classifier.logistic(), rows)
+    accuracy_by_k = classifier.logistic().accuracy_by_k  # the classifier's fits, as the curve's judge of each k
+    model, fitted_with = choose_k.fit_pca(scaled, config.choice(), scaler_uri, accuracy_by_k, rows)
     return models.save(model, "pca_features", fitted_with)
 
 

@@ -13,7 +13,7 @@ from pyspark.ml.feature import PCAModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
-from spark_code.classify import openset, rejection_metrics
+from spark_code.classify import openset, rejection_metrics, softmax
 from spark_code.reduction.scaler_pca import as_vectors
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ PREDICTED = "predicted_label"
 # L2 strength: 1e-3 until 2026-12-07; 3e-4 scores 0.9702 instead of 0.9691 on the bf16 features of the Test photos
 # (k=256), while 5-fold CV on the Training photos cannot tell them apart (0.9948 both): see docs/performance.md.
 REG_PARAM = 3e-4
+CURVE_MAX_ITER = 100  # the accuracy-against-k curve only compares k values: at most 100 iterations per fit
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class LogisticSettings:
     max_iter: int = 200
     reg_param: float = REG_PARAM
     elastic_net: float = 0.0
+
+    def accuracy_by_k(self, fit: tuple, valid: tuple, ks: list[int]) -> dict[int, float]:
+        """The PCA's accuracy-against-k curve (`reduction.choose_k.AccuracyByK`): this regression fitted on the first
+        k columns of `fit` and scored on `valid` ((features, labels) each), at most CURVE_MAX_ITER iterations."""
+        return softmax.accuracy_by_k(fit, valid, ks, self.reg_param, min(CURVE_MAX_ITER, self.max_iter))
 
 
 def predict(model: PipelineModel, features: DataFrame) -> DataFrame:

@@ -5,10 +5,9 @@ import pytest
 from pyspark.ml.feature import PCA, PCAModel, StandardScalerModel
 from pyspark.sql import functions as F
 
-from spark_code.classify import choose_k
-from spark_code.classify.choose_k import accuracy_curve, split_per_class
 from spark_code.classify.classifier import LogisticSettings
-from spark_code.reduction import scaler_pca
+from spark_code.reduction import choose_k, scaler_pca
+from spark_code.reduction.choose_k import accuracy_curve, split_per_class
 from spark_code.storage import tables
 
 
@@ -173,7 +172,7 @@ def test_accuracy_curve_grows_with_the_informative_components(spark):
     pca = scaler_pca.VariancePCA(inputCol="scaled", outputCol="pca", k=4).fit(df)
     fit, validate = split_per_class(df, per_class=15)
     assert fit.count() == 45 and validate.count() == 45
-    curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100))
+    curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100).accuracy_by_k)
     assert sorted(curve) == [1, 2, 3]
     assert curve[3] >= 0.95 and curve[1] < 0.7
     assert choose_k.smallest_accurate_k(curve, 0.003) == 3

@@ -1,9 +1,8 @@
 """Choosing the PCA's k: one fit of every component, then k fixed, reaching a variance share, or the smallest k
-whose classifier accuracy is within a tolerance of the best k's (the accuracy-against-k curve)."""
+whose classifier accuracy is within a tolerance of the best k's (the curve: the classifier's `AccuracyByK`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,14 +12,16 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from spark_code.classify import softmax
-from spark_code.classify.classifier import LogisticSettings
 from spark_code.reduction import scaler_pca
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANCE = 0.95  # the largest k the accuracy curve considers reaches this share of the variance
-CURVE_MAX_ITER = 100  # the curve only compares k values: at most 100 iterations per fit
+
+Labelled = tuple[np.ndarray, np.ndarray]  # (features, labels) on the driver
+# The classifier's accuracy on `valid` when fitted on `fit`, using the first k columns, for each k: the classify
+# stage provides it (`LogisticSettings.accuracy_by_k`), so the PCA stage needs no classifier code of its own.
+AccuracyByK = Callable[[Labelled, Labelled, list[int]], dict[int, float]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def fit_pca(
     scaled: DataFrame,
     choice: KChoice,
     scaler_uri: str,
-    logistic: LogisticSettings,
+    accuracy_by_k: AccuracyByK,
     rows_for_curve: Callable[[], tuple[DataFrame, DataFrame, str]],
 ) -> tuple[PCAModel, dict]:
     """Fit the PCA once (all components) on `scaled`, choose k; return the model and what it was fitted with
@@ -83,9 +84,8 @@ def fit_pca(
         pc, explained = scaler_pca.fit_components(scaled, "scaled_features")
         ks = candidate_ks(explained, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = rows_for_curve()
-        quick = dataclasses.replace(logistic, max_iter=min(CURVE_MAX_ITER, logistic.max_iter))
         head = scaler_pca.Projection(pc[:, : max(ks)], "scaled_features", "pca_features")
-        accuracy = accuracy_curve(fit_rows, valid_rows, head, ks, quick)
+        accuracy = accuracy_curve(fit_rows, valid_rows, head, ks, accuracy_by_k)
         how = "accuracy" if accuracy else "variance"
         k = smallest_accurate_k(accuracy, choice.accuracy_tolerance) if accuracy else max(ks)
         model = scaler_pca.model_keeping(pc, explained, k, "scaled_features", "pca_features")
@@ -144,16 +144,16 @@ def accuracy_curve(
     validate: DataFrame,
     pca: PCAModel,
     ks: list[int],
-    settings: LogisticSettings,
+    accuracy_by_k: AccuracyByK,
     validate_per_class: int = 400,
 ) -> dict[int, float]:
-    """Accuracy of the logistic regression on the first k components, for each k in `ks`: trained on `fit`,
+    """Accuracy of the classifier (`accuracy_by_k`) on the first k components, for each k in `ks`: trained on `fit`,
     scored on the rows of `validate` whose class it knows (up to `validate_per_class` per class, chosen by path
     hash: all of them on Fruits-360, a bounded sample at a million photos).
 
     Both hold `path`, `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks)
-    components. The fits are small (photos × k), so they run on the driver with the classifier's objective
-    (`spark_code.classify.softmax`): seconds, and the same curve on one machine or a cluster.
+    components. Only the projected arrays of those rows come to the driver, where the classifier's fits are small
+    (photos × k): seconds, and the same curve on one machine or a cluster.
     Empty when the labels do not allow it (fewer than 2 classes, or nothing to validate).
     """
     if not ks:
@@ -165,9 +165,7 @@ def accuracy_curve(
     if len(np.unique(fit_labels)) < 2 or not known.any():
         logger.warning("no accuracy curve: fewer than 2 classes with 2 labelled photos or more")
         return {}
-    curve = softmax.accuracy_by_k(
-        (fit_x, fit_labels), (valid_x[known], valid_labels[known]), ks, settings.reg_param, settings.max_iter
-    )
+    curve = accuracy_by_k((fit_x, fit_labels), (valid_x[known], valid_labels[known]), ks)
     for k, accuracy in curve.items():
         logger.info("accuracy with k=%d: %.4f", k, accuracy)
     return curve
