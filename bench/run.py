@@ -72,8 +72,11 @@ def main_main(args, env: dict) -> None:
     """The --main mode (see bench/main_run.py)."""
     from bench import main_run
 
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
-        result = main_run.run_main(Path(tmp), args.weights, env, args.images)
+    if args.workdir is not None:  # kept: e.g. for `python -m bench.openset --features-from WORKDIR/out`
+        result = main_run.run_main(args.workdir, args.weights, env, args.images)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
+            result = main_run.run_main(Path(tmp), args.weights, env, args.images)
     default = REPO / "bench" / "results" / ("main-command.json" if args.images is None else "main-command-subset.json")
     out = write_json(result, args.json or default, "main-command")
     print(main_run.report(result))
@@ -112,7 +115,9 @@ def main() -> None:
         "--new-photos", type=int, default=None, help="--incremental: how many new photos (default: 1%% of the corpus)"
     )
     parser.add_argument("--engine", choices=ENGINES, default=None, help="the pipeline's CNN engine")
-    parser.add_argument("--workdir", type=Path, default=None, help="--incremental: a new folder to keep the outputs in")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="--incremental, --main: a new folder to keep the outputs in"
+    )
     parser.add_argument("--scale", type=int, nargs="+", default=None, help="corpus sizes N: time one batch at each")
     parser.add_argument(
         "--reference", type=Path, default=None, help="--scale: the --workdir of an --incremental run (grown in place)"
