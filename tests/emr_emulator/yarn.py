@@ -148,9 +148,16 @@ class Yarn:
 
     def spark_conf(self, recipe: dict[str, str]) -> dict[str, str]:
         """What a step's spark-submit gets on top of the launcher's: pyspark's jars as YARN's (on this disk, as
-        EMR's are on its nodes), the recipe's memory scaled to these NodeManagers."""
+        EMR's are on its nodes), the recipe's memory scaled to these NodeManagers, and its executors to this
+        machine's cores: one of the recipe's 2-core executors (an m5.xlarge's 4 vCPUs hold two, 2 nodes four)."""
         spark_home = Path(os.environ.get("SPARK_HOME") or _pyspark_home())
-        return {"spark.yarn.jars": f"local:{spark_home / 'jars'}/*", **scaled(recipe, self.scale)}
+        cores = int(recipe.get("spark.executor.cores", "1"))
+        executors = max(1, min(2 * CORE_NODES, (os.cpu_count() or 1) // cores))  # never more than the recipe's
+        return {
+            "spark.yarn.jars": f"local:{spark_home / 'jars'}/*",
+            "spark.executor.instances": str(executors),
+            **scaled(recipe, self.scale),
+        }
 
     def watch(self, stop: threading.Event, every_s: float = 0.5) -> Usage:
         """Sample the resident memory of every YARN container's processes (the executor JVM and its Python
