@@ -53,7 +53,7 @@ class DeltaIOManager(ConfigurableIOManager):
             context.add_output_metadata({"uri": MetadataValue.path(uri), "table_version": version, "rewritten": False})
             return
         update = obj if isinstance(obj, tables.Update) else tables.Update(obj, replace=True)
-        commit = tables.commit(uri, update)
+        commit = tables.commit(uri, update, lambda: self.pyspark.spark_session)  # Spark for a large merge
         context.add_output_metadata(
             {
                 "uri": MetadataValue.path(uri),

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,13 +139,17 @@ def _commit_settings(spark: SparkSession, update: Update):
             spark.conf.unset(key)
 
 
-def commit(uri: str, update: Update) -> lake.Commit:
+def commit(uri: str, update: Update, spark: Callable[[], SparkSession] | None = None) -> lake.Commit:
     """Write `update` to the table at `uri` (created on first write) as one commit; return that commit. Arrow
-    rows (the raw table's batch, listed on the driver) are written by delta-rs: no Spark job."""
+    rows (the raw table's batch, listed on the driver) are written by delta-rs, no Spark job, unless they touch
+    more paths than a delta-rs commit can name (`lake.MAX_NAMED_PATHS`): then they are merged by the session
+    `spark` gives (called only then), as a derived table's changes are."""
     if isinstance(update.rows, pa.Table):
         if update.source is not None:
             raise ValueError("an Arrow update takes no source: derived tables are written by Spark")
-        return lake.write(uri, update.rows, update.removed, update.replace, update.recorded)
+        if spark is None or not _too_many_to_name(update):
+            return lake.write(uri, update.rows, update.removed, update.replace, update.recorded)
+        update = _on_spark(spark(), update)
     spark = update.rows.sparkSession
     before = lake.version(uri)
     replaced = lake.rows(uri) if update.replace else 0
@@ -170,6 +175,20 @@ def commit(uri: str, update: Update) -> lake.Commit:
         return lake.Commit(before or 0, "NONE")
     # An overwrite's metrics count the files it removed, not their rows: those are the rows the table had.
     return dataclasses.replace(newest[0], rows_removed=replaced) if update.replace else newest[0]
+
+
+def _too_many_to_name(update: Update) -> bool:
+    """Whether an Arrow update's merge touches more paths than a delta-rs commit names."""
+    if update.replace or not update.removed:
+        return False
+    return len(lake.touched_paths(update.rows, update.removed)) > lake.MAX_NAMED_PATHS
+
+
+def _on_spark(spark: SparkSession, update: Update) -> Update:
+    """The same Arrow update as Spark DataFrames (rows, removed paths), for a Spark merge."""
+    removed = pa.table({KEY: pa.array(update.removed, pa.string())})
+    logger.info("%d rows upserted, %d paths removed: merged by Spark", update.rows.num_rows, removed.num_rows)
+    return dataclasses.replace(update, rows=_frame(spark, update.rows), removed=_frame(spark, removed))
 
 
 @contextmanager
@@ -278,10 +297,14 @@ def _feed(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
 
 
 def _driver_feed(spark: SparkSession, uri: str, after: int, until: int) -> DataFrame:
+    return _frame(spark, lake.change_feed(uri, after, until))
+
+
+def _frame(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """An Arrow table the driver holds as a Spark DataFrame of the same schema."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    feed = lake.change_feed(uri, after, until)
-    return spark.createDataFrame(feed.to_pandas(), from_arrow_schema(feed.schema))
+    return spark.createDataFrame(table.to_pandas(), from_arrow_schema(table.schema))
 
 
 def removed_paths(net: DataFrame) -> DataFrame:

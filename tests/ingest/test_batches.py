@@ -1,6 +1,7 @@
 """Ingest batches on their own: what a batch takes, its one commit to the raw table, and the changes a derived
 table takes from it."""
 
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -72,6 +73,30 @@ def test_the_driver_commit_takes_any_file_name(spark, tmp_path):
     }
     net = {row["path"].rsplit("/r/", 1)[1]: row[tables.CHANGE] for row in tables.changes(spark, raw, 0, 1).collect()}
     assert net == {**{name: tables.CHANGED for name in odd[:3]}, **{name: tables.DELETED for name in odd[3:5]}}
+
+
+def test_a_batch_touching_more_paths_than_delta_rs_names_is_merged_by_spark(spark, tmp_path):
+    """A whole root copied again (or new CNN settings) changes every photo: more paths than a delta-rs commit can
+    name (it crashed the process near 15,000). Spark merges that batch; the change feed says the same as ever."""
+    raw, n = f"{tmp_path}/raw_images", lake.MAX_NAMED_PATHS + 300
+    files = [(f"c{i % 7}/{i}.jpg", 10, 1) for i in range(n)]
+    _commit(spark, raw, _planned(files), "b1")
+    kept, deleted = files[:100], files[100:300]  # the rest changed, with 3 new photos
+    again = kept + [(name, 11, 2) for name, *_ in files[300:]] + [(f"new/{i}.jpg", 1, 1) for i in range(3)]
+    planned = _planned(again, ledger.current_rows(str(tmp_path)))
+    update = batches.commit(batches.from_rows(planned, "b2", T0), "b2", batches.tally_rows(planned)[0])
+    with pytest.raises(ValueError, match=f"at most {lake.MAX_NAMED_PATHS} paths"):
+        tables.commit(raw, update)  # without a session: refused, nothing written
+    assert lake.version(raw) == 0
+    commit = tables.commit(raw, update, lambda: spark)
+    assert (commit.version, commit.operation, commit.recorded) == (1, "MERGE", {"batch": "b2"})
+    assert (commit.rows_added, commit.rows_removed) == (n - 300 + 3, n - 100)
+    current = _by_path(tables.read(spark, raw).collect())
+    assert len(current) == n - 200 + 3 and current["c0/0.jpg"].batch == "b1" and current["c6/300.jpg"].length == 11
+    net = {p: row.change for p, row in _by_path(tables.changes(spark, raw, 0, 1, on_driver=True).collect()).items()}
+    assert Counter(net.values()) == {tables.CHANGED: n - 300, tables.DELETED: 200, tables.NEW: 3}
+    assert {name for name, *_ in kept}.isdisjoint(net)
+    assert {path for path, change in net.items() if change == tables.DELETED} == {name for name, *_ in deleted}
 
 
 def test_changes_are_each_paths_net_change_since_a_version(spark, tmp_path):
