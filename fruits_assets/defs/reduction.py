@@ -178,7 +178,8 @@ def _fit_pca(config: PcaConfig, tables: TableStore, models: ModelStore, scaler_u
 
     def rows():  # read only when k is chosen by accuracy
         scaler = functools.partial(models.load, StandardScalerModel, "scaled_features")
-        return choose_k.curve_rows(scaled, tables.table("training_features"), scaler)
+        training = lake.read(tables.uri("training_features"), ["path", "label", "features"])  # small: the driver's
+        return choose_k.curve_rows(scaled, training, scaler)
 
     accuracy_by_k = classifier.logistic().accuracy_by_k  # the classifier's fits, as the curve's judge of each k
     model, fitted_with = choose_k.fit_pca(scaled, config.choice(), scaler_uri, accuracy_by_k, rows)

@@ -4,10 +4,13 @@ whose classifier accuracy is within a tolerance of the best k's (the curve: the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -59,15 +62,21 @@ def smallest_accurate_k(curve: dict[int, float], tolerance: float) -> int:
 
 
 def curve_rows(
-    scaled: DataFrame, training: DataFrame | None, scaler: Callable[[], StandardScalerModel]
-) -> tuple[DataFrame, DataFrame, str]:
+    scaled: DataFrame, training: pa.Table | None, scaler: Callable[[], StandardScalerModel]
+) -> tuple[Labelled, DataFrame, str]:
     """(fit rows, validation rows, where they come from) for the accuracy curve: the classifier's training photos
-    (`training`, raw features) scaled like the corpus, validated on the corpus, as the classifier is; without a
-    training table yet, a split of the corpus (up to 40 photos per class fit, the others validate)."""
+    (`training`: path, label and raw features, read on the driver) scaled like the corpus, validated on the corpus,
+    as the classifier is; without a training table yet, a split of the corpus (up to 40 photos per class fit, the
+    others validate). The fit rows are scaled features on the driver, where the classifier's fits run: a training
+    set is small (the classifier is fitted on it there too); the validation rows stay a DataFrame (a corpus)."""
     if training is None:
-        return (*split_per_class(scaled), "corpus split")
-    fit = scaler_pca.transform_arrays(scaler(), training.select("path", "label", "features"))
-    return fit, scaled, "training photos"
+        fit, valid = split_per_class(scaled)
+        return _on_driver(fit, "scaled_features"), valid, "corpus split"
+    rows = training.filter(pc.is_valid(training.column("label"))).sort_by("path")
+    x = scaler_pca.arrow_matrix(rows.column("features").combine_chunks(), "features", None)[0]
+    fit = scaler_pca.apply_affine(scaler_pca.affine(scaler()), x)
+    fit = fit.astype(scaler_pca.STORED_DTYPE).astype(np.float64)  # the precision the corpus's scaled rows are stored in
+    return (fit, rows.column("label").to_numpy(zero_copy_only=False)), scaled, "training photos"
 
 
 def fit_pca(
@@ -75,13 +84,15 @@ def fit_pca(
     choice: KChoice,
     scaler_uri: str,
     accuracy_by_k: AccuracyByK,
-    rows_for_curve: Callable[[], tuple[DataFrame, DataFrame, str]],
+    rows_for_curve: Callable[[], tuple[Labelled, DataFrame, str]],
 ) -> tuple[PCAModel, dict]:
     """Fit the PCA once (all components) on `scaled`, choose k; return the model and what it was fitted with
     (`rows_for_curve` is called only when k is chosen by accuracy, see `curve_rows`)."""
     accuracy, how, curve_on = {}, "fixed" if choice.k else "variance", None
     if choice.k is None and choice.variance_target is None:  # by accuracy: every component, then only k's model
+        started = time.perf_counter()
         pc, explained = scaler_pca.fit_components(scaled, "scaled_features")
+        logger.debug("every component in %.1f s", time.perf_counter() - started)
         ks = candidate_ks(explained, DEFAULT_VARIANCE)
         fit_rows, valid_rows, curve_on = rows_for_curve()
         head = scaler_pca.Projection(pc[:, : max(ks)], "scaled_features", "pca_features")
@@ -122,7 +133,7 @@ def split_per_class(labelled: DataFrame, per_class: int = 40) -> tuple[DataFrame
     return usable.filter(fit).drop("_rank", "_count"), usable.filter(~fit).drop("_rank", "_count")
 
 
-def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> Labelled:
     """(first k PCA columns, labels) of up to `per_class` labelled rows per class (chosen by path hash), on the
     driver, in path order: the same arrays whatever the partitioning."""
     labelled = rows.filter(F.col("label").isNotNull()).select("path", "label", pca.getInputCol())
@@ -133,33 +144,43 @@ def _projected(pca: PCAModel, rows: DataFrame, k: int, per_class: int) -> tuple[
         keep = ranked.filter(F.col("_rank") <= per_class).select("path")
         labelled = labelled.join(F.broadcast(keep), "path", "left_semi")
     kept = scaler_pca.transform_arrays(pca, labelled)  # project only the kept rows
-    head = F.slice(pca.getOutputCol(), 1, k).alias("x")
-    table = kept.select("path", "label", head).toPandas().sort_values("path", ignore_index=True)
-    x = np.stack(table["x"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, k))
+    return _on_driver(kept.select("path", "label", F.slice(pca.getOutputCol(), 1, k).alias("x")), "x")
+
+
+def _on_driver(rows: DataFrame, column: str) -> Labelled:
+    """(`column` as a float64 matrix, labels) of labelled rows, on the driver, in path order."""
+    table = rows.filter(F.col("label").isNotNull()).select("path", "label", column).toPandas()
+    table = table.sort_values("path", ignore_index=True)
+    width = len(table[column].iloc[0]) if len(table) else 0
+    x = np.stack(table[column].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, width))
     return x, table["label"].to_numpy()
 
 
 def accuracy_curve(
-    fit: DataFrame,
+    fit: Labelled,
     validate: DataFrame,
     pca: PCAModel,
     ks: list[int],
     accuracy_by_k: AccuracyByK,
     validate_per_class: int = 400,
 ) -> dict[int, float]:
-    """Accuracy of the classifier (`accuracy_by_k`) on the first k components, for each k in `ks`: trained on `fit`,
-    scored on the rows of `validate` whose class it knows (up to `validate_per_class` per class, chosen by path
-    hash: all of them on Fruits-360, a bounded sample at a million photos).
+    """Accuracy of the classifier (`accuracy_by_k`) on the first k components, for each k in `ks`: trained on `fit`
+    (scaled features and labels on the driver, projected there), scored on the rows of `validate` whose class it
+    knows (up to `validate_per_class` per class, chosen by path hash: all of them on Fruits-360, a bounded sample at
+    a million photos).
 
-    Both hold `path`, `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks)
+    `validate` holds `path`, `label` and the PCA's input column (scaled features); `pca` must keep at least max(ks)
     components. Only the projected arrays of those rows come to the driver, where the classifier's fits are small
     (photos × k): seconds, and the same curve on one machine or a cluster.
     Empty when the labels do not allow it (fewer than 2 classes, or nothing to validate).
     """
     if not ks:
         return {}
-    fit_x, fit_labels = _projected(pca, fit, max(ks), per_class=2**31 - 1)
+    started = time.perf_counter()
+    fit_x, fit_labels = fit[0] @ scaler_pca.components(pca)[:, : max(ks)], fit[1]
     valid_x, valid_labels = _projected(pca, validate, max(ks), per_class=validate_per_class)
+    took = time.perf_counter() - started
+    logger.debug("curve rows projected in %.1f s: %d fit, %d validate", took, len(fit_x), len(valid_x))
     classes = set(fit_labels)
     known = np.fromiter((label in classes for label in valid_labels), bool, len(valid_labels))
     if len(np.unique(fit_labels)) < 2 or not known.any():

@@ -172,7 +172,9 @@ def test_accuracy_curve_grows_with_the_informative_components(spark):
     pca = scaler_pca.VariancePCA(inputCol="scaled", outputCol="pca", k=4).fit(df)
     fit, validate = split_per_class(df, per_class=15)
     assert fit.count() == 45 and validate.count() == 45
-    curve = accuracy_curve(fit, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100).accuracy_by_k)
+    on_driver = sorted(fit.collect())  # the fit rows come to the driver, where the classifier's fits run
+    fit_rows = (np.array([row.scaled for row in on_driver]), np.array([row.label for row in on_driver]))
+    curve = accuracy_curve(fit_rows, validate, pca, [1, 2, 3], LogisticSettings(max_iter=100).accuracy_by_k)
     assert sorted(curve) == [1, 2, 3]
     assert curve[3] >= 0.95 and curve[1] < 0.7
     assert choose_k.smallest_accurate_k(curve, 0.003) == 3
