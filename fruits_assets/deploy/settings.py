@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from spark_code.classify.accuracy import ACCURACY_FLOOR, LOWEST_ACCURACY_FLOOR
 from spark_code.featurize import cnn
 from spark_code.featurize.cnn import WEIGHTS_FILE
+from spark_code.ingest.snapshot import DEFAULT_SETTLE_S
 from spark_code.storage.uris import is_s3
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,10 @@ class Settings(BaseModel):
     onnx_cache: str | None = Field(default=None, description="Folder of converted ONNX models (default ~/.cache).")
     events_queue: str | None = Field(default=None, description="SQS queue of the s3:// root's S3 event notifications.")
     settle_seconds: float = Field(
-        default=30.0, ge=0.0, le=86_400, description="The sensor takes a new file once unmodified this long, s."
+        default=DEFAULT_SETTLE_S,
+        ge=0.0,
+        le=86_400,
+        description="The sensor takes a new file once unmodified this long, s.",
     )
     accuracy_floor: float = Field(
         default=ACCURACY_FLOOR, ge=LOWEST_ACCURACY_FLOOR, le=1.0, description="Least test accuracy the check accepts."

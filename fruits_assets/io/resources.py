@@ -21,6 +21,7 @@ from spark_code.featurize.model_cache import DRIVER_PAYLOADS
 from spark_code.featurize.udf import CnnFeaturizer
 from spark_code.ingest import batches
 from spark_code.ingest.images import ImageRootError
+from spark_code.ingest.snapshot import DEFAULT_SETTLE_S
 from spark_code.reduction import lifecycle
 from spark_code.reduction.lifecycle import SavedModel
 from spark_code.storage import lake, tables, versions
@@ -43,7 +44,7 @@ class ImageSource(ConfigurableResource):
 
     root: str = Field(description="Image root; env FRUITS_IMAGE_ROOT.")
     settle_seconds: float = Field(
-        default=30.0, ge=0.0, description="The sensor takes a new file once it has been unmodified this long."
+        default=DEFAULT_SETTLE_S, ge=0.0, description="The sensor takes a new file once unmodified this long."
     )
     state_uri: str | None = Field(
         default=None,

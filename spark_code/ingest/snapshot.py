@@ -117,6 +117,9 @@ class State:
         )
 
 
+DEFAULT_SETTLE_S = 30.0  # a new file is taken once unmodified this long (a copy still running is not taken)
+
+
 def advance(
     state: State, current: dict[str, Entry], settle_s: float, now_ns: int | None = None
 ) -> tuple[State, Changes]:
