@@ -151,8 +151,7 @@ def _on_driver(rows: DataFrame, column: str) -> Labelled:
     """(`column` as a float64 matrix, labels) of labelled rows, on the driver, in path order."""
     table = rows.filter(F.col("label").isNotNull()).select("path", "label", column).toPandas()
     table = table.sort_values("path", ignore_index=True)
-    width = len(table[column].iloc[0]) if len(table) else 0
-    x = np.stack(table[column].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, width))
+    x = np.stack(table[column].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, 0))
     return x, table["label"].to_numpy()
 
 
