@@ -85,7 +85,7 @@ def arrow_matrix(values: pa.ListArray, column: str, dimension: int | None) -> tu
     if not lengths.size:
         return np.zeros((0, dimension or 0)), present
     dimension = int(lengths[0]) if dimension is None else dimension
-    if lengths.size and (lengths.min() != dimension or lengths.max() != dimension):
+    if lengths.min() != dimension or lengths.max() != dimension:
         wrong = int(lengths[lengths != dimension][0])
         raise ValueError(f"{column}: {wrong} values per row, the model expects {dimension}")
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
